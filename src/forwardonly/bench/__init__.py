@@ -1,0 +1,1 @@
+"""Benchmark toolkit: timers and memory meters (measure), result JSON (record), reports (report)."""

@@ -1,0 +1,1 @@
+"""The ``forwardonly`` command line: one module per subcommand."""

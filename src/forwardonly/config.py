@@ -1,0 +1,222 @@
+"""Typed configs: dataclasses loaded from YAML plus ``key=value`` overrides.
+
+Every config in forwardonly is a (possibly nested) dataclass. :func:`load_config`
+reads a YAML file, applies dotted ``key=value`` overrides from the command line,
+converts each value to the field's type, and rejects unknown keys with the list
+of valid ones. Errors name the file and line of the offending key.
+
+Example::
+
+    @dataclass
+    class Optim:
+        lr: float = 1e-4
+
+    @dataclass
+    class Cfg:
+        optim: Optim = field(default_factory=Optim)
+        steps: int = 100
+
+    cfg = load_config(Cfg, "run.yaml", ["optim.lr=3e-5", "steps=10"])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+from .errors import UserError
+
+
+def _field_types(cls) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _strip_optional(tp):
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+    return tp, False
+
+
+def _coerce(value, tp, key: str, loc: str):
+    """Convert ``value`` (from YAML or an override string) to type ``tp``."""
+    tp, optional = _strip_optional(tp)
+    if value is None or (isinstance(value, str) and value.lower() in ("none", "null") and optional):
+        if optional or tp is Any:
+            return None
+        raise UserError(f"{loc}: {key}=None is not allowed (expected {getattr(tp, '__name__', tp)})")
+    if tp is Any:
+        return value
+    origin = typing.get_origin(tp)
+    if origin is typing.Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise UserError(f"{loc}: {key}={value!r} is not one of {list(choices)}")
+        return value
+    if origin in (list, tuple):
+        (inner,) = typing.get_args(tp)[:1] or (Any,)
+        if isinstance(value, str):
+            value = yaml.safe_load(value) if value.strip().startswith("[") else [v for v in value.split(",") if v]
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        return [_coerce(v, inner, key, loc) for v in value]
+    if origin is dict or tp is dict:
+        if isinstance(value, str):
+            value = yaml.safe_load(value)
+        if not isinstance(value, dict):
+            raise UserError(f"{loc}: {key} must be a mapping, got {value!r}")
+        return dict(value)
+    try:
+        if tp is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on"):
+                return True
+            if isinstance(value, str) and value.lower() in ("false", "no", "0", "off"):
+                return False
+            raise ValueError
+        if tp is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(float(value)) if isinstance(value, str) and "e" in value.lower() else int(value)
+        if tp is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if tp is str:
+            if isinstance(value, (dict, list)):
+                raise ValueError
+            return str(value)
+    except (TypeError, ValueError):
+        raise UserError(
+            f"{loc}: {key}={value!r} is not a valid {getattr(tp, '__name__', tp)}"
+        ) from None
+    return value
+
+
+def _lines(node, prefix="") -> dict[str, int]:
+    """Map dotted keys of a YAML mapping node to their 1-based line numbers."""
+    out: dict[str, int] = {}
+    if isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            key = f"{prefix}{k.value}"
+            out[key] = k.start_mark.line + 1
+            out.update(_lines(v, key + "."))
+    return out
+
+
+def _build(cls, data: dict, lines: dict[str, int], source: str, prefix: str = ""):
+    if not isinstance(data, dict):
+        raise UserError(f"{source}: {prefix.rstrip('.') or 'config'} must be a mapping, got {data!r}")
+    types_ = _field_types(cls)
+    kwargs = {}
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        loc = f"{source}:{lines[full]}" if full in lines else source
+        if key not in types_:
+            valid = ", ".join(sorted(prefix + k for k in types_))
+            raise UserError(f"{loc}: unknown key '{full}'; valid keys: {valid}")
+        tp = types_[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = _build(tp, value or {}, lines, source, full + ".")
+        else:
+            kwargs[key] = _coerce(value, tp, full, loc)
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError) as e:
+        raise UserError(f"{source}: {e}") from None
+
+
+def _set_dotted(tree: dict, key: str, value) -> None:
+    parts = key.split(".")
+    for p in parts[:-1]:
+        node = tree.get(p)
+        if not isinstance(node, dict):
+            node = tree[p] = {}
+        tree = node
+    tree[parts[-1]] = value
+
+
+def parse_overrides(overrides: list[str]) -> dict:
+    tree: dict = {}
+    for item in overrides:
+        if "=" not in item:
+            raise UserError(f"override {item!r} is not of the form key=value")
+        key, value = item.split("=", 1)
+        _set_dotted(tree, key.strip(), value)
+    return tree
+
+
+def _merge(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_config(cls, path: str | Path | None = None, overrides: list[str] | None = None, base: dict | None = None):
+    """Build a ``cls`` from YAML ``path`` (optional), ``base`` dict and ``overrides``.
+
+    Raises :class:`UserError` naming the file and line for unknown keys, values
+    of the wrong type, and values the dataclass's ``__post_init__`` rejects.
+    """
+    data: dict = dict(base or {})
+    lines: dict[str, int] = {}
+    source = "<config>"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        if not path.is_file():
+            raise UserError(f"config file not found: {path}")
+        text = path.read_text()
+        try:
+            node = yaml.compose(text)
+            loaded = yaml.safe_load(text) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            line = f":{mark.line + 1}" if mark else ""
+            raise UserError(f"{path}{line}: invalid YAML: {getattr(e, 'problem', e)}") from None
+        if not isinstance(loaded, dict):
+            raise UserError(f"{path}: a config must be a mapping of keys to values")
+        lines = _lines(node)
+        data = _merge(data, loaded)
+    if overrides:
+        over = parse_overrides(overrides)
+        data = _merge(data, over)
+        for k in _flatten(over):
+            lines[k] = lines.get(k, 0) or 0
+        source_over = source + " (with overrides)" if path is not None else "command line"
+        try:
+            return _build(cls, data, {k: v for k, v in lines.items() if v}, source)
+        except UserError as e:
+            if any(str(e).find(f"'{k}'") >= 0 or f" {k}=" in str(e) for k in _flatten(over)):
+                raise UserError(str(e).replace(source, source_over, 1)) from None
+            raise
+    return _build(cls, data, lines, source)
+
+
+def _flatten(tree: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out += _flatten(v, f"{prefix}{k}.")
+        else:
+            out.append(f"{prefix}{k}")
+    return out
+
+
+def to_dict(cfg) -> dict:
+    """A config as plain data (for result JSON and checkpoints)."""
+    return dataclasses.asdict(cfg)
+
+
+def dump_yaml(cfg) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
