@@ -1,0 +1,295 @@
+"""Seeded perturbation directions and perturbation inside the forward pass.
+
+Directions
+----------
+A direction is a pure function of ``(seed, step, probe, param_index)``: nothing
+about it is stored, the global RNG is never touched, and any slice of it can be
+regenerated on its own. Each parameter is cut into fixed chunks of
+:data:`CHUNK` elements; chunk ``c`` is drawn from a generator seeded with a
+64-bit hash of ``(seed, step, probe, param_index, c)``. Generating a tensor in
+one go or chunk by chunk therefore gives the same values, which lets the fast
+optimizers work through small scratch buffers (cache-friendly, no
+parameter-sized temporaries) while the reference twins generate whole tensors.
+
+* ``rademacher``: entries are +-1. Random 64-bit words are unpacked with a
+  256-row lookup table (one row of 8 signs per byte), which is several times
+  cheaper than drawing Gaussians.
+* ``gaussian``: standard normal entries from ``torch.Tensor.normal_``.
+
+Values depend on the device type's generator (CPU and CUDA differ) but never on
+chunking, threads or the global RNG.
+
+Perturbing inside the forward
+-----------------------------
+In-place perturb-and-restore (``w += eps*z; ...; w -= eps*z``) does not give the
+weights back bit for bit: in bf16/fp16 the rounding error of every step piles up
+and runs collapse. :class:`Perturbation` never writes to a weight. While it is
+active, a global forward pre-hook gives each module whose parameters are being
+perturbed a temporary ``w + sum_k c_k z_k`` (``param.data`` points at it for the
+duration of that module's forward) and the matching post-hook puts the original
+storage back. Only one module's temporaries are alive at a time, so the memory
+overhead is that of the largest single parameter tensor. Parameters that no
+module owns (a bare tensor used in a closure) are swapped for the whole
+evaluation instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+
+CHUNK = 1 << 20
+"""Elements per independently seeded chunk. Part of the definition of a direction: do not change."""
+
+KINDS = ("rademacher", "gaussian")
+_MASK64 = (1 << 64) - 1
+
+
+def _splitmix64(x: int) -> int:
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def chunk_seed(seed: int, step: int, probe: int, param_index: int, chunk: int) -> int:
+    """The 63-bit generator seed of one chunk of one direction."""
+    h = 0x2545F4914F6CDD1D
+    for v in (seed, step, probe, param_index, chunk):
+        h = _splitmix64(h ^ (v & _MASK64))
+    return h >> 1
+
+
+_TABLES: dict[tuple, torch.Tensor] = {}
+_GENERATORS: dict[str, torch.Generator] = {}
+
+
+def _sign_table(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    key = (dtype, str(device))
+    table = _TABLES.get(key)
+    if table is None:
+        bits = (torch.arange(256).unsqueeze(1) >> torch.arange(8)) & 1
+        table = (bits * 2 - 1).to(dtype=dtype, device=device).contiguous()
+        _TABLES[key] = table
+    return table
+
+
+def _generator(device: torch.device) -> torch.Generator:
+    key = str(device)
+    gen = _GENERATORS.get(key)
+    if gen is None:
+        gen = _GENERATORS[key] = torch.Generator(device=device)
+    return gen
+
+
+def _fill_chunk(out: torch.Tensor, kind: str, seed: int) -> None:
+    """Fill the 1-D contiguous ``out`` (at most CHUNK elements) with one chunk's values."""
+    gen = _generator(out.device)
+    gen.manual_seed(seed)
+    n = out.numel()
+    if kind == "rademacher":
+        words = torch.empty((n + 63) // 64, dtype=torch.int64, device=out.device)
+        words.random_(-(2**63), None, generator=gen)
+        idx = words.view(torch.uint8)[: (n + 7) // 8].to(torch.int32)
+        table = _sign_table(out.dtype, out.device)
+        if n % 8 == 0:
+            torch.index_select(table, 0, idx, out=out.view(-1, 8))
+        else:
+            out.copy_(torch.index_select(table, 0, idx).view(-1)[:n])
+    elif kind == "gaussian":
+        if out.dtype in (torch.float32, torch.float64):
+            out.normal_(generator=gen)
+        else:  # draw in fp32 so low-precision runs see the same direction as fp32 ones, rounded
+            out.copy_(torch.empty(n, device=out.device).normal_(generator=gen))
+    else:
+        raise ValueError(f"Invalid direction kind: {kind!r} (expected one of {KINDS})")
+
+
+def direction(
+    shape, kind: str, seed: int, step: int, probe: int, param_index: int,
+    *, dtype=torch.float32, device="cpu",
+) -> torch.Tensor:
+    """The whole direction tensor for one parameter (reference path; allocates ``shape``)."""
+    out = torch.empty(shape, dtype=dtype, device=device)
+    flat = out.view(-1)
+    for c, start in enumerate(range(0, flat.numel(), CHUNK)):
+        _fill_chunk(flat[start : start + CHUNK], kind, chunk_seed(seed, step, probe, param_index, c))
+    return out
+
+
+class Directions:
+    """Generates and applies the directions of one run.
+
+    Args:
+        seed: run seed; every direction is a function of it and of (step, probe, param_index).
+        kind: ``"rademacher"`` (default) or ``"gaussian"``.
+    """
+
+    def __init__(self, seed: int = 0, kind: str = "rademacher"):
+        if kind not in KINDS:
+            raise ValueError(f"Invalid direction kind: {kind!r} (expected one of {KINDS})")
+        self.seed = int(seed)
+        self.kind = kind
+        self._scratch: dict[tuple, torch.Tensor] = {}
+
+    def scratch(self, dtype, device) -> torch.Tensor:
+        key = (dtype, str(device))
+        buf = self._scratch.get(key)
+        if buf is None:
+            buf = self._scratch[key] = torch.empty(CHUNK, dtype=dtype, device=device)
+        return buf
+
+    def full(self, p: torch.Tensor, step: int, probe: int, param_index: int, dtype=None) -> torch.Tensor:
+        return direction(p.shape, self.kind, self.seed, step, probe, param_index,
+                         dtype=dtype or p.dtype, device=p.device)
+
+    def chunks(self, p: torch.Tensor, step: int, probe: int, param_index: int, dtype=None):
+        """Yield ``(start, stop, z_chunk)`` over ``p.view(-1)``; ``z_chunk`` is a reused scratch view."""
+        n = p.numel()
+        buf = self.scratch(dtype or p.dtype, p.device)
+        for c, start in enumerate(range(0, n, CHUNK)):
+            stop = min(start + CHUNK, n)
+            z = buf[: stop - start]
+            _fill_chunk(z, self.kind, chunk_seed(self.seed, step, probe, param_index, c))
+            yield start, stop, z
+
+    def add_(self, p: torch.Tensor, step: int, terms: Sequence[tuple[int, float]], param_index: int) -> None:
+        """In place: ``p += sum_k coef_k * z(step, probe_k)`` (the update; one pass per probe)."""
+        flat = p.view(-1) if p.is_contiguous() else None
+        if flat is None:
+            raise ValueError("ZO optimizers need contiguous parameters")
+        for probe, coef in terms:
+            if coef == 0.0:
+                continue
+            for start, stop, z in self.chunks(p, step, probe, param_index):
+                flat[start:stop].add_(z, alpha=coef)
+
+    def perturbed(self, p: torch.Tensor, step: int, terms: Sequence[tuple[int, float]],
+                  param_index: int) -> torch.Tensor:
+        """A new tensor ``p + sum_k coef_k * z(step, probe_k)``; ``p`` itself is not touched."""
+        out = torch.empty_like(p, memory_format=torch.contiguous_format)
+        src, dst = p.reshape(-1), out.view(-1)
+        first = True
+        for probe, coef in terms:
+            for start, stop, z in self.chunks(p, step, probe, param_index):
+                if first:
+                    torch.add(src[start:stop], z, alpha=coef, out=dst[start:stop])
+                else:
+                    dst[start:stop].add_(z, alpha=coef)
+            first = False
+        if first:
+            out.copy_(p)
+        return out
+
+
+class Perturbation:
+    """Context manager: forwards run at ``w + sum_k coef_k z_k`` without writing to ``w``.
+
+    Args:
+        params: ``[(param_index, param), ...]``: the perturbed parameters and the
+            index that keys their directions.
+        directions: the run's :class:`Directions`.
+        step: step number of the directions.
+        terms: ``[(probe, coef), ...]``.
+        scales: optional per-parameter multiplier of every coefficient (e.g. a
+            per-group learning rate), aligned with ``params``.
+        whole: parameters to swap for the whole evaluation (not owned by any module).
+
+    After the context, :attr:`touched` holds the indices of the parameters that
+    some module's forward used.
+    """
+
+    def __init__(self, params: Sequence[tuple[int, torch.Tensor]], directions: Directions, step: int,
+                 terms: Sequence[tuple[int, float]], scales: Sequence[float] | None = None,
+                 whole: Iterable[int] = ()):
+        self.params = {i: p for i, p in params}
+        self.index = {id(p): i for i, p in params}
+        self.directions = directions
+        self.step = step
+        self.terms = list(terms)
+        self.scales = dict(zip(self.params, scales)) if scales is not None else dict.fromkeys(self.params, 1.0)
+        self.whole = set(whole)
+        self.touched: set[int] = set()
+        self._swapped: dict[int, torch.Tensor] = {}  # param index -> original data
+        self._frames: list[list[int]] = []
+        self._handles = []
+
+    def _swap_in(self, i: int) -> bool:
+        if i in self._swapped:
+            return False
+        p = self.params[i]
+        s = self.scales[i]
+        tmp = self.directions.perturbed(p.data, self.step, [(k, c * s) for k, c in self.terms], i)
+        self._swapped[i] = p.data
+        p.data = tmp
+        return True
+
+    def _swap_out(self, i: int) -> None:
+        self.params[i].data = self._swapped.pop(i)
+
+    def _pre(self, module, args):
+        frame = []
+        for p in module._parameters.values():
+            i = self.index.get(id(p)) if p is not None else None
+            if i is not None:
+                self.touched.add(i)
+                if self._swap_in(i):
+                    frame.append(i)
+        self._frames.append(frame)
+
+    def _post(self, module, args, output):
+        for i in self._frames.pop():
+            self._swap_out(i)
+
+    def __enter__(self):
+        from torch.nn.modules import module as nn_module
+
+        try:
+            for i in sorted(self.whole):
+                self._swap_in(i)
+            self._handles = [
+                nn_module.register_module_forward_pre_hook(self._pre),
+                nn_module.register_module_forward_hook(self._post, always_call=True),
+            ]
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+        for i in list(self._swapped):
+            self._swap_out(i)
+        self._frames.clear()
+        return False
+
+
+def accumulate(directions: Directions, p: torch.Tensor, step: int, terms: Sequence[tuple[int, float]],
+               param_index: int, dtype=None):
+    """Yield ``(start, stop, g)`` with ``g = sum_k coef_k z_k`` over chunks of ``p.view(-1)``.
+
+    ``g`` is a reused scratch buffer of at most :data:`CHUNK` elements: consume it
+    before asking for the next chunk. With a single term no extra buffer is used.
+    """
+    dtype = dtype or p.dtype
+    n = p.numel()
+    if len(terms) == 1:
+        (probe, coef), = terms
+        for start, stop, z in directions.chunks(p, step, probe, param_index, dtype):
+            yield start, stop, z.mul_(coef)
+        return
+    acc = torch.empty(min(CHUNK, n), dtype=dtype, device=p.device)
+    for c, start in enumerate(range(0, n, CHUNK)):
+        stop = min(start + CHUNK, n)
+        g = acc[: stop - start]
+        z = directions.scratch(dtype, p.device)[: stop - start]
+        for j, (probe, coef) in enumerate(terms):
+            _fill_chunk(z, directions.kind, chunk_seed(directions.seed, step, probe, param_index, c))
+            if j == 0:
+                torch.mul(z, coef, out=g)
+            else:
+                g.add_(z, alpha=coef)
+        yield start, stop, g

@@ -1,0 +1,180 @@
+"""The zeroth-order step shared by every ZO optimizer.
+
+A ZO optimizer never calls ``backward``. Each step it evaluates the loss at
+perturbed points ``w +- eps * z_k`` (``k < q`` probes), turns the differences
+into projected gradients ``g_k`` (scalars), and hands ``c_k = g_k / q`` to the
+subclass's :meth:`ZOOptimizer._apply`, which updates the weights from the
+directions regenerated from their seeds.
+
+Estimators (Spall 1992; Nesterov & Spokoiny 2017; MeZO, Malladi et al. 2023):
+
+* two-sided: ``g_k = (L(w + eps z_k) - L(w - eps z_k)) / (2 eps)``, 2q forwards;
+* one-sided: ``g_k = (L(w + eps z_k) - L(w)) / eps``, q + 1 forwards.
+
+``E[g_k z_k] -> grad L`` as ``eps -> 0`` for Gaussian and Rademacher ``z``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable
+
+import torch
+
+from ._perturb import KINDS, Directions, Perturbation
+
+ZO_KEY = "zo"
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ValueError(msg)
+
+
+class ZOOptimizer(torch.optim.Optimizer):
+    """Base class of the zeroth-order optimizers (see :mod:`forwardonly.optim.base`).
+
+    Args (estimator options, shared by all subclasses):
+        eps: perturbation scale (default 1e-3).
+        q: probes (directions) per step (default 1).
+        two_sided: two-sided (default) or one-sided differences.
+        direction: ``"rademacher"`` (default) or ``"gaussian"``.
+        seed: run seed; directions are a pure function of (seed, step, probe, parameter).
+        accum_steps: micro-batches per step sharing the same directions; the
+            closure is then called as ``closure(i)`` for ``i < accum_steps`` and
+            the losses are averaged (default 1: ``closure()``).
+        clip: if set, projected gradients are clipped to ``[-clip, clip]``.
+
+    ``step(closure)`` runs forwards only and returns the loss at the unperturbed
+    point (two-sided: the mean of the two perturbed losses). A non-finite loss
+    skips the step: the weights stay exactly as they were and
+    ``state["zo"]["skipped"]`` counts it.
+    """
+
+    def __init__(self, params, defaults: dict, *, eps: float = 1e-3, q: int = 1, two_sided: bool = True,
+                 direction: str = "rademacher", seed: int = 0, accum_steps: int = 1,
+                 clip: float | None = None):
+        lr = defaults.get("lr")
+        _check(lr is not None and lr >= 0.0, f"Invalid learning rate: {lr}")
+        wd = defaults.get("weight_decay", 0.0)
+        _check(wd >= 0.0, f"Invalid weight_decay value: {wd}")
+        _check(eps > 0.0 and math.isfinite(eps), f"Invalid eps (perturbation scale): {eps}")
+        _check(isinstance(q, int) and q >= 1, f"Invalid number of probes q: {q}")
+        _check(direction in KINDS, f"Invalid direction: {direction!r} (expected one of {KINDS})")
+        _check(isinstance(accum_steps, int) and accum_steps >= 1, f"Invalid accum_steps: {accum_steps}")
+        _check(clip is None or clip > 0.0, f"Invalid clip: {clip}")
+        _check(isinstance(seed, int), f"Invalid seed: {seed!r}")
+        super().__init__(params, defaults)
+        self.eps, self.q, self.two_sided = float(eps), q, bool(two_sided)
+        self.accum_steps, self.clip = accum_steps, clip
+        self.directions = Directions(seed, direction)
+        self.state[ZO_KEY] = {"step": 0, "skipped": 0, "forwards": 0, "seed": seed,
+                              "direction": direction, "last_grads": []}
+        self._unowned: set[int] | None = None
+
+    # ------------------------------------------------------------------ helpers
+    def indexed_params(self):
+        """``(param_index, param, group)`` for trainable parameters; the index counts all parameters."""
+        i = 0
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.requires_grad:
+                    yield i, p, group
+                i += 1
+
+    @property
+    def zo_state(self) -> dict:
+        return self.state[ZO_KEY]
+
+    def _call(self, closure: Callable) -> float:
+        if self.accum_steps == 1:
+            losses = [closure()]
+        else:
+            losses = [closure(i) for i in range(self.accum_steps)]
+        self.zo_state["forwards"] += len(losses)
+        return sum(float(v) for v in losses) / len(losses)
+
+    def evaluate(self, closure: Callable, step: int, terms, scales=None) -> float:
+        """The loss at ``w + sum_k coef_k z_k(step)`` (times per-parameter ``scales``); ``w`` is untouched."""
+        if not terms:
+            return self._call(closure)
+        items = [(i, p) for i, p, _ in self.indexed_params()]
+        first = self._unowned is None
+        with Perturbation(items, self.directions, step, terms, scales, whole=self._unowned or ()) as pert:
+            loss = self._call(closure)
+        if first:
+            self._unowned = {i for i, _ in items} - pert.touched
+            if self._unowned:  # some parameters live outside any module: evaluate again with them swapped
+                with Perturbation(items, self.directions, step, terms, scales, whole=self._unowned):
+                    loss = self._call(closure)
+        return loss
+
+    # --------------------------------------------------------------------- step
+    def estimate(self, closure: Callable, step: int) -> tuple[float, list[float]]:
+        """Loss and projected gradients ``[g_k]`` at the current point."""
+        eps = self.eps
+        if self.two_sided:
+            grads, total = [], 0.0
+            for k in range(self.q):
+                lp = self.evaluate(closure, step, [(k, eps)])
+                lm = self.evaluate(closure, step, [(k, -eps)])
+                grads.append((lp - lm) / (2 * eps))
+                total += (lp + lm) / 2
+            return total / self.q, grads
+        l0 = self.evaluate(closure, step, [])
+        grads = [(self.evaluate(closure, step, [(k, eps)]) - l0) / eps for k in range(self.q)]
+        return l0, grads
+
+    @torch.no_grad()
+    def step(self, closure: Callable | None = None):
+        if closure is None:
+            raise ValueError(f"{type(self).__name__} needs a closure that runs the forward pass and returns the loss")
+        _check_closure(closure, self.accum_steps)
+        zs = self.zo_state
+        t = zs["step"]
+        loss, grads = self.estimate(closure, t)
+        if not (math.isfinite(loss) and all(math.isfinite(g) for g in grads)):
+            zs["skipped"] += 1
+            zs["step"] = t + 1
+            zs["last_grads"] = []
+            return torch.tensor(float("nan"))
+        if self.clip is not None:
+            grads = [max(-self.clip, min(self.clip, g)) for g in grads]
+        self.apply_grads(t, grads, closure=closure, loss=loss)
+        zs["step"] = t + 1
+        zs["last_grads"] = grads
+        return torch.tensor(loss)
+
+    @torch.no_grad()
+    def apply_grads(self, step: int, grads: list[float], closure: Callable | None = None, loss: float | None = None):
+        """Apply the update of ``step`` from its projected gradients (also used to replay a seed log)."""
+        self._apply(step, [g / self.q for g in grads])
+
+    def _apply(self, step: int, coeffs: list[float]) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    # ------------------------------------------------------------- state dict
+    def load_state_dict(self, state_dict: dict) -> None:
+        zs = state_dict["state"].get(ZO_KEY)
+        if zs is not None:
+            mine = self.zo_state
+            for key in ("seed", "direction"):
+                if zs.get(key) != mine.get(key):
+                    raise ValueError(
+                        f"optimizer state was saved with {key}={zs.get(key)!r}, this optimizer has {mine.get(key)!r}"
+                    )
+        super().load_state_dict(state_dict)
+        self.state[ZO_KEY] = dict(self.state[ZO_KEY])
+
+
+def _check_closure(closure: Callable, accum_steps: int) -> None:
+    if accum_steps == 1:
+        return
+    try:
+        n = len([p for p in inspect.signature(closure).parameters.values()
+                 if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)])
+    except (TypeError, ValueError):
+        return
+    if n != 1:
+        raise ValueError(f"with accum_steps={accum_steps} the closure must take the micro-batch index: closure(i)")
