@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from forwardonly.local import METHODS, LocalConfig, build_model
-from forwardonly.local.config import FGConfig
+from forwardonly.local.config import CaFoConfig, FGConfig
 from forwardonly.local.data import load_dataset
 from forwardonly.local.memcheck import SavedTensorMeter
 from forwardonly.local.trainer import train
@@ -18,6 +18,7 @@ CASES = {
     "mf": ({}, 0.93),
     "ff": ({"epochs": 12}, 0.80),
     "cafo": ({"epochs": 1}, 0.93),
+    "cafo-ce": ({"algo": "cafo", "cafo": CaFoConfig(predictor="ce")}, 0.80),
     "dfa": ({}, 0.90),
     "drtp": ({"activation": "tanh"}, 0.80),
     "fg": ({"fg": FGConfig(mode="local")}, 0.90),
@@ -76,7 +77,10 @@ def _saved_peak(name, depth):
 @pytest.mark.parametrize("name", LOCAL)
 def test_local_methods_keep_one_layer_alive(name):
     # A graph spanning layers would grow with depth; a local step holds one layer's worth.
-    assert _saved_peak(name, 6) == _saved_peak(name, 2)
+    # FF's linear probe reads the concatenated (detached) features of all layers, so its
+    # one-layer graph may hold a wider input: at most 4 more layers x 96 units x 128 rows.
+    allowance = 128 * 96 * 4 * 4 if name == "ff" else 0
+    assert _saved_peak(name, 6) <= _saved_peak(name, 2) + allowance
 
 
 def test_backprop_graph_grows_with_depth():

@@ -1,0 +1,97 @@
+"""Run the local-learning benchmark: every experiment file x every seed, one thread per run.
+
+Usage (from the repository root)::
+
+    PYTHONPATH=src python benchmarks/local_learning/run.py                 # all experiments, seeds 0,1,2
+    PYTHONPATH=src python benchmarks/local_learning/run.py --only mf,bp --seeds 0 --jobs 2
+
+Each experiment is a YAML file in ``experiments/`` holding a ``LocalConfig``
+(the same keys as ``forwardonly local train``). Results go to
+``results/<experiment>.json``: one record per experiment with every seed's run
+and the mean and sample standard deviation of the test accuracy. Analysis is a
+separate step (``report.py``), which never re-runs anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import statistics
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def _run_one(job):
+    import torch
+
+    from forwardonly.config import load_config
+    from forwardonly.local.config import LocalConfig
+    from forwardonly.local.trainer import train
+
+    path, seed = job
+    torch.set_num_threads(1)
+    cfg = load_config(LocalConfig, path, [f"seed={seed}", "threads=1"])
+    t0 = time.perf_counter()
+    name = Path(path).stem
+    summary = train(cfg, log=lambda line: print(f"{name} seed={seed} {line}", flush=True))
+    summary.pop("model")
+    summary["wall_seconds"] = time.perf_counter() - t0
+    summary["seed"] = seed
+    print(f"{Path(path).stem} seed={seed} test_acc={summary['test_acc']:.4f} "
+          f"epochs={summary['epochs_run']} wall={summary['wall_seconds']:.0f}s", flush=True)
+    return Path(path).stem, summary
+
+
+def aggregate(runs: list[dict]) -> dict:
+    out = {}
+    keys = [k for k in runs[0] if k.startswith("test_acc")] + ["seconds_per_epoch", "time_to_target", "epochs_run"]
+    for k in keys:
+        vals = [r[k] for r in runs if r.get(k) is not None]
+        if vals:
+            out[k] = {"mean": statistics.fmean(vals), "std": statistics.stdev(vals) if len(vals) > 1 else 0.0,
+                      "n": len(vals), "values": vals}
+    return out
+
+
+def main(argv=None) -> int:
+    from forwardonly.bench.record import make_record, write_record
+    from forwardonly.config import load_config, to_dict
+    from forwardonly.local.config import LocalConfig
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", help="comma-separated experiment names (default: all)")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--jobs", type=int, default=2, help="runs in parallel (one thread each)")
+    ap.add_argument("--results", default=str(HERE / "results"))
+    args = ap.parse_args(argv)
+
+    files = sorted((HERE / "experiments").glob("*.yaml"))
+    if args.only:
+        wanted = set(args.only.split(","))
+        files = [f for f in files if f.stem in wanted]
+        if missing := wanted - {f.stem for f in files}:
+            sys.exit(f"unknown experiments: {sorted(missing)}")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    # slowest first so the pool ends together
+    order = {"ff": 0, "bp": 1, "mf": 2, "fg-local": 3, "mf-1000-e25": 4}
+    files.sort(key=lambda f: order.get(f.stem, 9))
+    jobs = [(str(f), s) for f in files for s in seeds]
+    by_exp: dict[str, list[dict]] = {f.stem: [] for f in files}
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(args.jobs, maxtasksperchild=1) as pool:
+        for name, summary in pool.imap_unordered(_run_one, jobs):
+            by_exp[name].append(summary)
+            if len(by_exp[name]) == len(seeds):
+                runs = sorted(by_exp[name], key=lambda r: r["seed"])
+                cfg = to_dict(load_config(LocalConfig, HERE / "experiments" / f"{name}.yaml"))
+                rec = make_record(f"local_learning/{name}", cfg, {"aggregate": aggregate(runs), "runs": runs},
+                                  seeds=seeds, experiment_file=f"experiments/{name}.yaml")
+                write_record(Path(args.results) / f"{name}.json", rec)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

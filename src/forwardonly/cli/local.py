@@ -1,0 +1,98 @@
+"""``forwardonly local``: train and evaluate forward-only learners.
+
+Examples::
+
+    forwardonly local train --algo mf --data fashion-mnist out_dir=runs/mf epochs=20
+    forwardonly local train --config configs/local/ff-fashion-mnist.yaml --resume
+    forwardonly local eval runs/mf
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from ..config import load_config
+from ..errors import UserError
+
+
+class Train:
+    """Train one method; config from ``--config`` YAML, then ``--algo/--data/--data-dir``, then ``key=value``."""
+
+    help = "train a forward-only learner (or the backprop baseline) on an image data set"
+
+    @staticmethod
+    def add_arguments(p):
+        p.add_argument("--config", help="YAML config (a LocalConfig); keys may be overridden after it")
+        p.add_argument("--algo", help="ff, mf, cafo, dfa, drtp, fg or bp (same as algo=...)")
+        p.add_argument("--data", help="fashion-mnist, mnist, digits or cifar10 (same as data=...)")
+        p.add_argument("--data-dir", help="directory with the raw data files (same as data_dir=...)")
+        p.add_argument("--out", help="output directory for checkpoint/metrics (same as out_dir=...)")
+        p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
+        p.add_argument("--no-progress", action="store_true", help="no progress bar")
+        p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides after the options, e.g. lr=3e-4 ff.loss=hinton")
+
+    @staticmethod
+    def run(args) -> int:
+        from ..local.config import LocalConfig
+        from ..local.trainer import train
+
+        flags = [f"{k}={v}" for k, v in (("algo", args.algo), ("data", args.data),
+                                          ("data_dir", args.data_dir), ("out_dir", args.out)) if v]
+        cfg = load_config(LocalConfig, args.config, [*flags, *args.overrides])
+        if args.resume and not cfg.out_dir:
+            raise UserError("--resume needs an output directory (--out DIR or out_dir=DIR)")
+        summary = train(cfg, progress=not args.no_progress and sys.stderr.isatty(), resume=args.resume,
+                        log=lambda line: print(line, file=sys.stderr))
+        summary.pop("model")
+        summary.pop("history")
+        print(json.dumps(summary, indent=2))
+        return 0
+
+
+class Eval:
+    """Score a trained run's best weights on the test set."""
+
+    help = "evaluate the best weights of a finished or interrupted run"
+
+    @staticmethod
+    def add_arguments(p):
+        p.add_argument("run_dir", help="the run's out_dir (holding checkpoint/)")
+        p.add_argument("--data-dir", help="directory with the raw data files")
+
+    @staticmethod
+    def run(args) -> int:
+        import torch
+        from safetensors.torch import load_file
+
+        from ..local import build_model
+        from ..local.config import LocalConfig
+        from ..local.data import load_dataset
+
+        ckpt = Path(args.run_dir) / "checkpoint"
+        if not (ckpt / "state.pt").is_file():
+            raise UserError(f"no checkpoint in {ckpt}")
+        saved = json.loads(torch.load(ckpt / "state.pt", weights_only=True)["config"])
+        if args.data_dir:
+            saved["data_dir"] = args.data_dir
+        cfg = load_config(LocalConfig, None, None, base=saved)
+        data = load_dataset(cfg.data, cfg.data_dir, cfg.val_fraction, cfg.limit_train)
+        model = build_model(cfg, data.n_features, data.n_classes)
+        model.load_state_dict(load_file(str(ckpt / "best.safetensors")))
+        print(json.dumps({"algo": cfg.algo, "data": cfg.data,
+                          **{f"test_{k}": v for k, v in model.evaluate(data.x_test, data.y_test).items()}}))
+        return 0
+
+
+COMMANDS = {"train": Train, "eval": Eval}
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("local", help="forward-only learning: FF, MF, CaFo, DFA, DRTP, forward gradient")
+    sub = parser.add_subparsers(dest="local_command", metavar="{train,eval}")
+    for name, cmd in COMMANDS.items():
+        p = sub.add_parser(name, help=cmd.help, description=cmd.__doc__)
+        cmd.add_arguments(p)
+        p.set_defaults(func=cmd.run)
+    parser.set_defaults(func=lambda args: parser.print_help() or 1)

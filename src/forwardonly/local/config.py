@@ -1,0 +1,121 @@
+"""Typed config of a forward-only training run (``forwardonly local train``).
+
+Loaded with :func:`forwardonly.config.load_config`: YAML plus ``key=value``
+overrides, unknown keys rejected, bad values named with file and line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+ALGOS = ("ff", "mf", "cafo", "dfa", "drtp", "fg", "bp")
+
+
+@dataclass
+class FFConfig:
+    """Forward-Forward (Hinton 2022).
+
+    loss: ``hinton`` (softplus around ``threshold``) or ``symba`` (softplus of
+    ``alpha * (g_neg - g_pos)``, Lee & Song 2023: same goodness, faster to train).
+    predict: ``goodness`` (sum of goodness over layers for each candidate label)
+    or ``probe`` (linear classifier on the activations with a neutral label).
+    label_scale: value of the one-hot label appended to the input.
+    """
+
+    loss: Literal["hinton", "symba"] = "symba"
+    threshold: float = 2.0
+    alpha: float = 4.0
+    predict: Literal["goodness", "probe"] = "goodness"
+    label_scale: float = 1.0
+    probe_lr: float = 1e-3
+
+    def __post_init__(self):
+        if self.alpha <= 0:
+            raise ValueError(f"ff.alpha must be positive, got {self.alpha}")
+        if self.label_scale <= 0:
+            raise ValueError(f"ff.label_scale must be positive, got {self.label_scale}")
+
+
+@dataclass
+class CaFoConfig:
+    """Cascaded Forward (Zhao et al. 2023): random frozen blocks, one predictor each.
+
+    predictor: ``closed_form`` (ridge regression onto one-hot targets, solved from
+    streamed sufficient statistics) or ``ce`` (cross-entropy trained by gradient).
+    """
+
+    predictor: Literal["closed_form", "ce"] = "closed_form"
+    ridge: float = 1.0
+
+    def __post_init__(self):
+        if self.ridge <= 0:
+            raise ValueError(f"cafo.ridge must be positive, got {self.ridge}")
+
+
+@dataclass
+class FeedbackConfig:
+    """DFA / DRTP: scale of the fixed random feedback matrices (entries ~ U(-s, s)/sqrt(classes))."""
+
+    scale: float = 1.0
+
+
+@dataclass
+class FGConfig:
+    """Forward gradient (Baydin et al. 2022).
+
+    mode: ``weight`` perturbs all weights with one Gaussian tangent and uses the
+    directional derivative of the global loss; ``local`` (local-loss-guided,
+    Fournier et al. 2023) uses each layer's local-loss gradient as the tangent and
+    projects the global gradient onto it with one ``jvp`` per layer.
+    """
+
+    mode: Literal["weight", "local"] = "local"
+
+
+@dataclass
+class LocalConfig:
+    """One forward-only (or backprop baseline) training run on a flat image data set."""
+
+    algo: Literal["ff", "mf", "cafo", "dfa", "drtp", "fg", "bp"] = "mf"
+    data: Literal["fashion-mnist", "mnist", "digits", "cifar10"] = "fashion-mnist"
+    data_dir: str | None = None
+    hidden: list[int] = field(default_factory=lambda: [500, 500])
+    activation: Literal["relu", "tanh"] = "relu"
+    epochs: int = 10
+    batch_size: int = 128
+    eval_batch_size: int = 1024
+    optimizer: Literal["adam", "sgd"] = "adam"
+    lr: float = 1e-3
+    lr_decay: float = 1.0  # learning rate x this after every epoch, for every optimizer of the method
+    weight_decay: float = 0.0
+    seed: int = 0
+    threads: int = 0  # 0 leaves torch's default
+    val_fraction: float = 0.1
+    limit_train: int = 0
+    patience: int = 3  # early stopping: epochs without a better validation accuracy
+    target_acc: float | None = None  # report training seconds to this validation accuracy
+    out_dir: str | None = None
+    ff: FFConfig = field(default_factory=FFConfig)
+    cafo: CaFoConfig = field(default_factory=CaFoConfig)
+    feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
+    fg: FGConfig = field(default_factory=FGConfig)
+
+    def __post_init__(self):
+        if not self.hidden or any(h <= 0 for h in self.hidden):
+            raise ValueError(f"hidden={self.hidden} must be a non-empty list of positive widths")
+        for name in ("epochs", "batch_size", "eval_batch_size"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name}={getattr(self, name)} must be positive")
+        if self.lr <= 0:
+            raise ValueError(f"Invalid learning rate: lr={self.lr}")
+        if not 0.0 < self.lr_decay <= 1.0:
+            raise ValueError(f"lr_decay={self.lr_decay} must be in (0, 1]")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay={self.weight_decay} must be >= 0")
+        if self.patience < 0 or self.threads < 0 or self.limit_train < 0:
+            raise ValueError("patience, threads and limit_train must be >= 0")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction={self.val_fraction} must be in [0, 1)")
+        if self.target_acc is not None and not 0.0 < self.target_acc <= 1.0:
+            raise ValueError(f"target_acc={self.target_acc} must be in (0, 1]")

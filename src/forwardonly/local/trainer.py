@@ -1,0 +1,155 @@
+"""The training loop shared by every forward-only method, readable top to bottom.
+
+One early-stopping rule for all methods: after each epoch the model is scored on
+the validation split; the best-scoring weights are kept; training stops after
+``patience`` epochs without improvement or at ``epochs``. The test set is scored
+once, with the best weights. Time counts training steps only (not evaluation);
+``time_to_target`` is the training time until validation accuracy first reaches
+``target_acc``.
+
+With ``out_dir`` the loop writes ``metrics.jsonl`` (one line per epoch),
+``checkpoint/`` after every epoch (atomically: weights as safetensors, optimizer
+and RNG state as a torch file read back with ``weights_only=True``) and
+``summary.json``. ``resume=True`` continues from the checkpoint and gives the
+same result as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from ..config import to_dict
+from ..errors import UserError
+from ..io import atomic_path, atomic_write_json, atomic_write_text
+from . import build_model
+from .config import LocalConfig
+from .data import Dataset, load_dataset
+
+_CKPT = "checkpoint"
+
+
+def _clone_state(model) -> dict:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def save_checkpoint(path: Path, model, best: dict, progress: dict, shuffle: torch.Generator, cfg) -> None:
+    from safetensors.torch import save_file
+
+    with atomic_path(path) as tmp:
+        tmp.mkdir()
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
+        save_file({k: v.contiguous() for k, v in best.items()}, str(tmp / "best.safetensors"))
+        torch.save({"optim": model.optim_state(), "progress": progress, "shuffle": shuffle.get_state(),
+                    "config": json.dumps(to_dict(cfg))}, tmp / "state.pt")
+
+
+def load_checkpoint(path: Path, model, shuffle: torch.Generator, cfg) -> tuple[dict, dict]:
+    """Restore ``model`` and ``shuffle`` in place; return (best weights, progress)."""
+    try:
+        state = torch.load(path / "state.pt", weights_only=True)
+        model.load_state_dict(load_file(str(path / "model.safetensors")))
+        best = load_file(str(path / "best.safetensors"))
+    except (OSError, RuntimeError, KeyError) as e:
+        raise UserError(f"{path}: cannot resume from this checkpoint: {e}") from None
+    saved = json.loads(state["config"])
+    mine = to_dict(cfg)
+    diff = sorted(k for k in mine if k not in ("epochs", "out_dir", "threads") and saved.get(k) != mine[k])
+    if diff:
+        raise UserError(f"{path}: checkpoint was made with a different config ({', '.join(diff)} differ)")
+    model.load_optim_state(state["optim"])
+    shuffle.set_state(state["shuffle"])
+    return best, state["progress"]
+
+
+def train(cfg: LocalConfig, data: Dataset | None = None, progress: bool = False, resume: bool = False,
+          log=None) -> dict:
+    """Train ``cfg.algo`` on ``cfg.data``; return a summary (test accuracy of the best epoch, timings).
+
+    Args:
+        cfg: the run's config. data: preloaded data (skips :func:`load_dataset`).
+        progress: show a tqdm bar per epoch. resume: continue from ``out_dir/checkpoint``.
+        log: optional ``callable(str)`` for one line per epoch.
+    """
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if data is None:
+        data = load_dataset(cfg.data, cfg.data_dir, cfg.val_fraction, cfg.limit_train)
+    model = build_model(cfg, data.n_features, data.n_classes)
+    shuffle = torch.Generator().manual_seed(cfg.seed)
+    out = Path(cfg.out_dir) if cfg.out_dir else None
+    best = _clone_state(model)
+    prog = {"epoch": 0, "best_val": -1.0, "best_epoch": 0, "bad_epochs": 0, "train_seconds": 0.0,
+            "time_to_target": None, "history": []}
+    if resume:
+        if out is None or not (out / _CKPT).is_dir():
+            raise UserError(f"--resume: no checkpoint in {out / _CKPT if out else '(no out_dir set)'}")
+        best, prog = load_checkpoint(out / _CKPT, model, shuffle, cfg)
+
+    n, bs = len(data.y_train), cfg.batch_size
+    for epoch in range(prog["epoch"], cfg.epochs):
+        if cfg.patience and prog["bad_epochs"] >= cfg.patience:
+            break
+        perm = torch.randperm(n, generator=shuffle)
+        bar = _bar(range(0, n, bs), progress, f"{cfg.algo} epoch {epoch + 1}/{cfg.epochs}")
+        losses, t0 = [], time.perf_counter()
+        model.train()
+        for i in bar:
+            idx = perm[i:i + bs]
+            losses.append(model.train_step(data.x_train[idx], data.y_train[idx]))
+            if progress and len(losses) % 20 == 0:
+                bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        model.end_epoch()
+        seconds = time.perf_counter() - t0
+        for opt in model.optimizers:  # saved with the optimizer state, so a resumed run continues the decay
+            for group in opt.param_groups:
+                group["lr"] *= cfg.lr_decay
+        prog["train_seconds"] += seconds
+        scored = model.evaluate(data.x_val, data.y_val, cfg.eval_batch_size) if len(data.y_val) else {}
+        val = scored.get("acc", float(epoch))  # no validation split: the last epoch wins
+        row = {"epoch": epoch + 1, "train_loss": sum(losses) / max(1, len(losses)), "epoch_seconds": seconds,
+               "train_seconds": prog["train_seconds"], **{f"val_{k}": v for k, v in scored.items()}}
+        prog["history"].append(row)
+        if val > prog["best_val"]:
+            prog.update(best_val=val, best_epoch=epoch + 1, bad_epochs=0)
+            best = _clone_state(model)
+        else:
+            prog["bad_epochs"] += 1
+        if cfg.target_acc is not None and prog["time_to_target"] is None and val >= cfg.target_acc:
+            prog["time_to_target"] = prog["train_seconds"]
+        prog["epoch"] = epoch + 1
+        if log:
+            log(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+        if out is not None:
+            save_checkpoint(out / _CKPT, model, best, prog, shuffle, cfg)
+            atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in prog["history"]))
+
+    model.load_state_dict(best)
+    test = model.evaluate(data.x_test, data.y_test, cfg.eval_batch_size)
+    epoch_times = [r["epoch_seconds"] for r in prog["history"]]
+    summary = {
+        "algo": cfg.algo, "data": cfg.data,
+        **{f"test_{k}": v for k, v in test.items()},
+        "best_val_acc": prog["best_val"], "best_epoch": prog["best_epoch"], "epochs_run": prog["epoch"],
+        "seconds_per_epoch": statistics.median(epoch_times) if epoch_times else None,
+        "train_seconds": prog["train_seconds"], "time_to_target": prog["time_to_target"],
+        "target_acc": cfg.target_acc, "flops_per_example": model.flops_per_example(),
+        "n_params": sum(p.numel() for p in model.parameters()), "history": prog["history"],
+    }
+    if out is not None:
+        atomic_write_json(out / "summary.json", {"config": to_dict(cfg), **summary})
+    summary["model"] = model
+    return summary
+
+
+def _bar(it, enabled: bool, desc: str):
+    if not enabled:
+        return it
+    from tqdm import tqdm
+
+    return tqdm(it, desc=desc, leave=False, dynamic_ncols=True)
