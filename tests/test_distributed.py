@@ -1,0 +1,312 @@
+"""Distributed ZO (forwardonly.distributed) with 2 gloo processes on 127.0.0.1.
+
+The ranks are real processes started with torchrun's environment (RANK,
+WORLD_SIZE, MASTER_ADDR, MASTER_PORT); each runs this file as a script. One
+launch trains every case of CASES and saves the final weights; the tests
+compare them with one process in pytest:
+
+* data-parallel over 2 ranks == one process with accum_steps = 2 * local accum
+  (same micro-batches in the same order);
+* probe-parallel over 2 ranks == one process with q = 2 * local q.
+
+Tolerances: "exact" cases must be bitwise equal (float32 weights). The others
+differ only by float64 rounding of the projected gradients: (a - b) averaged
+over ranks versus averages subtracted; we allow rtol = atol = 1e-6 on the
+weights after STEPS steps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+if str(SRC) not in sys.path:  # the rank processes run this file as a script
+    sys.path.insert(0, str(SRC))
+
+from forwardonly import distributed as fd
+from forwardonly.optim import build_optimizer
+
+WORLD = 2
+STEPS = 12
+BATCH = 32  # global batch; micro-batches are consecutive slices of it
+LR = {"zo-sgd": 2e-3, "zo-sgd-mmt": 2e-3, "zo-sgd-sign": 1e-2, "zo-sgd-cons": 2e-3, "zo-adam": 1e-2,
+      "forward-grad": 2e-3}
+
+# id: (optimizer, mode, reduce, local accum_steps, local q, extra kwargs, bitwise equal to one process)
+CASES = {
+    "data-zosgd-losses": ("zo-sgd", "data", "losses", 1, 1, {}, True),
+    "data-zoadam-losses": ("zo-adam", "data", "losses", 1, 1, {}, True),
+    "data-zosgd-grads": ("zo-sgd", "data", "grads", 1, 2, {}, False),
+    "data-zoadam-grads": ("zo-adam", "data", "grads", 1, 1, {}, False),
+    "data-mmt-accum2": ("zo-sgd-mmt", "data", "losses", 2, 1, {}, False),
+    "data-cons": ("zo-sgd-cons", "data", "grads", 1, 1, {}, False),
+    "data-onesided": ("zo-sgd", "data", "losses", 1, 2, {"two_sided": False}, True),
+    "data-forward-grad": ("forward-grad", "data", "grads", 1, 1, {}, True),
+    "probe-zosgd": ("zo-sgd", "probe", "grads", 1, 1, {}, True),
+    "probe-zoadam-q2": ("zo-adam", "probe", "grads", 1, 2, {}, True),
+    "probe-sign-accum2": ("zo-sgd-sign", "probe", "grads", 2, 1, {}, True),
+    "probe-cons-onesided": ("zo-sgd-cons", "probe", "grads", 1, 1, {"two_sided": False}, True),
+    "probe-forward-grad": ("forward-grad", "probe", "grads", 1, 1, {}, True),
+}
+
+
+# --------------------------------------------------------------------------- the problem
+def problem():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(BATCH, 8, generator=g)
+    y = torch.sin(x[:, :1]) + x[:, 1:2]
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
+    return model, x, y
+
+
+def closure_for(model, x, y, n_micro):
+    """closure(i) on the i-th of n_micro consecutive slices of (x, y); closure() on all of it."""
+    m = len(x) // n_micro
+
+    def closure(i=None):
+        if i is None:
+            return torch.nn.functional.mse_loss(model(x), y)
+        return torch.nn.functional.mse_loss(model(x[i * m:(i + 1) * m]), y[i * m:(i + 1) * m])
+
+    if n_micro == 1:
+        return lambda: closure()
+    return lambda i: closure(i)
+
+
+def make_opt(model, name, accum, q, extra):
+    return build_optimizer(name, model.parameters(), lr=LR[name], seed=5, q=q, accum_steps=accum, **extra)
+
+
+def train_case(case: str, comm):
+    """Train one case on this rank; returns (weights, bytes sent per step)."""
+    name, mode, reduce, accum, q, extra, _ = CASES[case]
+    model, x, y = problem()
+    if mode == "data":
+        x, y = comm.shard(x), comm.shard(y)
+    opt = fd.distribute(make_opt(model, name, accum, q, extra), comm, mode=mode, reduce=reduce)
+    closure = closure_for(model, x, y, accum)
+    sent = comm.bytes_sent
+    for _ in range(STEPS):
+        opt.step(closure)
+    return [p.detach().clone() for p in model.parameters()], (comm.bytes_sent - sent) / STEPS
+
+
+def single_process(case: str):
+    """The oracle: one process with WORLD-fold accumulation (data) or WORLD-fold probes (probe)."""
+    name, mode, _, accum, q, extra, _ = CASES[case]
+    model, x, y = problem()
+    if mode == "data":
+        accum *= WORLD
+    else:
+        q *= WORLD
+    opt = make_opt(model, name, accum, q, extra)
+    closure = closure_for(model, x, y, accum)
+    for _ in range(STEPS):
+        opt.step(closure)
+    return [p.detach().clone() for p in model.parameters()]
+
+
+# --------------------------------------------------------------------------- rank processes
+def worker(task: dict, out: Path) -> None:
+    torch.set_num_threads(1)
+    comm = fd.init_from_env(timeout_s=task.get("timeout_s", 30.0))
+    rank = comm.rank
+    if task["kind"] == "parity":
+        results = {}
+        for case in CASES:
+            weights, per_step = train_case(case, comm)
+            results[case] = {"weights": weights, "bytes_per_step": per_step}
+        torch.save(results, out / f"rank{rank}.pt")
+    elif task["kind"] == "resume":
+        # 3 steps, checkpoint (rank 0 writes), 3 more; the test resumes the checkpoint in 1 process
+        model, x, y = problem()
+        x, y = comm.shard(x), comm.shard(y)
+        opt = fd.distribute(make_opt(model, "zo-adam", 1, 1, {}), comm, mode="data", reduce="losses")
+        closure = closure_for(model, x, y, 1)
+        for _ in range(3):
+            opt.step(closure)
+        fd.save_checkpoint(comm, out / "ckpt.pt", model, opt, step=3)
+        for _ in range(3):
+            opt.step(closure)
+        torch.save([p.detach() for p in model.parameters()], out / f"rank{rank}.pt")
+    elif task["kind"] == "kill":
+        model, x, y = problem()
+        opt = fd.distribute(make_opt(model, "zo-sgd", 1, 1, {}), comm, mode="probe")
+        closure = closure_for(model, x, y, 1)
+        for t in range(1000):
+            if rank == 1 and t == 3:
+                if task.get("hang"):
+                    time.sleep(600)  # alive but stuck: only the collective's timeout can tell
+                os._exit(3)  # die without a word, as a crashed or OOM-killed rank does
+            opt.step(closure)
+    fd.shutdown()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_ranks(task: dict, out: Path, timeout: float = 120.0, only_rank0: bool = False):
+    """Start WORLD rank processes with torchrun's environment and wait for all of them.
+
+    Returns ``[(returncode, stderr)]`` per rank (returncode None: still running
+    at ``timeout``, or after rank 0 ended with ``only_rank0``; then killed) and the seconds waited.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    spec = out / "task.json"
+    spec.write_text(json.dumps(task))
+    port = free_port()
+    procs, logs = [], []
+    for rank in range(WORLD):
+        env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(WORLD),
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1",
+               "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
+        logs.append(out / f"rank{rank}.stderr")
+        with open(logs[-1], "w") as err:
+            procs.append(subprocess.Popen([sys.executable, __file__, str(spec), str(out)], env=env,
+                                          stdout=subprocess.DEVNULL, stderr=err))
+    start = time.monotonic()
+    try:
+        watched = procs[:1] if only_rank0 else procs
+        while any(p.poll() is None for p in watched) and time.monotonic() - start < timeout:
+            time.sleep(0.05)
+    finally:
+        codes = [p.poll() for p in procs]
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    return [(c, log.read_text()) for c, log in zip(codes, logs)], time.monotonic() - start
+
+
+# --------------------------------------------------------------------------- tests
+@pytest.fixture(scope="module")
+def parity(tmp_path_factory):
+    out = tmp_path_factory.mktemp("parity")
+    results, _ = run_ranks({"kind": "parity"}, out)
+    for rank, (code, err) in enumerate(results):
+        assert code == 0, f"rank {rank} failed:\n{err}"
+    return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_matches_single_process(parity, case):
+    exact = CASES[case][-1]
+    expected = single_process(case)
+    got = parity[0][case]["weights"]
+    for g, e in zip(got, expected):
+        if exact:
+            assert torch.equal(g, e), f"{case}: max |diff| {float((g - e).abs().max())}"
+        else:
+            torch.testing.assert_close(g, e, rtol=1e-6, atol=1e-6)
+    start = [p.detach() for p in problem()[0].parameters()]
+    assert any(not torch.equal(g, s) for g, s in zip(got, start)), "the weights did not move"
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_ranks_hold_identical_weights(parity, case):
+    for a, b in zip(parity[0][case]["weights"], parity[1][case]["weights"]):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("case", [c for c, v in CASES.items() if v[2] == "grads" and "cons" not in c])
+def test_bytes_per_probe(parity, case):
+    """One float64 per local probe, plus one for the loss, per step; nothing else is sent."""
+    q_local = CASES[case][4]
+    for rank in range(WORLD):
+        assert parity[rank][case]["bytes_per_step"] == 8 * q_local + 8
+
+
+def test_checkpoint_from_two_ranks_resumes_in_one_process(tmp_path):
+    results, _ = run_ranks({"kind": "resume"}, tmp_path)
+    assert all(code == 0 for code, _ in results), results
+    model, x, y = problem()
+    opt = make_opt(model, "zo-adam", WORLD, 1, {})
+    extra = fd.load_checkpoint(tmp_path / "ckpt.pt", model, opt)
+    assert extra == {"step": 3} and opt.zo_state["step"] == 3
+    closure = closure_for(model, x, y, WORLD)
+    for _ in range(3):
+        opt.step(closure)
+    got = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    for g, p in zip(got, model.parameters()):
+        assert torch.equal(g, p.detach())
+
+
+def test_killed_rank_stops_the_other_with_a_clear_error(tmp_path):
+    results, seconds = run_ranks({"kind": "kill", "timeout_s": 10.0}, tmp_path, timeout=60.0)
+    (code0, err0), (code1, _) = results
+    assert code1 == 3
+    assert code0 != 0
+    assert "DistributedError" in err0 and "peer rank has probably died" in err0, err0[-2000:]
+    assert failed_after(err0) < 5.0  # gloo sees the closed connection at once
+    assert seconds < 45.0
+
+
+@pytest.mark.slow
+def test_hung_rank_times_out(tmp_path):
+    results, _ = run_ranks({"kind": "kill", "hang": True, "timeout_s": 5.0}, tmp_path, timeout=40.0,
+                            only_rank0=True)
+    (code0, err0), (code1, _) = results
+    assert code1 is None  # still asleep when rank 0 gave up
+    assert code0 not in (0, None) and "DistributedError" in err0, err0[-2000:]
+    assert 4.0 <= failed_after(err0) < 15.0
+
+
+def failed_after(stderr: str) -> float:
+    m = re.search(r"failed after ([0-9.]+)s", stderr)
+    assert m, stderr[-2000:]
+    return float(m.group(1))
+
+
+def test_single_process_comm_is_a_no_op():
+    comm = fd.Comm()
+    assert (comm.rank, comm.world_size) == (0, 1)
+    assert comm.all_reduce_mean([1.5, 2.0]) == [1.5, 2.0]
+    assert comm.all_gather([3.0]) == [[3.0]]
+    assert comm.bytes_sent == 0
+    assert comm.shard([1, 2, 3]) == [1, 2, 3]
+    model = problem()[0]
+    opt = fd.distribute(make_opt(model, "zo-sgd", 1, 1, {}), comm, mode="probe")
+    assert opt.q == 1 and type(opt).__name__ == "ProbeParallelZOSGD"
+
+
+def test_arguments_are_validated():
+    model, _, _ = problem()
+    opt = make_opt(model, "zo-sgd", 1, 1, {})
+    with pytest.raises(ValueError, match="Invalid mode: 'tensor'"):
+        fd.distribute(opt, fd.Comm(), mode="tensor")
+    with pytest.raises(ValueError, match="Invalid reduce"):
+        fd.distribute(opt, fd.Comm(), reduce="params")
+    with pytest.raises(TypeError):
+        fd.distribute(torch.optim.SGD(model.parameters(), lr=0.1), fd.Comm())
+
+
+def test_launcher_command(monkeypatch):
+    nproc, rest = fd.strip_nproc(["train", "--nproc", "2", "cfg.yaml", "lr=1e-6"])
+    assert nproc == 2 and rest == ["train", "cfg.yaml", "lr=1e-6"]
+    assert fd.strip_nproc(["train", "--nproc=4"]) == (4, ["train"])
+    cmd = fd.torchrun_command(2, ["train", "--nproc=2", "cfg.yaml"])
+    assert cmd[1:3] == ["-m", "torch.distributed.run"] and "--nproc-per-node=2" in cmd
+    assert cmd[-4:] == ["-m", "forwardonly.cli.main", "train", "cfg.yaml"]
+    with pytest.raises(fd.UserError, match="Invalid --nproc: 'x'"):
+        fd.strip_nproc(["--nproc", "x"])
+    assert fd.launch(1, ["train"]) is None  # one process: nothing to launch
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert fd.launch(2, ["train", "--nproc", "2"]) is None  # already a torchrun rank
+
+
+if __name__ == "__main__":  # a rank process of run_ranks
+    worker(json.loads(Path(sys.argv[1]).read_text()), Path(sys.argv[2]))
