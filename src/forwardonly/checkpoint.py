@@ -1,0 +1,139 @@
+"""Checkpoints of fine-tuning runs, and the seed log that replays a ZO run onto its base model.
+
+A checkpoint is a directory written atomically (a crash leaves the previous
+one whole)::
+
+    checkpoint/
+      trainable.safetensors   the trainable parameters, by name
+      optimizer.pt            optimizer.state_dict() (loaded with weights_only=True)
+      trainer.json            step, forwards, elapsed time, metrics so far, the config
+      seedlog.json            the seed log (zeroth-order runs)
+
+The seed log
+------------
+A zeroth-order update is a pure function of (run seed, step, projected
+gradients, learning rate): the directions are regenerated from their seeds
+(:mod:`forwardonly.optim._perturb`). The log keeps, per step, the learning rate
+and the projected gradients actually applied, a few dozen bytes a step, and
+:func:`replay` rebuilds the fine-tuned weights from the base model with it,
+bitwise equal to the trained ones (same device type and dtype). A 200-step
+run of a 135M-parameter model fits in ~20 KB instead of 540 MB.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from .errors import UserError
+from .io import atomic_path
+
+FORMAT = 1
+
+
+class SeedLog:
+    """The per-step record of a ZO run: ``[{"step", "lr", "grads"} | {"step", "skip"}]`` plus the optimizer."""
+
+    def __init__(self, optimizer: dict, model: dict, scheme: dict, entries: list | None = None):
+        self.optimizer, self.model, self.scheme = optimizer, model, scheme
+        self.entries: list[dict] = list(entries or [])
+
+    def record(self, step: int, lrs: list[float], grads: list[float] | None) -> None:
+        if grads is None:
+            self.entries.append({"step": step, "skip": True})
+        else:
+            self.entries.append({"step": step, "lr": lrs, "grads": [float(g) for g in grads]})
+
+    def truncate(self, step: int) -> None:
+        """Forget entries of steps >= ``step`` (for a resumed run)."""
+        self.entries = [e for e in self.entries if e["step"] < step]
+
+    def to_dict(self) -> dict:
+        return {"format": FORMAT, "optimizer": self.optimizer, "model": self.model, "scheme": self.scheme,
+                "entries": self.entries}
+
+    def save(self, path) -> None:
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(self.to_dict()) + "\n")
+
+    @classmethod
+    def load(cls, path) -> SeedLog:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise UserError(f"seed log not found: {path}") from None
+        except ValueError as e:
+            raise UserError(f"{path}: not a seed log ({e})") from None
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise UserError(f"{path}: not a forwardonly seed log (format {FORMAT})")
+        return cls(data["optimizer"], data["model"], data["scheme"], data["entries"])
+
+
+def replay(log: SeedLog, model, optimizer) -> None:
+    """Apply every logged update to ``model`` through ``optimizer`` (built as in the run, fresh state)."""
+    groups = optimizer.param_groups
+    for e in log.entries:
+        if e.get("skip"):
+            optimizer.zo_state["step"] = e["step"] + 1
+            continue
+        for g, lr in zip(groups, e["lr"]):
+            g["lr"] = lr
+        optimizer._apply(e["step"], [c / optimizer.q for c in e["grads"]])
+        optimizer.zo_state["step"] = e["step"] + 1
+
+
+def trainable_state(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def save(directory, model, optimizer, trainer: dict, seedlog: SeedLog | None = None) -> None:
+    """Write a checkpoint directory atomically (see the module docstring)."""
+    from safetensors.torch import save_file
+
+    with atomic_path(directory) as tmp:
+        tmp.mkdir()
+        tensors = {n: t.contiguous().cpu() for n, t in trainable_state(model).items()}
+        save_file(tensors, str(tmp / "trainable.safetensors"), metadata={"format": str(FORMAT)})
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        (tmp / "trainer.json").write_text(json.dumps(trainer, indent=1) + "\n")
+        if seedlog is not None:
+            (tmp / "seedlog.json").write_text(json.dumps(seedlog.to_dict()) + "\n")
+
+
+def load_trainable(directory, model) -> None:
+    """Load ``trainable.safetensors`` into ``model``; every saved name must exist with the same shape."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(directory) / "trainable.safetensors"
+    try:
+        saved = load_file(str(path))
+    except FileNotFoundError:
+        raise UserError(f"no checkpoint weights at {path}") from None
+    except (SafetensorError, OSError) as e:
+        raise UserError(f"{path}: corrupt or truncated checkpoint ({e})") from None
+    params = dict(model.named_parameters())
+    for name, t in saved.items():
+        p = params.get(name)
+        if p is None or p.shape != t.shape:
+            raise UserError(f"{path}: tensor {name} {tuple(t.shape)} does not match the model "
+                            f"({'missing' if p is None else tuple(p.shape)}); was it trained with another "
+                            f"model or scheme?")
+        with torch.no_grad():
+            p.copy_(t)
+
+
+def load(directory, model, optimizer) -> dict:
+    """Restore weights and optimizer state; returns ``trainer.json``."""
+    directory = Path(directory)
+    trainer_path = directory / "trainer.json"
+    if not trainer_path.is_file():
+        raise UserError(f"no checkpoint in {directory} (missing trainer.json)")
+    trainer = json.loads(trainer_path.read_text())
+    load_trainable(directory, model)
+    state = torch.load(directory / "optimizer.pt", map_location="cpu", weights_only=True)
+    optimizer.load_state_dict(state)
+    return trainer

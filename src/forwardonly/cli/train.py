@@ -1,0 +1,72 @@
+"""``forwardonly train``: fine-tune a language model with a zeroth-order optimizer.
+
+Examples::
+
+    forwardonly train --config configs/sentiment-smollm2-zo.yaml
+    forwardonly train --config configs/sentiment-smollm2-zo.yaml optim.lr=5e-5 steps=50 out_dir=runs/a
+    forwardonly train --config configs/sentiment-smollm2-zo.yaml out_dir=runs/a --resume
+    forwardonly train --config configs/sentiment-smollm2-zo.yaml --nproc 2     # distributed, via torchrun
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+
+def load_train_config(path, overrides):
+    from ..config import load_config
+    from ..train_config import TrainConfig
+
+    return load_config(TrainConfig, path, overrides)
+
+
+def print_summary(summary: dict) -> None:
+    summary = {k: v for k, v in summary.items() if k not in ("model", "tokenizer", "history", "config")}
+    print(json.dumps(summary, indent=1))
+
+
+class Train:
+    """Fine-tune as a YAML config says (``--config``), with ``key=value`` overrides after it."""
+
+    help = "fine-tune a language model (zeroth-order, or a first-order baseline)"
+
+    @staticmethod
+    def add_arguments(p):
+        p.add_argument("--config", help="YAML config (a TrainConfig); see configs/")
+        p.add_argument("--resume", action="store_true", help="continue the run in out_dir from its checkpoint")
+        p.add_argument("--nproc", type=int, default=None,
+                       help="processes for distributed ZO (starts torchrun; gloo on CPU, NCCL on CUDA)")
+        p.add_argument("--no-progress", action="store_true", help="no progress bar")
+        p.add_argument("overrides", nargs="*", metavar="key=value",
+                       help="config overrides, e.g. optim.lr=1e-4 steps=200 scheme.name=lora")
+
+    @staticmethod
+    def run(args) -> int:
+        from .. import distributed
+        from ..errors import UserError
+        from ..train import run
+
+        cfg = load_train_config(args.config, args.overrides)
+        nproc = args.nproc if args.nproc is not None else cfg.nproc
+        if nproc < 1:
+            raise UserError(f"Invalid --nproc: {nproc} (expected a positive integer)")
+        if nproc > 1:
+            distributed.launch(nproc, args.argv)  # returns only inside a torchrun rank
+        summary = run(cfg, resume=args.resume, progress=not args.no_progress and sys.stderr.isatty())
+        if summary.get("world_size", 1) == 1 or distributed_rank() == 0:
+            print_summary(summary)
+        return 0
+
+
+def distributed_rank() -> int:
+    import os
+
+    return int(os.environ.get("RANK", "0"))
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("train", help=Train.help, description=__doc__,
+                              formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
+    Train.add_arguments(p)
+    p.set_defaults(func=Train.run)

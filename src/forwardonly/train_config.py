@@ -1,0 +1,184 @@
+"""The configuration of a language-model fine-tuning run (``forwardonly train``).
+
+A run is a :class:`TrainConfig`, loaded from YAML plus ``key=value``
+overrides by :func:`forwardonly.config.load_config`; unknown keys fail and list
+the valid ones, values are checked here, before anything is loaded or written.
+
+Example (``configs/sentiment-smollm2-zo.yaml``)::
+
+    # forwardonly train --config configs/sentiment-smollm2-zo.yaml
+    model: {name: smollm2-135m}
+    scheme: {name: lora, r: 8}
+    optim: {name: zo-sgd, lr: 1e-4, eps: 1e-3}
+    task: {name: sentiment}
+    steps: 200
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+FO_OPTIMIZERS = ("fo-sgd", "fo-adam")
+"""First-order baselines (backpropagation), for comparisons only."""
+
+
+@dataclass
+class ModelConfig:
+    """Which model: a zoo name, a Hugging Face directory, a ``.gguf`` file or a hub id."""
+
+    name: str = "smollm2-135m"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    kind: Literal["auto", "causal", "classifier"] = "auto"
+
+
+@dataclass
+class SchemeConfig:
+    """What to train: ``full``, ``lora``, ``prefix``, ``prompt``, ``head`` or ``bitfit``, and its options.
+
+    Options left at ``None`` take the scheme's defaults (LoRA ``r=8``,
+    ``alpha=2r``; ``num_virtual_tokens=10``; BitFit ``norm=false``).
+    """
+
+    name: Literal["full", "lora", "prefix", "prompt", "head", "bitfit"] = "full"
+    r: int | None = None
+    alpha: float | None = None
+    dropout: float | None = None
+    target_modules: list[str] | None = None
+    num_virtual_tokens: int | None = None
+    norm: bool | None = None
+
+    def options(self) -> dict:
+        keys = ("r", "alpha", "dropout", "target_modules", "num_virtual_tokens", "norm")
+        return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
+
+
+@dataclass
+class OptimConfig:
+    """The optimizer (``forwardonly.optim.OPTIMIZERS`` or ``fo-sgd``/``fo-adam``) and its schedule.
+
+    ``lr`` follows ``schedule`` after ``warmup_steps`` of linear warm-up:
+    ``constant``, ``linear`` (to ``min_lr_ratio * lr`` at the last step) or
+    ``cosine`` (likewise). Options left at ``None`` take the optimizer's default.
+    """
+
+    name: str = "zo-sgd"
+    lr: float = 1e-6
+    eps: float = 1e-3
+    q: int = 1
+    two_sided: bool = True
+    direction: Literal["rademacher", "gaussian"] = "rademacher"
+    momentum: float | None = None
+    weight_decay: float = 0.0
+    betas: list[float] | None = None
+    clip: float | None = None
+    schedule: Literal["constant", "linear", "cosine"] = "constant"
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0
+    grad_checkpointing: bool = False
+
+    def __post_init__(self):
+        from .optim import OPTIMIZERS
+
+        known = (*OPTIMIZERS, *FO_OPTIMIZERS)
+        if self.name not in known:
+            raise ValueError(f"optim.name={self.name!r} is not one of {list(known)}")
+        if not self.lr >= 0:
+            raise ValueError(f"optim.lr={self.lr} must be >= 0")
+        if not self.eps > 0:
+            raise ValueError(f"optim.eps={self.eps} must be > 0")
+        if self.q < 1:
+            raise ValueError(f"optim.q={self.q} must be at least 1")
+        if self.warmup_steps < 0:
+            raise ValueError(f"optim.warmup_steps={self.warmup_steps} must be >= 0")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError(f"optim.min_lr_ratio={self.min_lr_ratio} must be in [0, 1]")
+        if self.betas is not None and len(self.betas) != 2:
+            raise ValueError(f"optim.betas={self.betas} must be two numbers")
+
+    @property
+    def zeroth_order(self) -> bool:
+        return self.name not in FO_OPTIMIZERS
+
+
+@dataclass
+class TaskConfig:
+    """The task (built-in name, ``bigbench/NAME``, a task YAML or a data file), objective and splits."""
+
+    name: str = "sentiment"
+    objective: Literal["ce", "accuracy", "f1"] = "ce"
+    max_length: int = 256
+    train_split: str = "train"
+    eval_split: str = "validation"
+    test_split: str = "test"
+    max_train: int | None = None
+    max_eval: int | None = None
+    max_test: int | None = None
+
+    def __post_init__(self):
+        if self.max_length < 8:
+            raise ValueError(f"task.max_length={self.max_length} must be at least 8")
+        for key in ("max_train", "max_eval", "max_test"):
+            v = getattr(self, key)
+            if v is not None and v < 1:
+                raise ValueError(f"task.{key}={v} must be at least 1")
+
+
+@dataclass
+class TrainConfig:
+    """One fine-tuning run. ``forwardonly train --help`` and the shipped configs show every key.
+
+    Args:
+        steps: optimizer steps (each sees ``batch_size * accum_steps`` examples).
+        budget_forwards: stop early once this many forward passes were spent (ZO counts
+            every perturbed evaluation; first-order counts one per micro-batch).
+        eval_every: evaluate on ``task.eval_split`` every N steps (0: only at the end).
+        eval_before: also evaluate before training (the zero-shot number).
+        validate: score ``task.eval_split`` before and after training (and every ``eval_every``).
+        test: score ``task.test_split`` before and after training.
+        save_every: write a checkpoint every N steps (0: only at the end); needs ``out_dir``.
+        threads: torch intra-op threads (default: torch's choice).
+        nproc: processes for distributed ZO (``torchrun`` is started for you); ``dist_mode``
+            ``data`` shards each batch over ranks, ``probe`` gives each rank its own probes.
+    """
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    scheme: SchemeConfig = field(default_factory=SchemeConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    steps: int = 100
+    batch_size: int = 16
+    accum_steps: int = 1
+    seed: int = 0
+    budget_forwards: int | None = None
+    eval_every: int = 0
+    eval_before: bool = True
+    validate: bool = True
+    test: bool = True
+    eval_batch_size: int = 32
+    log_every: int = 10
+    save_every: int = 0
+    out_dir: str | None = None
+    device: str = "cpu"
+    threads: int | None = None
+    nproc: int = 1
+    dist_mode: Literal["data", "probe"] = "data"
+
+    def __post_init__(self):
+        checks = {"steps": 0, "batch_size": 1, "accum_steps": 1, "eval_batch_size": 1, "log_every": 1,
+                  "eval_every": 0, "save_every": 0, "nproc": 1}
+        for key, low in checks.items():
+            if getattr(self, key) < low:
+                raise ValueError(f"{key}={getattr(self, key)} must be at least {low}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads={self.threads} must be at least 1")
+        if self.budget_forwards is not None and self.budget_forwards < 1:
+            raise ValueError(f"budget_forwards={self.budget_forwards} must be at least 1")
+        if self.save_every and not self.out_dir:
+            raise ValueError(f"save_every={self.save_every} needs out_dir")
+        if self.nproc > 1 and not self.optim.zeroth_order:
+            raise ValueError(f"nproc={self.nproc}: distributed training is for zeroth-order optimizers, "
+                             f"not {self.optim.name}")
+        if self.nproc > 1 and self.dist_mode == "data" and (self.batch_size * self.accum_steps) % self.nproc:
+            raise ValueError(f"batch_size*accum_steps={self.batch_size * self.accum_steps} must be divisible "
+                             f"by nproc={self.nproc} in data-parallel mode")

@@ -1,0 +1,30 @@
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    """A tiny random Llama saved as a Hugging Face directory (what users point model.name at)."""
+    from forwardonly.models import tiny_model
+
+    path = tmp_path_factory.mktemp("tiny-llama")
+    model, tok = tiny_model("llama", seed=0)
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def cfg_of(tiny_dir):
+    """``cfg_of("steps=3", ...)``: a TrainConfig on the tiny model with small splits."""
+    from forwardonly.config import load_config
+    from forwardonly.train_config import TrainConfig
+
+    def make(*extra):
+        return load_config(TrainConfig, None, overrides(tiny_dir, *extra))
+
+    return make
+
+
+def overrides(tiny_dir, *extra):
+    return [f"model.name={tiny_dir}", "task.max_train=64", "task.max_eval=16", "task.max_test=16",
+            "batch_size=4", "eval_batch_size=8", "log_every=2", "threads=1", *extra]

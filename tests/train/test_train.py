@@ -1,0 +1,146 @@
+"""The fine-tuning loop on a tiny model: it learns, resumes exactly, replays, and refuses bad input."""
+
+import json
+
+import pytest
+import torch
+
+from forwardonly.checkpoint import SeedLog
+from forwardonly.config import load_config
+from forwardonly.errors import UserError
+from forwardonly.train import lr_at, replay_seedlog, run, step_examples
+from forwardonly.train_config import TrainConfig
+
+def _weights(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def test_zo_training_lowers_the_loss(cfg_of):
+    cfg = cfg_of("steps=60", "optim.lr=1e-2", "optim.q=2", "scheme.name=full", "test=false",
+               "validate=false", "task.max_train=8", "batch_size=8")
+    s = run(cfg, progress=False)
+    first, last = s["history"][0]["loss"], s["history"][-1]["loss"]
+    assert last < 0.8 * first, (first, last)
+    assert s["forwards"] == 60 * 2 * 2  # two-sided, q=2
+
+
+def test_fo_baseline_lowers_the_loss(cfg_of):
+    cfg = cfg_of("steps=30", "optim.name=fo-adam", "optim.lr=3e-3", "test=false", "validate=false",
+               "task.max_train=8", "batch_size=8")
+    s = run(cfg, progress=False)
+    assert s["history"][-1]["loss"] < 0.5 * s["history"][0]["loss"]
+    assert s["backwards"] == 30
+
+
+def test_frozen_weights_unchanged_under_lora(cfg_of, tiny_dir):
+    cfg = cfg_of("steps=4", "optim.lr=1e-2", "scheme.name=lora", "scheme.r=2", "test=false",
+               "validate=false")
+    s = run(cfg, progress=False)
+    from forwardonly.models import load_model
+
+    base, _ = load_model(str(tiny_dir))
+    ref = dict(base.named_parameters())
+    changed = 0
+    for name, p in s["model"].named_parameters():
+        if p.requires_grad:
+            changed += 1
+            continue
+        key = name.replace("base_model.model.", "").replace(".base_layer", "")
+        assert torch.equal(p, ref[key]), name
+    assert changed > 0
+
+
+def test_resume_is_bitwise_identical(cfg_of, tmp_path, monkeypatch):
+    import forwardonly.train as train_mod
+
+    common = ("steps=8", "optim.name=zo-sgd-mmt", "optim.lr=1e-3", "optim.schedule=cosine", "optim.warmup_steps=2",
+              "accum_steps=2", "test=false", "validate=false", "save_every=4")
+    full = run(cfg_of(*common, f"out_dir={tmp_path / 'a'}"), progress=False)
+    # Interrupt the second run during step 6 (the checkpoint of step 4 is on disk), then resume it.
+    real = train_mod._zo_step
+
+    def crash_at_5(opt, model, objective, batches, seedlog, t):
+        if t == 5:
+            raise KeyboardInterrupt
+        return real(opt, model, objective, batches, seedlog, t)
+
+    monkeypatch.setattr(train_mod, "_zo_step", crash_at_5)
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg_of(*common, f"out_dir={tmp_path / 'b'}"), progress=False)
+    monkeypatch.setattr(train_mod, "_zo_step", real)
+    resumed = run(cfg_of(*common, f"out_dir={tmp_path / 'b'}"), resume=True, progress=False)
+    a, b = _weights(full["model"]), _weights(resumed["model"])
+    assert all(torch.equal(a[n], b[n]) for n in a)
+    rows = [json.loads(x) for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [2, 4, 6, 8]
+
+
+@pytest.mark.parametrize("optim", ["zo-sgd", "zo-sgd-cons", "zo-adam"])
+def test_seed_log_replays_the_run_bitwise(cfg_of, tmp_path, optim):
+    cfg = cfg_of("steps=6", f"optim.name={optim}", "optim.lr=1e-3", "optim.q=2", "test=false",
+               "validate=false", f"out_dir={tmp_path}")
+    trained = run(cfg, progress=False)["model"]
+    log = SeedLog.load(tmp_path / "seedlog.json")
+    assert len(log.entries) == 6
+    assert (tmp_path / "seedlog.json").stat().st_size < 4000
+    replayed, _ = replay_seedlog(tmp_path / "seedlog.json")
+    a, b = _weights(trained), _weights(replayed)
+    assert all(torch.equal(a[n], b[n]) for n in a)
+
+
+def test_existing_run_is_not_overwritten(cfg_of, tmp_path):
+    run(cfg_of("steps=1", "test=false", "validate=false", f"out_dir={tmp_path}"), progress=False)
+    before = (tmp_path / "checkpoint" / "trainable.safetensors").read_bytes()
+    with pytest.raises(UserError, match="already holds a run"):
+        run(cfg_of("steps=2", "test=false", "validate=false", f"out_dir={tmp_path}"), progress=False)
+    assert (tmp_path / "checkpoint" / "trainable.safetensors").read_bytes() == before
+
+
+def test_budget_in_forward_passes_stops_early(cfg_of):
+    s = run(cfg_of("steps=50", "budget_forwards=10", "test=false", "validate=false"), progress=False)
+    assert s["step"] == 5 and s["forwards"] == 10
+
+
+def test_eval_before_and_after(cfg_of):
+    s = run(cfg_of("steps=2", "eval_every=1"), progress=False)
+    assert 0.0 <= s["test_before"]["accuracy"] <= 1.0 and s["test_after"]["n"] == 16
+    assert [e["step"] for e in s["evals"]] == [0, 1, 2]
+
+
+def test_step_examples_cover_epochs_deterministically():
+    train = list(range(10))
+    seen = [x for t in range(5) for x in step_examples(train, 0, t, 4)]
+    assert sorted(seen[:10]) == train and sorted(seen[10:20]) == train
+    assert step_examples(train, 0, 3, 4) == step_examples(train, 0, 3, 4)
+    assert step_examples(train, 1, 0, 4) != step_examples(train, 0, 0, 4)
+
+
+@pytest.mark.parametrize("schedule,expect", [("constant", [1.0, 1.0, 1.0]), ("linear", [1.0, 0.55, 0.1]),
+                                             ("cosine", [1.0, 0.55, 0.1])])
+def test_lr_schedules(schedule, expect):
+    cfg = load_config(TrainConfig, None, [f"optim.schedule={schedule}", "optim.lr=1", "optim.min_lr_ratio=0.1"])
+    got = [lr_at(cfg, t, 11) for t in (0, 5, 10)]
+    assert got == pytest.approx(expect)
+    warm = load_config(TrainConfig, None, ["optim.lr=1", "optim.warmup_steps=4"])
+    assert [lr_at(warm, t, 10) for t in range(5)] == pytest.approx([0.25, 0.5, 0.75, 1.0, 1.0])
+
+
+@pytest.mark.parametrize("override,msg", [
+    (["optim.name=adam"], "optim.name='adam' is not one of"),
+    (["optim.lr=-1"], "optim.lr=-1.0 must be >= 0"),
+    (["steps=-3"], "steps=-3 must be at least 0"),
+    (["stepz=3"], "unknown key 'stepz'; valid keys:"),
+    (["scheme.name=adapter"], "scheme.name='adapter' is not one of"),
+    (["save_every=5"], "save_every=5 needs out_dir"),
+    (["nproc=2", "batch_size=3"], "must be divisible by nproc=2"),
+])
+def test_bad_config_values(override, msg):
+    with pytest.raises(UserError, match=msg.replace("(", r"\(").replace("[", r"\[")):
+        load_config(TrainConfig, None, override)
+
+
+def test_missing_split_and_model(cfg_of, tmp_path):
+    with pytest.raises(UserError, match="has no split 'dev'"):
+        run(cfg_of("task.eval_split=dev"), progress=False)
+    with pytest.raises(UserError, match="model path not found"):
+        run(load_config(TrainConfig, None, [f"model.name={tmp_path}/nope/x", "threads=1"]), progress=False)
