@@ -221,6 +221,30 @@ class WeightStore:
         """The current value of ``name`` on the tier (a view: writes go to the store)."""
         return self._tensors[name]
 
+    def read_into(self, name: str, out: torch.Tensor) -> None:
+        """``out <- name``. On the disk tier into CPU memory this is one ``pread``: the bytes are
+        copied from the page cache without faulting the mapping in page by page."""
+        if self._file is not None and out.device.type == "cpu" and out.is_contiguous() and out.numel():
+            view = memoryview(out.view(-1).view(torch.uint8).numpy())
+            pos, off = 0, self.data_offset + self.entries[name].start
+            while pos < len(view):
+                n = os.preadv(self._file.fileno(), [view[pos:]], off + pos)
+                if n <= 0:
+                    raise WeightsFileError(f"{self.path}: short read of {name!r} (file truncated while in use?)")
+                pos += n
+        else:
+            out.copy_(self._tensors[name])
+
+    def write_from(self, name: str, src: torch.Tensor) -> None:
+        """``name <- src``; on the disk tier from CPU memory one ``pwrite`` (no write faults on the mapping)."""
+        if self._file is not None and src.device.type == "cpu" and src.is_contiguous() and src.numel():
+            view = memoryview(src.view(-1).view(torch.uint8).numpy())
+            pos, off = 0, self.data_offset + self.entries[name].start
+            while pos < len(view):
+                pos += os.pwrite(self._file.fileno(), view[pos:], off + pos)
+        else:
+            self._tensors[name].copy_(src)
+
     @property
     def nbytes(self) -> int:
         return sum(e.nbytes for e in self.entries.values())

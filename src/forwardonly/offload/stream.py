@@ -170,7 +170,8 @@ class BlockStreamer:
             if src is not None:
                 self._check(src, p)
                 t = self.store.tensor(src)
-                p.data = t if self.mode == "map" else t.to(self.device, copy=True)
+                # small and always resident: used in place wherever the store already is on the device
+                p.data = t if t.device == self.device else t.to(self.device, copy=True)
             elif is_placeholder(p.data) or p.device.type == "meta":
                 raise ValueError(f"parameter {name!r} is neither in {self.store.source} nor materialised")
         for b in self.blocks:
@@ -200,7 +201,8 @@ class BlockStreamer:
         self.sync()
         if materialize:
             for name, p in self.resident:
-                if self.mode == "map" and any(a in self.store for a in self._aliases[id(p)]):
+                if any(a in self.store and p.data_ptr() == self.store.tensor(a).data_ptr()
+                       for a in self._aliases[id(p)]):
                     p.data = p.data.clone()
             for b in self.blocks:
                 for name, p in b.params:
@@ -238,7 +240,7 @@ class BlockStreamer:
                     b.event = self._stream.record_event()
             else:
                 for (name, _), v in zip(b.params, views):
-                    v.copy_(self.store.tensor(name))
+                    self.store.read_into(name, v)
 
         b.ready = self._worker.submit(copy_in)
 
@@ -300,7 +302,7 @@ class BlockStreamer:
                             self.store.tensor(name).copy_(v, non_blocking=True)
                 else:
                     for (name, _), v in zip(b.params, views):
-                        self.store.tensor(name).copy_(v)
+                        self.store.write_from(name, v)
 
             self._worker.submit(copy_out)
         b.dirty = False
