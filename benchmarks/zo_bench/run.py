@@ -1,0 +1,203 @@
+"""Run the ZO-Bench grid: every experiment x seed in its own process, one result JSON each.
+
+Usage (from the repository root)::
+
+    PYTHONPATH=src python benchmarks/zo_bench/run.py --check                       # validate every file, run nothing
+    PYTHONPATH=src python benchmarks/zo_bench/run.py                               # the default grid, seeds 0,1,2
+    PYTHONPATH=src python benchmarks/zo_bench/run.py --only 'sentiment-lora-*' --seeds 0,1,2 task.max_test=100
+    forwardonly report benchmarks/zo_bench/results --out benchmarks/zo_bench/report
+
+An experiment is a folder ``experiments/NAME/`` holding ``overrides.yaml``: the
+keys of a :class:`forwardonly.train_config.TrainConfig` that differ from
+``defaults.yaml``. ``key=value`` arguments after the options apply to every
+experiment (and are recorded in every result). A folder that also holds
+``NOT_IMPLEMENTED.md`` is declared but skipped: the method it needs does not
+exist yet, and that file says what is missing.
+
+Before anything runs, ALL files are loaded and checked: an unknown key, a value
+of the wrong type or a model that is not available stops the runner with the
+file (and line) at fault. Then each run is a subprocess (``--child``) that
+trains with :func:`forwardonly.train.run` under
+:class:`forwardonly.bench.measure.PeakMemory` and writes
+``results/runs/NAME.seedN.json`` with :func:`forwardonly.bench.record.make_record`:
+the resolved config, seed, forward budget and forwards spent, wall and train
+time, peak memory, zero-shot (``test_before``) and final (``test_after``)
+metrics. A run that crashes (or exceeds ``--timeout``) is written as
+``status: failed`` with its error, and the next run starts. Existing ``ok``
+results are kept unless ``--force``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+DEFAULTS = HERE / "defaults.yaml"
+EXPERIMENTS = HERE / "experiments"
+RESULTS = HERE / "results" / "runs"
+
+
+def discover(root: Path = EXPERIMENTS) -> list[Path]:
+    return sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+
+
+def validate(defaults: Path, folders: list[Path], overrides: list[str]) -> tuple[dict, list[Path]]:
+    """Load every experiment (raises ``UserError`` naming the file). Returns resolved configs and skipped folders."""
+    import yaml
+
+    from forwardonly.config import load_config, to_dict
+    from forwardonly.errors import UserError
+    from forwardonly.models.loading import resolve
+    from forwardonly.train_config import TrainConfig
+
+    load_config(TrainConfig, defaults)  # the defaults alone must be valid: errors then name defaults.yaml
+    base = yaml.safe_load(defaults.read_text()) or {}
+    configs, pending, models = {}, [], {}
+    for folder in folders:
+        path = folder / "overrides.yaml"
+        if not path.is_file():
+            raise UserError(f"{folder}: an experiment folder needs an overrides.yaml")
+        if (folder / "NOT_IMPLEMENTED.md").is_file():
+            pending.append(folder)
+            continue
+        cfg = load_config(TrainConfig, path, overrides, base=base)
+        if cfg.model.name not in models:
+            try:
+                models[cfg.model.name] = resolve(cfg.model.name)
+            except UserError as e:
+                raise UserError(f"{path}: {e}") from None
+        configs[folder.name] = to_dict(cfg)
+    return configs, pending
+
+
+# ----------------------------------------------------------------------------- one run (child process)
+def child(spec_path: str) -> int:
+    import torch
+
+    from forwardonly.bench.measure import PeakMemory
+    from forwardonly.bench.record import make_record, write_record
+    from forwardonly.config import load_config
+    from forwardonly.train import run
+    from forwardonly.train_config import TrainConfig
+
+    spec = json.loads(Path(spec_path).read_text())
+    cfg = load_config(TrainConfig, None, None, base=spec["config"])
+    t0 = time.perf_counter()
+    with PeakMemory(interval=0.01) as mem:
+        summary = run(cfg, progress=False)
+    wall = time.perf_counter() - t0
+    keep = ("test_before", "test_after", "forwards", "backwards", "step", "train_time_s", "history", "evals",
+            "peak_rss_bytes", "skipped_steps", "trainable_parameters")
+    results = {k: summary[k] for k in keep if k in summary}
+    results.update(wall_time_s=wall, budget_forwards=cfg.budget_forwards, memory=mem.result(),
+                   torch_threads=torch.get_num_threads())
+    rec = make_record(f"zo_bench/{spec['experiment']}", spec["config"], results, status="ok",
+                      experiment=spec["experiment"], experiment_file=spec["experiment_file"], seed=cfg.seed,
+                      seeds=spec["seeds"], overrides=spec["overrides"])
+    write_record(spec["out"], rec)
+    return 0
+
+
+def launch(name: str, config: dict, seed: int, seeds: list[int], overrides: list[str], out: Path,
+           timeout: float | None) -> dict:
+    """Run one experiment x seed in a fresh process; on a crash, write the failure record ourselves."""
+    import tempfile
+
+    from forwardonly.bench.record import make_record, write_record
+
+    config = {**config, "seed": seed}
+    spec = {"experiment": name, "experiment_file": f"experiments/{name}/overrides.yaml", "config": config,
+            "seeds": seeds, "overrides": overrides, "out": str(out)}
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(spec, f)
+    env = {**os.environ, "OMP_NUM_THREADS": str(config.get("threads") or 1), "TOKENIZERS_PARALLELISM": "false"}
+    t0 = time.time()
+    try:
+        p = subprocess.run([sys.executable, __file__, "--child", f.name], capture_output=True, text=True,
+                           env=env, timeout=timeout)
+        code, err = p.returncode, p.stderr
+    except subprocess.TimeoutExpired as e:
+        partial = e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else (e.stderr or "")
+        code, err = "timeout", f"{partial}\nTimeoutExpired: no result after {timeout} s"
+    finally:
+        os.unlink(f.name)
+    if code == 0 and out.is_file():
+        return json.loads(out.read_text())
+    tail = "\n".join((err or "").strip().splitlines()[-20:]) or f"exit status {code}, no output"
+    rec = make_record(f"zo_bench/{name}", config, {"wall_time_s": time.time() - t0}, status="failed",
+                      error=tail, returncode=code, experiment=name, experiment_file=spec["experiment_file"],
+                      seed=seed, seeds=seeds, overrides=overrides)
+    write_record(out, rec)
+    return rec
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--only", help="comma-separated experiment names or glob patterns (default: all)")
+    ap.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
+    ap.add_argument("--experiments", default=str(EXPERIMENTS), help="folder of experiment folders")
+    ap.add_argument("--defaults", default=str(DEFAULTS))
+    ap.add_argument("--results", default=str(RESULTS), help="where result JSON goes")
+    ap.add_argument("--check", action="store_true", help="validate every experiment file and stop")
+    ap.add_argument("--force", action="store_true", help="re-run experiments that already have an ok result")
+    ap.add_argument("--timeout", type=float, default=None, help="seconds before a run is stopped and failed")
+    ap.add_argument("overrides", nargs="*", metavar="key=value", help="applied to every experiment")
+    args = ap.parse_args(argv)
+    if args.child:
+        return child(args.child)
+
+    from forwardonly.errors import UserError
+
+    folders = discover(Path(args.experiments))
+    if args.only:
+        pats = args.only.split(",")
+        folders = [f for f in folders if any(fnmatch.fnmatch(f.name, p) for p in pats)]
+    if not folders:
+        print(f"run.py: no experiments match {args.only!r} in {args.experiments}", file=sys.stderr)
+        return 2
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")]
+        configs, pending = validate(Path(args.defaults), folders, args.overrides)
+    except (UserError, ValueError) as e:
+        print(f"run.py: error: {e}", file=sys.stderr)
+        return 2
+    for folder in pending:
+        print(f"skip {folder.name}: not implemented yet (see {folder / 'NOT_IMPLEMENTED.md'})", file=sys.stderr)
+    print(f"{len(configs)} experiments x {len(seeds)} seeds valid", file=sys.stderr)
+    if args.check:
+        return 0
+    results = Path(args.results)
+    started, n_failed = time.time(), 0
+    for name, config in configs.items():
+        # zero-shot experiments (steps 0) do not depend on the seed unless the scheme initialises weights
+        run_seeds = seeds[:1] if config["steps"] == 0 and config["scheme"]["name"] in ("full", "lora") else seeds
+        for seed in run_seeds:
+            out = results / f"{name}.seed{seed}.json"
+            if out.is_file() and not args.force:
+                try:
+                    if json.loads(out.read_text()).get("status") == "ok":
+                        print(f"keep {out.name} (exists; --force to re-run)", file=sys.stderr)
+                        continue
+                except json.JSONDecodeError:
+                    pass
+            t0 = time.time()
+            rec = launch(name, config, seed, run_seeds, args.overrides, out, args.timeout)
+            n_failed += rec["status"] != "ok"
+            after = rec.get("results", {}).get("test_after", {})
+            print(f"{name} seed {seed}: {rec['status']} in {time.time() - t0:.0f} s {json.dumps(after)}"
+                  + (f"\n  {rec['error'].splitlines()[-1]}" if rec["status"] != "ok" else ""), file=sys.stderr,
+                  flush=True)
+    print(f"done in {time.time() - started:.0f} s; {n_failed} failed", file=sys.stderr)
+    return 1 if n_failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,59 @@
+"""``forwardonly report``: Markdown tables and PNG plots from result JSON, without re-running anything.
+
+Examples::
+
+    forwardonly report benchmarks/zo_bench/results
+    forwardonly report benchmarks/local_learning/results --out /tmp/ll --no-plots
+    forwardonly report benchmarks/zo_bench/results --strict      # a corrupt JSON file is an error
+
+Writes ``report.md`` (and the PNGs it links) into ``--out`` (default: the
+results directory) and prints the Markdown. What each file holds is read from
+its content: training runs, memory sweeps, local-learning results.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+
+class Report:
+    """Render every result record under a directory."""
+
+    help = "Markdown tables and PNG plots from benchmark result JSON (never re-runs anything)"
+
+    @staticmethod
+    def add_arguments(p):
+        p.add_argument("results_dir", metavar="RESULTS_DIR", help="directory of result *.json (searched recursively)")
+        p.add_argument("--out", metavar="DIR", help="where report.md and the plots go (default: RESULTS_DIR)")
+        p.add_argument("--no-plots", action="store_true", help="tables only (no matplotlib needed)")
+        p.add_argument("--strict", action="store_true", help="fail on a file that is not valid JSON")
+
+    @staticmethod
+    def run(args) -> int:
+        from ..bench.report import load_results, render_markdown
+        from ..io import atomic_write_text
+
+        loaded = load_results(args.results_dir, strict=args.strict)
+        for path, why in loaded.bad:
+            print(f"forwardonly report: skipped {path}: {why}", file=sys.stderr)
+        out = Path(args.out or args.results_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        plots = []
+        if not args.no_plots:
+            from ..bench.plots import all_plots
+
+            plots = all_plots(loaded, out)
+        text = render_markdown(loaded, plots)
+        atomic_write_text(out / "report.md", text)
+        print(text)
+        return 0
+
+
+def register(subparsers) -> None:
+    import argparse
+
+    p = subparsers.add_parser("report", help=Report.help, description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    Report.add_arguments(p)
+    p.set_defaults(func=Report.run)

@@ -1,0 +1,133 @@
+"""``forwardonly report``: result JSON -> tables and plots, kinds from content, bad files named."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from forwardonly.bench import report
+from forwardonly.cli.main import main
+from forwardonly.errors import UserError
+
+REPO = Path(__file__).resolve().parents[2]
+MiB = 2**20
+
+
+def train_rec(opt, seed, acc, before=0.5, scheme="lora", steps=50, status="ok", **res):
+    cfg = {"model": {"name": "m"}, "scheme": {"name": scheme}, "task": {"name": "sentiment"},
+           "optim": {"name": opt, "lr": 1e-4}, "steps": steps, "budget_forwards": 100, "seed": seed,
+           "out_dir": None}
+    results = {} if status != "ok" else {
+        "test_after": {"accuracy": acc, "n": 200}, "forwards": 100, "train_time_s": 10.0 + seed,
+        "peak_rss_bytes": (1000 + seed) * MiB, **res}
+    if before is not None and status == "ok":
+        results["test_before"] = {"accuracy": before, "n": 200}
+    rec = {"name": f"zo_bench/{opt}", "experiment": f"sentiment-{scheme}-{opt}", "config": cfg,
+           "results": results, "status": status, "seed": seed}
+    if status != "ok":
+        rec["error"] = "Traceback ...\nRuntimeError: boom | pipe"
+    return rec
+
+
+def memory_rec():
+    rows = [{"method": m, "batch": 16, "seq": 256, "status": "ok", "peak_rss": v * MiB, "peak_anon": v * MiB,
+             "step_s": 1.0} for m, v in (("inference", 1000), ("zo-sgd", 1050), ("fo-adam", 5250))]
+    rows.append({"method": "fo-sgd", "batch": 16, "seq": 256, "status": "failed", "error": "killed"})
+    return {"name": "zo_bench/memory", "config": {}, "results": {"baseline": {"rss": 950 * MiB, "anon": 300 * MiB},
+                                                                  "rows": rows}}
+
+
+def local_rec():
+    vals = [0.88, 0.89, 0.90]
+    return {"name": "local_learning/bp", "config": {"algo": "bp", "hidden": [500, 500]},
+            "results": {"aggregate": {"test_acc": {"mean": 0.89, "std": 0.01, "n": 3, "values": vals}}}}
+
+
+@pytest.fixture
+def results(tmp_path):
+    d = tmp_path / "results"
+    (d / "runs").mkdir(parents=True)
+    recs = {f"runs/zo-sgd.seed{s}.json": train_rec("zo-sgd", s, a) for s, a in enumerate((0.80, 0.90, 0.85))}
+    recs.update({f"runs/fo-adam.seed{s}.json": train_rec("fo-adam", s, a, before=None)
+                 for s, a in enumerate((0.90, 0.92, 0.94))})
+    recs["runs/fo-adam.seed3.json"] = train_rec("fo-adam", 3, None, status="failed")
+    recs["runs/zeroshot.seed0.json"] = train_rec("zero", 0, 0.55, before=None, steps=0)
+    recs["memory.json"] = memory_rec()
+    recs["local.json"] = local_rec()
+    recs["local_memory.json"] = {"config": {}, "results": {"mlp": {"bp": {"peak_rss_above_start": 16 * MiB}}}}
+    recs["other.json"] = {"hello": "world"}
+    for name, rec in recs.items():
+        (d / name).write_text(json.dumps(rec))
+    (d / "runs" / "corrupt.json").write_text('{"config": {"optim": ')
+    return d
+
+
+def test_kinds_are_read_from_content(results):
+    loaded = report.load_results(results)
+    assert {k: len(v) for k, v in loaded.records.items()} == {
+        "train_run": 8, "memory_sweep": 1, "local_learning": 1, "local_memory": 1}
+    assert loaded.unrecognised == [str(results / "other.json")]
+    assert [p for p, _ in loaded.bad] == [str(results / "runs" / "corrupt.json")]
+
+
+def test_train_table_means_stds_zero_shot_and_failures(results):
+    table = report.train_table(report.load_results(results).records["train_run"])
+    rows = {line.split(" | ")[2]: line for line in table.splitlines()[2:]}
+    assert set(rows) == {"zo-sgd", "fo-adam"}  # the steps=0 zero-shot run is a reference, not a row
+    # zo-sgd: 80, 90, 85 -> 85.0 ± 5.0; its own test_before 50 %
+    assert "| 3 | accuracy | 85.0 ± 5.0 | 50.0 ± 0.0 | 100 | 11 | 1002 |" in rows["zo-sgd"]
+    # fo-adam: no test_before of its own -> the zero-shot run's 55 %; one failed seed counted
+    assert "| 3 | accuracy | 92.0 ± 2.0 | 55.0 ± 0.0 |" in rows["fo-adam"] and rows["fo-adam"].endswith("| 1 |")
+
+
+def test_failed_runs_are_listed_with_their_error(results):
+    text = report.render_markdown(report.load_results(results))
+    assert "### Failed runs" in text and "RuntimeError: boom \\| pipe" in text and "fo-adam.seed3.json" in text
+
+
+def test_memory_targets_total_and_above_baseline(results):
+    rec = report.load_results(results).records["memory_sweep"][0]
+    ratios = {r["ratio"]: r for r in report.memory_ratios(rec)}
+    assert ratios["fo-adam / zo-sgd"]["total"] == pytest.approx(5.0)
+    assert ratios["fo-adam / zo-sgd"]["above"] == pytest.approx(4300 / 100)
+    assert ratios["zo-sgd / inference"]["total"] == pytest.approx(1.05) and ratios["zo-sgd / inference"]["met_on_total"]
+    table = report.memory_table(rec)
+    assert "| fo-adam | 16 | 256 | 5250 | 4300 | 5250 | 1.0 |" in table and "fo-sgd 16x256: killed" in table
+
+
+def test_bad_json_is_named_and_skipped_or_an_error_with_strict(results):
+    text = report.render_markdown(report.load_results(results))
+    assert f"`{results / 'runs' / 'corrupt.json'}`: not a readable JSON file" in text
+    with pytest.raises(UserError, match="corrupt.json"):
+        report.load_results(results, strict=True)
+    with pytest.raises(UserError, match="results directory not found"):
+        report.load_results(results / "nope")
+
+
+def test_cli_writes_markdown_and_png_plots(results, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "out"
+    assert main(["report", str(results), "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "corrupt.json" in captured.err
+    md = (out / "report.md").read_text()
+    assert md == captured.out.rstrip("\n") + "\n"
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert pngs == ["accuracy.png", "accuracy_vs_forwards.png", "local_accuracy.png", "memory.png",
+                    "train_memory.png"]
+    for name in pngs:
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"]({name})" in md
+
+
+def test_cli_strict_exits_2_naming_the_file(results, capsys):
+    assert main(["report", str(results), "--strict", "--no-plots"]) == 2
+    assert "corrupt.json" in capsys.readouterr().err
+
+
+def test_committed_local_learning_results_render(tmp_path):
+    loaded = report.load_results(REPO / "benchmarks" / "local_learning" / "results", strict=True)
+    assert len(loaded.records["local_learning"]) >= 8 and loaded.records["local_memory"]
+    text = report.render_markdown(loaded)
+    bp = next(line for line in text.splitlines() if line.startswith("| bp | bp |"))
+    assert "88.85 ± 0.32" in bp  # the number benchmarks/local_learning/README.md shows for backprop

@@ -1,0 +1,101 @@
+"""benchmarks/zo_bench/run.py: every file validated before anything runs; a crashed run is recorded, not fatal."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from forwardonly.errors import UserError
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "zo_bench"
+
+
+@pytest.fixture(scope="module")
+def runner():
+    spec = importlib.util.spec_from_file_location("zo_bench_run", BENCH / "run.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """Enough of a model directory for validation, which resolves the model but loads nothing."""
+    path = tmp_path_factory.mktemp("fake-model")
+    (path / "config.json").write_text("{}")
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    from forwardonly.models import tiny_model
+
+    path = tmp_path_factory.mktemp("tiny-llama")
+    model, tok = tiny_model("llama", seed=0)
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def suite(root: Path, model, experiments: dict, pending=()) -> tuple[Path, Path]:
+    defaults = root / "defaults.yaml"
+    defaults.write_text(f"model: {{name: '{model}'}}\ntask: {{max_train: 32, max_test: 8}}\nbatch_size: 4\n"
+                        "steps: 2\neval_batch_size: 8\nvalidate: false\nthreads: 1\n")
+    for name, text in experiments.items():
+        (root / "experiments" / name).mkdir(parents=True)
+        (root / "experiments" / name / "overrides.yaml").write_text(text)
+        if name in pending:
+            (root / "experiments" / name / "NOT_IMPLEMENTED.md").write_text("later\n")
+    return defaults, root / "experiments"
+
+
+def test_unknown_key_fails_before_anything_runs_naming_the_file(runner, model_dir, tmp_path, capsys):
+    defaults, exps = suite(tmp_path, model_dir, {"a-ok": "optim: {name: zo-sgd}\n",
+                                                "b-bad": "task: {name: sentiment}\noptim: {nme: zo-sgd}\n"})
+    with pytest.raises(UserError, match=r"b-bad/overrides.yaml:2: unknown key 'optim.nme'"):
+        runner.validate(defaults, runner.discover(exps), [])
+    out = tmp_path / "results"
+    code = runner.main(["--experiments", str(exps), "--defaults", str(defaults), "--results", str(out)])
+    assert code == 2 and "b-bad/overrides.yaml:2" in capsys.readouterr().err and not out.exists()
+
+
+def test_missing_model_fails_naming_the_file(runner, model_dir, tmp_path):
+    defaults, exps = suite(tmp_path, model_dir, {"a": f"model: {{name: '{tmp_path}/no/such/model'}}\n"})
+    with pytest.raises(UserError, match=r"a/overrides.yaml: model path not found"):
+        runner.validate(defaults, runner.discover(exps), [])
+
+
+def test_not_implemented_folders_are_skipped(runner, model_dir, tmp_path):
+    defaults, exps = suite(tmp_path, model_dir, {"a": "optim: {name: zo-sgd}\n",
+                                                "b": "optim: {name: zo-sgd-block}\n"}, pending=("b",))
+    configs, pending = runner.validate(defaults, runner.discover(exps), ["steps=3"])
+    assert list(configs) == ["a"] and configs["a"]["steps"] == 3 and [p.name for p in pending] == ["b"]
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_a_crashed_run_is_recorded_and_the_next_one_runs(runner, tiny_dir, tmp_path):
+    defaults, exps = suite(tmp_path, tiny_dir, {"a-crash": "task: {train_split: nope}\n",
+                                                "b-ok": "optim: {name: zo-sgd, lr: 1e-3}\n"})
+    out = tmp_path / "results"
+    code = runner.main(["--experiments", str(exps), "--defaults", str(defaults), "--results", str(out),
+                        "--seeds", "0"])
+    assert code == 1
+    crashed = json.loads((out / "a-crash.seed0.json").read_text())
+    assert crashed["status"] == "failed" and "has no split 'nope'" in crashed["error"]
+    ok = json.loads((out / "b-ok.seed0.json").read_text())
+    assert ok["status"] == "ok" and ok["seed"] == 0 and ok["config"]["model"]["name"] == str(tiny_dir)
+    res = ok["results"]
+    assert res["forwards"] == 4 and "accuracy" in res["test_before"] and "accuracy" in res["test_after"]
+    assert res["memory"]["peak_rss"] > 0 and res["wall_time_s"] > 0 and {"git", "versions", "machine"} <= set(ok)
+
+
+def test_shipped_experiments_validate(runner):
+    from forwardonly.models import zoo
+
+    if zoo.cached("smollm2-135m") is None:
+        pytest.skip("smollm2-135m is not cached")
+    configs, pending = runner.validate(runner.DEFAULTS, runner.discover(), [])
+    assert len(configs) == 4 * 4 * 9 and len(pending) == 4 * 3
+    assert {c["optim"]["name"] for c in configs.values()} >= {"zo-sgd", "zo-adam", "forward-grad", "fo-adam"}
