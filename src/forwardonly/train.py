@@ -299,7 +299,7 @@ def _trainer_json(cfg, state) -> dict:
 
 
 def _fmt(metrics: dict) -> str:
-    return ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
+    return ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items() if k != "step")
 
 
 def _read_jsonl(path: Path) -> list[dict]:

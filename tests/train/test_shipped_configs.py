@@ -1,0 +1,23 @@
+"""Every shipped LM config loads, and its first line is the command that runs it."""
+
+from pathlib import Path
+
+import pytest
+
+from forwardonly.config import load_config
+from forwardonly.train_config import TrainConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+SHIPPED = sorted((ROOT / "configs" / "lm").glob("*.yaml")) + [ROOT / "src" / "forwardonly" / "configs" / "demo.yaml"]
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_shipped_config_loads_and_names_its_command(path):
+    cfg = load_config(TrainConfig, path)
+    first = path.read_text().splitlines()[0]
+    assert first.startswith("# forwardonly "), first
+    assert cfg.steps > 0 and cfg.model.name
+
+
+def test_there_are_shipped_configs():
+    assert len(SHIPPED) >= 5
