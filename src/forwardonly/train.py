@@ -57,16 +57,29 @@ def lr_at(cfg, step: int, total: int) -> float:
     return floor + (o.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * frac))
 
 
-def step_examples(train: list, seed: int, step: int, n: int) -> list:
-    """The ``n`` training examples of ``step``: consecutive slices of seeded per-epoch permutations."""
+def step_examples(train: list, seed: int, step: int, n: int, bucket: int = 0) -> list:
+    """The ``n`` training examples of ``step``: consecutive slices of seeded per-epoch permutations.
+
+    With ``bucket > 0`` each permutation is cut into runs of ``bucket * n`` examples and each
+    run is sorted by prompt length, so a step's examples have similar lengths and little of
+    the batch is padding (every example is still seen once per epoch).
+    """
     out, start = [], step * n
     while len(out) < n:
         epoch, offset = divmod(start + len(out), len(train))
-        order = list(range(len(train)))
-        random.Random(f"{seed}:{epoch}").shuffle(order)
+        order = _epoch_order(train, seed, epoch, n * bucket)
         take = order[offset: offset + n - len(out)]
         out += [train[i] for i in take]
     return out
+
+
+def _epoch_order(train: list, seed: int, epoch: int, run: int) -> list[int]:
+    order = list(range(len(train)))
+    random.Random(f"{seed}:{epoch}").shuffle(order)
+    if run > 1:
+        key = [len(ex.get("prompt", "")) if isinstance(ex, dict) else 0 for ex in train]
+        order = [i for s in range(0, len(order), run) for i in sorted(order[s:s + run], key=key.__getitem__)]
+    return order
 
 
 def build_optimizer(cfg: TrainConfig, params: list):
@@ -198,7 +211,7 @@ def run(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, log=No
             if cfg.budget_forwards is not None and state["forwards"] >= cfg.budget_forwards:
                 say(f"forward budget {cfg.budget_forwards} spent at step {t}")
                 break
-            examples = step_examples(train, cfg.seed, t, per_step)
+            examples = step_examples(train, cfg.seed, t, per_step, cfg.bucket)
             if comm is not None and comm.world_size > 1 and cfg.dist_mode == "data":
                 examples = comm.shard(examples)
             micro = len(examples) // cfg.accum_steps

@@ -130,6 +130,8 @@ class TrainConfig:
 
     Args:
         steps: optimizer steps (each sees ``batch_size * accum_steps`` examples).
+        bucket: group training examples of similar length into the same step, sorting runs of
+            ``bucket`` steps' worth of examples (less padding, faster steps); 0 turns it off.
         budget_forwards: stop early once this many forward passes were spent (ZO counts
             every perturbed evaluation; first-order counts one per micro-batch).
         eval_every: evaluate on ``task.eval_split`` every N steps (0: only at the end).
@@ -149,6 +151,7 @@ class TrainConfig:
     steps: int = 100
     batch_size: int = 16
     accum_steps: int = 1
+    bucket: int = 8
     seed: int = 0
     budget_forwards: int | None = None
     eval_every: int = 0
@@ -165,7 +168,7 @@ class TrainConfig:
     dist_mode: Literal["data", "probe"] = "data"
 
     def __post_init__(self):
-        checks = {"steps": 0, "batch_size": 1, "accum_steps": 1, "eval_batch_size": 1, "log_every": 1,
+        checks = {"steps": 0, "batch_size": 1, "bucket": 0, "accum_steps": 1, "eval_batch_size": 1, "log_every": 1,
                   "eval_every": 0, "save_every": 0, "nproc": 1}
         for key, low in checks.items():
             if getattr(self, key) < low:

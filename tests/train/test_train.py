@@ -115,6 +115,18 @@ def test_step_examples_cover_epochs_deterministically():
     assert step_examples(train, 1, 0, 4) != step_examples(train, 0, 0, 4)
 
 
+def test_bucketing_groups_similar_lengths_and_still_covers_each_epoch():
+    train = [{"prompt": "x" * n} for n in range(40)]
+    steps = [step_examples(train, 0, t, 4, bucket=5) for t in range(10)]
+    assert sorted(len(ex["prompt"]) for s in steps for ex in s) == list(range(40))
+    plain = [step_examples(train, 0, t, 4) for t in range(10)]
+
+    def spread(batches):
+        return sum(max(len(e["prompt"]) for e in b) - min(len(e["prompt"]) for e in b) for b in batches)
+
+    assert spread(steps) < 0.5 * spread(plain)
+
+
 @pytest.mark.parametrize("schedule,expect", [("constant", [1.0, 1.0, 1.0]), ("linear", [1.0, 0.55, 0.1]),
                                              ("cosine", [1.0, 0.55, 0.1])])
 def test_lr_schedules(schedule, expect):
