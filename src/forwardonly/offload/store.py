@@ -43,6 +43,7 @@ TIERS = ("disk", "memory")
 _MAX_HEADER = 100 << 20
 _PAGE = mmap.PAGESIZE
 _SCAN = 16 << 20  # elements per chunk of the finite-values check
+_POPULATE_READ, _POPULATE_WRITE = 22, 23  # madvise advice values (Linux >= 5.14), not in Python's mmap module
 
 
 class WeightsFileError(UserError):
@@ -164,6 +165,7 @@ class WeightStore:
                 raise TierCapacityError(f"{self.source}: the weights need {need} bytes of host memory but "
                                         f"{free} bytes are available")
         self._mm = self._file = self._buf = None
+        self._populate = True
         src = self._map(self.source)
         try:
             if check_finite:
@@ -256,11 +258,23 @@ class WeightStore:
                 lo = (self.data_offset + e.start) // _PAGE * _PAGE
                 yield lo, self.data_offset + e.stop - lo
 
-    def prefetch(self, names) -> None:
-        """Ask the kernel to read ``names`` into the page cache, then fault them in (disk tier)."""
+    def prefetch(self, names, write: bool = False) -> None:
+        """Bring ``names`` into the page cache and map them into this process (disk tier).
+
+        With ``write`` the pages are mapped writable too (``MADV_POPULATE_WRITE``), so an
+        update that follows takes no write fault per page; run from a background thread,
+        this takes the page-table work off the thread that computes.
+        """
         if self._mm is None:
             return
+        advice = _POPULATE_WRITE if write else _POPULATE_READ
         for lo, n in self._ranges(names):
+            if self._populate:
+                try:
+                    self._mm.madvise(advice, lo, n)
+                    continue
+                except OSError:  # kernels before 5.14
+                    self._populate = False
             self._mm.madvise(mmap.MADV_WILLNEED, lo, n)
             int(self._buf[lo: lo + n: _PAGE].sum())  # one read per page maps it into this process
 

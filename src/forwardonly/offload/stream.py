@@ -145,6 +145,7 @@ class BlockStreamer:
         for n, p in model.named_parameters(remove_duplicate=False):
             self._aliases.setdefault(id(p), []).append(n)
         self.on_load = None
+        self.written: set[int] | None = None  # blocks that on_load may update (None: all)
         self.gate = None
         self._handles: list = []
         self._worker: _Worker | None = None
@@ -227,7 +228,8 @@ class BlockStreamer:
         """Queue the transfer of ``b`` to the device (copy mode: into a free slot)."""
         if self.mode == "map":
             names = [n for n, _ in b.params]
-            b.ready = self._worker.submit(lambda: self.store.prefetch(names))
+            write = self.written is None or b.index in self.written
+            b.ready = self._worker.submit(lambda: self.store.prefetch(names, write=write))
             return
         b.slot = self._free.pop()
         views = self._views(b, b.slot)

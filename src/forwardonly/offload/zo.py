@@ -10,8 +10,9 @@ Where the in-memory :class:`~forwardonly.optim.ZOSGD` step runs the model twice
   and through the same block, releases it and hands back. Only one thread runs
   at a time, so the model's own forward (any Hugging Face decoder, masks,
   rotary embeddings, caches and all) is used unchanged, and each thread sees
-  its own perturbation through per-module hooks that, like
-  :class:`~forwardonly.optim._perturb.Perturbation`, never write to a weight.
+  its own perturbation (:mod:`forwardonly.offload.perturb`), which makes the
+  choices :class:`~forwardonly.optim._perturb.Perturbation` makes and never
+  writes to a weight.
 * **Deferred update.** The update of step ``t`` for parameter ``i`` is a
   function of ``(seed, t, probe, i)`` and step ``t``'s projected gradients, so
   it need not happen at step ``t``: a block applies the pending updates when it
@@ -36,6 +37,7 @@ from torch import nn
 
 from ..optim.zosgd import ZOSGD
 from .store import WeightStore
+from .perturb import PerThread, ThreadPerturbation
 from .stream import BlockStreamer
 
 
@@ -100,15 +102,6 @@ class _Turns:
             self.cond.notify_all()
 
 
-class _ThreadPerturbation:
-    """Per-thread ``w + sum_k c_k z_k`` inside each module's forward (see ``optim._perturb.Perturbation``)."""
-
-    def __init__(self, directions, step: int, terms):
-        self.directions, self.step, self.terms = directions, step, list(terms)
-        self.swapped: dict[int, torch.Tensor] = {}
-        self.frames: list[list[int]] = []
-
-
 class StreamedZO:
     """ZO-SGD steps on a model whose blocks stream from a :class:`WeightStore`.
 
@@ -169,42 +162,14 @@ class StreamedZO:
             (self._resident_items if b is None else self._block_items[b]).append(it)
         self.pending: list[tuple[int, list[float]]] = []  # (step, coeffs) not yet applied to every block
         self._applied = [-1] * len(self.streamer.blocks)  # last step whose update each block holds
-        self._turns: _Turns | None = None
-        self._handles = []
+        self._pools: tuple[dict, dict] = ({}, {})  # perturbed-weight buffers of the +eps and -eps threads
+        for b in self.streamer.blocks:
+            if any(p is not None for p in b.module._parameters.values()):
+                raise ValueError(f"block {b.index} ({type(b.module).__name__}) holds parameters directly; "
+                                 "StreamedZO streams blocks whose parameters live in submodules")
         self.streamer.on_load = self._catch_up
+        self.streamer.written = {b for b, items in enumerate(self._block_items) if items}
         self.streamer.attach()
-        try:
-            for mod in model.modules():
-                if any(p is not None and id(p) in self._index for p in mod._parameters.values()):
-                    self._handles.append(mod.register_forward_pre_hook(self._pert_pre))
-                    self._handles.append(mod.register_forward_hook(self._pert_post, prepend=True, always_call=True))
-        except BaseException:
-            self.close(materialize=False)
-            raise
-
-    # ------------------------------------------------------------ perturbation
-    def _pert(self) -> _ThreadPerturbation | None:
-        return getattr(self._turns.local, "pert", None) if self._turns is not None else None
-
-    def _pert_pre(self, module, args):
-        st = self._pert()
-        if st is None:
-            return
-        frame = []
-        for p in module._parameters.values():
-            i = self._index.get(id(p)) if p is not None else None
-            if i is not None and i not in st.swapped:
-                st.swapped[i] = p.data
-                p.data = st.directions.perturbed(p.data, st.step, st.terms, i)
-                frame.append(i)
-        st.frames.append(frame)
-
-    def _pert_post(self, module, args, output):
-        st = self._pert()
-        if st is None or not st.frames:
-            return
-        for i in st.frames.pop():
-            self._params[i].data = st.swapped.pop(i)
 
     # ------------------------------------------------------------------ update
     def _apply(self, items, step: int, coeffs: list[float]) -> None:
@@ -240,12 +205,16 @@ class StreamedZO:
 
     def _dual(self, closure, step: int, plus, minus) -> tuple[float, float]:
         """Losses at ``w + plus`` and ``w + minus``, every block resident once for both."""
-        turns = self._turns = _Turns()
+        turns = _Turns()
         out: list[float | None] = [None, None]
+        fused = bool(getattr(self.opt, "fused", False))
+        hooks = PerThread()
 
         def run(role: int) -> None:
             turns.local.role = role
-            turns.local.pert = _ThreadPerturbation(self.opt.directions, step, plus if role == 0 else minus)
+            pert = ThreadPerturbation(self.opt.directions, step, plus if role == 0 else minus, self._params,
+                                      self._index, self._pools[role], fused)
+            hooks.set(pert)
             err = None
             try:
                 if role == 1:
@@ -254,21 +223,26 @@ class StreamedZO:
                     out[role] = self._call(closure)
             except _Aborted:
                 pass
-            except BaseException as e:
+            except BaseException as e:  # handed to the main thread, raised there
                 err = e
             finally:
-                turns.local.role = turns.local.pert = None
+                pert.close()
+                hooks.set(None)
+                turns.local.role = None
                 turns.finish(role, err)
 
         follower = threading.Thread(target=run, args=(1,), name="forwardonly-minus-eps")
         self.streamer.gate = turns
         try:
-            follower.start()
-            run(0)
-            follower.join()
+            with hooks:
+                follower.start()
+                run(0)
+                follower.join()
         finally:
             self.streamer.gate = None
-            self._turns = None
+            release = getattr(self.opt.directions, "release", None)
+            if release is not None:  # cached chunks of the fused path
+                release()
         if turns.error is not None or turns.owed is not None:
             self.streamer.release_all()
             if turns.error is not None:
@@ -326,11 +300,8 @@ class StreamedZO:
         """Flush, remove every hook; with ``materialize`` the model holds its weights in memory again."""
         if self.streamer._handles:
             self.flush()
-        for h in self._handles:
-            h.remove()
-        self._handles = []
-        if self.streamer._handles:
             self.streamer.detach(materialize)
+        self._pools = ({}, {})
 
     def __enter__(self) -> StreamedZO:
         return self
