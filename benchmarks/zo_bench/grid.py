@@ -28,14 +28,14 @@ LR = {
 }
 EPS = {"full": 1e-3, "lora": 1e-2, "prefix": 1e-1, "prompt": 1e-1}
 PENDING = {
-    "blockwise": ("zo-sgd-block", "Block-wise ZO (ZO-Bench, Zhang et al. 2024, sec. 5): perturb and update one "
+    "blockwise": ("zo-sgd-block", ("Block-wise ZO (ZO-Bench, Zhang et al. 2024, sec. 5): perturb and update one "
                   "transformer block per step, cycling through the blocks, so each estimate has the variance "
-                  "of a d/L-dimensional problem."),
-    "sparse": ("zo-sgd-sparse", "Sparse perturbations (ZO-Bench sec. 5; SparseMeZO, Liu et al. 2024): perturb "
-               "a fixed random fraction (e.g. 20 %) of each weight tensor, masks drawn from the step seed."),
-    "hybrid": ("zo-fo-hybrid", "Hybrid ZO/FO (ZO-Bench sec. 5, 'ZO-FO'): first-order (backprop) updates for "
+                  "of a d/L-dimensional problem.")),
+    "sparse": ("zo-sgd-sparse", ("Sparse perturbations (ZO-Bench sec. 5; SparseMeZO, Liu et al. 2024): perturb "
+               "a fixed random fraction (e.g. 20 %) of each weight tensor, masks drawn from the step seed.")),
+    "hybrid": ("zo-fo-hybrid", ("Hybrid ZO/FO (ZO-Bench sec. 5, 'ZO-FO'): first-order (backprop) updates for "
                "the last blocks and the head, zeroth-order for the rest, so activations are stored only for "
-               "the top of the network."),
+               "the top of the network.")),
 }
 
 

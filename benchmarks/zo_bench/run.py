@@ -121,7 +121,7 @@ def launch(name: str, config: dict, seed: int, seeds: list[int], overrides: list
     t0 = time.time()
     try:
         p = subprocess.run([sys.executable, __file__, "--child", f.name], capture_output=True, text=True,
-                           env=env, timeout=timeout)
+                           check=False, env=env, timeout=timeout)
         code, err = p.returncode, p.stderr
     except subprocess.TimeoutExpired as e:
         partial = e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else (e.stderr or "")

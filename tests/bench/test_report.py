@@ -131,3 +131,17 @@ def test_committed_local_learning_results_render(tmp_path):
     text = report.render_markdown(loaded)
     bp = next(line for line in text.splitlines() if line.startswith("| bp | bp |"))
     assert "88.85 ± 0.32" in bp  # the number benchmarks/local_learning/README.md shows for backprop
+
+
+def test_readme_block_is_replaced_and_plots_linked_relative_to_it(results, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    readme = tmp_path / "README.md"
+    readme.write_text("# Bench\n\nintro\n<!-- report -->\nold table\n<!-- /report -->\n\nafter\n")
+    assert main(["report", str(results), "--out", str(tmp_path / "report"), "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert text.startswith("# Bench\n\nintro\n<!-- report -->\n## Accuracy") and text.endswith("<!-- /report -->\n\nafter\n")
+    assert "old table" not in text and "](report/accuracy.png)" in text
+    (tmp_path / "plain.md").write_text("no markers\n")
+    assert main(["report", str(results), "--no-plots", "--out", str(tmp_path / "r2"),
+                 "--readme", str(tmp_path / "plain.md")]) == 2
+    assert "no <!-- report --> ... <!-- /report --> block" in capsys.readouterr().err

@@ -41,6 +41,7 @@ KINDS = ("train_run", "memory_sweep", "local_learning", "local_memory")
 # the targets of issue 4, at batch 16 x 256 tokens, full-parameter SmolLM2-135M
 TARGET_POINT = (16, 256)
 TARGETS = (("fo-adam", "zo-sgd", ">=", 4.0), ("zo-sgd", "inference", "<=", 1.1))
+METHOD_ORDER = ("baseline", "inference", "zo-sgd", "fo-sgd", "fo-adam", "fo-adam-lora", "fo-adam-ckpt")
 
 
 @dataclass
@@ -235,7 +236,11 @@ def memory_ratios(rec: dict, point: tuple[int, int] = TARGET_POINT) -> list[dict
 def memory_table(rec: dict) -> str:
     base = rec["results"].get("baseline") or {}
     rows = []
-    for r in sorted(memory_rows(rec), key=lambda r: (r["batch"], r["seq"], r["method"])):
+    def order(r):
+        m = r["method"]
+        return r["batch"], r["seq"], METHOD_ORDER.index(m) if m in METHOD_ORDER else len(METHOD_ORDER), m
+
+    for r in sorted(memory_rows(rec), key=order):
         above = (r["peak_rss"] - base["rss"]) / MiB if base.get("rss") else float("nan")
         rows.append([r["method"], r["batch"], r["seq"], f"{r['peak_rss'] / MiB:.0f}", f"{above:.0f}",
                      f"{r['peak_anon'] / MiB:.0f}" if r.get("peak_anon") else "-",
@@ -289,8 +294,10 @@ def local_table(recs: list[dict], mem: list[dict]) -> str:
 
 
 # ----------------------------------------------------------------------------- the whole report
-def render_markdown(loaded: Loaded, plots: list[str] | None = None) -> str:
-    """The report as Markdown: one section per kind present, then the plots and the files skipped."""
+def render_markdown(loaded: Loaded, plots: list[str] | None = None, link_prefix: str = "") -> str:
+    """The report as Markdown: one section per kind present, then the plots and the files skipped.
+
+    Plots are linked as ``link_prefix + file name`` (the prefix places them relative to the Markdown file)."""
     r = loaded.records
     parts = []
     if r["train_run"]:
@@ -308,7 +315,7 @@ def render_markdown(loaded: Loaded, plots: list[str] | None = None) -> str:
     if r["local_learning"] or r["local_memory"]:
         parts.append("## Local learning\n\n" + local_table(r["local_learning"], r["local_memory"]))
     if plots:
-        parts.append("## Plots\n\n" + "\n".join(f"![{Path(p).stem}]({Path(p).name})" for p in plots))
+        parts.append("## Plots\n\n" + "\n".join(f"![{Path(p).stem}]({link_prefix}{Path(p).name})" for p in plots))
     if loaded.bad or loaded.unrecognised:
         lines = [f"* `{p}`: {why}" for p, why in loaded.bad]
         lines += [f"* `{p}`: not a result record this report knows" for p in loaded.unrecognised]

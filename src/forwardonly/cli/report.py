@@ -13,8 +13,11 @@ its content: training runs, memory sweeps, local-learning results.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
+
+MARK_BEGIN, MARK_END = "<!-- report -->", "<!-- /report -->"
 
 
 class Report:
@@ -28,6 +31,8 @@ class Report:
         p.add_argument("--out", metavar="DIR", help="where report.md and the plots go (default: RESULTS_DIR)")
         p.add_argument("--no-plots", action="store_true", help="tables only (no matplotlib needed)")
         p.add_argument("--strict", action="store_true", help="fail on a file that is not valid JSON")
+        p.add_argument("--readme", metavar="FILE",
+                       help=f"also replace the block between {MARK_BEGIN} and {MARK_END} in FILE with the report")
 
     @staticmethod
     def run(args) -> int:
@@ -46,8 +51,23 @@ class Report:
             plots = all_plots(loaded, out)
         text = render_markdown(loaded, plots)
         atomic_write_text(out / "report.md", text)
+        if args.readme:
+            readme = Path(args.readme)
+            prefix = os.path.relpath(out, readme.resolve().parent).replace(os.sep, "/") + "/"
+            atomic_write_text(readme, splice(readme, render_markdown(loaded, plots, "" if prefix == "./" else prefix)))
         print(text)
         return 0
+
+
+def splice(readme: Path, block: str) -> str:
+    """``readme``'s text with the block between the report markers replaced by ``block``."""
+    from ..errors import UserError
+
+    text = readme.read_text() if readme.is_file() else ""
+    begin, end = text.find(MARK_BEGIN), text.find(MARK_END)
+    if begin < 0 or end < begin:
+        raise UserError(f"{readme}: no {MARK_BEGIN} ... {MARK_END} block to replace")
+    return text[: begin + len(MARK_BEGIN)] + "\n" + block + text[end:]
 
 
 def register(subparsers) -> None:
