@@ -86,6 +86,17 @@ def test_any_decoder_streams_bitwise(tmp_path, arch):
     assert_bitwise(model, ref)
 
 
+def test_wide_layers_bitwise(tmp_path):
+    """Weights larger than one block of the optimizer's fused linear (where it has one)."""
+    config = transformers.LlamaConfig(hidden_size=256, intermediate_size=2560, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, vocab_size=300,
+                                      max_position_embeddings=64, tie_word_embeddings=True)
+    ref, _, ref_losses, model, _, zo, losses = run_pair(tmp_path, config, steps=2)
+    assert losses == ref_losses
+    zo.close()
+    assert_bitwise(model, ref)
+
+
 def test_probes_accumulation_sign_and_groups_bitwise(tmp_path):
     def groups(m):
         blocks = [p for n, p in m.named_parameters() if ".layers." in n]

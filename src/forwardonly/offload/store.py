@@ -19,6 +19,7 @@ non-finite values, or a tier without room raise :class:`WeightsFileError` /
 
 from __future__ import annotations
 
+import itertools
 import json
 import mmap
 import os
@@ -107,7 +108,7 @@ def read_index(path: str | os.PathLike) -> tuple[int, dict[str, Entry], dict]:
                                    "bytes (truncated)")
         entries[name] = Entry(dtype, shape, start, stop)
     spans = sorted((e.start, e.stop, k) for k, e in entries.items() if e.nbytes)
-    for (_, stop_a, a), (start_b, _, b) in zip(spans, spans[1:]):
+    for (_, stop_a, a), (start_b, _, b) in itertools.pairwise(spans):
         if start_b < stop_a:
             raise WeightsFileError(f"{path}: tensors {a!r} and {b!r} overlap")
     return 8 + n, entries, metadata
@@ -174,7 +175,7 @@ class WeightStore:
                 self.path = workdir / "weights.safetensors"
                 with atomic_path(self.path) as tmp:  # a crash never leaves a half copy that looks whole
                     shutil.copyfile(self.source, tmp)
-                self._file = open(self.path, "r+b")
+                self._file = open(self.path, "r+b")  # noqa: SIM115 - held for the store's lifetime
                 self._mm = mmap.mmap(self._file.fileno(), 0)
                 self._buf = np.frombuffer(self._mm, dtype=np.uint8)
                 self._tensors = {k: self._view(self._buf, e) for k, e in self.entries.items()}
@@ -298,20 +299,19 @@ class WeightStore:
         current = current or {}
         with open(self.source, "rb") as f:
             header = f.read(self.data_offset)
-        with atomic_path(dest) as tmp:
-            with open(tmp, "wb") as out:
-                out.write(header)
-                for name, e in sorted(self.entries.items(), key=lambda kv: kv[1].start):
-                    t = current.get(name, self._tensors[name])
-                    if tuple(t.shape) != e.shape or t.dtype != e.dtype:
-                        raise ValueError(f"cannot save {name!r}: {t.dtype} {list(t.shape)} does not match the "
-                                         f"store's {e.dtype} {list(e.shape)}")
-                    out.seek(self.data_offset + e.start)
-                    flat = t.detach().reshape(-1)
-                    step = max(1, (64 << 20) // max(1, e.dtype.itemsize))
-                    for s in range(0, flat.numel(), step):
-                        out.write(flat[s: s + step].cpu().contiguous().view(torch.uint8).numpy().tobytes())
-                out.truncate(self.data_offset + max((e.stop for e in self.entries.values()), default=0))
+        with atomic_path(dest) as tmp, open(tmp, "wb") as out:
+            out.write(header)
+            for name, e in sorted(self.entries.items(), key=lambda kv: kv[1].start):
+                t = current.get(name, self._tensors[name])
+                if tuple(t.shape) != e.shape or t.dtype != e.dtype:
+                    raise ValueError(f"cannot save {name!r}: {t.dtype} {list(t.shape)} does not match the "
+                                     f"store's {e.dtype} {list(e.shape)}")
+                out.seek(self.data_offset + e.start)
+                flat = t.detach().reshape(-1)
+                step = max(1, (64 << 20) // max(1, e.dtype.itemsize))  # 64 MB pieces: no model-sized buffer
+                out.writelines(flat[s: s + step].cpu().contiguous().view(torch.uint8).numpy().tobytes()
+                               for s in range(0, flat.numel(), step))
+            out.truncate(self.data_offset + max((e.stop for e in self.entries.values()), default=0))
 
     def close(self) -> None:
         """Release the mapping. Views handed out before must be dropped first; the working copy stays."""

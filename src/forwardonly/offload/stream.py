@@ -76,7 +76,7 @@ class _Worker:
                 return
             try:
                 fn()
-            except BaseException as e:  # surfaced on the next wait
+            except BaseException as e:  # noqa: BLE001 - surfaced on the next wait
                 self.error = e
             finally:
                 done.set()

@@ -36,8 +36,8 @@ import torch
 from torch import nn
 
 from ..optim.zosgd import ZOSGD
-from .store import WeightStore
 from .perturb import PerThread, ThreadPerturbation
+from .store import WeightStore
 from .stream import BlockStreamer
 
 
@@ -136,7 +136,7 @@ class StreamedZO:
     def __init__(self, model: nn.Module, optimizer: ZOSGD, store: WeightStore, device=None,
                  mode: str | None = None, prefetch: bool = True, drop_pages: bool = True):
         if not isinstance(optimizer, ZOSGD):
-            raise ValueError(f"StreamedZO needs a ZOSGD optimizer, got {type(optimizer).__name__}")
+            raise TypeError(f"StreamedZO needs a ZOSGD optimizer, got {type(optimizer).__name__}")
         if not optimizer.two_sided:
             raise ValueError("StreamedZO needs the two-sided estimate (two_sided=True)")
         if optimizer.conservative:
@@ -223,7 +223,7 @@ class StreamedZO:
                     out[role] = self._call(closure)
             except _Aborted:
                 pass
-            except BaseException as e:  # handed to the main thread, raised there
+            except BaseException as e:  # noqa: BLE001 - handed to the main thread, raised there
                 err = e
             finally:
                 pert.close()
