@@ -130,7 +130,7 @@ class WeightStore:
 
     Args:
         source: the model's safetensors file (read only, never modified).
-        workdir: where the ``"disk"`` tier keeps its working copy (default: next to nothing, required for disk).
+        workdir: where the ``"disk"`` tier keeps its working copy (required for that tier).
         tier: ``"disk"`` (default) or ``"memory"``.
         capacity: bytes the tier may use; default: free space of ``workdir`` (disk) or
             ``MemAvailable`` (memory). A model larger than this is refused up front.

@@ -152,6 +152,7 @@ class BlockStreamer:
         self._slots: list[torch.Tensor] = []
         self._free: list[int] = []
         self._stream = None
+        self._freed: list = []
 
     def _check(self, name: str, p: torch.Tensor) -> None:
         e = self.store.entries.get(name)
@@ -185,6 +186,7 @@ class BlockStreamer:
             size = max(b.nbytes for b in self.blocks)
             self._slots = [torch.empty(size, dtype=torch.uint8, device=self.device) for _ in range(2)]
             self._free = [0, 1]
+            self._freed = [None, None]
             if self.device.type == "cuda":
                 self._stream = torch.cuda.Stream(self.device)
         return self
@@ -233,10 +235,13 @@ class BlockStreamer:
             return
         b.slot = self._free.pop()
         views = self._views(b, b.slot)
+        freed = self._freed[b.slot]  # the compute stream's last use of this slot
 
         def copy_in():
             if self._stream is not None:
                 with torch.cuda.stream(self._stream):
+                    if freed is not None:
+                        self._stream.wait_event(freed)
                     for (name, _), v in zip(b.params, views):
                         v.copy_(self.store.tensor(name), non_blocking=True)
                     b.event = self._stream.record_event()
@@ -290,11 +295,11 @@ class BlockStreamer:
                 self.store.drop([n for n, _ in b.params])
             return
         slot, b.slot = b.slot, None
+        after = None
+        if self._stream is not None:  # kernels queued on the compute stream may still read the slot
+            after = self._freed[slot] = torch.cuda.current_stream(self.device).record_event()
         if b.dirty:
             views = self._views(b, slot)
-            after = None
-            if self._stream is not None:
-                after = torch.cuda.current_stream(self.device).record_event()
 
             def copy_out():
                 if self._stream is not None:
