@@ -114,3 +114,15 @@ def test_model_that_does_not_match_the_file(tmp_path):
     with pytest.raises(ValueError, match=r"mlp.*\[64, 32\]"):
         StreamedZO(model, ZOSGD(model.parameters(), lr=1e-3), store)
     assert not any(m._forward_pre_hooks for m in model.modules())
+
+
+def test_too_large_for_the_working_device(tmp_path):
+    cfg = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+               num_key_value_heads=2, vocab_size=100)
+    small = transformers.LlamaForCausalLM(transformers.LlamaConfig(**cfg))
+    save_file({k: v.clone() for k, v in small.state_dict().items()}, str(tmp_path / "m.safetensors"))
+    model = empty_model(lambda: transformers.LlamaForCausalLM(transformers.LlamaConfig(**cfg)))
+    store = WeightStore(tmp_path / "m.safetensors", workdir=tmp_path / "work", tier="memory")
+    with pytest.raises(TierCapacityError, match="two blocks"):
+        StreamedZO(model, ZOSGD(model.parameters(), lr=1e-3), store, mode="copy", capacity=1000)
+    assert not any(m._forward_pre_hooks for m in model.modules())

@@ -43,7 +43,7 @@ def lm_closure(model, ids, accum=1):
     return lambda i: model(input_ids=ids[i::accum], labels=ids[i::accum]).loss
 
 
-def run_pair(tmp_path, config, steps=3, tier="disk", mode=None, opt_kw=None, groups=None, batch=2):
+def run_pair(tmp_path, config, steps=3, tier="disk", mode=None, opt_kw=None, groups=None, batch=2, fused=None):
     """``steps`` ZO steps in memory and streamed from the same file and seed."""
     opt_kw = dict(lr=1e-2, eps=1e-3, seed=7, **(opt_kw or {}))
     accum = opt_kw.get("accum_steps", 1)
@@ -51,11 +51,15 @@ def run_pair(tmp_path, config, steps=3, tier="disk", mode=None, opt_kw=None, gro
     ref = build(config)
     src = write(ref, tmp_path / "model.safetensors")
     ropt = ZOSGD(groups(ref) if groups else ref.parameters(), **opt_kw)
+    if fused is not None:  # the optimizer's fused perturbation path, where it has one
+        ropt.fused = fused
     ref_losses = [ropt.step(lm_closure(ref, ids, accum)).item() for _ in range(steps)]
 
     model = empty_model(lambda: AutoModelForCausalLM.from_config(config)).eval()
     store = WeightStore(src, workdir=tmp_path / "work", tier=tier)
     opt = ZOSGD(groups(model) if groups else model.parameters(), **opt_kw)
+    if fused is not None:
+        opt.fused = fused
     zo = StreamedZO(model, opt, store, mode=mode)
     losses = [zo.step(lm_closure(model, ids, accum)).item() for _ in range(steps)]
     return ref, ropt, ref_losses, model, opt, zo, losses
@@ -86,12 +90,13 @@ def test_any_decoder_streams_bitwise(tmp_path, arch):
     assert_bitwise(model, ref)
 
 
-def test_wide_layers_bitwise(tmp_path):
-    """Weights larger than one block of the optimizer's fused linear (where it has one)."""
+@pytest.mark.parametrize("fused", [True, False])
+def test_wide_layers_bitwise(tmp_path, fused):
+    """Weights larger than one block of the optimizer's fused linear (where it has one), and without it."""
     config = transformers.LlamaConfig(hidden_size=256, intermediate_size=2560, num_hidden_layers=2,
                                       num_attention_heads=4, num_key_value_heads=2, vocab_size=300,
                                       max_position_embeddings=64, tie_word_embeddings=True)
-    ref, _, ref_losses, model, _, zo, losses = run_pair(tmp_path, config, steps=2)
+    ref, _, ref_losses, model, _, zo, losses = run_pair(tmp_path, config, steps=2, fused=fused)
     assert losses == ref_losses
     zo.close()
     assert_bitwise(model, ref)

@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from .blocks import find_blocks, is_placeholder, placeholder
-from .store import WeightStore
+from .store import TierCapacityError, WeightStore
 
 MODES = ("map", "copy")
 _ALIGN = 64
@@ -109,6 +109,9 @@ class BlockStreamer:
             already live on ``device``, else ``"copy"``).
         prefetch: bring the next block in the background (default True).
         drop_pages: in map mode, unmap a block's pages on release (default True).
+        capacity: bytes of the working device this may use (default: free memory of a CUDA
+            device, unchecked elsewhere). Copy mode needs two block slots plus the resident
+            parameters; less raises :class:`TierCapacityError` before anything moves.
 
     Example::
 
@@ -118,8 +121,9 @@ class BlockStreamer:
     """
 
     def __init__(self, model: nn.Module, store: WeightStore, device=None, mode: str | None = None,
-                 prefetch: bool = True, drop_pages: bool = True):
+                 prefetch: bool = True, drop_pages: bool = True, capacity: int | None = None):
         self.model, self.store = model, store
+        self.capacity = capacity
         first = next(model.parameters())
         self.device = torch.device(device) if device is not None else first.device
         store_device = torch.device("cpu")
@@ -162,11 +166,29 @@ class BlockStreamer:
             raise ValueError(f"parameter {name!r} is {p.dtype} {list(p.shape)} in the model but {e.dtype} "
                              f"{list(e.shape)} in {self.store.source}")
 
+    def working_set(self) -> int:
+        """Bytes the working device holds at most: resident parameters, plus two block slots in copy mode."""
+        if self.mode == "map":
+            return 0  # everything lives in the store's mapping
+        resident = sum(self.store.entries[a].nbytes for _, p in self.resident
+                       for a in self._aliases[id(p)][:1] if a in self.store)
+        return resident + 2 * max(b.nbytes for b in self.blocks)
+
+    def _check_capacity(self) -> None:
+        cap = self.capacity
+        if cap is None and self.device.type == "cuda":
+            cap = torch.cuda.mem_get_info(self.device)[0]
+        need = self.working_set()
+        if cap is not None and need > cap:
+            raise TierCapacityError(f"streaming {self.store.source} needs {need} bytes on {self.device} (resident "
+                                    f"parameters and two blocks) but {cap} bytes are available")
+
     # --------------------------------------------------------------- lifecycle
     def attach(self) -> BlockStreamer:
         """Point the resident parameters at their weights, empty the blocks, register the hooks."""
         if self._handles:
             raise RuntimeError("BlockStreamer is already attached")
+        self._check_capacity()
         for name, p in self.resident:
             src = next((a for a in self._aliases[id(p)] if a in self.store), None)
             if src is not None:

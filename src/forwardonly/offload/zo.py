@@ -115,7 +115,7 @@ class StreamedZO:
         optimizer: a :class:`~forwardonly.optim.ZOSGD` over the model's parameters
             (two-sided, no momentum, not conservative).
         store: the tier holding the weights.
-        device, mode, prefetch, drop_pages: see :class:`BlockStreamer`.
+        device, mode, prefetch, drop_pages, capacity: see :class:`BlockStreamer`.
 
     ``step(closure)`` returns what ``optimizer.step(closure)`` would, and leaves
     the optimizer's state (``step``, ``forwards``, ``last_grads``, ...) as it would.
@@ -134,7 +134,8 @@ class StreamedZO:
     """
 
     def __init__(self, model: nn.Module, optimizer: ZOSGD, store: WeightStore, device=None,
-                 mode: str | None = None, prefetch: bool = True, drop_pages: bool = True):
+                 mode: str | None = None, prefetch: bool = True, drop_pages: bool = True,
+                 capacity: int | None = None):
         if not isinstance(optimizer, ZOSGD):
             raise TypeError(f"StreamedZO needs a ZOSGD optimizer, got {type(optimizer).__name__}")
         if not optimizer.two_sided:
@@ -146,7 +147,7 @@ class StreamedZO:
                 raise ValueError(f"StreamedZO does not support momentum (got momentum={g['momentum']}): "
                                  "its buffer is parameter-sized and would have to stream too")
         self.model, self.opt, self.store = model, optimizer, store
-        self.streamer = BlockStreamer(model, store, device, mode, prefetch, drop_pages)
+        self.streamer = BlockStreamer(model, store, device, mode, prefetch, drop_pages, capacity)
         owned = {id(p) for p in model.parameters()}
         items = list(optimizer.indexed_params())
         for i, p, _ in items:
