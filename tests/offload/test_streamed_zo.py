@@ -116,6 +116,20 @@ def test_probes_accumulation_sign_and_groups_bitwise(tmp_path):
     assert opt.zo_state["forwards"] == ropt.zo_state["forwards"] == 2 * 2 * 2 * 2
 
 
+def test_learning_rate_schedule_applies_to_the_step_that_made_the_update(tmp_path):
+    """The deferred update uses the lr of its own step even when a scheduler changed it since."""
+    config = llama4()
+    ref, ropt, _, model, opt, zo, _ = run_pair(tmp_path, config, steps=1)
+    ids = ids_for(config)
+    for lr in (3e-2, 0.0, 1e-2):
+        for o in (ropt, opt):
+            for g in o.param_groups:
+                g["lr"] = lr
+        assert zo.step(lm_closure(model, ids)).item() == ropt.step(lm_closure(ref, ids)).item()
+    zo.close()
+    assert_bitwise(model, ref)
+
+
 def test_each_block_travels_once_per_step_and_alone(tmp_path):
     _, _, _, model, _, zo, _ = run_pair(tmp_path, llama4(), steps=1)
     s = zo.streamer

@@ -161,7 +161,9 @@ class StreamedZO:
         for it in items:
             b = block_of.get(id(it[1]))
             (self._resident_items if b is None else self._block_items[b]).append(it)
-        self.pending: list[tuple[int, list[float]]] = []  # (step, coeffs) not yet applied to every block
+        self._group_index = {id(g): k for k, g in enumerate(optimizer.param_groups)}
+        # (step, coeffs, hyperparameters of each group at that step) not yet applied to every block
+        self.pending: list[tuple[int, list[float], list[dict]]] = []
         self._applied = [-1] * len(self.streamer.blocks)  # last step whose update each block holds
         self._pools: tuple[dict, dict] = ({}, {})  # perturbed-weight buffers of the +eps and -eps threads
         for b in self.streamer.blocks:
@@ -184,16 +186,17 @@ class StreamedZO:
             del self.opt.indexed_params
 
     def _catch_up(self, block) -> bool:
-        """``on_load``: apply the updates this block has not seen yet."""
-        todo = [(t, c) for t, c in self.pending if t > self._applied[block.index]]
+        """``on_load``: apply the updates this block has not seen yet, with the learning rate
+        (and other group settings) of the step that made them, not today's."""
+        todo = [u for u in self.pending if u[0] > self._applied[block.index]]
         items = self._block_items[block.index]
-        for t, coeffs in todo:
+        for t, coeffs, groups in todo:
             if items:
-                self._apply(items, t, coeffs)
+                self._apply([(i, p, groups[self._group_index[id(g)]]) for i, p, g in items], t, coeffs)
             self._applied[block.index] = t
         if todo:
             done = min(self._applied)
-            self.pending = [(t, c) for t, c in self.pending if t > done]
+            self.pending = [u for u in self.pending if u[0] > done]
         return bool(todo and items)
 
     # -------------------------------------------------------------------- step
@@ -276,7 +279,7 @@ class StreamedZO:
         coeffs = [g / opt.q for g in grads]
         if self._resident_items:
             self._apply(self._resident_items, t, coeffs)
-        self.pending.append((t, coeffs))
+        self.pending.append((t, coeffs, [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]))
         zs["step"] = t + 1
         zs["last_grads"] = grads
         return torch.tensor(loss)
@@ -286,7 +289,7 @@ class StreamedZO:
     def flush(self) -> None:
         """Apply pending updates to every block now (one trip per block that has some)."""
         for b in self.streamer.blocks:
-            if any(t > self._applied[b.index] for t, _ in self.pending):
+            if any(u[0] > self._applied[b.index] for u in self.pending):
                 self.streamer.acquire(b.index)
                 self.streamer.release(b.index)
         self.streamer.release_all()
