@@ -191,7 +191,7 @@ def measure(args) -> None:
               "rounds_interleaved": args.rounds}
     record = make_record("offload-tinyllama-1.1b", config, results, load_average_1min=load,
                          cpu_count=os.cpu_count())
-    path = HERE / "results" / "tinyllama-1.1b.json"
+    path = HERE / "results" / f"{args.name}.json"
     write_record(path, record)
     print(f"wrote {path}")
     print(report(record))
@@ -230,6 +230,7 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--steps", type=int, default=3, help="timed steps of the streamed-alone memory run")
     p.add_argument("--rounds", type=int, default=5, help="timed steps of each run in the interleaved phase")
+    p.add_argument("--name", default="tinyllama-1.1b", help="results/<name>.json")
     p.add_argument("--report", help="print the table of a results JSON and exit")
     args = p.parse_args()
     if args.report:
