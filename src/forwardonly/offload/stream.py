@@ -170,8 +170,7 @@ class BlockStreamer:
         """Bytes the working device holds at most: resident parameters, plus two block slots in copy mode."""
         if self.mode == "map":
             return 0  # everything lives in the store's mapping
-        resident = sum(self.store.entries[a].nbytes for _, p in self.resident
-                       for a in self._aliases[id(p)][:1] if a in self.store)
+        resident = sum(p.numel() * p.element_size() for _, p in self.resident)
         return resident + 2 * max(b.nbytes for b in self.blocks)
 
     def _check_capacity(self) -> None:
