@@ -229,3 +229,60 @@ def test_forward_grad_rejects_parameters_outside_modules():
     opt = ForwardGrad([w], lr=1e-3)
     with pytest.raises(ValueError, match="not used by any module"):
         opt.step(lambda: (w * w).sum())
+
+
+# ---------------------------------------------------------------- low precision, HF and quantized models
+def tiny_lm(dtype, quantized=False):
+    from forwardonly.models.tiny import tiny_model
+
+    model, _ = tiny_model("llama", seed=0)
+    if quantized:
+        from forwardonly.quant import quantize_model
+
+        quantize_model(model, bits=4, group_size=16)
+    model.to(dtype)
+    ids = torch.randint(3, 1000, (4, 12), generator=torch.Generator().manual_seed(0))
+    closure = lambda: model(input_ids=ids, labels=ids).loss  # noqa: E731
+    return model, closure
+
+
+def full_state(model):
+    return [t.detach().clone() for t in (*model.parameters(), *model.buffers())]
+
+
+@pytest.mark.parametrize("setup", ["plain", "mixed", "int4"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("name", ["zo-sgd", pytest.param("zo-adam", marks=pytest.mark.slow)])
+def test_lr_zero_leaves_hf_tiny_model_bitwise_unchanged(name, dtype, setup):
+    """The restore guarantee on a real architecture: 16-bit weights, fp32-compute mixed precision
+    (bf16/fp16 storage), and int4 quantized layers whose scales and norms are perturbed."""
+    from contextlib import nullcontext
+
+    from forwardonly.quant.mixed import MixedPrecision
+
+    model, closure = tiny_lm(dtype, quantized=setup == "int4")
+    before = full_state(model)
+    opt = build_optimizer(name, model.parameters(), lr=0.0, eps=1e-2, seed=0)
+    with MixedPrecision(model) if setup == "mixed" else nullcontext():
+        for _ in range(10):
+            loss = opt.step(closure)
+            assert math.isfinite(float(loss))
+    assert opt.zo_state["skipped"] == 0
+    assert all(torch.equal(a, b) for a, b in zip(before, full_state(model)))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_update_is_computed_in_fp32_and_rounded_once(dtype):
+    from forwardonly.optim import direction
+
+    model, x, y = problem(dtype=dtype)
+    before = params_of(model)
+    lr, wd = 3e-3, 0.1
+    opt = ZOSGD(model.parameters(), lr=lr, weight_decay=wd, q=3, seed=5, direction="gaussian")
+    opt.step(closure_for(model, x, y))
+    coeffs = [g / 3 for g in opt.zo_state["last_grads"]]
+    for i, (w0, w1) in enumerate(zip(before, model.parameters())):
+        upd = w0.float() * (1 - lr * wd)
+        for k, c in enumerate(coeffs):
+            upd.add_(direction(w0.shape, "gaussian", 5, 0, k, i, dtype=dtype).float(), alpha=-lr * c)
+        assert torch.equal(w1.detach(), upd.to(dtype))

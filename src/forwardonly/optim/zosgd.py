@@ -6,8 +6,36 @@ from collections.abc import Callable
 
 import torch
 
-from ._perturb import accumulate
+from ._perturb import CHUNK, _fill_chunk, accumulate, chunk_seed
 from .base import ZOOptimizer, _check
+
+_LOW = (torch.bfloat16, torch.float16)
+
+
+@torch.no_grad()
+def add_rounded_once(directions, p: torch.Tensor, step: int, terms, param_index: int, decay: float = 1.0) -> None:
+    """``p = round(decay * p + sum_k coef_k z_k)``: the whole update in fp32, rounded to ``p.dtype`` once.
+
+    For bf16/fp16 weights. ``z_k`` are the directions in ``p.dtype`` (the values the
+    perturbation used); the sum, the decay and the addition are fp32, so several
+    probes and weight decay cost one rounding instead of one each, and the result
+    does not depend on how a backend evaluates a low-precision ``add`` with ``alpha``.
+    Works chunk by chunk: two fp32 chunk buffers, no parameter-sized temporary.
+    """
+    flat = p.view(-1)
+    n = flat.numel()
+    z = torch.empty(min(CHUNK, n), dtype=p.dtype, device=p.device)
+    acc = torch.empty(min(CHUNK, n), dtype=torch.float32, device=p.device)
+    for c, start in enumerate(range(0, n, CHUNK)):
+        stop = min(start + CHUNK, n)
+        a, zc = acc[: stop - start], z[: stop - start]
+        a.copy_(flat[start:stop])
+        if decay != 1.0:
+            a.mul_(decay)
+        for probe, coef in terms:
+            _fill_chunk(zc, directions.kind, chunk_seed(directions.seed, step, probe, param_index, c))
+            a.add_(zc.float(), alpha=coef)
+        flat[start:stop].copy_(a)
 
 
 class ZOSGD(ZOOptimizer):
@@ -30,8 +58,13 @@ class ZOSGD(ZOOptimizer):
         **zo: estimator options of :class:`~forwardonly.optim.base.ZOOptimizer`
             (eps, q, two_sided, direction, seed, accum_steps, clip).
 
+    Mixed precision: for bf16/fp16 weights the plain update is computed in fp32
+    (all probes and the weight decay) and rounded to the weight's dtype once
+    (:func:`add_rounded_once`), and the momentum buffer is fp32. With ``lr=0``
+    nothing is written, so the weights stay bitwise identical in every dtype.
+
     Memory (bytes per trainable parameter, beyond the weights): 0 for plain,
-    sign and conservative; 4 (fp32 weights) for momentum. Temporaries are one
+    sign and conservative; 4 for momentum (fp32 buffer for 16-bit weights). Temporaries are one
     module's parameters plus a 1M-element scratch buffer.
 
     Example::
@@ -80,6 +113,10 @@ class ZOSGD(ZOOptimizer):
                 continue
             flat = p.view(-1)
             if mu == 0.0 and not group["sign"]:
+                if p.dtype in _LOW:  # mixed precision: fp32 arithmetic, one rounding
+                    add_rounded_once(d, p, step, [(k, -lr * c) for k, c in enumerate(coeffs) if c != 0.0], i,
+                                     1.0 - lr * wd)
+                    continue
                 if wd:
                     p.mul_(1.0 - lr * wd)
                 d.add_(p, step, [(k, -lr * c) for k, c in enumerate(coeffs)], i)
@@ -88,12 +125,14 @@ class ZOSGD(ZOOptimizer):
                 state = self.state[p]
                 buf = state.get("momentum_buffer")
                 if buf is None:
-                    buf = state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.contiguous_format)
+                    # fp32 for bf16/fp16 weights: the buffer sums many small terms
+                    buf = state["momentum_buffer"] = torch.zeros_like(
+                        p, dtype=torch.float32 if p.dtype in _LOW else p.dtype, memory_format=torch.contiguous_format)
                 else:
                     buf.mul_(mu)
                 bflat = buf.view(-1)
                 for start, stop, g in accumulate(d, p, step, list(enumerate(coeffs)), i):
-                    bflat[start:stop].add_(g)
+                    bflat[start:stop].add_(g)  # (low precision: g is in p.dtype, the sum in fp32)
                 if wd:
                     buf.add_(p, alpha=wd)
                 if group["sign"]:

@@ -1,0 +1,66 @@
+"""Tables for the README from the committed results (reads JSON only; runs nothing).
+
+    python benchmarks/qzo/report.py
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+MB = 2**20
+
+
+def load(name):
+    path = RESULTS / name
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def memory_table() -> str:
+    rows = ["| mode | model tensors (MB) | peak anon above baseline (MB) | peak RSS above baseline (MB) | "
+            "peak RSS total (MB) |", "|---|---|---|---|---|"]
+    base = load("memory_none.json")
+    if base:
+        b = base["results"]["baseline"]
+        rows.append(f"| baseline (libraries, tokenizer, batch; no model) | - | - | - | {b['rss'] / MB:.0f} |")
+    found = {}
+    for mode in ("bf16-compute", "bf16", "int4"):
+        rec = load(f"memory_{mode}.json")
+        if not rec:
+            continue
+        r = rec["results"]
+        found[mode] = r
+        rows.append(f"| {mode} | {r['model_bytes']['total'] / MB:.1f} | {r['peak_anon_above_baseline'] / MB:.1f} | "
+                    f"{r['peak_rss_above_baseline'] / MB:.1f} | {r['zo_steps']['peak_rss'] / MB:.0f} |")
+    lines = ["\n".join(rows), ""]
+    if "int4" in found:
+        for ref in ("bf16-compute", "bf16"):
+            if ref in found:
+                a = found["int4"]["peak_anon_above_baseline"] / found[ref]["peak_anon_above_baseline"]
+                r = found["int4"]["peak_rss_above_baseline"] / found[ref]["peak_rss_above_baseline"]
+                t = found["int4"]["zo_steps"]["peak_rss"] / found[ref]["zo_steps"]["peak_rss"]
+                lines.append(f"int4 / {ref}: {a:.3f} (anon above baseline), {r:.3f} (RSS above baseline), "
+                             f"{t:.3f} (whole-process RSS)")
+    return "\n".join(lines)
+
+
+def train_table() -> str:
+    rows = ["| mode | trainable | lr | eps | clip | steps run | acc before | acc after | s/step | total s |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
+    for mode in ("fp32", "bf16", "int4", "int8"):
+        rec = load(f"train_{mode}.json")
+        if not rec:
+            continue
+        c, r = rec["config"], rec["results"]
+        o = c["opt"]
+        rows.append(f"| {mode} | {c['trainable']:,} | {o['lr']:g} | {o['eps']:g} | {o.get('clip', '-')} | "
+                    f"{r['steps_run']} | {100 * r['acc_before']:.2f} | {100 * r['acc_after']:.2f} | "
+                    f"{r['s_per_step']:.0f} | {r['total_s']:.0f} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(memory_table())
+    print()
+    print(train_table())

@@ -1,0 +1,185 @@
+"""QZO benchmark: int4 quantized ZO (scales only) vs bf16 ZO (all weights) on SmolLM2-135M sentiment.
+
+    python benchmarks/qzo/run.py train  --mode bf16 --steps 100 --out benchmarks/qzo/results/train_bf16.json
+    python benchmarks/qzo/run.py train  --mode int4 --steps 100 --out benchmarks/qzo/results/train_int4.json
+    python benchmarks/qzo/run.py memory --mode bf16 --out benchmarks/qzo/results/memory_bf16.json   # fresh process each
+    python benchmarks/qzo/run.py memory --mode int4 --out benchmarks/qzo/results/memory_int4.json
+    python benchmarks/qzo/run.py memory --mode none --out benchmarks/qzo/results/memory_none.json   # libraries only
+
+Modes:
+  fp32  fp32 weights, all parameters trained (reference)
+  bf16  bf16 weights (storage), fp32 arithmetic via MixedPrecision, all parameters trained
+  bf16-compute  bf16 weights and bf16 arithmetic (plain HF bf16 model; 8x slower than fp32 on this CPU)
+  int4  int4 weights (group 64, tied embedding/lm_head quantized too), fp32 arithmetic,
+        only the log-scales trained (QZO)
+  int8  as int4 with 8-bit codes
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import gc
+import json
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+DEFAULTS = {  # mode -> optimizer settings (chosen before the runs; see README)
+    "fp32": dict(lr=1e-4, eps=1e-3),
+    "bf16": dict(lr=1e-4, eps=1e-3),
+    "bf16-compute": dict(lr=1e-4, eps=1e-3),
+    "int4": dict(lr=5e-3, eps=1e-3, clip=10.0),
+    "int8": dict(lr=5e-3, eps=1e-3, clip=10.0),
+}
+
+
+def trim():
+    """Give freed heap back to the OS so RSS reflects live memory (same treatment in every mode)."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
+
+
+def prepare(mode: str):
+    """(model, tokenizer, trainable params, context manager) for a mode."""
+    from contextlib import nullcontext
+
+    from forwardonly.models import load_model
+    from forwardonly.quant import quantize_model, scale_parameters
+    from forwardonly.quant.mixed import MixedPrecision
+
+    if mode in ("bf16", "bf16-compute"):
+        model, tok = load_model("smollm2-135m", dtype=torch.bfloat16)
+        ctx = MixedPrecision(model, compute=torch.float32) if mode == "bf16" else nullcontext()
+        return model, tok, [p for p in model.parameters()], ctx
+    model, tok = load_model("smollm2-135m")
+    if mode == "fp32":
+        return model, tok, [p for p in model.parameters()], nullcontext()
+    quantize_model(model, bits=4 if mode == "int4" else 8, group_size=64)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    params = scale_parameters(model)
+    for p in params:
+        p.requires_grad_(True)
+    trim()
+    return model, tok, params, nullcontext()
+
+
+def make_run(args):
+    from forwardonly.optim import ZOSGD
+    from forwardonly.tasks import get_task, make_objective
+
+    torch.manual_seed(0)
+    task = get_task("sentiment")
+    model, tok, params, ctx = prepare(args.mode)
+    obj = make_objective(task, tok, "ce")
+    opt = ZOSGD(params, seed=args.seed, **{**DEFAULTS[args.mode], **json.loads(args.opt)})
+    train = task.splits["train"]
+    g = torch.Generator().manual_seed(args.seed)
+
+    def batches():
+        while True:
+            for i in torch.randperm(len(train), generator=g).tolist():
+                yield train[i]
+
+    it = batches()
+    return task, model, tok, obj, opt, ctx, it
+
+
+def cmd_train(args):
+    from forwardonly.bench.record import make_record, write_record
+    from forwardonly.tasks import evaluate
+
+    torch.set_num_threads(args.threads)
+    t_start = time.perf_counter()
+    task, model, tok, obj, opt, ctx, it = make_run(args)
+    log = []
+    with ctx:
+        t0 = time.perf_counter()
+        acc0 = evaluate(model, tok, task, "test", max_examples=args.test, progress=False)["accuracy"]
+        t_eval0 = time.perf_counter() - t0
+        print(f"[{args.mode}] before: acc={acc0:.4f} ({t_eval0:.0f}s)", flush=True)
+        t0 = time.perf_counter()
+        for step in range(args.steps):
+            if args.deadline and time.time() > args.deadline:
+                print(f"[{args.mode}] deadline reached after {step} steps", flush=True)
+                break
+            batch = obj.batch([next(it) for _ in range(args.batch)], "cpu")
+            loss = opt.step(lambda: obj.loss(model, batch))
+            log.append({"step": step, "loss": float(loss), "g": opt.zo_state["last_grads"]})
+            if step % 10 == 0 or step == args.steps - 1:
+                print(f"[{args.mode}] step {step} loss {float(loss):.4f} g {opt.zo_state['last_grads']} "
+                      f"({time.perf_counter() - t0:.0f}s)", flush=True)
+        t_train = time.perf_counter() - t0
+        steps_run = len(log)
+        t0 = time.perf_counter()
+        acc1 = evaluate(model, tok, task, "test", max_examples=args.test, progress=False)["accuracy"]
+        t_eval1 = time.perf_counter() - t0
+    print(f"[{args.mode}] after: acc={acc1:.4f}", flush=True)
+    config = {"mode": args.mode, "steps": args.steps, "batch": args.batch, "seed": args.seed, "test": args.test,
+              "threads": args.threads, "optimizer": "ZOSGD", "opt": {**DEFAULTS[args.mode], **json.loads(args.opt)},
+              "trainable": sum(p.numel() for p in opt.param_groups[0]["params"])}
+    results = {"acc_before": acc0, "acc_after": acc1, "steps_run": steps_run, "train_s": t_train,
+               "s_per_step": t_train / max(steps_run, 1),
+               "eval_s": [t_eval0, t_eval1], "total_s": time.perf_counter() - t_start, "log": log}
+    write_record(args.out, make_record(f"qzo-train-{args.mode}", config, results))
+
+
+def cmd_memory(args):
+    """Peak memory of ZO steps; the baseline holds everything but the model (libraries, tokenizer, batch)."""
+    from transformers import AutoTokenizer
+
+    from forwardonly.bench.measure import PeakMemory, anon_bytes, rss_bytes
+    from forwardonly.bench.record import make_record, write_record
+    from forwardonly.models.loading import prepare_tokenizer, resolve
+    from forwardonly.quant import quantized_bytes
+    from forwardonly.tasks import get_task, make_objective
+
+    torch.set_num_threads(args.threads)
+    task = get_task("sentiment")
+    tok = prepare_tokenizer(AutoTokenizer.from_pretrained(str(resolve("smollm2-135m")[0])))
+    batch = make_objective(task, tok, "ce").batch(task.splits["train"][: args.batch], "cpu")
+    trim()
+    base = {"rss": rss_bytes(), "anon": anon_bytes()}
+    results = {"baseline": base}
+    if args.mode != "none":
+        task, model, tok, obj, opt, ctx, it = make_run(args)
+        trim()
+        results["model_bytes"] = quantized_bytes(model)
+        results["loaded"] = {"rss": rss_bytes(), "anon": anon_bytes()}
+        with ctx:
+            with PeakMemory(interval=0.001) as mem:
+                for _ in range(args.steps):
+                    opt.step(lambda: obj.loss(model, batch))
+        results["zo_steps"] = mem.result()
+        results["peak_anon_above_baseline"] = mem.peak_anon - base["anon"]
+        results["peak_rss_above_baseline"] = mem.peak_rss - base["rss"]
+    print(json.dumps(results, indent=1))
+    config = {"mode": args.mode, "steps": args.steps, "batch": args.batch, "threads": args.threads}
+    write_record(args.out, make_record(f"qzo-memory-{args.mode}", config, results))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("command", choices=["train", "memory"])
+    ap.add_argument("--mode", choices=["fp32", "bf16", "bf16-compute", "int4", "int8", "none"], required=True)
+    ap.add_argument("--steps", type=int, default=100)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--test", type=int, default=400)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--opt", default="{}", help="JSON overrides of the optimizer settings")
+    ap.add_argument("--deadline", type=float, default=0.0, help="unix time after which training stops early")
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    {"train": cmd_train, "memory": cmd_memory}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,31 @@
+"""Weight-only int4/int8 quantization for zeroth-order training (QZO).
+
+Group-wise round-to-nearest codes live in buffers; the scales are trainable
+parameters that the zeroth-order optimizers perturb and update like any other
+(Shang et al., "Fine-tuning Quantized Neural Networks with Zeroth-order
+Optimization", 2025). Pure PyTorch: the same code runs on CPU and GPU.
+
+Example::
+
+    from forwardonly.quant import quantize_model, scale_parameters
+    model = quantize_model(model, bits=4, group_size=64)   # in place; fp weights freed
+    for p in model.parameters():
+        p.requires_grad_(False)
+    params = scale_parameters(model)
+    for p in params:
+        p.requires_grad_(True)
+    opt = ZOSGD(params, lr=1e-3, eps=1e-3, clip=100.0)     # eps, lr relative (log-scales)
+"""
+
+from .layers import QuantEmbedding, QuantLinear
+from .model import (
+    QuantConfig, QuantizationError, load_quantized, plan, quantize_model, quantized_bytes, save_quantized,
+    scale_parameters,
+)
+from .packing import dequantize, pack_int4, quantize, unpack_int4
+
+__all__ = [
+    "QuantConfig", "QuantEmbedding", "QuantLinear", "QuantizationError", "dequantize", "load_quantized",
+    "pack_int4", "plan", "quantize", "quantize_model", "quantized_bytes", "save_quantized",
+    "scale_parameters", "unpack_int4",
+]

@@ -1,0 +1,97 @@
+"""Group-wise round-to-nearest quantization of weight matrices, and int4 packing.
+
+A ``(rows, cols)`` matrix is cut along ``cols`` into groups of ``group_size``
+consecutive elements; each group ``g`` of row ``r`` gets a scale ``s[r, g]``
+and a zero point ``z[r, g]``, and each element an unsigned code ``q`` in
+``[0, 2**bits - 1]``::
+
+    w  ~  (q - z) * s
+
+* asymmetric (default): ``s = (max - min) / (2**bits - 1)`` and ``z`` the
+  rounded code of 0.0, so the group's range maps onto all the codes;
+* symmetric: ``z = 2**(bits-1)`` for every group and ``s = absmax / (2**(bits-1) - 1)``.
+
+Rounding to the nearest code and clamping into range keep every element within
+``s / 2`` of its original value (the tests hold this bound). Codes are stored as
+``uint8``: one per byte for 8 bits, two per byte for 4 bits (element ``2j`` in the
+low nibble, ``2j + 1`` in the high one). Zero points are stored as ``uint8``,
+one per group.
+"""
+
+from __future__ import annotations
+
+import torch
+
+BITS = (4, 8)
+_TINY = 1e-12  # scale of an all-zero group; keeps log-scales finite
+
+
+def check_shape(rows: int, cols: int, bits: int, group_size: int, what: str = "in_features") -> str | None:
+    """Why a ``(rows, cols)`` matrix cannot take these settings, or ``None`` if it can."""
+    if bits not in BITS:
+        return f"bits={bits} is not supported (choose from {BITS})"
+    if group_size < 2 or (group_size % 2 and bits == 4):
+        return f"group_size={group_size} must be an even number >= 2"
+    if cols % group_size:
+        return f"{what}={cols} is not divisible by group_size={group_size}"
+    return None
+
+
+def pack_int4(codes: torch.Tensor) -> torch.Tensor:
+    """``(rows, cols)`` codes in ``[0, 15]`` -> ``(rows, cols // 2)`` bytes."""
+    c = codes.to(torch.uint8)
+    return c[..., 0::2] | (c[..., 1::2] << 4)
+
+
+def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`pack_int4`: ``(..., n)`` bytes -> ``(..., 2n)`` codes (uint8)."""
+    out = torch.stack((packed & 0x0F, packed >> 4), dim=-1)
+    return out.view(*packed.shape[:-1], packed.shape[-1] * 2)
+
+
+def quantize(w: torch.Tensor, bits: int = 4, group_size: int = 64, symmetric: bool = False):
+    """Quantize a 2-D weight group-wise.
+
+    Returns ``(qweight, scales, zeros)``: ``qweight`` uint8 (packed for 4 bits),
+    ``scales`` fp32 ``(rows, cols // group_size)``, ``zeros`` uint8 of the same shape.
+    Statistics are computed in fp32 whatever the dtype of ``w``.
+    """
+    rows, cols = w.shape
+    why = check_shape(rows, cols, bits, group_size)
+    if why:
+        raise ValueError(why)
+    qmax = 2**bits - 1
+    g = w.detach().float().reshape(rows, cols // group_size, group_size)
+    if symmetric:
+        half = 2 ** (bits - 1)
+        scales = (g.abs().amax(-1) / (half - 1)).clamp_min(_TINY)
+        zeros = torch.full_like(scales, half)
+    else:
+        lo = g.amin(-1).clamp_max(0.0)  # keep 0.0 representable (exactly zero weights stay zero)
+        hi = g.amax(-1).clamp_min(0.0)
+        scales = ((hi - lo) / qmax).clamp_min(_TINY)
+        zeros = (-lo / scales).round().clamp(0, qmax)
+    codes = (g / scales.unsqueeze(-1)).round_().add_(zeros.unsqueeze(-1)).clamp_(0, qmax)
+    codes = codes.reshape(rows, cols).to(torch.uint8)
+    qweight = pack_int4(codes) if bits == 4 else codes
+    return qweight.contiguous(), scales.contiguous(), zeros.to(torch.uint8).contiguous()
+
+
+def codes_of(qweight: torch.Tensor, bits: int) -> torch.Tensor:
+    """Unsigned codes, one per element (uint8)."""
+    return unpack_int4(qweight) if bits == 4 else qweight
+
+
+def dequantize(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, bits: int,
+               dtype=torch.float32) -> torch.Tensor:
+    """``(q - z) * s`` for the rows given, computed in fp32 and rounded once to ``dtype``.
+
+    ``qweight``, ``scales`` and ``zeros`` may be any matching row slice (or rows
+    gathered by an index) of the full tensors.
+    """
+    codes = codes_of(qweight, bits)
+    lead, cols = codes.shape[:-1], codes.shape[-1]
+    ngroups = scales.shape[-1]
+    q = codes.view(*lead, ngroups, cols // ngroups).float()
+    w = q.sub_(zeros.unsqueeze(-1).float()).mul_(scales.float().unsqueeze(-1))
+    return w.view(*lead, cols).to(dtype)

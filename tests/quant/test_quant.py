@@ -1,0 +1,210 @@
+"""Quantized layers, model quantization, save/load, and ZO on quantized scales (QZO)."""
+
+import pytest
+import torch
+from torch import nn
+
+from forwardonly.optim import build_optimizer
+from forwardonly.quant import (
+    QuantEmbedding, QuantizationError, QuantLinear, dequantize, load_quantized, pack_int4, quantize,
+    quantize_model, save_quantized, scale_parameters, unpack_int4,
+)
+
+
+def weight(rows=24, cols=128, seed=0):
+    return torch.randn(rows, cols, generator=torch.Generator().manual_seed(seed)) * 0.05
+
+
+def test_int4_packing_round_trips():
+    codes = torch.randint(0, 16, (5, 12), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    packed = pack_int4(codes)
+    assert packed.shape == (5, 6) and packed.dtype == torch.uint8
+    assert torch.equal(unpack_int4(packed), codes)
+    assert int(packed[0, 0]) == int(codes[0, 0]) | (int(codes[0, 1]) << 4)
+
+
+@pytest.mark.parametrize("bits,symmetric,rel_err", [(8, False, 0.006), (8, True, 0.012), (4, False, 0.10),
+                                                    (4, True, 0.20)])
+def test_dequantize_error_is_within_half_a_step(bits, symmetric, rel_err):
+    w = weight()
+    q, s, z = quantize(w, bits, 32, symmetric)
+    back = dequantize(q, s, z, bits)
+    step = s.repeat_interleave(32, dim=1)
+    assert ((w - back).abs() <= step / 2 * (1 + 1e-5) + 1e-7).all()
+    assert ((w - back).norm() / w.norm()).item() < rel_err
+    assert back.dtype == torch.float32
+    assert dequantize(q, s, z, bits, torch.bfloat16).dtype == torch.bfloat16
+
+
+def test_zero_weights_stay_exactly_zero():
+    w = weight()
+    w[:, :32] = 0.0
+    w[3, 40] = 0.0
+    back = dequantize(*quantize(w, 4, 32), 4)
+    assert (back[:, :32] == 0).all() and back[3, 40] == 0
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_quant_linear_is_linear_with_the_dequantized_weight(bits):
+    lin = nn.Linear(64, 40)
+    with torch.no_grad():
+        lin.weight.copy_(weight(40, 64))
+    q = QuantLinear.from_linear(lin, bits=bits, group_size=16, chunk_rows=7)
+    x = torch.randn(3, 5, 64, generator=torch.Generator().manual_seed(1))
+    expected = nn.functional.linear(x, q.dequantized(), lin.bias)
+    torch.testing.assert_close(q(x), expected, rtol=1e-5, atol=1e-6)
+    assert q(x.bfloat16()).dtype == torch.bfloat16
+    assert [n for n, _ in q.named_parameters()] == ["scales", "bias"]
+    assert {n for n, _ in q.named_buffers()} == {"qweight", "zeros"}
+
+
+def test_log_and_linear_scales_give_the_same_layer():
+    lin = nn.Linear(64, 8)
+    a = QuantLinear.from_linear(lin, bits=4, group_size=32, log_scales=True)
+    b = QuantLinear.from_linear(lin, bits=4, group_size=32, log_scales=False)
+    torch.testing.assert_close(a.real_scales(), b.scales.detach(), rtol=1e-6, atol=0)
+    assert torch.equal(a.qweight, b.qweight)
+
+
+def test_quant_embedding_looks_up_dequantized_rows():
+    emb = nn.Embedding(50, 64)
+    q = QuantEmbedding.from_embedding(emb, bits=4, group_size=32)
+    ids = torch.tensor([[3, 0, 49], [7, 7, 1]])
+    assert torch.equal(q(ids), q.dequantized()[ids])
+    assert (q(ids) - emb(ids)).abs().max() < 0.5 * emb.weight.abs().max()
+
+
+def tiny(arch="llama"):
+    from forwardonly.models.tiny import tiny_model
+
+    model, _ = tiny_model(arch)
+    ids = torch.randint(3, 1000, (2, 9), generator=torch.Generator().manual_seed(0))
+    return model, ids
+
+
+def test_quantize_model_ties_embedding_and_head_and_stays_close():
+    model, ids = tiny()
+    with torch.no_grad():
+        ref = model(input_ids=ids).logits
+    quantize_model(model, bits=8, group_size=16)
+    emb, head = model.model.embed_tokens, model.lm_head
+    assert isinstance(emb, QuantEmbedding) and isinstance(head, QuantLinear)
+    assert head.scales is emb.scales and head.qweight is emb.qweight
+    assert not any(isinstance(m, nn.Linear) for m in model.modules())
+    assert len(scale_parameters(model)) == 1 + 2 * 7  # tied table once, 7 linears per layer
+    with torch.no_grad():
+        out = model(input_ids=ids).logits
+    assert (out - ref).abs().max() < 0.02 * ref.abs().max()
+
+
+def test_embeddings_false_keeps_the_tied_pair_in_floating_point():
+    model, _ = tiny()
+    quantize_model(model, bits=4, group_size=16, embeddings=False)
+    assert type(model.lm_head) is nn.Linear and model.lm_head.weight is model.model.embed_tokens.weight
+
+
+def state(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(bits=4, group_size=24), r"model\.layers\.0\.self_attn\.q_proj \(Linear 32->32\): in_features=32 is not divisible by group_size=24"),
+    (dict(bits=3, group_size=16), "bits=3"),
+    (dict(bits=4, group_size=16, skip=("lm_head",)), "lm_head.*skip both or neither"),
+])
+def test_bad_settings_fail_before_anything_changes(kwargs, match):
+    model, _ = tiny()
+    before = state(model)
+    modules = [type(m) for m in model.modules()]
+    with pytest.raises(QuantizationError, match=match):
+        quantize_model(model, **kwargs)
+    assert [type(m) for m in model.modules()] == modules
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_skip_pattern_leaves_layers_in_floating_point():
+    model, _ = tiny()
+    quantize_model(model, bits=4, group_size=16, skip=("*.mlp.*",))
+    assert type(model.model.layers[0].mlp.up_proj) is nn.Linear
+    assert isinstance(model.model.layers[0].self_attn.q_proj, QuantLinear)
+
+
+def test_save_and_load_round_trip(tmp_path):
+    model, ids = tiny()
+    quantize_model(model, bits=4, group_size=16)
+    with torch.no_grad():
+        model.model.layers[0].mlp.up_proj.scales.add_(0.01)  # trained scales must survive
+        ref = model(input_ids=ids).logits
+    save_quantized(model, tmp_path / "q.safetensors")
+    fresh, _ = tiny()
+    load_quantized(fresh, tmp_path / "q.safetensors")
+    assert fresh.lm_head.scales is fresh.model.embed_tokens.scales
+    with torch.no_grad():
+        assert torch.equal(fresh(input_ids=ids).logits, ref)
+    other, _ = tiny("qwen2")
+    other.model.layers = other.model.layers[:1]
+    with pytest.raises(Exception, match="does not match"):
+        load_quantized(other, tmp_path / "q.safetensors")
+
+
+def regression(bits, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(128, 32, generator=g)
+    teacher = nn.Sequential(nn.Linear(32, 32), nn.Tanh(), nn.Linear(32, 4))
+    student = nn.Sequential(nn.Linear(32, 32), nn.Tanh(), nn.Linear(32, 4))
+    with torch.no_grad():
+        for t, s in zip(teacher.parameters(), student.parameters()):
+            t.copy_(torch.randn(t.shape, generator=g) * 0.3)
+            # the student starts as a scaled copy: only the scales need to move
+            s.copy_(t * (0.6 if t.dim() == 2 else 1.0))
+        y = teacher(x)
+    quantize_model(student, bits=bits, group_size=16)
+    for p in student.parameters():
+        p.requires_grad_(False)
+    for p in scale_parameters(student):
+        p.requires_grad_(True)
+    student.to(dtype)
+    return student, x.to(dtype), y.to(dtype)
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_zo_on_scales_lowers_the_loss(bits):
+    model, x, y = regression(bits)
+    opt = build_optimizer("zo-sgd", scale_parameters(model), lr=2e-2, eps=1e-3, seed=0, clip=50.0)
+    closure = lambda: nn.functional.mse_loss(model(x), y)  # noqa: E731
+    start = float(closure().detach())
+    for _ in range(150):
+        opt.step(closure)
+    assert float(closure()) < 0.5 * start
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("name", ["zo-sgd", *(pytest.param(n, marks=pytest.mark.slow)
+                                               for n in ("zo-sgd-mmt", "zo-adam", "zo-sgd-cons"))])
+def test_lr_zero_leaves_scales_bitwise_unchanged(name, dtype):
+    model, x, y = regression(4, dtype)
+    params = scale_parameters(model)
+    assert all(p.dtype == dtype for p in params)
+    before = [p.detach().clone() for p in params] + [b.clone() for b in model.buffers()]
+    opt = build_optimizer(name, params, lr=0.0, eps=1e-2, seed=0)
+    closure = lambda: nn.functional.mse_loss(model(x), y)  # noqa: E731
+    for _ in range(100 if name == "zo-sgd" else 40):
+        opt.step(closure)
+    after = [p.detach() for p in params] + list(model.buffers())
+    assert all(torch.equal(a, b) for a, b in zip(before, after))
+
+
+def test_scales_are_perturbed_inside_the_forward_not_written():
+    from forwardonly.optim import Directions, Perturbation
+
+    model, x, y = regression(4)
+    params = scale_parameters(model)
+    before = [p.detach().clone() for p in params]
+    base = nn.functional.mse_loss(model(x), y)
+    items = list(enumerate(params))
+    with Perturbation(items, Directions(0), 0, [(0, 1e-2)]) as pert:
+        moved = nn.functional.mse_loss(model(x), y)
+        assert all(torch.equal(a, b) for a, b in zip(before, params))
+    assert pert.touched == {0, 1}
+    assert float(moved) != float(base)
+    assert all(torch.equal(a, b) for a, b in zip(before, params))
