@@ -19,7 +19,8 @@ def train_rec(opt, seed, acc, before=0.5, scheme="lora", steps=50, status="ok", 
            "out_dir": None}
     results = {} if status != "ok" else {
         "test_after": {"accuracy": acc, "n": 200}, "forwards": 100, "train_time_s": 10.0 + seed,
-        "peak_rss_bytes": (1000 + seed) * MiB, **res}
+        "peak_rss_bytes": (1000 + seed) * MiB,
+        "history": [{"step": 5, "forwards": 10, "loss": 0.7}, {"step": 10, "forwards": 20, "loss": 0.6}], **res}
     if before is not None and status == "ok":
         results["test_before"] = {"accuracy": before, "n": 200}
     rec = {"name": f"zo_bench/{opt}", "experiment": f"sentiment-{scheme}-{opt}", "config": cfg,
@@ -113,8 +114,8 @@ def test_cli_writes_markdown_and_png_plots(results, tmp_path, capsys):
     md = (out / "report.md").read_text()
     assert md == captured.out.rstrip("\n") + "\n"
     pngs = sorted(p.name for p in out.glob("*.png"))
-    assert pngs == ["accuracy.png", "accuracy_vs_forwards.png", "local_accuracy.png", "memory.png",
-                    "train_memory.png"]
+    assert pngs == ["accuracy.png", "accuracy_vs_forwards.png", "local_accuracy.png", "loss_vs_forwards.png",
+                    "memory.png", "train_memory.png"]
     for name in pngs:
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"]({name})" in md

@@ -11,7 +11,7 @@ import statistics
 from pathlib import Path
 
 from ..errors import UserError
-from .report import MiB, Loaded, group_runs, memory_rows, summarise_group, trained_groups
+from .report import Loaded, MiB, group_runs, memory_rows, summarise_group, trained_groups
 
 
 def _plt():
@@ -89,6 +89,32 @@ def accuracy_vs_forwards(runs: list[dict], out_dir: Path) -> str | None:
     return _save(fig, out_dir / "accuracy_vs_forwards.png")
 
 
+def loss_vs_forwards(runs: list[dict], out_dir: Path) -> str | None:
+    """Per task: training loss (logged means, averaged over seeds) against forward passes spent."""
+    curves = []
+    for g, _ in trained_groups(runs):
+        hists = [r["results"].get("history") or [] for r in g["ok"]]
+        n = min((len(h) for h in hists), default=0)
+        if n:
+            fwd = [statistics.fmean(h[i]["forwards"] for h in hists) for i in range(n)]
+            loss = [statistics.fmean(h[i]["loss"] for h in hists) for i in range(n)]
+            curves.append((g["config"], fwd, loss, len(hists)))
+    if not curves:
+        return None
+    plt = _plt()
+    tasks = sorted({c["task"]["name"] for c, *_ in curves})
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 4), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        for c, fwd, loss, n in curves:
+            if c["task"]["name"] == task:
+                ax.plot(fwd, loss, marker=".", label=f"{c['optim']['name']} ({c['scheme']['name']}, {n} seeds)")
+        ax.set_xlabel("forward passes (training)")
+        ax.set_ylabel("training loss (logged mean)")
+        ax.set_title(task)
+        ax.legend(fontsize=7)
+    return _save(fig, out_dir / "loss_vs_forwards.png")
+
+
 def train_memory(runs: list[dict], out_dir: Path) -> str | None:
     """Peak RSS of whole training runs per optimizer x scheme (max over tasks and seeds)."""
     peak: dict[tuple[str, str], float] = {}
@@ -158,7 +184,7 @@ def all_plots(loaded: Loaded, out_dir: str | Path) -> list[str]:
     out.mkdir(parents=True, exist_ok=True)
     r = loaded.records
     made = [accuracy_bars(r["train_run"], out), accuracy_vs_forwards(r["train_run"], out),
-            train_memory(r["train_run"], out)]
+            loss_vs_forwards(r["train_run"], out), train_memory(r["train_run"], out)]
     made += [memory_sweep(rec, out) for rec in r["memory_sweep"]]
     made.append(local_accuracy(r["local_learning"], out))
     import matplotlib.pyplot as plt
