@@ -71,3 +71,88 @@ def test_estimator_is_unbiased_on_a_quadratic(kind, two_sided):
     mean, std = est.mean(0), est.std(0)
     bound = 5 * std / math.sqrt(n) + (0.5 * eps * float(a.abs().sum()) if not two_sided else 0)
     assert torch.all((mean - true).abs() <= bound), (mean, true, bound)
+
+
+# ------------------------------------------------------- fused linear/embedding and blockwise generation
+class _TiedLM(torch.nn.Module):
+    """Embedding, a biased hidden layer and an output layer tied to the embedding (as in SmolLM2)."""
+
+    def __init__(self, vocab, dim):
+        super().__init__()
+        self.embed = torch.nn.Embedding(vocab, dim)
+        self.hidden = torch.nn.Linear(dim, dim)
+        self.norm = torch.nn.LayerNorm(dim)
+        self.head = torch.nn.Linear(dim, vocab, bias=False)
+        self.head.weight = self.embed.weight
+
+    def forward(self, ids):
+        return self.head(self.norm(torch.tanh(self.hidden(self.embed(ids)))))
+
+
+@pytest.mark.parametrize("kind", ["rademacher", "gaussian"])
+def test_fused_perturbation_matches_whole_copies(kind, monkeypatch):
+    """Blockwise linear and row-wise embedding give the forward of the whole perturbed copies,
+    over chunk borders (the embedding spans two chunks) and with several terms; weights untouched."""
+    from forwardonly.optim import _fused
+
+    monkeypatch.setattr(_fused, "LINEAR_BLOCK", 3000)  # many row blocks, borders inside chunks
+    torch.manual_seed(0)
+    model = _TiedLM(CHUNK // 40 + 500, 40)
+    ids = torch.randint(0, model.embed.num_embeddings, (3, 7))
+    ids[0, 0] = model.embed.num_embeddings - 1  # a row in the second chunk
+    items = list(enumerate(model.parameters()))
+    before = [p.detach().clone() for p in model.parameters()]
+    d = Directions(5, kind)
+    calls = []
+    for name in ("linear", "embedding"):
+        orig = getattr(_fused.FusedWeight, name)
+        monkeypatch.setattr(_fused.FusedWeight, name,
+                            lambda self, *a, _o=orig, _n=name: calls.append(_n) or _o(self, *a))
+    for terms in ([(0, 1e-2)], [(0, 1e-2), (1, -3e-3)]):
+        with torch.no_grad():
+            with Perturbation(items, d, 4, terms, fused=False):
+                whole = model(ids)
+            with Perturbation(items, d, 4, terms):
+                fused = model(ids)
+        torch.testing.assert_close(fused, whole, rtol=1e-5, atol=1e-5)
+    assert calls.count("embedding") == 2 and calls.count("linear") == 4, calls
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_fused_path_is_skipped_where_it_does_not_apply():
+    """Autograd on, or a module with its own hook: the plain whole-copy path."""
+    from forwardonly.optim._fused import fusable
+
+    lin = torch.nn.Linear(4, 3)
+    d = Directions(0)
+    assert not fusable(lin, lin.weight, d)  # grad mode is on here
+    with torch.no_grad():
+        assert fusable(lin, lin.weight, d)
+        assert not fusable(lin, lin.bias, d)
+        h = lin.register_forward_hook(lambda *a: None)
+        assert not fusable(lin, lin.weight, d)
+        h.remove()
+
+
+@pytest.mark.parametrize("kind", ["rademacher", "gaussian"])
+def test_ranges_gathers_and_update_equal_the_whole_direction(kind):
+    d = Directions(7, kind)
+    terms = [(0, 0.5), (1, -0.25)]
+    for n in (13, CHUNK + 4321):
+        p = torch.randn(n)
+        full = d.perturbed(p, 2, terms, 4)
+        for start, length in ((3, 5), (0, n), (CHUNK - 9, 30), (n // 3 + 1, n // 2)):
+            if start >= n:
+                continue
+            length = min(length, n - start)
+            dst = torch.empty(length)
+            d.perturb_range(dst, p[start:start + length], 2, terms, 4, n, start)
+            assert torch.equal(dst, full[start:start + length]), (n, start, length)
+        idx = torch.sort(torch.randint(0, n, (300,), generator=torch.Generator().manual_seed(n))).values
+        assert torch.equal(d.gather(p, 2, 1, 4, idx), d.full(p, 2, 1, 4)[idx])
+        chunked = p.clone()  # the update: blockwise equals chunk by chunk, bit for bit
+        for probe, coef in terms:
+            for start, stop, z in d.chunks(chunked, 2, probe, 4):
+                chunked[start:stop].add_(z, alpha=coef)
+        d.add_(p, 2, terms, 4)
+        assert torch.equal(p, chunked)

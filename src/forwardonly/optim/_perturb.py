@@ -31,6 +31,12 @@ storage back. Only one module's temporaries are alive at a time, so the memory
 overhead is that of the largest single parameter tensor. Parameters that no
 module owns (a bare tensor used in a closure) are swapped for the whole
 evaluation instead.
+
+Plain ``nn.Linear`` and ``nn.Embedding`` modules, which hold nearly all of a
+transformer's weights, skip the whole copy (``Perturbation(fused=True)``, the
+default): their weight is perturbed block by block inside the op, or only the
+looked-up rows, with the same values (:mod:`forwardonly.optim._fused`). The
+update uses the same blockwise generation (:meth:`Directions.perturb_range`).
 """
 
 from __future__ import annotations
@@ -44,6 +50,10 @@ CHUNK = 1 << 20
 
 KINDS = ("rademacher", "gaussian")
 _MASK64 = (1 << 64) - 1
+BLOCK = 1 << 20
+"""Elements per block of the fused paths: a 4 MB fp32 block stays in L3 between being built and being
+used, and few, large ops keep Python and thread-sync overhead low (an implementation detail, not part
+of a direction)."""
 
 
 def _splitmix64(x: int) -> int:
@@ -154,16 +164,131 @@ class Directions:
             _fill_chunk(z, self.kind, chunk_seed(self.seed, step, probe, param_index, c))
             yield start, stop, z
 
+    @property
+    def ranged(self) -> bool:
+        """Whether :meth:`perturb_range` and :meth:`gather` may be used: not where a subclass remaps
+        :meth:`chunks` (e.g. a probe offset), since they read chunk seeds directly."""
+        return type(self).chunks is Directions.chunks
+
+    def _chunk_values(self, seed: int, n: int, dtype, device) -> torch.Tensor:
+        """One chunk's values, cached with the last few chunks asked for (until :meth:`release`):
+        Gaussian values, or for Rademacher the chunk's random bytes as int32 rows of the sign table."""
+        key = (seed, n, dtype, str(device), self.kind)
+        cache = self.__dict__.setdefault("_recent", {})
+        vals = cache.get(key)
+        if vals is not None:
+            return vals
+        if self.kind == "gaussian":
+            vals = torch.empty(n, dtype=dtype, device=device)
+            _fill_chunk(vals, "gaussian", seed)
+        else:
+            gen = _generator(torch.device(device))
+            gen.manual_seed(seed)
+            words = torch.empty((n + 63) // 64, dtype=torch.int64, device=device)
+            words.random_(-(2**63), None, generator=gen)
+            vals = words.view(torch.uint8)[: (n + 7) // 8].to(torch.int32)
+        if len(cache) >= 4:  # a few probes' chunks, so that blockwise multi-term passes do not regenerate
+            del cache[next(iter(cache))]
+        cache[key] = vals
+        return vals
+
+    def release(self) -> None:
+        """Drop the cached chunks (at most four chunks of memory)."""
+        self.__dict__.pop("_recent", None)
+
+    def _pieces(self, numel: int, start: int, stop: int):
+        """Split ``[start, stop)`` of a ``numel``-element parameter at chunk borders: ``(c, clen, a, b)``."""
+        pos = start
+        while pos < stop:
+            c = pos // CHUNK
+            base = c * CHUNK
+            clen = min(CHUNK, numel - base)
+            end = min(stop, base + clen)
+            yield c, clen, pos - base, end - base
+            pos = end
+
+    def perturb_range(self, dst: torch.Tensor, src: torch.Tensor, step: int,
+                      terms: Sequence[tuple[int, float]], param_index: int, numel: int, start: int) -> None:
+        """``dst = src + sum_k coef_k z_k[start:start+len]`` over a slice of a flattened parameter.
+
+        ``dst`` and ``src`` are 1-D and contiguous (``dst is src`` is fine); the arithmetic is that of
+        :meth:`perturbed`, element for element, so the values are bitwise the same. Used on blocks
+        small enough to stay in cache, which is why it exists.
+        """
+        n = dst.numel()
+        if not terms:
+            if dst.data_ptr() != src.data_ptr():
+                dst.copy_(src)
+            return
+        z_buf = None
+        for j, (probe, coef) in enumerate(terms):
+            for c, clen, a, b in self._pieces(numel, start, start + n):
+                o = c * CHUNK + a - start
+                d, s = dst[o : o + b - a], src[o : o + b - a]
+                vals = self._chunk_values(chunk_seed(self.seed, step, probe, param_index, c), clen,
+                                          dst.dtype, dst.device)
+                if self.kind == "gaussian":
+                    z = vals[a:b]
+                else:
+                    if z_buf is None:
+                        z_buf = self._range_scratch(n + 16, dst.dtype, dst.device)
+                    lo = a // 8
+                    rows = z_buf[: ((b + 7) // 8 - lo) * 8].view(-1, 8)
+                    torch.index_select(_sign_table(dst.dtype, dst.device), 0, vals[lo : (b + 7) // 8], out=rows)
+                    z = rows.view(-1)[a - 8 * lo : b - 8 * lo]
+                if j == 0:
+                    torch.add(s, z, alpha=coef, out=d)
+                else:
+                    d.add_(z, alpha=coef)
+
+    def _range_scratch(self, n: int, dtype, device, slot: str = "z") -> torch.Tensor:
+        bufs = self.__dict__.setdefault("_ranges", {})
+        key = (slot, dtype, str(device))
+        buf = bufs.get(key)
+        if buf is None or buf.numel() < n:
+            buf = bufs[key] = torch.empty(n, dtype=dtype, device=device)
+        return buf
+
+    def gather(self, p: torch.Tensor, step: int, probe: int, param_index: int, flat_index: torch.Tensor):
+        """``z(step, probe).view(-1)[flat_index]`` for a sorted 1-D ``flat_index``, generating only the
+        chunks it touches (and, for Rademacher, reading single bits instead of whole chunks)."""
+        out = torch.empty(flat_index.shape, dtype=p.dtype, device=p.device)
+        numel = p.numel()
+        first, last = int(flat_index[0]) // CHUNK, int(flat_index[-1]) // CHUNK
+        borders = torch.arange(first, last + 2, device=flat_index.device) * CHUNK
+        cuts = torch.searchsorted(flat_index, borders).tolist()
+        for c in range(first, last + 1):
+            lo, hi = cuts[c - first], cuts[c - first + 1]
+            if lo == hi:
+                continue
+            clen = min(CHUNK, numel - c * CHUNK)
+            vals = self._chunk_values(chunk_seed(self.seed, step, probe, param_index, c), clen, p.dtype, p.device)
+            off = flat_index[lo:hi] - c * CHUNK
+            if self.kind == "gaussian":
+                out[lo:hi] = vals[off]
+            else:
+                bit = (vals[off >> 3] >> (off & 7).to(torch.int32)) & 1
+                out[lo:hi] = bit * 2 - 1
+        return out
+
     def add_(self, p: torch.Tensor, step: int, terms: Sequence[tuple[int, float]], param_index: int) -> None:
-        """In place: ``p += sum_k coef_k * z(step, probe_k)`` (the update; one pass per probe)."""
+        """In place: ``p += sum_k coef_k * z(step, probe_k)`` (the update), in cache-sized blocks."""
         flat = p.view(-1) if p.is_contiguous() else None
         if flat is None:
             raise ValueError("ZO optimizers need contiguous parameters")
-        for probe, coef in terms:
-            if coef == 0.0:
-                continue
-            for start, stop, z in self.chunks(p, step, probe, param_index):
-                flat[start:stop].add_(z, alpha=coef)
+        terms = [(k, c) for k, c in terms if c != 0.0]
+        if not terms:
+            return
+        if not self.ranged:
+            for probe, coef in terms:
+                for start, stop, z in self.chunks(p, step, probe, param_index):
+                    flat[start:stop].add_(z, alpha=coef)
+            return
+        n = flat.numel()
+        for start in range(0, n, BLOCK):
+            block = flat[start : start + BLOCK]
+            self.perturb_range(block, block, step, terms, param_index, n, start)
+        self.release()
 
     def perturbed(self, p: torch.Tensor, step: int, terms: Sequence[tuple[int, float]],
                   param_index: int) -> torch.Tensor:
@@ -195,6 +320,9 @@ class Perturbation:
         scales: optional per-parameter multiplier of every coefficient (e.g. a
             per-group learning rate), aligned with ``params``.
         whole: parameters to swap for the whole evaluation (not owned by any module).
+        fused: let plain ``nn.Linear``/``nn.Embedding`` modules perturb their weight blockwise
+            inside the op instead of receiving a whole copy (see :mod:`forwardonly.optim._fused`);
+            the values are the same (default True).
 
     After the context, :attr:`touched` holds the indices of the parameters that
     some module's forward used.
@@ -202,7 +330,7 @@ class Perturbation:
 
     def __init__(self, params: Sequence[tuple[int, torch.Tensor]], directions: Directions, step: int,
                  terms: Sequence[tuple[int, float]], scales: Sequence[float] | None = None,
-                 whole: Iterable[int] = ()):
+                 whole: Iterable[int] = (), fused: bool = True):
         self.params = {i: p for i, p in params}
         self.index = {id(p): i for i, p in params}
         self.directions = directions
@@ -210,6 +338,7 @@ class Perturbation:
         self.terms = list(terms)
         self.scales = dict(zip(self.params, scales)) if scales is not None else dict.fromkeys(self.params, 1.0)
         self.whole = set(whole)
+        self.fused = fused
         self.touched: set[int] = set()
         self._swapped: dict[int, torch.Tensor] = {}  # param index -> original data
         self._frames: list[list[int]] = []
@@ -229,22 +358,37 @@ class Perturbation:
         self.params[i].data = self._swapped.pop(i)
 
     def _pre(self, module, args):
-        frame = []
+        frame, mode = [], None
         for p in module._parameters.values():
             i = self.index.get(id(p)) if p is not None else None
-            if i is not None:
-                self.touched.add(i)
-                if self._swap_in(i):
-                    frame.append(i)
-        self._frames.append(frame)
+            if i is None:
+                continue
+            self.touched.add(i)
+            if mode is None and self.fused and i not in self._swapped and self._fusable(module, p, self.directions):
+                s = self.scales[i]
+                mode = self._Fused(self.directions, self.step, [(k, c * s) for k, c in self.terms], i, p)
+            elif self._swap_in(i):
+                frame.append(i)
+        if mode is not None:
+            mode.__enter__()
+        self._frames.append((frame, mode))
 
     def _post(self, module, args, output):
-        for i in self._frames.pop():
+        self._pop_frame()
+
+    def _pop_frame(self):
+        frame, mode = self._frames.pop()
+        if mode is not None:
+            mode.__exit__(None, None, None)
+        for i in frame:
             self._swap_out(i)
 
     def __enter__(self):
         from torch.nn.modules import module as nn_module
 
+        from ._fused import FusedWeight, fusable
+
+        self._Fused, self._fusable = FusedWeight, fusable
         try:
             for i in sorted(self.whole):
                 self._swap_in(i)
@@ -261,9 +405,11 @@ class Perturbation:
         for h in self._handles:
             h.remove()
         self._handles = []
+        while self._frames:  # only if a post-hook never ran
+            self._pop_frame()
         for i in list(self._swapped):
             self._swap_out(i)
-        self._frames.clear()
+        self.directions.release()
         return False
 
 

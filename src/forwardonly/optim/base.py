@@ -72,6 +72,7 @@ class ZOOptimizer(torch.optim.Optimizer):
         self.state[ZO_KEY] = {"step": 0, "skipped": 0, "forwards": 0, "seed": seed,
                               "direction": direction, "last_grads": []}
         self._unowned: set[int] | None = None
+        self.fused = True  # blockwise perturbation inside nn.Linear / nn.Embedding (same values; see _fused.py)
 
     # ------------------------------------------------------------------ helpers
     def indexed_params(self):
@@ -101,12 +102,14 @@ class ZOOptimizer(torch.optim.Optimizer):
             return self._call(closure)
         items = [(i, p) for i, p, _ in self.indexed_params()]
         first = self._unowned is None
-        with Perturbation(items, self.directions, step, terms, scales, whole=self._unowned or ()) as pert:
+        with Perturbation(items, self.directions, step, terms, scales, whole=self._unowned or (),
+                          fused=self.fused) as pert:
             loss = self._call(closure)
         if first:
             self._unowned = {i for i, _ in items} - pert.touched
             if self._unowned:  # some parameters live outside any module: evaluate again with them swapped
-                with Perturbation(items, self.directions, step, terms, scales, whole=self._unowned):
+                with Perturbation(items, self.directions, step, terms, scales, whole=self._unowned,
+                                  fused=self.fused):
                     loss = self._call(closure)
         return loss
 
