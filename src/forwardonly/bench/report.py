@@ -105,8 +105,12 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def _pm(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
-    m, s = mean_std([v * scale for v in values if v is not None])
-    return "-" if math.isnan(m) else f"{m:.{digits}f} ± {s:.{digits}f}"
+    """``mean ± std``; a single value is shown alone (a spread of one is not 0)."""
+    vals = [v * scale for v in values if v is not None]
+    m, s = mean_std(vals)
+    if math.isnan(m):
+        return "-"
+    return f"{m:.{digits}f}" if len(vals) == 1 else f"{m:.{digits}f} ± {s:.{digits}f}"
 
 
 def metric_of(metrics: dict | None) -> tuple[str | None, float | None]:
