@@ -18,30 +18,39 @@ def load(name):
 
 
 def memory_table() -> str:
-    rows = ["| mode | model tensors (MB) | peak anon above baseline (MB) | peak RSS above baseline (MB) | "
-            "peak RSS total (MB) |", "|---|---|---|---|---|"]
+    rows = ["| mode | run | model tensors (MB) | peak anon above baseline (MB) | peak RSS above baseline (MB) | "
+            "peak RSS, whole process (MB) |", "|---|---|---|---|---|---|"]
     base = load("memory_none.json")
     if base:
         b = base["results"]["baseline"]
-        rows.append(f"| baseline (libraries, tokenizer, batch; no model) | - | - | - | {b['rss'] / MB:.0f} |")
-    found = {}
+        rows.append(f"| baseline: libraries, tokenizer, batch, no model | - | - | - | - | {b['rss'] / MB:.0f} |")
+    found: dict[str, list] = {}
     for mode in ("bf16-compute", "bf16", "int4"):
-        rec = load(f"memory_{mode}.json")
-        if not rec:
-            continue
-        r = rec["results"]
-        found[mode] = r
-        rows.append(f"| {mode} | {r['model_bytes']['total'] / MB:.1f} | {r['peak_anon_above_baseline'] / MB:.1f} | "
-                    f"{r['peak_rss_above_baseline'] / MB:.1f} | {r['zo_steps']['peak_rss'] / MB:.0f} |")
+        for run, suffix in ((1, ""), (2, "_r2")):
+            rec = load(f"memory_{mode}{suffix}.json")
+            if not rec:
+                continue
+            r = rec["results"]
+            found.setdefault(mode, []).append(r)
+            rows.append(f"| {mode} | {run} | {r['model_bytes']['total'] / MB:.1f} | "
+                        f"{r['peak_anon_above_baseline'] / MB:.1f} | {r['peak_rss_above_baseline'] / MB:.1f} | "
+                        f"{r['zo_steps']['peak_rss'] / MB:.0f} |")
     lines = ["\n".join(rows), ""]
     if "int4" in found:
+        q = found["int4"]
         for ref in ("bf16-compute", "bf16"):
-            if ref in found:
-                a = found["int4"]["peak_anon_above_baseline"] / found[ref]["peak_anon_above_baseline"]
-                r = found["int4"]["peak_rss_above_baseline"] / found[ref]["peak_rss_above_baseline"]
-                t = found["int4"]["zo_steps"]["peak_rss"] / found[ref]["zo_steps"]["peak_rss"]
-                lines.append(f"int4 / {ref}: {a:.3f} (anon above baseline), {r:.3f} (RSS above baseline), "
-                             f"{t:.3f} (whole-process RSS)")
+            if ref not in found:
+                continue
+            f = found[ref]
+            lines.append(f"int4 / {ref}:")
+            for key, what in (("peak_anon_above_baseline", "anon above baseline"),
+                              ("peak_rss_above_baseline", "RSS above baseline")):
+                ratios = [a[key] / b[key] for a in q for b in f]
+                lines.append(f"- {what}: {min(ratios):.3f} to {max(ratios):.3f} (every int4 run over every {ref} run)")
+            t = [a["zo_steps"]["peak_rss"] / b["zo_steps"]["peak_rss"] for a in q for b in f]
+            lines.append(f"- whole-process peak RSS: {min(t):.3f} to {max(t):.3f}")
+            m = q[0]["model_bytes"]["total"] / f[0]["model_bytes"]["total"]
+            lines.append(f"- model tensors alone: {m:.3f}")
     return "\n".join(lines)
 
 

@@ -148,7 +148,12 @@ def cmd_memory(args):
     base = {"rss": rss_bytes(), "anon": anon_bytes()}
     results = {"baseline": base}
     if args.mode != "none":
-        task, model, tok, obj, opt, ctx, it = make_run(args)
+        from forwardonly.optim import ZOSGD
+
+        model, tok2, params, ctx = prepare(args.mode)
+        del tok2  # the baseline already holds a tokenizer; count the model alone
+        obj = make_objective(task, tok, "ce")
+        opt = ZOSGD(params, seed=args.seed, **{**DEFAULTS[args.mode], **json.loads(args.opt)})
         trim()
         results["model_bytes"] = quantized_bytes(model)
         results["loaded"] = {"rss": rss_bytes(), "anon": anon_bytes()}
