@@ -48,7 +48,7 @@ class QuantConfig:
         skip: ``fnmatch`` patterns of module names left in floating point (default none).
         train_scales: make the scales trainable parameters (default True).
         log_scales: parametrise scales by their logarithm (default True).
-        chunk_rows: rows dequantized at a time in large output layers (default 4096).
+        chunk_rows: rows dequantized at a time in large output layers (default 1024).
     """
 
     bits: int = 4
@@ -58,7 +58,7 @@ class QuantConfig:
     skip: tuple[str, ...] = field(default_factory=tuple)
     train_scales: bool = True
     log_scales: bool = True
-    chunk_rows: int = 4096
+    chunk_rows: int = 1024
 
     def __post_init__(self):
         self.skip = tuple(self.skip)

@@ -87,11 +87,19 @@ def dequantize(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
     """``(q - z) * s`` for the rows given, computed in fp32 and rounded once to ``dtype``.
 
     ``qweight``, ``scales`` and ``zeros`` may be any matching row slice (or rows
-    gathered by an index) of the full tensors.
+    gathered by an index) of the full tensors. The codes are unpacked straight
+    into the fp32 result (no intermediate code tensor), which is then scaled in place.
     """
-    codes = codes_of(qweight, bits)
-    lead, cols = codes.shape[:-1], codes.shape[-1]
+    lead = qweight.shape[:-1]
+    cols = qweight.shape[-1] * (2 if bits == 4 else 1)
+    w = torch.empty(*lead, cols, dtype=torch.float32, device=qweight.device)
+    if bits == 4:
+        pairs = w.view(*lead, cols // 2, 2)
+        pairs[..., 0].copy_(qweight & 0x0F)
+        pairs[..., 1].copy_(qweight >> 4)
+    else:
+        w.copy_(qweight)
     ngroups = scales.shape[-1]
-    q = codes.view(*lead, ngroups, cols // ngroups).float()
-    w = q.sub_(zeros.unsqueeze(-1).float()).mul_(scales.float().unsqueeze(-1))
-    return w.view(*lead, cols).to(dtype)
+    g = w.view(*lead, ngroups, cols // ngroups)
+    g.sub_(zeros.unsqueeze(-1)).mul_(scales.float().unsqueeze(-1))
+    return w if dtype == torch.float32 else w.to(dtype)
