@@ -157,10 +157,9 @@ def cmd_memory(args):
         trim()
         results["model_bytes"] = quantized_bytes(model)
         results["loaded"] = {"rss": rss_bytes(), "anon": anon_bytes()}
-        with ctx:
-            with PeakMemory(interval=0.001) as mem:
-                for _ in range(args.steps):
-                    opt.step(lambda: obj.loss(model, batch))
+        with ctx, PeakMemory(interval=0.001) as mem:
+            for _ in range(args.steps):
+                opt.step(lambda: obj.loss(model, batch))
         results["zo_steps"] = mem.result()
         results["peak_anon_above_baseline"] = mem.peak_anon - base["anon"]
         results["peak_rss_above_baseline"] = mem.peak_rss - base["rss"]

@@ -242,7 +242,7 @@ def tiny_lm(dtype, quantized=False):
         quantize_model(model, bits=4, group_size=16)
     model.to(dtype)
     ids = torch.randint(3, 1000, (4, 12), generator=torch.Generator().manual_seed(0))
-    closure = lambda: model(input_ids=ids, labels=ids).loss  # noqa: E731
+    closure = lambda: model(input_ids=ids, labels=ids).loss
     return model, closure
 
 

@@ -37,9 +37,8 @@ def test_bf16_storage_with_fp32_compute_matches_travel():
     with MixedPrecision(model, travel=torch.bfloat16):
         travelled = loss_of(model, ids)
     model.to(torch.bfloat16)
-    with MixedPrecision(model, compute=torch.float32):
-        with torch.no_grad():
-            out = model(input_ids=ids, labels=ids)
+    with MixedPrecision(model, compute=torch.float32), torch.no_grad():
+        out = model(input_ids=ids, labels=ids)
     assert out.logits.dtype == torch.float32
     assert float(out.loss) == pytest.approx(travelled, rel=1e-4)
     assert all(p.dtype == torch.bfloat16 for p in model.parameters())
@@ -48,7 +47,7 @@ def test_bf16_storage_with_fp32_compute_matches_travel():
 def test_travel_leaves_fp32_master_weights_alone_and_trains():
     model, ids = tiny()
     before = [p.detach().clone() for p in model.parameters()]
-    closure = lambda: model(input_ids=ids, labels=ids).loss  # noqa: E731
+    closure = lambda: model(input_ids=ids, labels=ids).loss
     with MixedPrecision(model, travel=torch.bfloat16):
         opt = build_optimizer("zo-sgd", model.parameters(), lr=0.0, eps=1e-2, seed=0)
         for _ in range(5):

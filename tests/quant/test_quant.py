@@ -6,8 +6,17 @@ from torch import nn
 
 from forwardonly.optim import build_optimizer
 from forwardonly.quant import (
-    QuantEmbedding, QuantizationError, QuantLinear, dequantize, load_quantized, pack_int4, quantize,
-    quantize_model, save_quantized, scale_parameters, unpack_int4,
+    QuantEmbedding,
+    QuantizationError,
+    QuantLinear,
+    dequantize,
+    load_quantized,
+    pack_int4,
+    quantize,
+    quantize_model,
+    save_quantized,
+    scale_parameters,
+    unpack_int4,
 )
 
 
@@ -167,11 +176,11 @@ def regression(bits, dtype=torch.float32, seed=0):
     return student, x.to(dtype), y.to(dtype)
 
 
-@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("bits", [4, pytest.param(8, marks=pytest.mark.slow)])
 def test_zo_on_scales_lowers_the_loss(bits):
     model, x, y = regression(bits)
     opt = build_optimizer("zo-sgd", scale_parameters(model), lr=2e-2, eps=1e-3, seed=0, clip=50.0)
-    closure = lambda: nn.functional.mse_loss(model(x), y)  # noqa: E731
+    closure = lambda: nn.functional.mse_loss(model(x), y)
     start = float(closure().detach())
     for _ in range(150):
         opt.step(closure)
@@ -187,8 +196,8 @@ def test_lr_zero_leaves_scales_bitwise_unchanged(name, dtype):
     assert all(p.dtype == dtype for p in params)
     before = [p.detach().clone() for p in params] + [b.clone() for b in model.buffers()]
     opt = build_optimizer(name, params, lr=0.0, eps=1e-2, seed=0)
-    closure = lambda: nn.functional.mse_loss(model(x), y)  # noqa: E731
-    for _ in range(100 if name == "zo-sgd" else 40):
+    closure = lambda: nn.functional.mse_loss(model(x), y)
+    for _ in range(60 if name == "zo-sgd" else 40):
         opt.step(closure)
     after = [p.detach() for p in params] + list(model.buffers())
     assert all(torch.equal(a, b) for a, b in zip(before, after))

@@ -19,7 +19,13 @@ Example::
 
 from .layers import QuantEmbedding, QuantLinear
 from .model import (
-    QuantConfig, QuantizationError, load_quantized, plan, quantize_model, quantized_bytes, save_quantized,
+    QuantConfig,
+    QuantizationError,
+    load_quantized,
+    plan,
+    quantize_model,
+    quantized_bytes,
+    save_quantized,
     scale_parameters,
 )
 from .packing import dequantize, pack_int4, quantize, unpack_int4
