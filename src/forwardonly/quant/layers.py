@@ -12,6 +12,8 @@ perturbation or update of size ``eps`` changes every scale by the same
 *relative* amount ``exp(eps) - 1 ~ eps``, whatever its magnitude, so the usual
 ``eps=1e-3`` means a 0.1% nudge, scales can never change sign, and the same
 ``eps``/``lr`` suit scales and unquantized parameters (norm weights ~1).
+Keep the scales in fp32 (as built): ``model.to(torch.bfloat16)`` would cast
+them too, and a bf16 log-scale is only good to about 2% of the scale.
 
 Forward dequantizes in fp32 (one rounding to the compute dtype) and, for
 matrices with more than ``chunk_rows`` output rows (an untied or tied
