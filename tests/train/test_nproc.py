@@ -8,8 +8,6 @@ import sys
 import torch
 from safetensors.torch import load_file
 
-from conftest import overrides  # noqa: E402  (tests/train/conftest.py)
-
 
 def _train(args, cwd):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(cwd / "src")}
@@ -17,9 +15,9 @@ def _train(args, cwd):
                           capture_output=True, text=True, timeout=300, env=env, cwd=cwd)
 
 
-def test_two_ranks_match_one_process_with_twofold_accumulation(tiny_dir, tmp_path, request):
+def test_two_ranks_match_one_process_with_twofold_accumulation(ov, tiny_dir, tmp_path, request):
     root = request.config.rootpath
-    common = overrides(tiny_dir, "steps=4", "optim.lr=1e-3", "test=false", "validate=false")
+    common = ov("steps=4", "optim.lr=1e-3", "test=false", "validate=false")
     single = _train([*common, "batch_size=2", "accum_steps=2", f"out_dir={tmp_path / 'one'}"], root)
     assert single.returncode == 0, single.stderr[-2000:]
     dist = _train(["--nproc", "2", *common, "batch_size=4", "accum_steps=1", f"out_dir={tmp_path / 'two'}"], root)

@@ -4,23 +4,21 @@ import json
 
 from forwardonly.cli.main import main
 
-from conftest import overrides  # noqa: E402  (tests/train/conftest.py)
 
-
-def test_train_then_eval_the_run_and_its_seed_log(tiny_dir, tmp_path, capsys):
+def test_train_then_eval_the_run_and_its_seed_log(ov, tiny_dir, tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["train", "--no-progress", *overrides(tiny_dir, "steps=3", "optim.lr=1e-3", f"out_dir={out}")]) == 0
+    assert main(["train", "--no-progress", *ov("steps=3", "optim.lr=1e-3", f"out_dir={out}")]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["step"] == 3 and (out / "seedlog.json").is_file() and (out / "metrics.jsonl").is_file()
     assert main(["eval", "--no-progress", "--run", str(out)]) == 0
     from_ckpt = json.loads(capsys.readouterr().out)
     assert from_ckpt["accuracy"] == summary["test_after"]["accuracy"]
-    assert main(["eval", "--no-progress", "--seedlog", str(out / "seedlog.json"), *overrides(tiny_dir)]) == 0
+    assert main(["eval", "--no-progress", "--seedlog", str(out / "seedlog.json"), *ov()]) == 0
     assert json.loads(capsys.readouterr().out)["accuracy"] == summary["test_after"]["accuracy"]
 
 
-def test_unknown_key_fails_with_the_valid_keys(tiny_dir, tmp_path, capsys):
-    assert main(["train", *overrides(tiny_dir, "optim.learning_rate=1", f"out_dir={tmp_path / 'x'}")]) == 2
+def test_unknown_key_fails_with_the_valid_keys(ov, tiny_dir, tmp_path, capsys):
+    assert main(["train", *ov("optim.learning_rate=1", f"out_dir={tmp_path / 'x'}")]) == 2
     err = capsys.readouterr().err
     assert "unknown key 'optim.learning_rate'" in err and "optim.lr" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "x").exists()
@@ -39,7 +37,7 @@ def test_missing_zoo_model_suggests_fetch(tmp_path, monkeypatch, capsys):
     assert "forwardonly models fetch smollm2-135m" in capsys.readouterr().err
 
 
-def test_demo_runs_end_to_end_on_a_tiny_model(tiny_dir, capsys):
-    assert main(["demo", "--no-progress", *overrides(tiny_dir, "steps=2")]) == 0
+def test_demo_runs_end_to_end_on_a_tiny_model(ov, tiny_dir, capsys):
+    assert main(["demo", "--no-progress", *ov("steps=2")]) == 0
     out = capsys.readouterr().out
     assert "accuracy before" in out and "accuracy after" in out and "peak memory" in out
