@@ -154,6 +154,7 @@ def main(argv=None) -> int:
     if args.child:
         return child(args.child)
 
+    from forwardonly.bench.report import error_summary
     from forwardonly.errors import UserError
 
     folders = discover(Path(args.experiments))
@@ -193,7 +194,7 @@ def main(argv=None) -> int:
             n_failed += rec["status"] != "ok"
             after = rec.get("results", {}).get("test_after", {})
             print(f"{name} seed {seed}: {rec['status']} in {time.time() - t0:.0f} s {json.dumps(after)}"
-                  + (f"\n  {rec['error'].splitlines()[-1]}" if rec["status"] != "ok" else ""), file=sys.stderr,
+                  + (f"\n  {error_summary(rec['error'])}" if rec["status"] != "ok" else ""), file=sys.stderr,
                   flush=True)
     print(f"done in {time.time() - started:.0f} s; {n_failed} failed", file=sys.stderr)
     return 1 if n_failed else 0

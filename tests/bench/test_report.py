@@ -26,7 +26,7 @@ def train_rec(opt, seed, acc, before=0.5, scheme="lora", steps=50, status="ok", 
     rec = {"name": f"zo_bench/{opt}", "experiment": f"sentiment-{scheme}-{opt}", "config": cfg,
            "results": results, "status": status, "seed": seed}
     if status != "ok":
-        rec["error"] = "Traceback ...\nRuntimeError: boom | pipe"
+        rec["error"] = "Traceback ...\nRuntimeError: boom | pipe\nPlease file an issue to PyTorch"
     return rec
 
 

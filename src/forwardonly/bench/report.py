@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -206,11 +207,22 @@ def train_table(runs: list[dict]) -> str:
     return _table(head, rows)
 
 
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Expired|Interrupt)\b")
+
+
+def error_summary(error: str, width: int = 200) -> str:
+    """The exception line of a traceback (the last line that names one), else its last line."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()] or ["?"]
+    named = [line for line in lines if _EXCEPTION_LINE.match(line)]
+    line = named[-1] if named else lines[-1]
+    return line if len(line) <= width else line[: width - 3] + "..."
+
+
 def failed_table(runs: list[dict]) -> str:
     rows = [[r.get("experiment") or r.get("name", "?"), r.get("seed", r["config"].get("seed")),
-             str(r.get("error", "?")).splitlines()[-1][:160].replace("|", "\\|"), Path(r["_path"]).name]
+             error_summary(r.get("error", "?")).replace("|", "\\|"), Path(r["_path"]).name]
             for r in runs if r.get("status", "ok") != "ok"]
-    return _table(["experiment", "seed", "error (last line)", "file"], rows) if rows else ""
+    return _table(["experiment", "seed", "error", "file"], rows) if rows else ""
 
 
 # ----------------------------------------------------------------------------- memory sweep
