@@ -118,7 +118,8 @@ def setup(cfg: TrainConfig, log=lambda msg: None):
     log(f"loading {cfg.model.name} ({cfg.model.dtype}) ...")
     torch.manual_seed(cfg.seed)  # a newly initialised head (classifiers) is part of the base model: seed it
     model, tok = load_model(cfg.model.name, dtype=DTYPES[cfg.model.dtype], device=cfg.device,
-                            kind=cfg.model.kind, num_labels=max(2, len(task.label_names)))
+                            kind=cfg.model.kind, num_labels=max(2, len(task.label_names)),
+                            attn_implementation=_attention(cfg))
     model = apply_scheme(model, cfg.scheme.name, **cfg.scheme.options())
     if cfg.optim.grad_checkpointing:
         model.gradient_checkpointing_enable()
@@ -126,6 +127,11 @@ def setup(cfg: TrainConfig, log=lambda msg: None):
     objective = make_objective(task, tok, cfg.task.objective, cfg.task.max_length, model=model)
     params = [p for _, p in trainable_parameters(model)]
     return model, tok, task, objective, params
+
+
+def _attention(cfg) -> str | None:
+    # Forward-mode AD (ForwardGrad) needs kernels with forward derivatives; PyTorch's CPU SDPA has none.
+    return "eager" if cfg.optim.name == "forward-grad" else None
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -333,7 +339,7 @@ def replay_seedlog(path, device: str = "cpu"):
                                                       "seed": log.optimizer["seed"]})
     torch.manual_seed(cfg.seed)  # as in setup(): the same newly initialised head, if any
     model, tok = load_model(cfg.model.name, dtype=DTYPES[cfg.model.dtype], device=device, kind=cfg.model.kind,
-                            num_labels=int(log.model.get("num_labels", 2)))
+                            num_labels=int(log.model.get("num_labels", 2)), attn_implementation=_attention(cfg))
     model = apply_scheme(model, cfg.scheme.name, **cfg.scheme.options())
     opt = build_optimizer(dataclasses.replace(cfg, accum_steps=1), [p for _, p in trainable_parameters(model)])
     checkpoint.replay(log, model, opt)

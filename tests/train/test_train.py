@@ -156,3 +156,10 @@ def test_missing_split_and_model(cfg_of, tmp_path):
         run(cfg_of("task.eval_split=dev"), progress=False)
     with pytest.raises(UserError, match="model path not found"):
         run(load_config(TrainConfig, None, [f"model.name={tmp_path}/nope/x", "threads=1"]), progress=False)
+
+
+def test_forward_grad_trains_a_causal_lm(cfg_of):
+    # CPU SDPA attention has no forward-mode derivative; the loop loads such runs with eager attention.
+    s = run(cfg_of("steps=3", "optim.name=forward-grad", "optim.lr=1e-3", "test=false", "validate=false"),
+            progress=False)
+    assert s["step"] == 3 and s["forwards"] == 3 and s["skipped_steps"] == 0

@@ -81,8 +81,7 @@ class PeakMemory:
     def _sample(self):
         while not self._stop.is_set():
             a = anon_bytes() or 0
-            if a > self.peak_anon:
-                self.peak_anon = a
+            self.peak_anon = max(self.peak_anon, a)
             self._stop.wait(self.interval)
 
     def __enter__(self):

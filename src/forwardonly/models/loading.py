@@ -58,7 +58,8 @@ def _infer_kind(config) -> str:
     return "classifier"
 
 
-def load_model(spec: str, *, dtype=None, device="cpu", kind: str = "auto", num_labels: int = 2):
+def load_model(spec: str, *, dtype=None, device="cpu", kind: str = "auto", num_labels: int = 2,
+               attn_implementation: str | None = None):
     """Load ``(model, tokenizer)`` in eval mode.
 
     Args:
@@ -70,6 +71,8 @@ def load_model(spec: str, *, dtype=None, device="cpu", kind: str = "auto", num_l
         kind: ``"causal"`` (AutoModelForCausalLM), ``"classifier"``
             (AutoModelForSequenceClassification with ``num_labels`` outputs; a
             missing head is initialised randomly) or ``"auto"`` (from the config).
+        attn_implementation: passed to ``from_pretrained`` (``"eager"`` where a kernel lacks
+            forward-mode derivatives, as PyTorch's CPU SDPA does for :class:`~forwardonly.optim.ForwardGrad`).
 
     The tokenizer pads on the left (so the last position is every row's last
     real token) and always has a pad token.
@@ -99,12 +102,13 @@ def load_model(spec: str, *, dtype=None, device="cpu", kind: str = "auto", num_l
     verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()  # "newly initialized head" warnings are expected for classifiers
     hf_logging.disable_progress_bar()  # a 1 s load needs no "Loading weights" bar
+    extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
     try:
         if kind == "causal":
-            model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, local_files_only=local)
+            model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, local_files_only=local, **extra)
         else:
             model = AutoModelForSequenceClassification.from_pretrained(
-                where, dtype=dtype, num_labels=num_labels, local_files_only=local)
+                where, dtype=dtype, num_labels=num_labels, local_files_only=local, **extra)
         tok = AutoTokenizer.from_pretrained(where, local_files_only=local)
     finally:
         hf_logging.set_verbosity(verbosity)
