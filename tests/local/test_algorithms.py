@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from forwardonly.local import METHODS, LocalConfig, build_model
-from forwardonly.local.config import CaFoConfig, FGConfig
+from forwardonly.local.config import CaFoConfig, FFConfig, FGConfig
 from forwardonly.local.data import load_dataset
 from forwardonly.local.memcheck import SavedTensorMeter
 from forwardonly.local.trainer import train
@@ -17,6 +17,7 @@ CASES = {
     "bp": ({}, 0.93),
     "mf": ({}, 0.93),
     "ff": ({"epochs": 12}, 0.80),
+    "ff-hard": ({"algo": "ff", "epochs": 12, "ff": FFConfig(negatives="hard")}, 0.80),
     "cafo": ({"epochs": 1}, 0.93),
     "cafo-ce": ({"algo": "cafo", "cafo": CaFoConfig(predictor="ce")}, 0.80),
     "dfa": ({}, 0.90),
@@ -54,7 +55,7 @@ def test_beats_chance_and_lowers_loss(name, digits):
         assert hist[-1]["train_loss"] < hist[0]["train_loss"]
 
 
-@pytest.mark.parametrize("name", ["ff", "dfa", "fg", "fg-weight", "cafo"])
+@pytest.mark.parametrize("name", ["ff", "ff-hard", "dfa", "fg", "fg-weight", "cafo"])
 def test_same_seed_same_weights(name, digits):
     a = train(_cfg(name, epochs=2), data=digits)["model"].state_dict()
     b = train(_cfg(name, epochs=2), data=digits)["model"].state_dict()
@@ -161,3 +162,36 @@ def test_cafo_blocks_stay_frozen(digits):
 def test_ff_reports_both_predictions(digits):
     out = train(_cfg("ff", epochs=2), data=digits)
     assert {"test_acc_goodness", "test_acc_probe"} <= set(out)
+
+
+def test_ff_hard_negatives_follow_the_probe():
+    """Hard negatives are never the true label and are drawn from the probe's softmax."""
+    model = build_model(_cfg("ff", hidden=[16], ff=FFConfig(negatives="hard")), 8, 4)
+    with torch.no_grad():
+        model.probe.weight.zero_()
+        model.probe.bias.copy_(torch.tensor([0.0, 0.0, 5.0, 0.0]))  # favours class 2
+    x, y = torch.randn(4000, 8), torch.arange(4000) % 4
+    neg = model.negative_labels(x, y)
+    assert not (neg == y).any()
+    # y != 2: P(2) = e^5 / (e^5 + 2) = 0.9867; y == 2: uniform over the other three
+    share = (neg[y != 2] == 2).float().mean()
+    assert abs(float(share) - 0.9867) < 0.01, share
+    counts = torch.bincount(neg[y == 2], minlength=4).float() / 1000
+    torch.testing.assert_close(counts, torch.tensor([1 / 3, 1 / 3, 0.0, 1 / 3]), atol=0.05, rtol=0)
+
+
+def test_ff_random_negatives_are_uniform_wrong_labels():
+    model = build_model(_cfg("ff", hidden=[16]), 8, 4)
+    y = torch.zeros(3000, dtype=torch.long)
+    counts = torch.bincount(model.negative_labels(torch.randn(3000, 8), y), minlength=4).float() / 3000
+    torch.testing.assert_close(counts, torch.tensor([0.0, 1 / 3, 1 / 3, 1 / 3]), atol=0.04, rtol=0)
+
+
+@pytest.mark.parametrize("norm, mean_square", [("length", 1 / 24), ("rms", 1.0)])
+def test_ff_normalisation_between_layers(norm, mean_square):
+    model = build_model(_cfg("ff", hidden=[24, 8], ff=FFConfig(norm=norm)), 8, 4)
+    seen = []
+    model.layers[1].register_forward_pre_hook(lambda m, inp: seen.append(inp[0]))
+    model.goodness_scores(torch.randn(32, 8))
+    h = torch.cat(seen)
+    torch.testing.assert_close(h.square().mean(1), torch.full((len(h),), mean_square), rtol=1e-4, atol=0)

@@ -21,6 +21,13 @@ class FFConfig:
     predict: ``goodness`` (sum of goodness over layers for each candidate label)
     or ``probe`` (linear classifier on the activations with a neutral label).
     label_scale: value of the one-hot label appended to the input.
+    norm: how a layer's output is normalised before the next layer (and the probe)
+    sees it: ``length`` (unit L2 norm) or ``rms`` (unit root-mean-square, i.e.
+    length sqrt(width), as in Hinton's reference code: the next layer's inputs keep
+    the scale of a standardised input, so its goodness starts on the same scale).
+    negatives: ``random`` (a uniformly drawn wrong label) or ``hard`` (a wrong label
+    drawn from the model's own predictions, as in Hinton's supervised FF: the linear
+    probe's softmax with the true label masked out; one extra no-grad pass per batch).
     """
 
     loss: Literal["hinton", "symba"] = "symba"
@@ -29,6 +36,8 @@ class FFConfig:
     predict: Literal["goodness", "probe"] = "goodness"
     label_scale: float = 1.0
     probe_lr: float = 1e-3
+    negatives: Literal["random", "hard"] = "random"
+    norm: Literal["length", "rms"] = "length"
 
     def __post_init__(self):
         if self.alpha <= 0:

@@ -1,9 +1,11 @@
 """Forward-Forward (Hinton 2022, "The Forward-Forward Algorithm: Some Preliminary Investigations").
 
 The label is appended to the input as a scaled one-hot vector. Each layer sees
-the length-normalised output of the layer below (so only its direction carries
-over) and learns to give high goodness ``mean(h**2)`` to positive data (the true
-label) and low goodness to negative data (a random wrong label). Losses:
+the normalised output of the layer below (unit length, or with ``norm="rms"``
+unit root-mean-square; either way only its direction carries over) and learns to give high goodness ``mean(h**2)`` to positive data (the true
+label) and low goodness to negative data (a wrong label: drawn uniformly, or with
+``negatives="hard"`` drawn from the model's own predicted probabilities, so the
+labels it confuses with the true one are the ones it learns to reject). Losses:
 
 * ``hinton``: ``softplus(theta - g_pos) + softplus(g_neg - theta)``;
 * ``symba`` (Lee & Song 2023): ``softplus(alpha * (g_neg - g_pos))``, which
@@ -34,8 +36,9 @@ def goodness(h: torch.Tensor) -> torch.Tensor:
     return h.square().mean(1)
 
 
-def _normalise(h: torch.Tensor) -> torch.Tensor:
-    return h / (h.norm(dim=1, keepdim=True) + 1e-6)
+def _normalise(h: torch.Tensor, rms: bool = False) -> torch.Tensor:
+    norm = h.square().mean(1, keepdim=True).sqrt() if rms else h.norm(dim=1, keepdim=True)
+    return h / (norm + 1e-6)
 
 
 class ForwardForward(LocalModel):
@@ -59,7 +62,10 @@ class ForwardForward(LocalModel):
         return torch.cat([x, self.cfg.ff.label_scale * lab], 1)
 
     def _layer(self, k: int, h: torch.Tensor) -> torch.Tensor:
-        return self.act(self.layers[k](h if k == 0 else _normalise(h)))
+        return self.act(self.layers[k](h if k == 0 else self._norm(h)))
+
+    def _norm(self, h: torch.Tensor) -> torch.Tensor:
+        return _normalise(h, self.cfg.ff.norm == "rms")
 
     def _loss(self, g_pos: torch.Tensor, g_neg: torch.Tensor) -> torch.Tensor:
         c = self.cfg.ff
@@ -67,9 +73,18 @@ class ForwardForward(LocalModel):
             return F.softplus(c.alpha * (g_neg - g_pos)).mean()
         return (F.softplus(c.threshold - g_pos) + F.softplus(g_neg - c.threshold)).mean()
 
-    def train_step(self, x, y):
+    @torch.no_grad()
+    def negative_labels(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """A wrong label per example: uniform, or (``hard``) sampled from the probe's softmax."""
+        if self.cfg.ff.negatives == "hard":
+            logits = self.probe(self._features(x))
+            logits[torch.arange(len(y)), y] = float("-inf")  # never the true label
+            return torch.multinomial(logits.softmax(1), 1, generator=self.gen).squeeze(1)
         shift = torch.randint(1, self.n_classes, y.shape, generator=self.gen)
-        pos, neg = self._embed(x, y), self._embed(x, (y + shift) % self.n_classes)
+        return (y + shift) % self.n_classes
+
+    def train_step(self, x, y):
+        pos, neg = self._embed(x, y), self._embed(x, self.negative_labels(x, y))
         losses = []
         for k, opt in enumerate(self.optimizers[:-1]):
             a_pos, a_neg = self._layer(k, pos), self._layer(k, neg)  # inputs detached
@@ -85,7 +100,7 @@ class ForwardForward(LocalModel):
         h, feats = self._embed(x, None), []
         for k in range(len(self.layers)):
             h = self._layer(k, h)
-            feats.append(_normalise(h))
+            feats.append(self._norm(h))
         return torch.cat(feats, 1)
 
     @torch.no_grad()
@@ -121,5 +136,7 @@ class ForwardForward(LocalModel):
         fwd = linear_flops([self.n_in + self.n_classes, *self.cfg.hidden])
         probe = 2 * sum(self.cfg.hidden) * self.n_classes
         # positive and negative passes with weight gradients, a neutral pass and the probe
-        return {"train": 2 * 2 * fwd + fwd + 2 * probe,
+        # (hard negatives: one more neutral pass and probe forward to draw the labels)
+        hard = fwd + probe if self.cfg.ff.negatives == "hard" else 0
+        return {"train": 2 * 2 * fwd + fwd + 2 * probe + hard,
                 "predict": self.n_classes * fwd if self.cfg.ff.predict == "goodness" else fwd + probe}
