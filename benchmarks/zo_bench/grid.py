@@ -4,9 +4,9 @@
 
 The grid of issue 4: optimizers x schemes x tasks, plus zero-shot references
 (``steps: 0``) per scheme x task, plus the ZO-Bench enhancements (block-wise
-ZO, sparse perturbations, hybrid ZO/FO), declared with ``NOT_IMPLEMENTED.md``
-until the optimizers exist. Learning rates are NOT tuned here: they are the
-orders of magnitude of MeZO's (Malladi et al. 2023, appendix D) and ZO-Bench's
+ZO, sparse perturbations, hybrid ZO/FO: ``zo-sgd-block``, ``zo-sgd-sparse``,
+``zo-sgd-hybrid``), full-parameter, on every task. Learning rates are NOT tuned
+here: they are the orders of magnitude of MeZO's (Malladi et al. 2023, appendix D) and ZO-Bench's
 (Zhang et al. 2024) grids for each scheme, the same for every task.
 """
 
@@ -27,15 +27,14 @@ LR = {
     ("fo-adam", "full"): 1e-5, ("fo-adam", "lora"): 1e-4, ("fo-adam", "prefix"): 1e-3, ("fo-adam", "prompt"): 1e-3,
 }
 EPS = {"full": 1e-3, "lora": 1e-2, "prefix": 1e-1, "prompt": 1e-1}
-PENDING = {
-    "blockwise": ("zo-sgd-block", ("Block-wise ZO (ZO-Bench, Zhang et al. 2024, sec. 5): perturb and update one "
-                  "transformer block per step, cycling through the blocks, so each estimate has the variance "
-                  "of a d/L-dimensional problem.")),
-    "sparse": ("zo-sgd-sparse", ("Sparse perturbations (ZO-Bench sec. 5; SparseMeZO, Liu et al. 2024): perturb "
-               "a fixed random fraction (e.g. 20 %) of each weight tensor, masks drawn from the step seed.")),
-    "hybrid": ("zo-fo-hybrid", ("Hybrid ZO/FO (ZO-Bench sec. 5, 'ZO-FO'): first-order (backprop) updates for "
-               "the last blocks and the head, zeroth-order for the rest, so activations are stored only for "
-               "the top of the network.")),
+# ZO-Bench's enhancements (sec. 5), full-parameter only: folder suffix -> optimizer and its own options.
+# Block-wise: blocks from the parameter names (embeddings, each of the 30 layers, final norm = 32 for
+# SmolLM2), one per step. Sparse: 20 % of every tensor per step. Hybrid: the last layer and the final
+# norm first-order (AdamW at FO-Adam's full-parameter lr), ZO-SGD below.
+ENHANCED = {
+    "blockwise": ("zo-sgd-block", ""),
+    "sparse": ("zo-sgd-sparse", ", density: 0.2"),
+    "hybrid": ("zo-sgd-hybrid", f", fo_blocks: 2, fo_optim: adam, fo_lr: {LR[('fo-adam', 'full')]:g}"),
 }
 
 
@@ -66,16 +65,15 @@ def write(root: Path = HERE / "experiments") -> int:
                 (d / "overrides.yaml").write_text(cmd + overrides(task, scheme, opt))
                 n += 1
     for short, task in TASKS.items():
-        for kind, (opt, why) in PENDING.items():
+        for kind, (opt, extra) in ENHANCED.items():
             name = f"{short}-full-{kind}"
             d = root / name
             d.mkdir(parents=True, exist_ok=True)
+            (d / "NOT_IMPLEMENTED.md").unlink(missing_ok=True)
             (d / "overrides.yaml").write_text(
-                f"# declared, not runnable yet: optimizer {opt!r} does not exist (see NOT_IMPLEMENTED.md)\n"
-                f"scheme: {{name: full}}\ntask: {{name: {task}}}\noptim: {{name: {opt}, lr: 1e-6, eps: 1e-3}}\n")
-            (d / "NOT_IMPLEMENTED.md").write_text(f"# {name}: not implemented yet\n\n{why}\n\nThe runner skips this "
-                                                  f"folder until `{opt}` is registered in "
-                                                  f"`forwardonly.optim.OPTIMIZERS`; then delete this file.\n")
+                f"# PYTHONPATH=src python benchmarks/zo_bench/run.py --only {name}\n"
+                f"scheme: {{name: full}}\ntask: {{name: {task}}}\n"
+                f"optim: {{name: {opt}, lr: {LR[('zo', 'full')]:g}, eps: {EPS['full']:g}{extra}}}\n")
             n += 1
     return n
 

@@ -82,8 +82,11 @@ def _epoch_order(train: list, seed: int, epoch: int, run: int) -> list[int]:
     return order
 
 
-def build_optimizer(cfg: TrainConfig, params: list):
-    """The configured optimizer over ``params`` (ZO from :mod:`forwardonly.optim`, or a first-order baseline)."""
+def build_optimizer(cfg: TrainConfig, params: list, names: list[str] | None = None):
+    """The configured optimizer over ``params`` (ZO from :mod:`forwardonly.optim`, or a first-order baseline).
+
+    ``names`` (the parameters' names) let block-wise and hybrid optimizers form one block per layer.
+    """
     o = cfg.optim
     if o.name == "fo-sgd":
         return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum or 0.0, weight_decay=o.weight_decay)
@@ -91,6 +94,7 @@ def build_optimizer(cfg: TrainConfig, params: list):
         return torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas or (0.9, 0.999)),
                                  weight_decay=o.weight_decay)
     from .optim import build_optimizer as build_zo
+    from .optim import takes_names
 
     kw = dict(lr=o.lr, q=o.q, direction=o.direction, seed=cfg.seed, accum_steps=cfg.accum_steps,
               clip=o.clip, weight_decay=o.weight_decay)
@@ -100,6 +104,9 @@ def build_optimizer(cfg: TrainConfig, params: list):
         kw["momentum"] = o.momentum
     if o.betas is not None:
         kw["betas"] = tuple(o.betas)
+    kw.update({k: getattr(o, k) for k in ("density", "fo_blocks", "fo_lr", "fo_optim") if getattr(o, k) is not None})
+    if names is not None and takes_names(o.name):
+        params = list(zip(names, params))
     try:
         return build_zo(o.name, params, **kw)
     except (ValueError, TypeError) as e:
@@ -127,6 +134,12 @@ def setup(cfg: TrainConfig, log=lambda msg: None):
     objective = make_objective(task, tok, cfg.task.objective, cfg.task.max_length, model=model)
     params = [p for _, p in trainable_parameters(model)]
     return model, tok, task, objective, params
+
+
+def _names(model) -> list[str]:
+    from .models import trainable_parameters
+
+    return [n for n, _ in trainable_parameters(model)]
 
 
 def _attention(cfg) -> str | None:
@@ -158,8 +171,11 @@ def run(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, log=No
     n_train = sum(p.numel() for p in params)
     say(f"{type(model).__name__}: {n_train:,} trainable of {sum(p.numel() for p in model.parameters()):,} "
         f"parameters (scheme {cfg.scheme.name})")
-    opt = build_optimizer(cfg, params)
+    opt = build_optimizer(cfg, params, _names(model))
     zo = cfg.optim.zeroth_order
+    if getattr(opt, "blocks", None):
+        say(f"{len(opt.blocks)} blocks: {', '.join(opt.blocks[:3])}, ..., {opt.blocks[-1]}"
+            + (f"; first-order: {', '.join(opt.fo_blocks)}" if getattr(opt, "fo_blocks", None) else ""))
     if comm is not None and comm.world_size > 1:
         if cfg.dist_mode == "data" and (cfg.batch_size * cfg.accum_steps) % comm.world_size:
             raise UserError(f"batch_size*accum_steps={cfg.batch_size * cfg.accum_steps} is not divisible by "
@@ -167,7 +183,7 @@ def run(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, log=No
         opt = distribute(opt, comm, mode=cfg.dist_mode)
     seedlog = checkpoint.SeedLog(to_dict(cfg.optim) | {"seed": cfg.seed, "accum_steps": cfg.accum_steps},
                                  to_dict(cfg.model) | {"num_labels": max(2, len(task.label_names))},
-                                 to_dict(cfg.scheme)) if zo else None
+                                 to_dict(cfg.scheme)) if zo and not getattr(opt, "has_first_order", False) else None
 
     train = task.splits[cfg.task.train_split][: cfg.task.max_train]
     if not train:
@@ -225,11 +241,12 @@ def run(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, log=No
                        for i in range(cfg.accum_steps)]
             lr = lr_at(cfg, t, cfg.steps)
             for g in opt.param_groups:
-                g["lr"] = lr
+                g["lr"] = lr * g.get("lr_scale", 1.0)  # lr_scale: a hybrid's first-order blocks (fo_lr / lr)
             t0 = time.perf_counter()
             if zo:
                 loss = _zo_step(opt, model, objective, batches, seedlog, t)
                 state["forwards"] = int(opt.zo_state["forwards"])
+                state["backwards"] = int(opt.zo_state.get("backwards", 0))  # a hybrid's first-order part
             else:
                 loss = _fo_step(opt, model, objective, batches)
                 state["forwards"] += len(batches)
@@ -341,6 +358,7 @@ def replay_seedlog(path, device: str = "cpu"):
     model, tok = load_model(cfg.model.name, dtype=DTYPES[cfg.model.dtype], device=device, kind=cfg.model.kind,
                             num_labels=int(log.model.get("num_labels", 2)), attn_implementation=_attention(cfg))
     model = apply_scheme(model, cfg.scheme.name, **cfg.scheme.options())
-    opt = build_optimizer(dataclasses.replace(cfg, accum_steps=1), [p for _, p in trainable_parameters(model)])
+    named = trainable_parameters(model)
+    opt = build_optimizer(dataclasses.replace(cfg, accum_steps=1), [p for _, p in named], [n for n, _ in named])
     checkpoint.replay(log, model, opt)
     return model, tok

@@ -60,6 +60,12 @@ class OptimConfig:
     ``lr`` follows ``schedule`` after ``warmup_steps`` of linear warm-up:
     ``constant``, ``linear`` (to ``min_lr_ratio * lr`` at the last step) or
     ``cosine`` (likewise). Options left at ``None`` take the optimizer's default.
+
+    ZO-Bench's enhancements take their own options: ``density`` (``zo-sgd-sparse``:
+    fraction of each tensor's entries perturbed per step), ``fo_blocks``, ``fo_lr`` and
+    ``fo_optim`` (``zo-sgd-hybrid``: how many trailing blocks are trained first-order,
+    their learning rate - scheduled like ``lr`` - and ``adam`` or ``sgd``).
+    ``zo-sgd-block`` has none: its blocks come from the parameter names.
     """
 
     name: str = "zo-sgd"
@@ -76,6 +82,10 @@ class OptimConfig:
     warmup_steps: int = 0
     min_lr_ratio: float = 0.0
     grad_checkpointing: bool = False
+    density: float | None = None
+    fo_blocks: int | None = None
+    fo_lr: float | None = None
+    fo_optim: Literal["adam", "sgd"] | None = None
 
     def __post_init__(self):
         from .optim import OPTIMIZERS
@@ -95,6 +105,17 @@ class OptimConfig:
             raise ValueError(f"optim.min_lr_ratio={self.min_lr_ratio} must be in [0, 1]")
         if self.betas is not None and len(self.betas) != 2:
             raise ValueError(f"optim.betas={self.betas} must be two numbers")
+        if self.density is not None and not 0.0 < self.density <= 1.0:
+            raise ValueError(f"optim.density={self.density} must be in (0, 1]")
+        if self.fo_blocks is not None and self.fo_blocks < 1:
+            raise ValueError(f"optim.fo_blocks={self.fo_blocks} must be at least 1")
+        if self.fo_lr is not None and not self.fo_lr >= 0:
+            raise ValueError(f"optim.fo_lr={self.fo_lr} must be >= 0")
+        only = {"density": "zo-sgd-sparse", "fo_blocks": "zo-sgd-hybrid", "fo_lr": "zo-sgd-hybrid",
+                "fo_optim": "zo-sgd-hybrid"}
+        for key, owner in only.items():
+            if getattr(self, key) is not None and self.name != owner:
+                raise ValueError(f"optim.{key} is an option of {owner}, not of {self.name}")
 
     @property
     def zeroth_order(self) -> bool:

@@ -10,7 +10,7 @@ from forwardonly.optim import OPTIMIZERS, ZOSGD, ForwardGrad, ZOAdam, build_opti
 
 NAMES = list(OPTIMIZERS)
 LR = {"zo-sgd": 2e-3, "zo-sgd-mmt": 2e-3, "zo-sgd-cons": 2e-3, "zo-sgd-sign": 1e-2, "zo-adam": 1e-2,
-      "forward-grad": 2e-3}
+      "forward-grad": 2e-3, "zo-sgd-block": 1e-2, "zo-sgd-sparse": 1e-2, "zo-sgd-hybrid": 2e-3}
 
 
 def problem(seed=0, dtype=torch.float32):

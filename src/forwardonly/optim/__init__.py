@@ -9,10 +9,16 @@ from ._perturb import CHUNK, Directions, Perturbation, direction
 from .base import ZOOptimizer
 from .forward_grad import ForwardGrad
 from .forward_grad_reference import ForwardGradReference
-from .zoadam_reference import ZOAdamReference
-from .zosgd_reference import ZOSGDReference
+from .hybrid import ZOFOHybrid
+from .hybrid_reference import ZOFOHybridReference
 from .zoadam import ZOAdam
+from .zoadam_reference import ZOAdamReference
 from .zosgd import ZOSGD
+from .zosgd_block import ZOSGDBlock
+from .zosgd_block_reference import ZOSGDBlockReference
+from .zosgd_reference import ZOSGDReference
+from .zosgd_sparse import ZOSGDSparse
+from .zosgd_sparse_reference import ZOSGDSparseReference
 
 # name -> (fast class, reference class, fixed keyword arguments); one row per algorithm.
 OPTIMIZERS = {
@@ -22,6 +28,10 @@ OPTIMIZERS = {
     "zo-sgd-cons": (ZOSGD, ZOSGDReference, {"conservative": True}),
     "zo-adam": (ZOAdam, ZOAdamReference, {}),
     "forward-grad": (ForwardGrad, ForwardGradReference, {}),
+    # ZO-Bench's enhancements (sec. 5): one block per step, sparse directions, first-order top blocks
+    "zo-sgd-block": (ZOSGDBlock, ZOSGDBlockReference, {}),
+    "zo-sgd-sparse": (ZOSGDSparse, ZOSGDSparseReference, {}),
+    "zo-sgd-hybrid": (ZOFOHybrid, ZOFOHybridReference, {}),
 }
 
 
@@ -34,7 +44,14 @@ def build_optimizer(name: str, params, **kwargs):
     return cls(params, **{**fixed, **kwargs})
 
 
+def takes_names(name: str) -> bool:
+    """Whether optimizer ``name`` forms blocks from parameter names (pass ``(name, param)`` pairs)."""
+    return getattr(OPTIMIZERS[name][0], "takes_names", False)
+
+
 __all__ = [
     "CHUNK", "Directions", "Perturbation", "direction", "ZOOptimizer", "ZOSGD", "ZOAdam", "ForwardGrad",
     "ZOSGDReference", "ZOAdamReference", "ForwardGradReference", "OPTIMIZERS", "build_optimizer",
+    "ZOSGDBlock", "ZOSGDBlockReference", "ZOSGDSparse", "ZOSGDSparseReference", "ZOFOHybrid",
+    "ZOFOHybridReference", "takes_names",
 ]

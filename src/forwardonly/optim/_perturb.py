@@ -154,6 +154,12 @@ class Directions:
         return direction(p.shape, self.kind, self.seed, step, probe, param_index,
                          dtype=dtype or p.dtype, device=p.device)
 
+    def fill(self, z: torch.Tensor, step: int, probe: int, param_index: int, chunk: int) -> None:
+        """Fill the 1-D ``z`` with chunk ``chunk`` of direction ``(step, probe, param_index)``: the one
+        place where helpers outside this class (:func:`accumulate`, the low-precision update) generate
+        a chunk, so that a subclass that changes the directions (e.g. masks them) changes them there too."""
+        _fill_chunk(z, self.kind, chunk_seed(self.seed, step, probe, param_index, chunk))
+
     def chunks(self, p: torch.Tensor, step: int, probe: int, param_index: int, dtype=None):
         """Yield ``(start, stop, z_chunk)`` over ``p.view(-1)``; ``z_chunk`` is a reused scratch view."""
         n = p.numel()
@@ -433,7 +439,7 @@ def accumulate(directions: Directions, p: torch.Tensor, step: int, terms: Sequen
         g = acc[: stop - start]
         z = directions.scratch(dtype, p.device)[: stop - start]
         for j, (probe, coef) in enumerate(terms):
-            _fill_chunk(z, directions.kind, chunk_seed(directions.seed, step, probe, param_index, c))
+            directions.fill(z, step, probe, param_index, c)
             if j == 0:
                 torch.mul(z, coef, out=g)
             else:

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import torch
 
-from ._perturb import CHUNK, _fill_chunk, accumulate, chunk_seed
+from ._perturb import CHUNK, accumulate
 from .base import ZOOptimizer, _check
 
 _LOW = (torch.bfloat16, torch.float16)
@@ -33,7 +33,7 @@ def add_rounded_once(directions, p: torch.Tensor, step: int, terms, param_index:
         if decay != 1.0:
             a.mul_(decay)
         for probe, coef in terms:
-            _fill_chunk(zc, directions.kind, chunk_seed(directions.seed, step, probe, param_index, c))
+            directions.fill(zc, step, probe, param_index, c)
             a.add_(zc.float(), alpha=coef)
         flat[start:stop].copy_(a)
 
