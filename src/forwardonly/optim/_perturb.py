@@ -85,6 +85,19 @@ def _sign_table(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     return table
 
 
+def _packed_sign_table(device: torch.device) -> torch.Tensor:
+    """256 int64 words; word ``i`` holds, as eight int8 bytes in memory order, the signs of byte ``i``'s bits
+    (lowest first). Only ever copied whole and read back as int8, so byte order does not matter."""
+    key = ("packed", str(device))
+    table = _TABLES.get(key)
+    if table is None:
+        bits = (torch.arange(256).unsqueeze(1) >> torch.arange(8)) & 1
+        signs = (bits * 2 - 1).to(torch.int8).contiguous()
+        table = signs.view(torch.int64).view(-1).to(device)
+        _TABLES[key] = table
+    return table
+
+
 def _generator(device: torch.device) -> torch.Generator:
     key = str(device)
     gen = _GENERATORS.get(key)
@@ -238,10 +251,15 @@ class Directions:
                 else:
                     if z_buf is None:
                         z_buf = self._range_scratch(n + 16, dst.dtype, dst.device)
-                    lo = a // 8
-                    rows = z_buf[: ((b + 7) // 8 - lo) * 8].view(-1, 8)
-                    torch.index_select(_sign_table(dst.dtype, dst.device), 0, vals[lo : (b + 7) // 8], out=rows)
-                    z = rows.view(-1)[a - 8 * lo : b - 8 * lo]
+                        s_buf = self._range_scratch(n // 8 + 2, torch.int64, dst.device, slot="signs")
+                    lo, hi = a // 8, (b + 7) // 8
+                    # one 8-byte row (eight int8 signs) per random byte, then one widening copy: the same
+                    # values as indexing a table of eight dtype signs per byte, at a third of the traffic
+                    packed = s_buf[: hi - lo]
+                    torch.index_select(_packed_sign_table(dst.device), 0, vals[lo:hi], out=packed)
+                    rows = z_buf[: (hi - lo) * 8]
+                    rows.copy_(packed.view(torch.int8))
+                    z = rows[a - 8 * lo : b - 8 * lo]
                 if j == 0:
                     torch.add(s, z, alpha=coef, out=d)
                 else:
