@@ -123,7 +123,7 @@ def measure(args) -> None:
               "repeats": args.repeats, "threads_per_process": 1, "backend": "gloo"}
     record = make_record(f"distributed-smollm2-{args.mode}", config, results,
                          load_average_1min=load, cpu_count=os.cpu_count())
-    path = HERE / "results" / f"smollm2-{args.mode}.json"
+    path = Path(args.out) if args.out else HERE / "results" / f"smollm2-{args.mode}.json"
     write_record(path, record)
     print(f"wrote {path}")
     print(report(record))
@@ -153,6 +153,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--out", help="results JSON (default: results/smollm2-MODE.json)")
     p.add_argument("--report", help="print the table of a results JSON and exit")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args()

@@ -1,0 +1,50 @@
+"""How well this machine scales compute-bound work from one process to two (no ZO, no communication).
+
+Runs the forward of SmolLM2-135M's architecture (random init, 1 thread, batch 8 x 64 tokens) in one
+process, then in two processes at once, and prints each one's median forward time; the ratio bounds
+what any 2-process benchmark on the machine can reach.
+
+    python benchmarks/distributed/scaling_check.py
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+
+def worker(tag: str) -> None:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.set_num_threads(1)
+    cfg = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                      num_attention_heads=9, num_key_value_heads=3, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(cfg).eval()
+    ids = torch.randint(0, cfg.vocab_size, (8, 64))
+    times = []
+    with torch.no_grad():
+        model(ids)
+        for _ in range(6):
+            t = time.perf_counter()
+            model(ids)
+            times.append(time.perf_counter() - t)
+    times.sort()
+    print(f"{tag}: median forward {times[len(times) // 2]:.3f} s", flush=True)
+
+
+def main() -> None:
+    if len(sys.argv) > 2 and sys.argv[1] == "--worker":
+        worker(sys.argv[2])
+        return
+    me = [sys.executable, __file__, "--worker"]
+    subprocess.run(me + ["alone"], check=True)
+    procs = [subprocess.Popen(me + [f"pair {i}"]) for i in range(2)]
+    if any(p.wait() for p in procs):
+        raise SystemExit("a worker failed")
+
+
+if __name__ == "__main__":
+    main()
