@@ -45,22 +45,31 @@ def trim():
         pass
 
 
-def prepare(mode: str):
-    """(model, tokenizer, trainable params, context manager) for a mode."""
+def prepare(mode: str, load: str = "streamed"):
+    """(model, tokenizer, trainable params, context manager) for a mode.
+
+    ``load`` (int4/int8 only): ``streamed`` reads the fp32 checkpoint straight into quantized layers
+    (``load_pretrained_quantized``, no fp32 model built); ``fp32`` loads the fp32 model and quantizes it
+    (the path of the first results; bitwise the same model).
+    """
     from contextlib import nullcontext
 
     from forwardonly.models import load_model
-    from forwardonly.quant import quantize_model, scale_parameters
+    from forwardonly.quant import load_pretrained_quantized, quantize_model, scale_parameters
     from forwardonly.quant.mixed import MixedPrecision
 
     if mode in ("bf16", "bf16-compute"):
         model, tok = load_model("smollm2-135m", dtype=torch.bfloat16)
         ctx = MixedPrecision(model, compute=torch.float32) if mode == "bf16" else nullcontext()
         return model, tok, [p for p in model.parameters()], ctx
-    model, tok = load_model("smollm2-135m")
-    if mode == "fp32":
-        return model, tok, [p for p in model.parameters()], nullcontext()
-    quantize_model(model, bits=4 if mode == "int4" else 8, group_size=64)
+    bits = 4 if mode == "int4" else 8
+    if mode != "fp32" and load == "streamed":
+        model, tok = load_pretrained_quantized("smollm2-135m", bits=bits, group_size=64)
+    else:
+        model, tok = load_model("smollm2-135m")
+        if mode == "fp32":
+            return model, tok, [p for p in model.parameters()], nullcontext()
+        quantize_model(model, bits=bits, group_size=64)
     for p in model.parameters():
         p.requires_grad_(False)
     params = scale_parameters(model)
@@ -76,7 +85,7 @@ def make_run(args):
 
     torch.manual_seed(0)
     task = get_task("sentiment")
-    model, tok, params, ctx = prepare(args.mode)
+    model, tok, params, ctx = prepare(args.mode, args.load)
     obj = make_objective(task, tok, "ce")
     opt = ZOSGD(params, seed=args.seed, **{**DEFAULTS[args.mode], **json.loads(args.opt)})
     train = task.splits["train"]
@@ -121,7 +130,8 @@ def cmd_train(args):
         acc1 = evaluate(model, tok, task, "test", max_examples=args.test, progress=False)["accuracy"]
         t_eval1 = time.perf_counter() - t0
     print(f"[{args.mode}] after: acc={acc1:.4f}", flush=True)
-    config = {"mode": args.mode, "steps": args.steps, "batch": args.batch, "seed": args.seed, "test": args.test,
+    config = {"mode": args.mode, "load": args.load, "steps": args.steps, "batch": args.batch, "seed": args.seed,
+              "test": args.test,
               "threads": args.threads, "optimizer": "ZOSGD", "opt": {**DEFAULTS[args.mode], **json.loads(args.opt)},
               "trainable": sum(p.numel() for p in opt.param_groups[0]["params"])}
     results = {"acc_before": acc0, "acc_after": acc1, "steps_run": steps_run, "train_s": t_train,
@@ -147,10 +157,22 @@ def cmd_memory(args):
     trim()
     base = {"rss": rss_bytes(), "anon": anon_bytes()}
     results = {"baseline": base}
+    # The architecture's modeling code (transformers imports ~50 MB of modules for it) is library code
+    # too: a second baseline holds it as well, by building the model on the meta device (no tensors).
+    # Every mode needs that import anyway, so the measurements below are the same either way.
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with init_empty_weights():
+        AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(str(resolve("smollm2-135m")[0])))
+    trim()
+    results["baseline_with_model_code"] = {"rss": rss_bytes(), "anon": anon_bytes()}
     if args.mode != "none":
         from forwardonly.optim import ZOSGD
 
-        model, tok2, params, ctx = prepare(args.mode)
+        with PeakMemory(interval=0.001) as load_mem:
+            model, tok2, params, ctx = prepare(args.mode, args.load)
+        results["load"] = load_mem.result()
         del tok2  # the baseline already holds a tokenizer; count the model alone
         obj = make_objective(task, tok, "ce")
         opt = ZOSGD(params, seed=args.seed, **{**DEFAULTS[args.mode], **json.loads(args.opt)})
@@ -163,8 +185,12 @@ def cmd_memory(args):
         results["zo_steps"] = mem.result()
         results["peak_anon_above_baseline"] = mem.peak_anon - base["anon"]
         results["peak_rss_above_baseline"] = mem.peak_rss - base["rss"]
+        lib = results["baseline_with_model_code"]
+        results["peak_anon_above_library_baseline"] = mem.peak_anon - lib["anon"]
+        results["peak_rss_above_library_baseline"] = mem.peak_rss - lib["rss"]
     print(json.dumps(results, indent=1))
-    config = {"mode": args.mode, "steps": args.steps, "batch": args.batch, "threads": args.threads}
+    config = {"mode": args.mode, "steps": args.steps, "batch": args.batch, "threads": args.threads,
+              "load": args.load if args.mode in ("int4", "int8") else "fp32" if args.mode == "fp32" else "bf16"}
     write_record(args.out, make_record(f"qzo-memory-{args.mode}", config, results))
 
 
@@ -177,6 +203,8 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--test", type=int, default=400)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--load", choices=["streamed", "fp32"], default="streamed",
+                    help="int4/int8: read the checkpoint straight into quantized layers, or load fp32 and quantize")
     ap.add_argument("--opt", default="{}", help="JSON overrides of the optimizer settings")
     ap.add_argument("--deadline", type=float, default=0.0, help="unix time after which training stops early")
     ap.add_argument("--out", required=True)

@@ -15,9 +15,15 @@ Example::
     for p in params:
         p.requires_grad_(True)
     opt = ZOSGD(params, lr=1e-3, eps=1e-3, clip=100.0)     # eps, lr relative (log-scales)
+
+A pretrained causal LM can also be read straight into quantized layers, without
+ever holding its floating-point weights (same codes and scales, bit for bit)::
+
+    model, tok = load_pretrained_quantized("smollm2-135m", bits=4, group_size=64)
 """
 
 from .layers import QuantEmbedding, QuantLinear
+from .loading import load_pretrained_quantized
 from .model import (
     QuantConfig,
     QuantizationError,
@@ -31,7 +37,7 @@ from .model import (
 from .packing import dequantize, pack_int4, quantize, unpack_int4
 
 __all__ = [
-    "QuantConfig", "QuantEmbedding", "QuantLinear", "QuantizationError", "dequantize", "load_quantized",
+    "QuantConfig", "QuantEmbedding", "QuantLinear", "QuantizationError", "dequantize", "load_pretrained_quantized", "load_quantized",
     "pack_int4", "plan", "quantize", "quantize_model", "quantized_bytes", "save_quantized",
     "scale_parameters", "unpack_int4",
 ]

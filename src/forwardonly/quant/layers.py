@@ -51,10 +51,21 @@ class _Quantized(nn.Module):
 
     @torch.no_grad()
     def _set_from(self, w: torch.Tensor, symmetric: bool) -> None:
+        self.fill_rows(0, w, symmetric)
+
+    @torch.no_grad()
+    def fill_rows(self, start: int, w: torch.Tensor, symmetric: bool = False) -> None:
+        """Quantize ``w`` into rows ``start:start + len(w)``.
+
+        Groups never span rows, so filling a matrix a block of rows at a time gives
+        bitwise the codes and scales of quantizing it whole, with temporaries the
+        size of one block (:func:`forwardonly.quant.load_pretrained_quantized`).
+        """
+        rows = slice(start, start + w.shape[0])
         q, s, z = packing.quantize(w, self.bits, self.group_size, symmetric)
-        self.qweight.copy_(q)
-        self.zeros.copy_(z)
-        self.scales.copy_(s.log() if self.log_scales else s)
+        self.qweight[rows].copy_(q)
+        self.zeros[rows].copy_(z)
+        self.scales[rows].copy_(s.log() if self.log_scales else s)
 
     def real_scales(self, rows=slice(None)) -> torch.Tensor:
         """The scales ``s`` (fp32), whatever the parametrisation."""

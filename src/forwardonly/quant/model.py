@@ -139,21 +139,22 @@ def _set(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, child, new)
 
 
-def _build(m: nn.Module, step: _Step, config: QuantConfig, made: dict, fill: bool) -> nn.Module:
+def _build(m: nn.Module, step: _Step, config: QuantConfig, made: dict, fill: bool, device=None) -> nn.Module:
     kw = dict(bits=config.bits, group_size=config.group_size, log_scales=config.log_scales,
               train_scales=config.train_scales)
     w = m.weight
+    device = w.device if device is None else device
     if step.kind == "embedding":
         if fill:
             return QuantEmbedding.from_embedding(m, symmetric=config.symmetric, **kw)
         scale = getattr(m, "embed_scale", None)
         return QuantEmbedding(m.num_embeddings, m.embedding_dim, padding_idx=m.padding_idx, dtype=w.dtype,
-                              device=w.device, embed_scale=None if scale is None else float(scale), **kw)
+                              device=device, embed_scale=None if scale is None else float(scale), **kw)
     if step.tied_to is None and fill:
         return QuantLinear.from_linear(m, symmetric=config.symmetric, chunk_rows=config.chunk_rows, **kw)
     new = QuantLinear(m.in_features, m.out_features, bias=m.bias is not None, chunk_rows=config.chunk_rows,
-                      dtype=w.dtype, device=w.device, **kw)
-    if m.bias is not None:
+                      dtype=w.dtype, device=device, **kw)
+    if m.bias is not None and not m.bias.is_meta:  # a meta bias (no data yet) is loaded later
         new.bias.data.copy_(m.bias.data)
         new.bias.requires_grad_(m.bias.requires_grad)
     if step.tied_to is not None:
@@ -163,7 +164,7 @@ def _build(m: nn.Module, step: _Step, config: QuantConfig, made: dict, fill: boo
 
 @torch.no_grad()
 def quantize_model(model: nn.Module, config: QuantConfig | None = None, *, fill: bool = True,
-                   **kwargs) -> nn.Module:
+                   device=None, **kwargs) -> nn.Module:
     """Replace the model's linear (and embedding) layers by quantized ones, in place.
 
     Args:
@@ -173,6 +174,9 @@ def quantize_model(model: nn.Module, config: QuantConfig | None = None, *, fill:
         config: a :class:`QuantConfig`, or its fields as keyword arguments.
         fill: compute the codes from the current weights (default); ``False`` only
             builds the structure, for a state loaded next (:func:`load_quantized`).
+        device: with ``fill=False``, where the quantized layers' tensors go (default: the
+            device of the weights they replace; a model built on the ``meta`` device
+            needs a real one).
 
     Returns the model, with ``model.quant_config`` set. All parameters other than
     the scales keep their ``requires_grad``; freeze them to train scales only (QZO).
@@ -185,7 +189,7 @@ def quantize_model(model: nn.Module, config: QuantConfig | None = None, *, fill:
     config = config or QuantConfig(**kwargs)
     made: dict[str, nn.Module] = {}
     for step in plan(model, config):  # every check passed: from here on nothing can fail half-way
-        new = _build(model.get_submodule(step.names[0]), step, config, made, fill)
+        new = _build(model.get_submodule(step.names[0]), step, config, made, fill, None if fill else device)
         for name in step.names:
             _set(model, name, new)
         made[step.names[0]] = new
