@@ -4,6 +4,7 @@ Usage (from the repository root)::
 
     PYTHONPATH=src python benchmarks/local_learning/run.py                 # all experiments, seeds 0,1,2
     PYTHONPATH=src python benchmarks/local_learning/run.py --only mf,bp --seeds 0 --jobs 2
+    PYTHONPATH=src python benchmarks/local_learning/run.py --only ff-hard --jobs 1 --wait-for /tmp/fo-bench.lock
 
 Each experiment is a YAML file in ``experiments/`` holding a ``LocalConfig``
 (the same keys as ``forwardonly local train``). Results go to
@@ -31,7 +32,9 @@ def _run_one(job):
     from forwardonly.local.config import LocalConfig
     from forwardonly.local.trainer import train
 
-    path, seed = job
+    path, seed, wait_for = job
+    while wait_for and Path(wait_for).exists():  # someone else is timing: start after them
+        time.sleep(15)
     torch.set_num_threads(1)
     cfg = load_config(LocalConfig, path, [f"seed={seed}", "threads=1"])
     t0 = time.perf_counter()
@@ -66,6 +69,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--jobs", type=int, default=2, help="runs in parallel (one thread each)")
     ap.add_argument("--results", default=str(HERE / "results"))
+    ap.add_argument("--wait-for", metavar="PATH", help="before each run, wait while PATH exists (a shared lock file)")
     args = ap.parse_args(argv)
 
     files = sorted((HERE / "experiments").glob("*.yaml"))
@@ -78,7 +82,7 @@ def main(argv=None) -> int:
     # slowest first so the pool ends together
     order = {"ff": 0, "bp": 1, "mf": 2, "fg-local": 3, "mf-1000-e25": 4}
     files.sort(key=lambda f: order.get(f.stem, 9))
-    jobs = [(str(f), s) for f in files for s in seeds]
+    jobs = [(str(f), s, args.wait_for) for f in files for s in seeds]
     by_exp: dict[str, list[dict]] = {f.stem: [] for f in files}
     ctx = mp.get_context("spawn")
     with ctx.Pool(args.jobs, maxtasksperchild=1) as pool:
