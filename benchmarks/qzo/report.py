@@ -18,8 +18,8 @@ def load(name):
 
 
 def memory_table() -> str:
-    rows = ["| mode | run | model tensors (MB) | peak anon above baseline (MB) | peak RSS above baseline (MB) | "
-            "peak RSS, whole process (MB) |", "|---|---|---|---|---|---|"]
+    rows = [("| mode | run | model tensors (MB) | peak anon above baseline (MB) | peak RSS above baseline (MB) | "
+             "peak RSS, whole process (MB) |"), "|---|---|---|---|---|---|"]
     base = load("memory_none.json")
     if base:
         b = base["results"]["baseline"]
@@ -54,6 +54,62 @@ def memory_table() -> str:
     return "\n".join(lines)
 
 
+def _v2_runs():
+    """{(mode, allocator): [results, ...]} from results/v2 (streamed int4 load, two baselines)."""
+    found: dict[tuple, list] = {}
+    for path in sorted((RESULTS / "v2").glob("memory_*_r*.json")):
+        mode, alloc, _ = path.stem[len("memory_"):].rsplit("_", 2)
+        found.setdefault((mode, alloc), []).append(json.loads(path.read_text())["results"])
+    return found
+
+
+def _range(values) -> str:
+    return f"{min(values):.3f}" if max(values) - min(values) < 5e-4 else f"{min(values):.3f} to {max(values):.3f}"
+
+
+def memory_table_v2() -> str:
+    """Second measurement: streamed int4 load, glibc allocator default vs fixed mmap threshold."""
+    found = _v2_runs()
+    if not found:
+        return ""
+    rows = [("| mode | allocator | run | model tensors (MB) | load-phase peak anon (MB) | held after load (MB) | "
+             "step working set (MB) | peak anon above baseline (MB) | peak anon above library baseline (MB) | "
+             "peak RSS, whole process (MB) |"), "|---|---|---|---|---|---|---|---|---|---|"]
+    none = load("v2/memory_none.json")
+    if none:
+        r = none["results"]
+        lib = r["baseline_with_model_code"]["anon"] - r["baseline"]["anon"]
+        rows.append(f"| baseline: libraries, tokenizer, batch | - | - | - | - | - | - | 0 | - | "
+                    f"{r['baseline']['rss'] / MB:.0f} |")
+        rows.append(f"| library baseline: + the model's code (architecture on the meta device) | - | - | - | - | - | - | "
+                    f"{lib / MB:.1f} | 0 | {r['baseline_with_model_code']['rss'] / MB:.0f} |")
+    order = ("int4", "int4-fp32load", "bf16-compute", "bf16")
+    for alloc in ("default", "mmap128k"):
+        for mode in order:
+            for i, r in enumerate(found.get((mode, alloc), []), 1):
+                b = r["baseline"]["anon"]
+                rows.append(
+                    f"| {mode} | {alloc} | {i} | {r['model_bytes']['total'] / MB:.1f} | "
+                    f"{(r['load']['peak_anon'] - b) / MB:.1f} | {(r['loaded']['anon'] - b) / MB:.1f} | "
+                    f"{(r['zo_steps']['peak_anon'] - r['loaded']['anon']) / MB:.1f} | "
+                    f"{r['peak_anon_above_baseline'] / MB:.1f} | {r['peak_anon_above_library_baseline'] / MB:.1f} | "
+                    f"{r['zo_steps']['peak_rss'] / MB:.0f} |")
+    lines = ["\n".join(rows), ""]
+    for alloc in ("default", "mmap128k"):
+        q = found.get(("int4", alloc))
+        for ref in ("bf16-compute", "bf16"):
+            f = found.get((ref, alloc))
+            if not q or not f:
+                continue
+            lines.append(f"int4 / {ref}, allocator {alloc} (every int4 run over every {ref} run):")
+            for key, what in (("peak_anon_above_baseline", "anon above baseline (first definition)"),
+                              ("peak_anon_above_library_baseline", "anon above library baseline")):
+                lines.append(f"- {what}: {_range([a[key] / c[key] for a in q for c in f])}")
+            lines.append(f"- whole-process peak RSS: "
+                         f"{_range([a['zo_steps']['peak_rss'] / c['zo_steps']['peak_rss'] for a in q for c in f])}")
+    return "\n".join(lines)
+
+
 def train_table() -> str:
     rows = ["| mode | trainable | lr | eps | clip | steps run | acc before | acc after | s/step | total s |",
             "|---|---|---|---|---|---|---|---|---|---|"]
@@ -71,5 +127,7 @@ def train_table() -> str:
 
 if __name__ == "__main__":
     print(memory_table())
+    print()
+    print(memory_table_v2())
     print()
     print(train_table())

@@ -45,6 +45,20 @@ def trim():
         pass
 
 
+def fix_mmap_threshold(nbytes: int) -> bool:
+    """Hold glibc's mmap threshold at ``nbytes`` (``mallopt(M_MMAP_THRESHOLD)``, like ``MALLOC_MMAP_THRESHOLD_``).
+
+    By default glibc raises the threshold each time a large mmapped block is freed (up to 32 MB), after
+    which every activation-sized tensor comes from the heap, and freed heap is kept, fragmented, until
+    ``malloc_trim``: tens of MB of slack at the peak. A fixed threshold keeps blocks above it in their own
+    mappings, returned to the OS on free. Returns False where the call is unavailable (not glibc).
+    """
+    try:
+        return bool(ctypes.CDLL("libc.so.6").mallopt(-3, int(nbytes)))  # -3: M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        return False
+
+
 def prepare(mode: str, load: str = "streamed"):
     """(model, tokenizer, trainable params, context manager) for a mode.
 
@@ -151,6 +165,8 @@ def cmd_memory(args):
     from forwardonly.tasks import get_task, make_objective
 
     torch.set_num_threads(args.threads)
+    if args.mmap_threshold and not fix_mmap_threshold(args.mmap_threshold):
+        raise SystemExit("mallopt(M_MMAP_THRESHOLD) is not available here")
     task = get_task("sentiment")
     tok = prepare_tokenizer(AutoTokenizer.from_pretrained(str(resolve("smollm2-135m")[0])))
     batch = make_objective(task, tok, "ce").batch(task.splits["train"][: args.batch], "cpu")
@@ -190,6 +206,7 @@ def cmd_memory(args):
         results["peak_rss_above_library_baseline"] = mem.peak_rss - lib["rss"]
     print(json.dumps(results, indent=1))
     config = {"mode": args.mode, "steps": args.steps, "batch": args.batch, "threads": args.threads,
+              "mmap_threshold": args.mmap_threshold or "glibc default (dynamic)",
               "load": args.load if args.mode in ("int4", "int8") else "fp32" if args.mode == "fp32" else "bf16"}
     write_record(args.out, make_record(f"qzo-memory-{args.mode}", config, results))
 
@@ -203,6 +220,8 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--test", type=int, default=400)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--mmap-threshold", type=int, default=0,
+                    help="memory: hold glibc's mmap threshold at this many bytes (0: glibc's dynamic default)")
     ap.add_argument("--load", choices=["streamed", "fp32"], default="streamed",
                     help="int4/int8: read the checkpoint straight into quantized layers, or load fp32 and quantize")
     ap.add_argument("--opt", default="{}", help="JSON overrides of the optimizer settings")
