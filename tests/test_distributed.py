@@ -40,7 +40,7 @@ WORLD = 2
 STEPS = 12
 BATCH = 32  # global batch; micro-batches are consecutive slices of it
 LR = {"zo-sgd": 2e-3, "zo-sgd-mmt": 2e-3, "zo-sgd-sign": 1e-2, "zo-sgd-cons": 2e-3, "zo-adam": 1e-2,
-      "forward-grad": 2e-3}
+      "forward-grad": 2e-3, "zo-sgd-block": 2e-3, "zo-sgd-sparse": 2e-3, "zo-sgd-hybrid": 2e-3}
 
 # id: (optimizer, mode, reduce, local accum_steps, local q, extra kwargs, bitwise equal to one process)
 CASES = {
@@ -57,6 +57,13 @@ CASES = {
     "probe-sign-accum2": ("zo-sgd-sign", "probe", "grads", 2, 1, {}, True),
     "probe-cons-onesided": ("zo-sgd-cons", "probe", "grads", 1, 1, {"two_sided": False}, True),
     "probe-forward-grad": ("forward-grad", "probe", "grads", 1, 1, {}, True),
+    "data-block-losses": ("zo-sgd-block", "data", "losses", 1, 1, {}, True),
+    "probe-block": ("zo-sgd-block", "probe", "grads", 1, 1, {}, True),
+    "data-sparse-grads": ("zo-sgd-sparse", "data", "grads", 1, 1, {"density": 0.5}, False),
+    "probe-sparse-q2": ("zo-sgd-sparse", "probe", "grads", 1, 2, {"density": 0.5}, True),
+    # hybrid ZO/FO: data-parallel also averages the first-order part's gradients (see test_hybrid_bytes)
+    "data-hybrid": ("zo-sgd-hybrid", "data", "grads", 1, 1, {"fo_lr": 1e-2}, False),
+    "probe-hybrid": ("zo-sgd-hybrid", "probe", "grads", 1, 1, {"fo_lr": 1e-2}, True),
 }
 
 
@@ -222,12 +229,38 @@ def test_ranks_hold_identical_weights(parity, case):
         assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("case", [c for c, v in CASES.items() if v[2] == "grads" and "cons" not in c])
+@pytest.mark.parametrize("case", [c for c, v in CASES.items()
+                                  if v[2] == "grads" and "cons" not in c and "data-hybrid" not in c])
 def test_bytes_per_probe(parity, case):
     """One float64 per local probe, plus one for the loss, per step; nothing else is sent."""
     q_local = CASES[case][4]
     for rank in range(WORLD):
         assert parity[rank][case]["bytes_per_step"] == 8 * q_local + 8
+
+
+def test_hybrid_bytes(parity):
+    """Data-parallel hybrid ZO/FO sends the ZO scalars plus the first-order part's fp32 gradients
+    (the last Linear(16, 1): 17 values), once per step."""
+    for rank in range(WORLD):
+        assert parity[rank]["data-hybrid"]["bytes_per_step"] == 8 * 1 + 8 + 4 * 17
+
+
+def test_probe_offset_keeps_masked_directions():
+    """Probe-parallel ranks read probe offset + j of the run's own directions, masks included."""
+    from forwardonly.optim.zosgd_sparse import MaskedDirections
+
+    d = MaskedDirections(3, "rademacher", 0.25)
+    p = torch.zeros(3000)
+    shifted = fd._ProbeOffset(d, 2)
+    for j in range(2):
+        want = d.full(p, 7, 2 + j, 1)
+        assert torch.equal(shifted.full(p, 7, j, 1), want)
+        got = torch.cat([z.clone() for _, _, z in shifted.chunks(p, 7, j, 1)])
+        assert torch.equal(got, want.view(-1))
+        z = torch.empty(3000)
+        shifted.fill(z, 7, j, 1, 0)
+        assert torch.equal(z, want)
+    assert 0.15 < float((want != 0).float().mean()) < 0.35
 
 
 def test_checkpoint_from_two_ranks_resumes_in_one_process(tmp_path):

@@ -129,6 +129,20 @@ class Comm:
         self._run("all_reduce", self.dist.all_reduce, t, t)
         return (t / self.world_size).tolist()
 
+    def all_reduce_mean_(self, params: Sequence[torch.Tensor]) -> None:
+        """In place: every ``p.grad`` of ``params`` becomes its mean over ranks (one collective, in the
+        gradients' dtype). Only the hybrid ZO/FO optimizer needs this, for its first-order part."""
+        if self.world_size == 1:
+            return
+        flat = torch.cat([p.grad.reshape(-1) for p in params]).to(self.device)
+        self._run("all_reduce", self.dist.all_reduce, flat, flat)
+        flat /= self.world_size
+        start = 0
+        for p in params:
+            n = p.grad.numel()
+            p.grad.copy_(flat[start : start + n].view_as(p.grad))
+            start += n
+
     def all_reduce_sum(self, values: Sequence[float]) -> list[float]:
         if self.world_size == 1:
             return [float(v) for v in values]
@@ -200,17 +214,29 @@ def shutdown() -> None:
 
 # --------------------------------------------------------------------------- optimizer mixins
 class _ProbeOffset(Directions):
-    """The run's directions with probe ``j`` read as probe ``offset + j`` (scratch buffers shared)."""
+    """The run's directions with probe ``j`` read as probe ``offset + j`` (scratch buffers shared).
+
+    Every generating method delegates to the run's own :class:`Directions` object, so a subclass
+    that changes the directions (e.g. the sparse optimizer's masked directions) keeps doing so.
+    """
 
     def __init__(self, parent: Directions, offset: int):
+        self.parent = parent
         self.seed, self.kind, self._scratch = parent.seed, parent.kind, parent._scratch
         self.offset = offset
 
+    @property
+    def ranged(self) -> bool:  # the range paths read chunk seeds directly, without the offset
+        return False
+
     def chunks(self, p, step, probe, param_index, dtype=None):
-        return super().chunks(p, step, self.offset + probe, param_index, dtype)
+        return self.parent.chunks(p, step, self.offset + probe, param_index, dtype)
 
     def full(self, p, step, probe, param_index, dtype=None):
-        return super().full(p, step, self.offset + probe, param_index, dtype)
+        return self.parent.full(p, step, self.offset + probe, param_index, dtype)
+
+    def fill(self, z, step, probe, param_index, chunk):
+        return self.parent.fill(z, step, self.offset + probe, param_index, chunk)
 
 
 class DataParallel:
@@ -233,6 +259,13 @@ class DataParallel:
             self._dp_local = False
         loss, *grads = self.comm.all_reduce_mean([loss, *grads])
         return loss, grads
+
+    def apply_grads(self, step, grads, closure=None, loss=None):
+        if getattr(self, "has_first_order", False):  # hybrid ZO/FO: average the first-order part's gradients
+            fo = [p for p, _ in self.fo_params() if p.grad is not None]
+            if fo:
+                self.comm.all_reduce_mean_(fo)
+        return super().apply_grads(step, grads, closure=closure, loss=loss)
 
     def _call(self, closure):
         if self._dp_local:
@@ -281,6 +314,12 @@ def distribute(optimizer: ZOOptimizer, comm: Comm, mode: str = "data", reduce: s
         reduce: data mode only: ``"grads"`` (default; one all-reduce of q+1
             float64 per step) or ``"losses"`` (one 8-byte all-reduce per
             evaluation; the single process's arithmetic).
+
+    Every optimizer of :data:`forwardonly.optim.OPTIMIZERS` works in both modes. The hybrid
+    ZO/FO optimizer (``zo-sgd-hybrid``) is the one that sends more than scalars: in data mode
+    its first-order part's gradients are averaged over ranks too (one all-reduce of those
+    parameters' size per step); in probe mode every rank computes the same first-order
+    gradient on the shared batch and nothing extra is sent.
     """
     from .optim.forward_grad import ForwardGrad
 
