@@ -110,17 +110,17 @@ def memory_table_v2() -> str:
     return "\n".join(lines)
 
 
-def train_table() -> str:
-    rows = ["| mode | trainable | lr | eps | clip | steps run | acc before | acc after | s/step | total s |",
-            "|---|---|---|---|---|---|---|---|---|---|"]
+def train_table(pattern: str = "train_{mode}.json") -> str:
+    rows = ["| mode | trainable | lr | eps | clip | batch | steps run | acc before | acc after | s/step | total s |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
     for mode in ("fp32", "bf16", "int4", "int8"):
-        rec = load(f"train_{mode}.json")
+        rec = load(pattern.format(mode=mode))
         if not rec:
             continue
         c, r = rec["config"], rec["results"]
         o = c["opt"]
         rows.append(f"| {mode} | {c['trainable']:,} | {o['lr']:g} | {o['eps']:g} | {o.get('clip', '-')} | "
-                    f"{r['steps_run']} | {100 * r['acc_before']:.2f} | {100 * r['acc_after']:.2f} | "
+                    f"{c['batch']} | {r['steps_run']} | {100 * r['acc_before']:.2f} | {100 * r['acc_after']:.2f} | "
                     f"{r['s_per_step']:.0f} | {r['total_s']:.0f} |")
     return "\n".join(rows)
 
@@ -131,3 +131,5 @@ if __name__ == "__main__":
     print(memory_table_v2())
     print()
     print(train_table())
+    print()
+    print(train_table("v2/train_{mode}_b8.json"))
