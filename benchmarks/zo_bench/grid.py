@@ -30,11 +30,13 @@ EPS = {"full": 1e-3, "lora": 1e-2, "prefix": 1e-1, "prompt": 1e-1}
 # ZO-Bench's enhancements (sec. 5), full-parameter only: folder suffix -> optimizer and its own options.
 # Block-wise: blocks from the parameter names (embeddings, each of the 30 layers, final norm = 32 for
 # SmolLM2), one per step. Sparse: 20 % of every tensor per step. Hybrid: the last layer and the final
-# norm first-order (AdamW at FO-Adam's full-parameter lr), ZO-SGD below.
+# norm first-order (AdamW at FO-Adam's full-parameter lr), ZO-SGD below; hybrid-fo-only is its ablation
+# (ZO lr 0: the same forwards and steps, only the first-order top moves).
 ENHANCED = {
     "blockwise": ("zo-sgd-block", ""),
     "sparse": ("zo-sgd-sparse", ", density: 0.2"),
     "hybrid": ("zo-sgd-hybrid", f", fo_blocks: 2, fo_optim: adam, fo_lr: {LR[('fo-adam', 'full')]:g}"),
+    "hybrid-fo-only": ("zo-sgd-hybrid", f", fo_blocks: 2, fo_optim: adam, fo_lr: {LR[('fo-adam', 'full')]:g}"),
 }
 
 
@@ -73,7 +75,8 @@ def write(root: Path = HERE / "experiments") -> int:
             (d / "overrides.yaml").write_text(
                 f"# PYTHONPATH=src python benchmarks/zo_bench/run.py --only {name}\n"
                 f"scheme: {{name: full}}\ntask: {{name: {task}}}\n"
-                f"optim: {{name: {opt}, lr: {LR[('zo', 'full')]:g}, eps: {EPS['full']:g}{extra}}}\n")
+                f"optim: {{name: {opt}, lr: {0 if kind.endswith('fo-only') else LR[('zo', 'full')]:g}, "
+                f"eps: {EPS['full']:g}{extra}}}\n")
             n += 1
     return n
 

@@ -43,18 +43,19 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 # ----------------------------------------------------------------------------- building blocks
-def lr_at(cfg, step: int, total: int) -> float:
-    """The learning rate of ``step`` (0-based) under ``cfg.optim``'s schedule."""
+def lr_at(cfg, step: int, total: int, base: float | None = None) -> float:
+    """The learning rate of ``step`` (0-based) under ``cfg.optim``'s schedule, for peak ``base`` (default ``lr``)."""
     o = cfg.optim
+    peak = o.lr if base is None else base
     if o.warmup_steps and step < o.warmup_steps:
-        return o.lr * (step + 1) / o.warmup_steps
+        return peak * (step + 1) / o.warmup_steps
     if o.schedule == "constant" or total <= o.warmup_steps + 1:
-        return o.lr
+        return peak
     frac = (step - o.warmup_steps) / max(1, total - 1 - o.warmup_steps)
-    floor = o.lr * o.min_lr_ratio
+    floor = peak * o.min_lr_ratio
     if o.schedule == "linear":
-        return floor + (o.lr - floor) * (1.0 - frac)
-    return floor + (o.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * frac))
+        return floor + (peak - floor) * (1.0 - frac)
+    return floor + (peak - floor) * 0.5 * (1.0 + math.cos(math.pi * frac))
 
 
 def step_examples(train: list, seed: int, step: int, n: int, bucket: int = 0) -> list:
@@ -240,8 +241,8 @@ def run(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, log=No
             batches = [objective.batch(examples[i * micro:(i + 1) * micro], cfg.device)
                        for i in range(cfg.accum_steps)]
             lr = lr_at(cfg, t, cfg.steps)
-            for g in opt.param_groups:
-                g["lr"] = lr * g.get("lr_scale", 1.0)  # lr_scale: a hybrid's first-order blocks (fo_lr / lr)
+            for g in opt.param_groups:  # a hybrid's first-order blocks follow the schedule from their own fo_lr
+                g["lr"] = lr if "fo_lr" not in g else lr_at(cfg, t, cfg.steps, base=g["fo_lr"])
             t0 = time.perf_counter()
             if zo:
                 loss = _zo_step(opt, model, objective, batches, seedlog, t)

@@ -56,6 +56,15 @@ def test_hybrid_trains_the_top_first_order_and_the_rest_by_zo(cfg_of):
     assert all(p.grad is None for p in s["model"].parameters())
 
 
+def test_hybrid_with_zo_lr_zero_trains_only_the_first_order_part(cfg_of):
+    # the ablation of the ZO part: same forwards and steps, the ZO blocks stay bit for bit
+    base = _weights(run(cfg_of("steps=0", *QUIET), progress=False)["model"])
+    s = run(cfg_of("steps=3", "optim.name=zo-sgd-hybrid", "optim.lr=0", "optim.fo_lr=1e-2", *QUIET), progress=False)
+    after = _weights(s["model"])
+    assert {_block(n) for n in base if not torch.equal(base[n], after[n])} == {"layers.1", "model.norm"}
+    assert s["forwards"] == 9
+
+
 def test_hybrid_first_order_lr_follows_the_schedule(cfg_of, monkeypatch):
     import forwardonly.train as train_mod
 

@@ -44,8 +44,9 @@ class ZOFOHybrid(ZOSGD):
         lr: ZO learning rate (default 1e-6).
         fo_blocks: trailing blocks trained first-order (default 2); at least one block must
             stay ZO.
-        fo_lr: FO learning rate (default: ``lr``). The group's ``"lr_scale"`` holds
-            ``fo_lr / lr``, which a schedule that rewrites every group's ``lr`` multiplies in.
+        fo_lr: FO learning rate (default: ``lr``), kept in the FO groups as ``"fo_lr"`` so that a
+            schedule can scale it independently of ``lr`` (``lr=0`` with ``fo_lr>0`` trains the FO
+            part alone, the ablation of the ZO part).
         fo_optim: ``"adam"`` (AdamW, default) or ``"sgd"``.
         betas, adam_eps: AdamW's (default (0.9, 0.999), 1e-8).
         momentum, weight_decay: used by both parts (the FO weight decay is decoupled for AdamW).
@@ -77,7 +78,7 @@ class ZOFOHybrid(ZOSGD):
         for k, g in enumerate(groups):
             g["fo"] = k >= len(groups) - fo_blocks
             if g["fo"]:
-                g.update(lr=fo_lr, lr_scale=fo_lr / lr if lr else 1.0)
+                g.update(lr=fo_lr, fo_lr=fo_lr)
         super().__init__(groups, lr=lr, **kw)
         for g in self.param_groups:
             g.update(fo_optim=fo_optim, betas=tuple(betas), adam_eps=adam_eps)
