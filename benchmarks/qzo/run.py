@@ -144,7 +144,8 @@ def cmd_train(args):
         acc1 = evaluate(model, tok, task, "test", max_examples=args.test, progress=False)["accuracy"]
         t_eval1 = time.perf_counter() - t0
     print(f"[{args.mode}] after: acc={acc1:.4f}", flush=True)
-    config = {"mode": args.mode, "load": args.load, "steps": args.steps, "batch": args.batch, "seed": args.seed,
+    config = {"mode": args.mode, "load": args.load if args.mode in ("int4", "int8") else None,
+              "steps": args.steps, "batch": args.batch, "seed": args.seed,
               "test": args.test,
               "threads": args.threads, "optimizer": "ZOSGD", "opt": {**DEFAULTS[args.mode], **json.loads(args.opt)},
               "trainable": sum(p.numel() for p in opt.param_groups[0]["params"])}
