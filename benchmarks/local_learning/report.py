@@ -59,13 +59,18 @@ def table(runs: dict, mem: dict | None) -> str:
         agg = rec["results"]["aggregate"]
         algo = rec["config"]["algo"]
         acc = _pm(agg, "test_acc")
+        n_seeds = agg["test_acc"]["n"]
         if algo == "ff":
             acc += f" (goodness); probe {_pm(agg, 'test_acc_probe')}"
+        if n_seeds < 3:  # a partial round: no spread to speak of
+            acc += f", **{n_seeds} seed{'s' if n_seeds > 1 else ''} only**"
         lo_hi = ANCHORS.get(algo)
         anchor = f"{lo_hi[0]:.2f}-{lo_hi[1]:.2f}" if lo_hi else "-"
         target = "-" if not lo_hi else ("met" if agg["test_acc"]["mean"] * 100 >= lo_hi[0] else "missed")
+        if lo_hi and n_seeds < 3:
+            target = "not judged (needs 3 seeds)"
         ttt = agg.get("time_to_target")
-        ttt_s = "not reached" if not ttt else f"{ttt['mean']:.0f} ({ttt['n']}/3 seeds)"
+        ttt_s = "not reached" if not ttt else f"{ttt['mean']:.0f} ({ttt['n']}/{n_seeds} seeds)"
         flops = rec["results"]["runs"][0]["flops_per_example"]["train"] / 1e6
         m = "-"
         s = "-"
