@@ -97,5 +97,7 @@ def test_shipped_experiments_validate(runner):
     if zoo.cached("smollm2-135m") is None:
         pytest.skip("smollm2-135m is not cached")
     configs, pending = runner.validate(runner.DEFAULTS, runner.discover(), [])
-    assert len(configs) == 4 * 4 * 9 and len(pending) == 4 * 3
-    assert {c["optim"]["name"] for c in configs.values()} >= {"zo-sgd", "zo-adam", "forward-grad", "fo-adam"}
+    # 4 tasks x (4 schemes x 9 + 4 enhancement folders: block-wise, sparse, hybrid, hybrid's ablation)
+    assert len(configs) == 4 * (4 * 9 + 4) and not pending
+    assert {c["optim"]["name"] for c in configs.values()} >= {"zo-sgd", "zo-adam", "forward-grad", "fo-adam",
+                                                              "zo-sgd-block", "zo-sgd-sparse", "zo-sgd-hybrid"}
