@@ -14,13 +14,29 @@ MASK_PROBE = -1
 """The probe slot of the mask's generator seeds: masks never share a seed with a direction."""
 
 
+MASK_LEVELS = 1 << 16
+"""Mask resolution: entry ``j`` is kept with probability ``round(density * 65536) / 65536`` (at least one level)."""
+
+
 def mask_chunk(seed: int, step: int, param_index: int, chunk: int, n: int, density: float,
-               device="cpu") -> torch.Tensor:
-    """The boolean mask of one chunk: entry ``j`` is kept iff ``u_j < density``, ``u`` uniform,
-    drawn from a generator seeded by ``(seed, step, MASK_PROBE, param_index, chunk)``."""
+               device="cpu", *, drop: bool = False) -> torch.Tensor:
+    """The boolean mask of one chunk (with ``drop=True``, its complement).
+
+    Entry ``j`` reads a uniform int16 ``v_j`` (two bytes of random 64-bit words from a generator
+    seeded by ``(seed, step, MASK_PROBE, param_index, chunk)``) and is kept iff
+    ``v_j < k - 32768`` with ``k = round(density * 65536)``: probability ``k / 65536``. Two random
+    bytes per entry instead of a float: about 30x cheaper than ``torch.rand``.
+    """
+    k = max(1, min(MASK_LEVELS, round(density * MASK_LEVELS)))
+    if k == MASK_LEVELS:
+        return torch.full((n,), not drop, dtype=torch.bool, device=device)
     gen = _generator(torch.device(device))
     gen.manual_seed(chunk_seed(seed, step, MASK_PROBE, param_index, chunk))
-    return torch.rand(n, generator=gen, device=device) < density
+    words = torch.empty((n + 3) // 4, dtype=torch.int64, device=device)
+    words.random_(-(2**63), None, generator=gen)
+    v = words.view(torch.int16)[:n]
+    t = k - MASK_LEVELS // 2
+    return v >= t if drop else v < t
 
 
 def mask(shape, seed: int, step: int, param_index: int, density: float, device="cpu") -> torch.Tensor:
@@ -47,7 +63,9 @@ class MaskedDirections(Directions):
     def fill(self, z, step, probe, param_index, chunk):
         _fill_chunk(z, self.kind, chunk_seed(self.seed, step, probe, param_index, chunk))
         if self.density < 1.0:
-            z.masked_fill_(~mask_chunk(self.seed, step, param_index, chunk, z.numel(), self.density, z.device), 0)
+            # multiply rather than masked_fill_ (several times slower on CPU); dropped entries become
+            # +-0.0, which perturb and update by exactly nothing, as in the reference's z * m
+            z.mul_(mask_chunk(self.seed, step, param_index, chunk, z.numel(), self.density, z.device))
 
     def chunks(self, p, step, probe, param_index, dtype=None):
         n = p.numel()
@@ -62,7 +80,7 @@ class MaskedDirections(Directions):
         z = direction(p.shape, self.kind, self.seed, step, probe, param_index, dtype=dtype or p.dtype,
                       device=p.device)
         if self.density < 1.0:
-            z.masked_fill_(~mask(p.shape, self.seed, step, param_index, self.density, p.device), 0)
+            z.mul_(mask(p.shape, self.seed, step, param_index, self.density, p.device))
         return z
 
 
