@@ -5,17 +5,24 @@ Usage (from the repository root)::
     PYTHONPATH=src python benchmarks/local_learning/run.py                 # all experiments, seeds 0,1,2
     PYTHONPATH=src python benchmarks/local_learning/run.py --only mf,bp --seeds 0 --jobs 2
     PYTHONPATH=src python benchmarks/local_learning/run.py --only ff-hard --jobs 1 --wait-for /tmp/fo-bench.lock
+    # screen one seed, then complete the round without re-running it
+    PYTHONPATH=src python benchmarks/local_learning/run.py --only ff-hard-1000 --seeds 0 --jobs 1
+    PYTHONPATH=src python benchmarks/local_learning/run.py --only ff-hard-1000 --seeds 0,1,2 --jobs 1 --keep
 
 Each experiment is a YAML file in ``experiments/`` holding a ``LocalConfig``
 (the same keys as ``forwardonly local train``). Results go to
 ``results/<experiment>.json``: one record per experiment with every seed's run
-and the mean and sample standard deviation of the test accuracy. Analysis is a
+and the mean and sample standard deviation of the test accuracy. With ``--keep``
+the runs already in that file are kept for the seeds asked for, if the file's
+config equals the experiment's; only the missing seeds run, and the record's
+``kept`` entry names the seeds, commit and date they came from. Analysis is a
 separate step (``report.py``), which never re-runs anything.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing as mp
 import statistics
 import sys
@@ -70,6 +77,8 @@ def main(argv=None) -> int:
     ap.add_argument("--jobs", type=int, default=2, help="runs in parallel (one thread each)")
     ap.add_argument("--results", default=str(HERE / "results"))
     ap.add_argument("--wait-for", metavar="PATH", help="before each run, wait while PATH exists (a shared lock file)")
+    ap.add_argument("--keep", action="store_true",
+                    help="keep the seeds already in results/<experiment>.json (same config); run only the others")
     args = ap.parse_args(argv)
 
     files = sorted((HERE / "experiments").glob("*.yaml"))
@@ -82,19 +91,50 @@ def main(argv=None) -> int:
     # slowest first so the pool ends together
     order = {"ff": 0, "bp": 1, "mf": 2, "fg-local": 3, "mf-1000-e25": 4}
     files.sort(key=lambda f: order.get(f.stem, 9))
-    jobs = [(str(f), s, args.wait_for) for f in files for s in seeds]
     by_exp: dict[str, list[dict]] = {f.stem: [] for f in files}
+    kept: dict[str, dict] = {}
+    if args.keep:
+        for f in files:
+            if (old := kept_runs(Path(args.results) / f"{f.stem}.json", to_dict(load_config(LocalConfig, f)), seeds)):
+                by_exp[f.stem], kept[f.stem] = old
+    jobs = [(str(f), s, args.wait_for) for f in files for s in seeds
+            if s not in {r["seed"] for r in by_exp[f.stem]}]
     ctx = mp.get_context("spawn")
+
+    def write(name):
+        runs = sorted(by_exp[name], key=lambda r: r["seed"])
+        cfg = to_dict(load_config(LocalConfig, HERE / "experiments" / f"{name}.yaml"))
+        extra = {"kept": kept[name]} if name in kept else {}
+        rec = make_record(f"local_learning/{name}", cfg, {"aggregate": aggregate(runs), "runs": runs},
+                          seeds=seeds, experiment_file=f"experiments/{name}.yaml", **extra)
+        write_record(Path(args.results) / f"{name}.json", rec)
+
+    for name, runs in by_exp.items():
+        if args.keep and len(runs) == len(seeds):
+            print(f"{name}: every seed kept, nothing to run", flush=True)
+    if not jobs:
+        return 0
     with ctx.Pool(args.jobs, maxtasksperchild=1) as pool:
         for name, summary in pool.imap_unordered(_run_one, jobs):
             by_exp[name].append(summary)
             if len(by_exp[name]) == len(seeds):
-                runs = sorted(by_exp[name], key=lambda r: r["seed"])
-                cfg = to_dict(load_config(LocalConfig, HERE / "experiments" / f"{name}.yaml"))
-                rec = make_record(f"local_learning/{name}", cfg, {"aggregate": aggregate(runs), "runs": runs},
-                                  seeds=seeds, experiment_file=f"experiments/{name}.yaml")
-                write_record(Path(args.results) / f"{name}.json", rec)
+                write(name)
     return 0
+
+
+def kept_runs(path: Path, config: dict, seeds: list[int]) -> tuple[list[dict], dict] | None:
+    """Runs of ``path`` for ``seeds`` and where they came from, if its config is ``config``; else None."""
+    if not path.is_file():
+        return None
+    rec = json.loads(path.read_text())
+    if rec.get("config") != config:
+        sys.exit(f"{path}: recorded with a different config than the experiment file; "
+                 "move it away or run without --keep")
+    runs = [r for r in rec["results"]["runs"] if r["seed"] in seeds]
+    if not runs:
+        return None
+    src = {"seeds": [r["seed"] for r in runs], "git": rec.get("git"), "created": rec.get("created")}
+    return runs, src
 
 
 if __name__ == "__main__":

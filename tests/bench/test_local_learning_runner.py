@@ -1,0 +1,55 @@
+"""benchmarks/local_learning/run.py --keep: recorded seeds are reused only under the same config."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from forwardonly.config import load_config, to_dict
+from forwardonly.local.config import LocalConfig
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "local_learning"
+EXP = BENCH / "experiments" / "ff-hard.yaml"
+
+
+@pytest.fixture(scope="module")
+def runner():
+    spec = importlib.util.spec_from_file_location("local_learning_run", BENCH / "run.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _record(path: Path, config: dict, seeds, acc=0.88):
+    runs = [{"seed": s, "test_acc": acc + s / 100, "epochs_run": 10} for s in seeds]
+    rec = {"config": config, "git": {"commit": "abc", "dirty": False}, "created": "2026-01-01",
+           "results": {"aggregate": {}, "runs": runs}}
+    path.write_text(json.dumps(rec))
+    return rec
+
+
+def test_kept_runs_same_config_only_the_seeds_asked_for(runner, tmp_path):
+    cfg = to_dict(load_config(LocalConfig, EXP))
+    _record(tmp_path / "ff-hard.json", cfg, [0, 1])
+    runs, src = runner.kept_runs(tmp_path / "ff-hard.json", cfg, [0, 2])
+    assert [r["seed"] for r in runs] == [0] and runs[0]["test_acc"] == pytest.approx(0.88)
+    assert src == {"seeds": [0], "git": {"commit": "abc", "dirty": False}, "created": "2026-01-01"}
+    assert runner.kept_runs(tmp_path / "ff-hard.json", cfg, [2]) is None  # nothing to keep
+    assert runner.kept_runs(tmp_path / "missing.json", cfg, [0]) is None
+
+
+def test_kept_runs_refuses_a_different_config(runner, tmp_path):
+    cfg = to_dict(load_config(LocalConfig, EXP))
+    _record(tmp_path / "ff-hard.json", {**cfg, "hidden": [1000, 1000]}, [0])
+    with pytest.raises(SystemExit, match="different config"):
+        runner.kept_runs(tmp_path / "ff-hard.json", cfg, [0])
+
+
+def test_keep_with_every_seed_recorded_runs_nothing(runner, tmp_path, capsys):
+    cfg = to_dict(load_config(LocalConfig, EXP))
+    _record(tmp_path / "ff-hard.json", cfg, [0, 1, 2])
+    before = (tmp_path / "ff-hard.json").read_text()
+    assert runner.main(["--only", "ff-hard", "--keep", "--jobs", "1", "--results", str(tmp_path)]) == 0
+    assert "every seed kept" in capsys.readouterr().out
+    assert (tmp_path / "ff-hard.json").read_text() == before
