@@ -126,8 +126,12 @@ def kept_runs(path: Path, config: dict, seeds: list[int]) -> tuple[list[dict], d
     """Runs of ``path`` for ``seeds`` and where they came from, if its config is ``config``; else None."""
     if not path.is_file():
         return None
+    from forwardonly.config import load_config, to_dict
+    from forwardonly.local.config import LocalConfig
+
     rec = json.loads(path.read_text())
-    if rec.get("config") != config:
+    # keys added to the config since the record was made take their defaults, which keep the old behaviour
+    if to_dict(load_config(LocalConfig, base=rec["config"])) != config:
         sys.exit(f"{path}: recorded with a different config than the experiment file; "
                  "move it away or run without --keep")
     runs = [r for r in rec["results"]["runs"] if r["seed"] in seeds]

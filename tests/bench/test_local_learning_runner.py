@@ -39,6 +39,16 @@ def test_kept_runs_same_config_only_the_seeds_asked_for(runner, tmp_path):
     assert runner.kept_runs(tmp_path / "missing.json", cfg, [0]) is None
 
 
+def test_kept_runs_fills_keys_added_since_with_their_defaults(runner, tmp_path):
+    cfg = to_dict(load_config(LocalConfig, EXP))
+    old = {**cfg, "ff": {k: v for k, v in cfg["ff"].items() if k != "norm"}}  # as if norm came later
+    _record(tmp_path / "ff-hard.json", old, [0])
+    with pytest.raises(SystemExit, match="different config"):  # ff-hard sets norm=rms, not the default
+        runner.kept_runs(tmp_path / "ff-hard.json", cfg, [0])
+    runs, _ = runner.kept_runs(tmp_path / "ff-hard.json", {**cfg, "ff": {**cfg["ff"], "norm": "length"}}, [0])
+    assert [r["seed"] for r in runs] == [0]
+
+
 def test_kept_runs_refuses_a_different_config(runner, tmp_path):
     cfg = to_dict(load_config(LocalConfig, EXP))
     _record(tmp_path / "ff-hard.json", {**cfg, "hidden": [1000, 1000]}, [0])
