@@ -28,6 +28,11 @@ class FFConfig:
     negatives: ``random`` (a uniformly drawn wrong label) or ``hard`` (a wrong label
     drawn from the model's own predictions, as in Hinton's supervised FF: the linear
     probe's softmax with the true label masked out; one extra no-grad pass per batch).
+    peer: weight of peer normalisation (Hinton 2022, section 3.3; 0 turns it off):
+    each layer keeps a running mean of every unit's activity on positive data
+    (momentum ``peer_momentum``, gradient through the current batch's share) and adds
+    ``peer * mean_j (m_j - mean(m))**2`` to its loss, pulling units that are always
+    off, or always on, towards the layer's average activity.
     """
 
     loss: Literal["hinton", "symba"] = "symba"
@@ -38,8 +43,14 @@ class FFConfig:
     probe_lr: float = 1e-3
     negatives: Literal["random", "hard"] = "random"
     norm: Literal["length", "rms"] = "length"
+    peer: float = 0.0
+    peer_momentum: float = 0.9
 
     def __post_init__(self):
+        if self.peer < 0:
+            raise ValueError(f"ff.peer must be >= 0, got {self.peer}")
+        if not 0.0 <= self.peer_momentum < 1.0:
+            raise ValueError(f"ff.peer_momentum must be in [0, 1), got {self.peer_momentum}")
         if self.alpha <= 0:
             raise ValueError(f"ff.alpha must be positive, got {self.alpha}")
         if self.label_scale <= 0:

@@ -15,6 +15,10 @@ Predictions: ``goodness`` runs the net once per candidate label and picks the
 label with the highest summed goodness; ``probe`` is a linear classifier trained
 alongside on the normalised activations obtained with a neutral label (1/C each).
 
+With ``peer > 0`` each layer also keeps a running mean of its units' activity on
+positive data and is pulled towards equal mean activity across units (Hinton's
+peer normalisation), so no unit stays off, or on, for every input.
+
 Example::
 
     model = ForwardForward(64, 10, LocalConfig(algo="ff", hidden=[128, 128]))
@@ -53,6 +57,9 @@ class ForwardForward(LocalModel):
         self.probe = nn.Linear(sum(cfg.hidden), n_classes)
         self.optimizers = [make_optimizer(layer.parameters(), cfg) for layer in self.layers]
         self.optimizers.append(make_optimizer(self.probe.parameters(), cfg, lr=cfg.ff.probe_lr))
+        if cfg.ff.peer:  # buffers only when used: default checkpoints keep their keys
+            for k, width in enumerate(cfg.hidden):
+                self.register_buffer(f"peer_mean{k}", torch.zeros(width))
 
     def _embed(self, x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         if labels is None:  # neutral label for the probe
@@ -73,6 +80,13 @@ class ForwardForward(LocalModel):
             return F.softplus(c.alpha * (g_neg - g_pos)).mean()
         return (F.softplus(c.threshold - g_pos) + F.softplus(g_neg - c.threshold)).mean()
 
+    def _peer_loss(self, k: int, a_pos: torch.Tensor) -> torch.Tensor:
+        """Spread of the units' running mean activity; gradient through this batch's share only."""
+        m = getattr(self, f"peer_mean{k}")
+        mean = self.cfg.ff.peer_momentum * m + (1 - self.cfg.ff.peer_momentum) * a_pos.mean(0)
+        m.copy_(mean.detach())
+        return (mean - mean.mean()).square().mean()
+
     @torch.no_grad()
     def negative_labels(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """A wrong label per example: uniform, or (``hard``) sampled from the probe's softmax."""
@@ -88,7 +102,10 @@ class ForwardForward(LocalModel):
         losses = []
         for k, opt in enumerate(self.optimizers[:-1]):
             a_pos, a_neg = self._layer(k, pos), self._layer(k, neg)  # inputs detached
-            losses.append(local_step(opt, self._loss(goodness(a_pos), goodness(a_neg))))
+            loss = self._loss(goodness(a_pos), goodness(a_neg))
+            if self.cfg.ff.peer:
+                loss = loss + self.cfg.ff.peer * self._peer_loss(k, a_pos)
+            losses.append(local_step(opt, loss))
             pos, neg = a_pos.detach(), a_neg.detach()
         # the probe learns from detached features; it never sends anything back
         loss_probe = F.cross_entropy(self.probe(self._features(x)), y)
