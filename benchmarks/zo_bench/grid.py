@@ -26,6 +26,10 @@ LR = {
     ("fo-sgd", "full"): 1e-3, ("fo-sgd", "lora"): 1e-2, ("fo-sgd", "prefix"): 1e-2, ("fo-sgd", "prompt"): 1e-2,
     ("fo-adam", "full"): 1e-5, ("fo-adam", "lora"): 1e-4, ("fo-adam", "prefix"): 1e-3, ("fo-adam", "prompt"): 1e-3,
 }
+# Per-task sizes on top of defaults.yaml, so that no task dominates the default grid's time: multiple choice
+# scores 3 options per example (batch 2 = 6 sequences); QA prompts are paragraphs (median 188 tokens: at 64
+# tokens the answer is mostly cut away), so QA keeps 192 tokens with batch 2 and 32 test questions.
+TASK_EXTRA = {"mc": ("", "batch_size: 2\n"), "qa": (", max_length: 192, max_test: 32", "batch_size: 2\n")}
 EPS = {"full": 1e-3, "lora": 1e-2, "prefix": 1e-1, "prompt": 1e-1}
 # ZO-Bench's enhancements (sec. 5), full-parameter only: folder suffix -> optimizer and its own options.
 # Block-wise: blocks from the parameter names (embeddings, each of the 30 layers, final norm = 32 for
@@ -45,7 +49,9 @@ def family(opt: str) -> str:
 
 
 def overrides(task: str, scheme: str, opt: str | None) -> str:
-    lines = [f"scheme: {{name: {scheme}}}", f"task: {{name: {task}}}"]
+    short = next(k for k, v in TASKS.items() if v == task)
+    task_keys, extra = TASK_EXTRA.get(short, ("", ""))
+    lines = [f"scheme: {{name: {scheme}}}", f"task: {{name: {task}{task_keys}}}"] + ([extra.strip()] if extra else [])
     if opt is None:
         lines.append("steps: 0  # zero-shot reference: evaluate the untrained model once")
     elif opt in FO:
@@ -74,7 +80,8 @@ def write(root: Path = HERE / "experiments") -> int:
             (d / "NOT_IMPLEMENTED.md").unlink(missing_ok=True)
             (d / "overrides.yaml").write_text(
                 f"# PYTHONPATH=src python benchmarks/zo_bench/run.py --only {name}\n"
-                f"scheme: {{name: full}}\ntask: {{name: {task}}}\n"
+                f"scheme: {{name: full}}\ntask: {{name: {task}{TASK_EXTRA.get(short, ('', ''))[0]}}}\n"
+                f"{TASK_EXTRA.get(short, ('', ''))[1]}"
                 f"optim: {{name: {opt}, lr: {0 if kind.endswith('fo-only') else LR[('zo', 'full')]:g}, "
                 f"eps: {EPS['full']:g}{extra}}}\n")
             n += 1

@@ -149,6 +149,7 @@ def main(argv=None) -> int:
     ap.add_argument("--check", action="store_true", help="validate every experiment file and stop")
     ap.add_argument("--force", action="store_true", help="re-run experiments that already have an ok result")
     ap.add_argument("--timeout", type=float, default=None, help="seconds before a run is stopped and failed")
+    ap.add_argument("--jobs", type=int, default=1, help="runs at once, each its own process (default 1)")
     ap.add_argument("overrides", nargs="*", metavar="key=value", help="applied to every experiment")
     args = ap.parse_args(argv)
     if args.child:
@@ -176,7 +177,7 @@ def main(argv=None) -> int:
     if args.check:
         return 0
     results = Path(args.results)
-    started, n_failed = time.time(), 0
+    todo = []
     for name, config in configs.items():
         # zero-shot experiments (steps 0) do not depend on the seed unless the scheme initialises weights
         run_seeds = seeds[:1] if config["steps"] == 0 and config["scheme"]["name"] in ("full", "lora") else seeds
@@ -189,14 +190,38 @@ def main(argv=None) -> int:
                         continue
                 except json.JSONDecodeError:
                     pass
-            t0 = time.time()
-            rec = launch(name, config, seed, run_seeds, args.overrides, out, args.timeout)
+            todo.append((name, config, seed, run_seeds, out))
+    started, n_failed, n_done = time.time(), 0, 0
+
+    def one(item):
+        name, config, seed, run_seeds, out = item
+        t0 = time.time()
+        return item, launch(name, config, seed, run_seeds, args.overrides, out, args.timeout), time.time() - t0
+
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
+    # each run is its own process with its own threads (``threads`` in the config); --jobs runs that many at once
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        for fut in as_completed([pool.submit(one, item) for item in todo]):
+            (name, _, seed, _, _), rec, dt = fut.result()
+            n_done += 1
             n_failed += rec["status"] != "ok"
             after = rec.get("results", {}).get("test_after", {})
-            print(f"{name} seed {seed}: {rec['status']} in {time.time() - t0:.0f} s {json.dumps(after)}"
+            print(f"[{n_done}/{len(todo)}] {name} seed {seed}: {rec['status']} in {dt:.0f} s {json.dumps(after)}"
                   + (f"\n  {error_summary(rec['error'])}" if rec["status"] != "ok" else ""), file=sys.stderr,
                   flush=True)
-    print(f"done in {time.time() - started:.0f} s; {n_failed} failed", file=sys.stderr)
+    elapsed = time.time() - started
+    if todo:  # one line per invocation: how long the grid took is the sum of these
+        results.mkdir(parents=True, exist_ok=True)
+        import platform
+
+        line = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)), "wall_time_s": round(elapsed, 1),
+                "jobs": args.jobs, "runs": len(todo), "failed": n_failed, "only": args.only,
+                "overrides": args.overrides, "cpus": os.cpu_count(), "machine": platform.node(),
+                "load_avg_end": os.getloadavg()}
+        with open(results / "invocations.jsonl", "a") as f:
+            f.write(json.dumps(line) + "\n")
+    print(f"done in {elapsed:.0f} s; {n_failed} failed", file=sys.stderr)
     return 1 if n_failed else 0
 
 

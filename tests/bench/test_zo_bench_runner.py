@@ -80,7 +80,7 @@ def test_a_crashed_run_is_recorded_and_the_next_one_runs(runner, tiny_dir, tmp_p
                                                 "b-ok": "optim: {name: zo-sgd, lr: 1e-3}\n"})
     out = tmp_path / "results"
     code = runner.main(["--experiments", str(exps), "--defaults", str(defaults), "--results", str(out),
-                        "--seeds", "0"])
+                        "--seeds", "0", "--jobs", "2"])
     assert code == 1
     crashed = json.loads((out / "a-crash.seed0.json").read_text())
     assert crashed["status"] == "failed" and "has no split 'nope'" in crashed["error"]
@@ -89,6 +89,13 @@ def test_a_crashed_run_is_recorded_and_the_next_one_runs(runner, tiny_dir, tmp_p
     res = ok["results"]
     assert res["forwards"] == 4 and "accuracy" in res["test_before"] and "accuracy" in res["test_after"]
     assert res["memory"]["peak_rss"] > 0 and res["wall_time_s"] > 0 and {"git", "versions", "machine"} <= set(ok)
+    (line,) = [json.loads(x) for x in (out / "invocations.jsonl").read_text().splitlines()]
+    assert line["jobs"] == 2 and line["runs"] == 2 and line["failed"] == 1 and line["wall_time_s"] > 0
+    # a second invocation keeps the ok result, re-runs only the failed one, and logs its own line
+    assert runner.main(["--experiments", str(exps), "--defaults", str(defaults), "--results", str(out),
+                        "--seeds", "0"]) == 1
+    lines = [json.loads(x) for x in (out / "invocations.jsonl").read_text().splitlines()]
+    assert len(lines) == 2 and lines[1]["runs"] == 1 and lines[1]["jobs"] == 1
 
 
 def test_shipped_experiments_validate(runner):
