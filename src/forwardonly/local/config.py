@@ -28,6 +28,9 @@ class FFConfig:
     negatives: ``random`` (a uniformly drawn wrong label) or ``hard`` (a wrong label
     drawn from the model's own predictions, as in Hinton's supervised FF: the linear
     probe's softmax with the true label masked out; one extra no-grad pass per batch).
+    n_negatives: wrong labels per example (distinct, drawn the same way); each layer
+    compares the positive's goodness with every one of them. Costs one more forward
+    and backward pass per extra negative.
     peer: weight of peer normalisation (Hinton 2022, section 3.3; 0 turns it off):
     each layer keeps a running mean of every unit's activity on positive data
     (momentum ``peer_momentum``, gradient through the current batch's share) and adds
@@ -43,10 +46,13 @@ class FFConfig:
     probe_lr: float = 1e-3
     negatives: Literal["random", "hard"] = "random"
     norm: Literal["length", "rms"] = "length"
+    n_negatives: int = 1
     peer: float = 0.0
     peer_momentum: float = 0.9
 
     def __post_init__(self):
+        if self.n_negatives < 1:
+            raise ValueError(f"ff.n_negatives must be >= 1, got {self.n_negatives}")
         if self.peer < 0:
             raise ValueError(f"ff.peer must be >= 0, got {self.peer}")
         if not 0.0 <= self.peer_momentum < 1.0:

@@ -57,6 +57,9 @@ class ForwardForward(LocalModel):
         self.probe = nn.Linear(sum(cfg.hidden), n_classes)
         self.optimizers = [make_optimizer(layer.parameters(), cfg) for layer in self.layers]
         self.optimizers.append(make_optimizer(self.probe.parameters(), cfg, lr=cfg.ff.probe_lr))
+        if not 1 <= cfg.ff.n_negatives < n_classes:
+            raise ValueError(f"ff.n_negatives={cfg.ff.n_negatives} must be in [1, {n_classes - 1}] "
+                             f"with {n_classes} classes")
         if cfg.ff.peer:  # buffers only when used: default checkpoints keep their keys
             for k, width in enumerate(cfg.hidden):
                 self.register_buffer(f"peer_mean{k}", torch.zeros(width))
@@ -76,6 +79,7 @@ class ForwardForward(LocalModel):
 
     def _loss(self, g_pos: torch.Tensor, g_neg: torch.Tensor) -> torch.Tensor:
         c = self.cfg.ff
+        g_pos = g_pos.repeat(len(g_neg) // len(g_pos))  # negatives come in blocks of one batch each
         if c.loss == "symba":
             return F.softplus(c.alpha * (g_neg - g_pos)).mean()
         return (F.softplus(c.threshold - g_pos) + F.softplus(g_neg - c.threshold)).mean()
@@ -89,16 +93,29 @@ class ForwardForward(LocalModel):
 
     @torch.no_grad()
     def negative_labels(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """A wrong label per example: uniform, or (``hard``) sampled from the probe's softmax."""
+        """Wrong labels: uniform, or (``hard``) sampled from the probe's softmax.
+
+        Shape ``(batch,)``, or ``(batch, n_negatives)`` of distinct labels when ``n_negatives > 1``.
+        """
+        k = self.cfg.ff.n_negatives
         if self.cfg.ff.negatives == "hard":
             logits = self.probe(self._features(x))
-            logits[torch.arange(len(y)), y] = float("-inf")  # never the true label
-            return torch.multinomial(logits.softmax(1), 1, generator=self.gen).squeeze(1)
-        shift = torch.randint(1, self.n_classes, y.shape, generator=self.gen)
-        return (y + shift) % self.n_classes
+        elif k > 1:
+            logits = torch.zeros(len(y), self.n_classes)
+        else:
+            shift = torch.randint(1, self.n_classes, y.shape, generator=self.gen)
+            return (y + shift) % self.n_classes
+        logits[torch.arange(len(y)), y] = float("-inf")  # never the true label
+        neg = torch.multinomial(logits.softmax(1), k, generator=self.gen)  # without replacement
+        return neg.squeeze(1) if k == 1 else neg
 
     def train_step(self, x, y):
-        pos, neg = self._embed(x, y), self._embed(x, self.negative_labels(x, y))
+        labels = self.negative_labels(x, y)
+        if labels.dim() == 2:  # k negatives: k blocks of the batch, one wrong label each
+            x_neg, labels = x.repeat(labels.shape[1], 1), labels.T.reshape(-1)
+        else:
+            x_neg = x
+        pos, neg = self._embed(x, y), self._embed(x_neg, labels)
         losses = []
         for k, opt in enumerate(self.optimizers[:-1]):
             a_pos, a_neg = self._layer(k, pos), self._layer(k, neg)  # inputs detached
@@ -155,5 +172,6 @@ class ForwardForward(LocalModel):
         # positive and negative passes with weight gradients, a neutral pass and the probe
         # (hard negatives: one more neutral pass and probe forward to draw the labels)
         hard = fwd + probe if self.cfg.ff.negatives == "hard" else 0
-        return {"train": 2 * 2 * fwd + fwd + 2 * probe + hard,
+        passes = 1 + self.cfg.ff.n_negatives
+        return {"train": passes * 2 * fwd + fwd + 2 * probe + hard,
                 "predict": self.n_classes * fwd if self.cfg.ff.predict == "goodness" else fwd + probe}
