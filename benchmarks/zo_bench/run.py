@@ -35,13 +35,17 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+
+STOPPING = threading.Event()
 
 HERE = Path(__file__).resolve().parent
 DEFAULTS = HERE / "defaults.yaml"
 EXPERIMENTS = HERE / "experiments"
 RESULTS = HERE / "results" / "runs"
+RUNNING: set = set()  # child processes in flight (killed if the runner is stopped)
 
 
 def discover(root: Path = EXPERIMENTS) -> list[Path]:
@@ -119,15 +123,21 @@ def launch(name: str, config: dict, seed: int, seeds: list[int], overrides: list
         json.dump(spec, f)
     env = {**os.environ, "OMP_NUM_THREADS": str(config.get("threads") or 1), "TOKENIZERS_PARALLELISM": "false"}
     t0 = time.time()
+    p = subprocess.Popen([sys.executable, __file__, "--child", f.name], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env=env)
+    RUNNING.add(p)
     try:
-        p = subprocess.run([sys.executable, __file__, "--child", f.name], capture_output=True, text=True,
-                           check=False, env=env, timeout=timeout)
-        code, err = p.returncode, p.stderr
-    except subprocess.TimeoutExpired as e:
-        partial = e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else (e.stderr or "")
+        _, err = p.communicate(timeout=timeout)
+        code = p.returncode
+    except subprocess.TimeoutExpired:
+        p.kill()
+        _, partial = p.communicate()
         code, err = "timeout", f"{partial}\nTimeoutExpired: no result after {timeout} s"
     finally:
+        RUNNING.discard(p)
         os.unlink(f.name)
+    if STOPPING.is_set():
+        raise KeyboardInterrupt  # the runner is being stopped: no failure record for a run it killed
     if code == 0 and out.is_file():
         return json.loads(out.read_text())
     tail = "\n".join((err or "").strip().splitlines()[-20:]) or f"exit status {code}, no output"
@@ -200,8 +210,18 @@ def main(argv=None) -> int:
 
     from concurrent.futures import ThreadPoolExecutor, as_completed
 
-    # each run is its own process with its own threads (``threads`` in the config); --jobs runs that many at once
-    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+    # each run is its own process with its own threads (``threads`` in the config); --jobs runs that many at once.
+    # Ctrl-C or SIGTERM stops the runs in flight (they are not recorded) and still logs the invocation.
+    import signal
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop) if threading.current_thread() is threading.main_thread() else None
+    interrupted = False
+    STOPPING.clear()
+    pool = ThreadPoolExecutor(max_workers=max(1, args.jobs))
+    try:
         for fut in as_completed([pool.submit(one, item) for item in todo]):
             (name, _, seed, _, _), rec, dt = fut.result()
             n_done += 1
@@ -210,19 +230,29 @@ def main(argv=None) -> int:
             print(f"[{n_done}/{len(todo)}] {name} seed {seed}: {rec['status']} in {dt:.0f} s {json.dumps(after)}"
                   + (f"\n  {error_summary(rec['error'])}" if rec["status"] != "ok" else ""), file=sys.stderr,
                   flush=True)
+    except KeyboardInterrupt:
+        interrupted = True
+        STOPPING.set()
+        for p in list(RUNNING):
+            p.kill()
+        print(f"stopped after {n_done} of {len(todo)} runs", file=sys.stderr)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     elapsed = time.time() - started
     if todo:  # one line per invocation: how long the grid took is the sum of these
         results.mkdir(parents=True, exist_ok=True)
         import platform
 
         line = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)), "wall_time_s": round(elapsed, 1),
-                "jobs": args.jobs, "runs": len(todo), "failed": n_failed, "only": args.only,
+                "jobs": args.jobs, "runs": len(todo), "done": n_done, "interrupted": interrupted, "failed": n_failed, "only": args.only,
                 "overrides": args.overrides, "cpus": os.cpu_count(), "machine": platform.node(),
                 "load_avg_end": os.getloadavg()}
         with open(results / "invocations.jsonl", "a") as f:
             f.write(json.dumps(line) + "\n")
     print(f"done in {elapsed:.0f} s; {n_failed} failed", file=sys.stderr)
-    return 1 if n_failed else 0
+    return 130 if interrupted else 1 if n_failed else 0
 
 
 if __name__ == "__main__":
