@@ -117,7 +117,7 @@ def state(model):
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    (dict(bits=4, group_size=24), r"model\.layers\.0\.self_attn\.q_proj \(Linear 32->32\): in_features=32 is not divisible by group_size=24"),
+    (dict(bits=4, group_size=24), r"model\.layers\.0\.self_attn\.q_proj \(Linear 32->32\), [^;]* and 9 more layers: in_features=32 is not divisible by group_size=24"),
     (dict(bits=3, group_size=16), "bits=3"),
     (dict(bits=4, group_size=16, skip=("lm_head",)), "lm_head.*skip both or neither"),
 ])

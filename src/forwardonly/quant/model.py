@@ -103,6 +103,7 @@ def plan(model: nn.Module, config: QuantConfig) -> list[_Step]:
     for mid, m in mods.items():
         ties.setdefault(id(m.weight), []).append(mid)
     steps, problems = [], []
+    shape_problems: dict[str, list[str]] = {}  # reason -> layers (one line per reason, not per layer)
     for group in ties.values():
         kinds = [_kind(mods[i], config.embeddings) for i in group]
         skipped = [any(fnmatch.fnmatchcase(n, pat) for n in names[i] for pat in config.skip) for i in group]
@@ -121,10 +122,13 @@ def plan(model: nn.Module, config: QuantConfig) -> list[_Step]:
         why = packing.check_shape(rows, cols, config.bits, config.group_size,
                                   "embedding_dim" if kinds[order[0]] == "embedding" else "in_features")
         if why:
-            problems.append(f"{names[owner][0]} ({type(mods[owner]).__name__} {cols}->{rows}): {why}")
+            shape_problems.setdefault(why, []).append(f"{names[owner][0]} ({type(mods[owner]).__name__} {cols}->{rows})")
             continue
         steps.append(_Step(names[owner], kinds[order[0]]))
         steps += [_Step(names[group[j]], kinds[j], names[owner][0]) for j in order[1:]]
+    for why, layers in shape_problems.items():
+        more = f" and {len(layers) - 3} more layers" if len(layers) > 3 else ""
+        problems.append(f"{', '.join(layers[:3])}{more}: {why}")
     if problems:
         raise QuantizationError("cannot quantize with " + _describe(config) + ": " + "; ".join(problems))
     return sorted(steps, key=lambda s: (s.tied_to is not None, s.kind != "embedding"))
