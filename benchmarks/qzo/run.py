@@ -59,13 +59,24 @@ def fix_mmap_threshold(nbytes: int) -> bool:
         return False
 
 
-def prepare(mode: str, load: str = "streamed"):
+def prepare(mode: str, load: str = "streamed", group_size: int = 64, chunk_rows: int = 1024, mlp_chunk: int = 0):
     """(model, tokenizer, trainable params, context manager) for a mode.
 
     ``load`` (int4/int8 only): ``streamed`` reads the fp32 checkpoint straight into quantized layers
     (``load_pretrained_quantized``, no fp32 model built); ``fp32`` loads the fp32 model and quantizes it
-    (the path of the first results; bitwise the same model).
+    (the path of the first results; bitwise the same model). ``mlp_chunk`` > 0 runs every feed-forward block
+    on at most that many tokens at a time under ``no_grad`` (:func:`forwardonly.models.chunking.chunk_feedforward`,
+    any mode).
     """
+    model, tok, params, ctx = _prepare(mode, load, group_size, chunk_rows)
+    if mlp_chunk:
+        from forwardonly.models.chunking import chunk_feedforward
+
+        chunk_feedforward(model, tokens=mlp_chunk)
+    return model, tok, params, ctx
+
+
+def _prepare(mode, load, group_size, chunk_rows):
     from contextlib import nullcontext
 
     from forwardonly.models import load_model
@@ -78,12 +89,13 @@ def prepare(mode: str, load: str = "streamed"):
         return model, tok, [p for p in model.parameters()], ctx
     bits = 4 if mode == "int4" else 8
     if mode != "fp32" and load == "streamed":
-        model, tok = load_pretrained_quantized("smollm2-135m", bits=bits, group_size=64)
+        model, tok = load_pretrained_quantized("smollm2-135m", bits=bits, group_size=group_size,
+                                               chunk_rows=chunk_rows)
     else:
         model, tok = load_model("smollm2-135m")
         if mode == "fp32":
             return model, tok, [p for p in model.parameters()], nullcontext()
-        quantize_model(model, bits=bits, group_size=64)
+        quantize_model(model, bits=bits, group_size=group_size, chunk_rows=chunk_rows)
     for p in model.parameters():
         p.requires_grad_(False)
     params = scale_parameters(model)
@@ -99,7 +111,7 @@ def make_run(args):
 
     torch.manual_seed(0)
     task = get_task("sentiment")
-    model, tok, params, ctx = prepare(args.mode, args.load)
+    model, tok, params, ctx = prepare(args.mode, args.load, args.group_size, args.chunk_rows, args.mlp_chunk)
     obj = make_objective(task, tok, "ce")
     opt = ZOSGD(params, seed=args.seed, **{**DEFAULTS[args.mode], **json.loads(args.opt)})
     train = task.splits["train"]
@@ -127,6 +139,9 @@ def cmd_train(args):
         acc0 = evaluate(model, tok, task, "test", max_examples=args.test, progress=False)["accuracy"]
         t_eval0 = time.perf_counter() - t0
         print(f"[{args.mode}] before: acc={acc0:.4f} ({t_eval0:.0f}s)", flush=True)
+        # validation accuracy (for choosing settings without looking at test): before and after
+        val0 = (evaluate(model, tok, task, "validation", max_examples=args.val, progress=False)["accuracy"]
+                if args.val else None)
         t0 = time.perf_counter()
         for step in range(args.steps):
             if args.deadline and time.time() > args.deadline:
@@ -143,13 +158,16 @@ def cmd_train(args):
         t0 = time.perf_counter()
         acc1 = evaluate(model, tok, task, "test", max_examples=args.test, progress=False)["accuracy"]
         t_eval1 = time.perf_counter() - t0
-    print(f"[{args.mode}] after: acc={acc1:.4f}", flush=True)
+        val1 = (evaluate(model, tok, task, "validation", max_examples=args.val, progress=False)["accuracy"]
+                if args.val else None)
+    print(f"[{args.mode}] after: acc={acc1:.4f} val {val0} -> {val1}", flush=True)
     config = {"mode": args.mode, "load": args.load if args.mode in ("int4", "int8") else None,
               "steps": args.steps, "batch": args.batch, "seed": args.seed,
-              "test": args.test,
+              "test": args.test, "val": args.val, "group_size": args.group_size, "chunk_rows": args.chunk_rows,
+              "mlp_chunk": args.mlp_chunk,
               "threads": args.threads, "optimizer": "ZOSGD", "opt": {**DEFAULTS[args.mode], **json.loads(args.opt)},
               "trainable": sum(p.numel() for p in opt.param_groups[0]["params"])}
-    results = {"acc_before": acc0, "acc_after": acc1, "steps_run": steps_run, "train_s": t_train,
+    results = {"acc_before": acc0, "acc_after": acc1, "val_before": val0, "val_after": val1, "steps_run": steps_run, "train_s": t_train,
                "s_per_step": t_train / max(steps_run, 1),
                "eval_s": [t_eval0, t_eval1], "total_s": time.perf_counter() - t_start, "log": log}
     write_record(args.out, make_record(f"qzo-train-{args.mode}", config, results))
@@ -170,7 +188,11 @@ def cmd_memory(args):
         raise SystemExit("mallopt(M_MMAP_THRESHOLD) is not available here")
     task = get_task("sentiment")
     tok = prepare_tokenizer(AutoTokenizer.from_pretrained(str(resolve("smollm2-135m")[0])))
-    batch = make_objective(task, tok, "ce").batch(task.splits["train"][: args.batch], "cpu")
+    examples = task.splits["train"][: args.batch]
+    # --micro M: the batch's loss computed over micro-batches of M examples (the same mean loss, activations
+    # of M examples at a time); 0 = the whole batch in one forward
+    m = args.micro or args.batch
+    batches = [make_objective(task, tok, "ce").batch(examples[i : i + m], "cpu") for i in range(0, len(examples), m)]
     trim()
     base = {"rss": rss_bytes(), "anon": anon_bytes()}
     results = {"baseline": base}
@@ -188,7 +210,7 @@ def cmd_memory(args):
         from forwardonly.optim import ZOSGD
 
         with PeakMemory(interval=0.001) as load_mem:
-            model, tok2, params, ctx = prepare(args.mode, args.load)
+            model, tok2, params, ctx = prepare(args.mode, args.load, args.group_size, args.chunk_rows, args.mlp_chunk)
         results["load"] = load_mem.result()
         del tok2  # the baseline already holds a tokenizer; count the model alone
         obj = make_objective(task, tok, "ce")
@@ -198,7 +220,7 @@ def cmd_memory(args):
         results["loaded"] = {"rss": rss_bytes(), "anon": anon_bytes()}
         with ctx, PeakMemory(interval=0.001) as mem:
             for _ in range(args.steps):
-                opt.step(lambda: obj.loss(model, batch))
+                opt.step(lambda: sum(obj.loss(model, b) * len(b) for b in batches) / len(examples))
         results["zo_steps"] = mem.result()
         results["peak_anon_above_baseline"] = mem.peak_anon - base["anon"]
         results["peak_rss_above_baseline"] = mem.peak_rss - base["rss"]
@@ -208,7 +230,9 @@ def cmd_memory(args):
     print(json.dumps(results, indent=1))
     config = {"mode": args.mode, "steps": args.steps, "batch": args.batch, "threads": args.threads,
               "mmap_threshold": args.mmap_threshold or "glibc default (dynamic)",
-              "load": args.load if args.mode in ("int4", "int8") else "fp32" if args.mode == "fp32" else "bf16"}
+              "load": args.load if args.mode in ("int4", "int8") else "fp32" if args.mode == "fp32" else "bf16",
+              "group_size": args.group_size, "chunk_rows": args.chunk_rows, "mlp_chunk": args.mlp_chunk,
+              "micro": args.micro or args.batch}
     write_record(args.out, make_record(f"qzo-memory-{args.mode}", config, results))
 
 
@@ -220,11 +244,19 @@ def main():
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--test", type=int, default=400)
+    ap.add_argument("--val", type=int, default=0, help="validation examples scored before/after (default 0: none)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--mmap-threshold", type=int, default=0,
                     help="memory: hold glibc's mmap threshold at this many bytes (0: glibc's dynamic default)")
     ap.add_argument("--load", choices=["streamed", "fp32"], default="streamed",
                     help="int4/int8: read the checkpoint straight into quantized layers, or load fp32 and quantize")
+    ap.add_argument("--group-size", type=int, default=64, help="int4/int8: input features per scale (default 64)")
+    ap.add_argument("--chunk-rows", type=int, default=1024,
+                    help="int4/int8: weight rows dequantized at a time (default 1024)")
+    ap.add_argument("--mlp-chunk", type=int, default=0,
+                    help="tokens per feed-forward chunk under no_grad, any mode (default 0: whole batch)")
+    ap.add_argument("--micro", type=int, default=0,
+                    help="memory: examples per forward, the batch's loss summed over micro-batches (default: all)")
     ap.add_argument("--opt", default="{}", help="JSON overrides of the optimizer settings")
     ap.add_argument("--deadline", type=float, default=0.0, help="unix time after which training stops early")
     ap.add_argument("--out", required=True)
