@@ -128,6 +128,10 @@ def setup(cfg: TrainConfig, log=lambda msg: None):
     model, tok = load_model(cfg.model.name, dtype=DTYPES[cfg.model.dtype], device=cfg.device,
                             kind=cfg.model.kind, num_labels=max(2, len(task.label_names)),
                             attn_implementation=_attention(cfg))
+    if cfg.model.chunk_feedforward:
+        from .models.chunking import chunk_feedforward
+
+        chunk_feedforward(model, tokens=cfg.model.chunk_feedforward)
     model = apply_scheme(model, cfg.scheme.name, **cfg.scheme.options())
     if cfg.optim.grad_checkpointing:
         model.gradient_checkpointing_enable()

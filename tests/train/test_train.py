@@ -163,3 +163,16 @@ def test_forward_grad_trains_a_causal_lm(cfg_of):
     s = run(cfg_of("steps=3", "optim.name=forward-grad", "optim.lr=1e-3", "test=false", "validate=false"),
             progress=False)
     assert s["step"] == 3 and s["forwards"] == 3 and s["skipped_steps"] == 0
+
+
+def test_chunked_feedforward_trains_the_same_and_bad_values_are_named(cfg_of):
+    from forwardonly.errors import UserError
+
+    common = ("steps=4", "optim.name=zo-sgd", "optim.lr=1e-3", "test=false", "validate=false")
+    whole = run(cfg_of(*common), progress=False)
+    chunked = run(cfg_of(*common, "model.chunk_feedforward=3"), progress=False)
+    a, b = _weights(whole["model"]), _weights(chunked["model"])
+    assert all(torch.allclose(a[n], b[n], rtol=1e-5, atol=1e-7) for n in a)
+    assert "forward" in vars(chunked["model"].model.layers[0].mlp)  # the blocks really were wrapped
+    with pytest.raises(UserError, match=r"model.chunk_feedforward=-1 must be >= 0"):
+        cfg_of("model.chunk_feedforward=-1")
