@@ -17,7 +17,11 @@ class FFConfig:
     """Forward-Forward (Hinton 2022).
 
     loss: ``hinton`` (softplus around ``threshold``) or ``symba`` (softplus of
-    ``alpha * (g_neg - g_pos)``, Lee & Song 2023: same goodness, faster to train).
+    ``alpha * (g_neg - g_pos)``, Lee & Song 2023: same goodness, faster to train), or
+    ``softmax``: each layer runs every label and takes the cross-entropy of
+    ``alpha * goodness`` over the labels, the quantity goodness prediction takes the
+    argmax of (all wrong labels are the negatives; ``negatives`` and ``n_negatives``
+    are not used; one pass per class instead of 1 + ``n_negatives``).
     predict: ``goodness`` (sum of goodness over layers for each candidate label)
     or ``probe`` (linear classifier on the activations with a neutral label).
     label_scale: value of the one-hot label appended to the input.
@@ -38,7 +42,7 @@ class FFConfig:
     off, or always on, towards the layer's average activity.
     """
 
-    loss: Literal["hinton", "symba"] = "symba"
+    loss: Literal["hinton", "symba", "softmax"] = "symba"
     threshold: float = 2.0
     alpha: float = 4.0
     predict: Literal["goodness", "probe"] = "goodness"

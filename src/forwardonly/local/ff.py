@@ -9,7 +9,10 @@ labels it confuses with the true one are the ones it learns to reject). Losses:
 
 * ``hinton``: ``softplus(theta - g_pos) + softplus(g_neg - theta)``;
 * ``symba`` (Lee & Song 2023): ``softplus(alpha * (g_neg - g_pos))``, which
-  balances the two terms and converges in fewer epochs.
+  balances the two terms and converges in fewer epochs;
+* ``softmax``: every label is run through each layer and the layer minimises the
+  cross-entropy of ``alpha * goodness`` over the labels: all wrong labels are the
+  negatives, and the loss is the one goodness prediction is scored by.
 
 Predictions: ``goodness`` runs the net once per candidate label and picks the
 label with the highest summed goodness; ``probe`` is a linear classifier trained
@@ -110,6 +113,8 @@ class ForwardForward(LocalModel):
         return neg.squeeze(1) if k == 1 else neg
 
     def train_step(self, x, y):
+        if self.cfg.ff.loss == "softmax":
+            return self._train_step_all_labels(x, y)
         labels = self.negative_labels(x, y)
         if labels.dim() == 2:  # k negatives: k blocks of the batch, one wrong label each
             x_neg, labels = x.repeat(labels.shape[1], 1), labels.T.reshape(-1)
@@ -124,10 +129,27 @@ class ForwardForward(LocalModel):
                 loss = loss + self.cfg.ff.peer * self._peer_loss(k, a_pos)
             losses.append(local_step(opt, loss))
             pos, neg = a_pos.detach(), a_neg.detach()
-        # the probe learns from detached features; it never sends anything back
-        loss_probe = F.cross_entropy(self.probe(self._features(x)), y)
-        local_step(self.optimizers[-1], loss_probe)
+        self._train_probe(x, y)
         return sum(losses) / len(losses)
+
+    def _train_step_all_labels(self, x, y):
+        c, b = self.n_classes, len(x)
+        h = self._embed(x.repeat(c, 1), torch.arange(c).repeat_interleave(b))  # block j: label j
+        losses = []
+        for k, opt in enumerate(self.optimizers[:-1]):
+            a = self._layer(k, h)
+            g = goodness(a).view(c, b).T  # (batch, classes)
+            loss = F.cross_entropy(self.cfg.ff.alpha * g, y)
+            if self.cfg.ff.peer:
+                loss = loss + self.cfg.ff.peer * self._peer_loss(k, a.view(c, b, -1)[y, torch.arange(b)])
+            losses.append(local_step(opt, loss))
+            h = a.detach()
+        self._train_probe(x, y)
+        return sum(losses) / len(losses)
+
+    def _train_probe(self, x, y):
+        # the probe learns from detached features; it never sends anything back
+        local_step(self.optimizers[-1], F.cross_entropy(self.probe(self._features(x)), y))
 
     @torch.no_grad()
     def _features(self, x: torch.Tensor) -> torch.Tensor:
@@ -173,5 +195,7 @@ class ForwardForward(LocalModel):
         # (hard negatives: one more neutral pass and probe forward to draw the labels)
         hard = fwd + probe if self.cfg.ff.negatives == "hard" else 0
         passes = 1 + self.cfg.ff.n_negatives
+        if self.cfg.ff.loss == "softmax":  # every label, no draw
+            hard, passes = 0, self.n_classes
         return {"train": passes * 2 * fwd + fwd + 2 * probe + hard,
                 "predict": self.n_classes * fwd if self.cfg.ff.predict == "goodness" else fwd + probe}
