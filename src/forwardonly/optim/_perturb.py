@@ -156,11 +156,15 @@ class Directions:
         self.kind = kind
         self._scratch: dict[tuple, torch.Tensor] = {}
 
-    def scratch(self, dtype, device) -> torch.Tensor:
+    def scratch(self, dtype, device, n: int = CHUNK) -> torch.Tensor:
+        """A reused buffer of at least ``min(n, CHUNK)`` elements: sized by the largest request so far, so
+        that models whose trainable tensors are small (quantization scales, LoRA) never hold a whole chunk."""
         key = (dtype, str(device))
+        n = min(int(n), CHUNK)
         buf = self._scratch.get(key)
-        if buf is None:
-            buf = self._scratch[key] = torch.empty(CHUNK, dtype=dtype, device=device)
+        if buf is None or buf.numel() < n:
+            self._scratch.pop(key, None)  # free the smaller one first
+            buf = self._scratch[key] = torch.empty(n, dtype=dtype, device=device)
         return buf
 
     def full(self, p: torch.Tensor, step: int, probe: int, param_index: int, dtype=None) -> torch.Tensor:
@@ -176,7 +180,7 @@ class Directions:
     def chunks(self, p: torch.Tensor, step: int, probe: int, param_index: int, dtype=None):
         """Yield ``(start, stop, z_chunk)`` over ``p.view(-1)``; ``z_chunk`` is a reused scratch view."""
         n = p.numel()
-        buf = self.scratch(dtype or p.dtype, p.device)
+        buf = self.scratch(dtype or p.dtype, p.device, n)
         for c, start in enumerate(range(0, n, CHUNK)):
             stop = min(start + CHUNK, n)
             z = buf[: stop - start]
@@ -455,7 +459,7 @@ def accumulate(directions: Directions, p: torch.Tensor, step: int, terms: Sequen
     for c, start in enumerate(range(0, n, CHUNK)):
         stop = min(start + CHUNK, n)
         g = acc[: stop - start]
-        z = directions.scratch(dtype, p.device)[: stop - start]
+        z = directions.scratch(dtype, p.device, n)[: stop - start]
         for j, (probe, coef) in enumerate(terms):
             directions.fill(z, step, probe, param_index, c)
             if j == 0:

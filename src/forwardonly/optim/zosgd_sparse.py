@@ -69,7 +69,7 @@ class MaskedDirections(Directions):
 
     def chunks(self, p, step, probe, param_index, dtype=None):
         n = p.numel()
-        buf = self.scratch(dtype or p.dtype, p.device)
+        buf = self.scratch(dtype or p.dtype, p.device, n)
         for c, start in enumerate(range(0, n, CHUNK)):
             stop = min(start + CHUNK, n)
             z = buf[: stop - start]
