@@ -125,6 +125,58 @@ def train_table(pattern: str = "train_{mode}.json") -> str:
     return "\n".join(rows)
 
 
+def _label(c: dict) -> str:
+    opts = [f"feed-forward chunks of {c['mlp_chunk']} tokens" if c.get("mlp_chunk") else "",
+            f"micro-batches of {c['micro']}" if c.get("micro") and c["micro"] != c["batch"] else "",
+            f"dequantized {c['chunk_rows']} rows at a time" if c["mode"].startswith("int") and c.get("chunk_rows", 1024) != 1024
+            else ""]
+    return c["mode"] + (" (" + ", ".join(o for o in opts if o) + ")" if any(opts) else "")
+
+
+def memory_table_v3() -> str:
+    """Third measurement: feed-forward chunking and micro-batches, offered to every mode alike."""
+    found: dict[str, list] = {}
+    for path in sorted((RESULTS / "v3").glob("memory_*_r*.json")):
+        rec = json.loads(path.read_text())
+        found.setdefault(_label(rec["config"]), []).append(rec["results"])
+    if not found:
+        return ""
+    rows = ["| configuration | run | model tensors (MB) | held after load (MB) | step working set (MB) | "
+            "peak anon above library baseline (MB) | peak RSS, whole process (MB) |", "|---|---|---|---|---|---|---|"]
+    for label, runs in found.items():
+        for i, r in enumerate(runs, 1):
+            lib = r["baseline_with_model_code"]["anon"]
+            rows.append(f"| {label} | {i} | {r['model_bytes']['total'] / MB:.1f} | {(r['loaded']['anon'] - lib) / MB:.1f} | "
+                        f"{(r['zo_steps']['peak_anon'] - r['loaded']['anon']) / MB:.1f} | "
+                        f"{r['peak_anon_above_library_baseline'] / MB:.1f} | {r['zo_steps']['peak_rss'] / MB:.0f} |")
+    lines = ["\n".join(rows), ""]
+    key = "peak_anon_above_library_baseline"
+    for q_label, q in found.items():
+        if not q_label.startswith("int4"):
+            continue
+        for ref_label, f in found.items():
+            if ref_label.startswith("bf16"):
+                lines.append(f"- {q_label} / {ref_label}: {_range([a[key] / c[key] for a in q for c in f])} "
+                             f"(peak anon above the library baseline, every run over every run)")
+    return "\n".join(lines)
+
+
+def train_table_v3() -> str:
+    rows = ["| mode | trained | lr | eps | clip | seed | batch | steps | val before | val after | test before | test after | s/step |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for path in sorted((RESULTS / "v3").glob("train_*.json")):
+        rec = json.loads(path.read_text())
+        c, r = rec["config"], rec["results"]
+        o = c["opt"]
+        val = [f"{100 * v:.1f}" if v is not None else "-" for v in (r.get("val_before"), r.get("val_after"))]
+        what = ("all weights" if c["mode"] in ("bf16", "fp32", "bf16-compute") else
+                f"scales + norms (norm lr {c['norm_lr']:g})" if c.get("norm_lr") else "scales")
+        rows.append(f"| {c['mode']} | {what} ({c['trainable']:,}) | {o['lr']:g} | {o['eps']:g} | {o.get('clip', '-')} | {c['seed']} | {c['batch']} | "
+                    f"{r['steps_run']} | {val[0]} | {val[1]} | {100 * r['acc_before']:.2f} | {100 * r['acc_after']:.2f} | "
+                    f"{r['s_per_step']:.1f} |")
+    return "\n".join(rows)
+
+
 if __name__ == "__main__":
     print(memory_table())
     print()
@@ -133,3 +185,7 @@ if __name__ == "__main__":
     print(train_table())
     print()
     print(train_table("v2/train_{mode}_b8.json"))
+    print()
+    print(memory_table_v3())
+    print()
+    print(train_table_v3())

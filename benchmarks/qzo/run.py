@@ -113,7 +113,16 @@ def make_run(args):
     task = get_task("sentiment")
     model, tok, params, ctx = prepare(args.mode, args.load, args.group_size, args.chunk_rows, args.mlp_chunk)
     obj = make_objective(task, tok, "ce")
-    opt = ZOSGD(params, seed=args.seed, **{**DEFAULTS[args.mode], **json.loads(args.opt)})
+    groups = [{"params": params}]
+    if args.norm_lr:  # QZO's option: the parameters left in floating point (norms, biases) trained too
+        if args.mode not in ("int4", "int8"):
+            raise SystemExit("--norm-lr applies to int4/int8 (other modes train every parameter already)")
+        ids = {id(p) for p in params}
+        others = [p for p in model.parameters() if id(p) not in ids and p.is_floating_point()]
+        for p in others:
+            p.requires_grad_(True)
+        groups.append({"params": others, "lr": args.norm_lr})
+    opt = ZOSGD(groups, seed=args.seed, **{**DEFAULTS[args.mode], **json.loads(args.opt)})
     train = task.splits["train"]
     g = torch.Generator().manual_seed(args.seed)
 
@@ -166,7 +175,8 @@ def cmd_train(args):
               "test": args.test, "val": args.val, "group_size": args.group_size, "chunk_rows": args.chunk_rows,
               "mlp_chunk": args.mlp_chunk,
               "threads": args.threads, "optimizer": "ZOSGD", "opt": {**DEFAULTS[args.mode], **json.loads(args.opt)},
-              "trainable": sum(p.numel() for p in opt.param_groups[0]["params"])}
+              "norm_lr": args.norm_lr,
+              "trainable": sum(p.numel() for g in opt.param_groups for p in g["params"])}
     results = {"acc_before": acc0, "acc_after": acc1, "val_before": val0, "val_after": val1, "steps_run": steps_run, "train_s": t_train,
                "s_per_step": t_train / max(steps_run, 1),
                "eval_s": [t_eval0, t_eval1], "total_s": time.perf_counter() - t_start, "log": log}
@@ -255,6 +265,8 @@ def main():
                     help="int4/int8: weight rows dequantized at a time (default 1024)")
     ap.add_argument("--mlp-chunk", type=int, default=0,
                     help="tokens per feed-forward chunk under no_grad, any mode (default 0: whole batch)")
+    ap.add_argument("--norm-lr", type=float, default=0.0,
+                    help="train: int4/int8 also train the floating-point parameters (norms) at this lr (default 0: scales only)")
     ap.add_argument("--micro", type=int, default=0,
                     help="memory: examples per forward, the batch's loss summed over micro-batches (default: all)")
     ap.add_argument("--opt", default="{}", help="JSON overrides of the optimizer settings")
