@@ -146,3 +146,12 @@ def test_readme_block_is_replaced_and_plots_linked_relative_to_it(results, tmp_p
     assert main(["report", str(results), "--no-plots", "--out", str(tmp_path / "r2"),
                  "--readme", str(tmp_path / "plain.md")]) == 2
     assert "no <!-- report --> ... <!-- /report --> block" in capsys.readouterr().err
+
+
+def test_records_made_before_a_config_key_existed_group_with_later_ones():
+    old, new = train_rec("zo-sgd", 0, 0.8), train_rec("zo-sgd", 1, 0.9)
+    new["config"]["model"]["chunk_feedforward"] = 0  # the key's default, written by a later version
+    other = train_rec("zo-sgd", 2, 0.7)
+    other["config"]["model"]["chunk_feedforward"] = 16  # a different setting stays its own group
+    groups = report.group_runs([old, new, other])
+    assert [len(g["ok"]) for g in groups] == [2, 1]

@@ -131,11 +131,24 @@ def _table(head: list[str], rows: list[list]) -> str:
 
 
 # ----------------------------------------------------------------------------- training runs
+def _with_defaults(cfg: dict) -> dict:
+    """A training config with every key the current ``TrainConfig`` has (records written before a key
+    existed group with those written after, at that key's default); other configs unchanged."""
+    try:
+        from ..config import load_config, to_dict
+        from ..train_config import TrainConfig
+
+        return to_dict(load_config(TrainConfig, None, None, base=cfg))
+    except Exception:  # not a TrainConfig (local learning, memory records) or from a newer version
+        return cfg
+
+
 def group_runs(runs: list[dict]) -> list[dict]:
     """Runs that differ only in seed (and output directory) form one group, in first-seen order."""
     groups: dict[str, dict] = {}
     for rec in runs:
-        cfg = {k: v for k, v in rec["config"].items() if k not in ("seed", "out_dir")}
+        full = _with_defaults(rec["config"]) if str(rec.get("name", "")).startswith("zo_bench/") else rec["config"]
+        cfg = {k: v for k, v in full.items() if k not in ("seed", "out_dir")}
         key = json.dumps(cfg, sort_keys=True)
         g = groups.setdefault(key, {"name": rec.get("experiment") or rec.get("name", "?"), "config": rec["config"],
                                     "ok": [], "failed": []})
