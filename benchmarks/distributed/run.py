@@ -32,6 +32,7 @@ HERE = Path(__file__).resolve().parent
 SMOLLM2_135M = {"vocab_size": 49152, "hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30,
                 "num_attention_heads": 9, "num_key_value_heads": 3, "tie_word_embeddings": True,
                 "max_position_embeddings": 2048, "rms_norm_eps": 1e-5, "rope_theta": 100000.0}
+LABEL_WORDS = (4467, 2657)  # two token ids standing in for a task's label words (any two cost the same)
 
 
 def worker(args) -> None:
@@ -53,8 +54,18 @@ def worker(args) -> None:
     else:
         ids = ids[: args.batch]
 
-    def closure():
-        return model(input_ids=ids, labels=ids).loss
+    if args.loss == "lm":
+        def closure():
+            return model(input_ids=ids, labels=ids).loss
+    else:
+        # the label-word objective of forwardonly's classification tasks (tasks.objectives.LabelWords):
+        # last position's logits only, cross-entropy over two label words
+        label_ids = torch.tensor(LABEL_WORDS)
+        target = torch.randint(0, len(label_ids), (ids.shape[0],), generator=g)
+
+        def closure():
+            logits = model(input_ids=ids, logits_to_keep=1).logits[:, -1]
+            return torch.nn.functional.cross_entropy(logits[:, label_ids], target)
 
     times, cpu, sent = [], [], []
     comm.barrier()
@@ -85,7 +96,7 @@ def run_one(nproc: int, args) -> dict:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
                "--max-restarts=0", __file__, "--worker", str(out), "--mode", args.mode,
                "--batch", str(args.batch), "--seq", str(args.seq), "--steps", str(args.steps),
-               "--warmup", str(args.warmup)]
+               "--warmup", str(args.warmup), "--loss", args.loss]
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
         return json.loads(out.read_text())
@@ -119,7 +130,8 @@ def measure(args) -> None:
         r["speedup"] = r["throughput"] / base
         r["speedup_if_uncontended"] = r["throughput_if_uncontended"] / base_cpu
     config = {"model": "SmolLM2-135M (random init)", "optimizer": "ZOSGD q=1 (per rank)", "mode": args.mode,
-              "batch_per_rank": args.batch, "seq": args.seq, "steps": args.steps, "warmup": args.warmup,
+              "batch_per_rank": args.batch, "seq": args.seq, "loss": args.loss,
+              "steps": args.steps, "warmup": args.warmup,
               "repeats": args.repeats, "threads_per_process": 1, "backend": "gloo"}
     record = make_record(f"distributed-smollm2-{args.mode}", config, results,
                          load_average_1min=load, cpu_count=os.cpu_count())
@@ -132,7 +144,7 @@ def measure(args) -> None:
 def report(record: dict) -> str:
     c = record["config"]
     load = record["load_average_1min"]
-    lines = [(f"mode={c['mode']}, batch/rank={c['batch_per_rank']}, seq={c['seq']}, "
+    lines = [(f"mode={c['mode']}, loss={c.get('loss', 'lm')}, batch/rank={c['batch_per_rank']}, seq={c['seq']}, "
               f"load avg (1 min) {min(load):.1f}-{max(load):.1f} on {record['cpu_count']} CPUs"), "",
              ("| processes | step wall (s) | throughput (wall) | speedup (wall) | step CPU (s) "
               "| speedup (CPU time) | bytes sent/rank/step |"),
@@ -150,6 +162,9 @@ def main() -> None:
     p.add_argument("--nproc", type=int, nargs="+", default=[1, 2])
     p.add_argument("--batch", type=int, default=2, help="sequences per rank per step")
     p.add_argument("--seq", type=int, default=32)
+    p.add_argument("--loss", choices=("lm", "label"), default="lm",
+                   help="lm: next-token loss over every position and the whole vocabulary; label: the "
+                        "classification tasks' objective (last position, cross-entropy over two label words)")
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--repeats", type=int, default=2)
