@@ -141,8 +141,8 @@ def memory_table_v3() -> str:
         found.setdefault(_label(rec["config"]), []).append(rec["results"])
     if not found:
         return ""
-    rows = ["| configuration | run | model tensors (MB) | held after load (MB) | step working set (MB) | "
-            "peak anon above library baseline (MB) | peak RSS, whole process (MB) |", "|---|---|---|---|---|---|---|"]
+    rows = [("| configuration | run | model tensors (MB) | held after load (MB) | step working set (MB) | "
+             "peak anon above library baseline (MB) | peak RSS, whole process (MB) |"), "|---|---|---|---|---|---|---|"]
     for label, runs in found.items():
         for i, r in enumerate(runs, 1):
             lib = r["baseline_with_model_code"]["anon"]
@@ -161,19 +161,56 @@ def memory_table_v3() -> str:
     return "\n".join(lines)
 
 
-def train_table_v3() -> str:
+def train_table_v3(folder: str = "v3") -> str:
     rows = ["| mode | trained | lr | eps | clip | seed | batch | steps | val before | val after | test before | test after | s/step |",
             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for path in sorted((RESULTS / "v3").glob("train_*.json")):
+    for path in sorted((RESULTS / folder).glob("train_*.json")):
         rec = json.loads(path.read_text())
         c, r = rec["config"], rec["results"]
         o = c["opt"]
         val = [f"{100 * v:.1f}" if v is not None else "-" for v in (r.get("val_before"), r.get("val_after"))]
         what = ("all weights" if c["mode"] in ("bf16", "fp32", "bf16-compute") else
                 f"scales + norms (norm lr {c['norm_lr']:g})" if c.get("norm_lr") else "scales")
+        what += "".join(f"; {spec}" for spec in c.get("group_lr") or [])
         rows.append(f"| {c['mode']} | {what} ({c['trainable']:,}) | {o['lr']:g} | {o['eps']:g} | {o.get('clip', '-')} | {c['seed']} | {c['batch']} | "
                     f"{r['steps_run']} | {val[0]} | {val[1]} | {100 * r['acc_before']:.2f} | {100 * r['acc_after']:.2f} | "
                     f"{r['s_per_step']:.1f} |")
+    return "\n".join(rows)
+
+
+def _what(c: dict) -> str:
+    if c["mode"] in ("bf16", "fp32", "bf16-compute"):
+        return f"{c['mode']}, all weights, lr {c['opt']['lr']:g}"
+    norms = f" + norms (lr {c['norm_lr']:g})" if c.get("norm_lr") else ""
+    groups = "".join(f"; {spec}" for spec in c.get("group_lr") or [])
+    return f"{c['mode']}, scales (lr {c['opt']['lr']:g}){norms}{groups}"
+
+
+def seeds_table(folders: tuple[str, ...] = ("v3", "v4")) -> str:
+    """Mean and standard deviation over seeds of every configuration with more than one seed."""
+    import statistics
+
+    groups: dict[str, list] = {}
+    paths = [path for folder in folders for path in sorted((RESULTS / folder).glob("train_*.json"))]
+    for path in paths:
+        rec = json.loads(path.read_text())
+        c, r = rec["config"], rec["results"]
+        key = f"{_what(c)}, batch {c['batch']}, {c['steps']} steps"
+        groups.setdefault(key, []).append((c["seed"], r))
+    rows = ["| configuration | seeds | test before % | test after % (mean ± std) | gain (points) | val after % |",
+            "|---|---|---|---|---|---|"]
+    for key, runs in groups.items():
+        if len(runs) < 2:
+            continue
+        runs.sort(key=lambda sr: sr[0])
+        after = [100 * r["acc_after"] for _, r in runs]
+        before = [100 * r["acc_before"] for _, r in runs]
+        val = [100 * r["val_after"] for _, r in runs if r.get("val_after") is not None]
+        val_s = f"{statistics.mean(val):.1f}" if val else "-"
+        rows.append(f"| {key} | {', '.join(str(s) for s, _ in runs)} | {statistics.mean(before):.2f} | "
+                    f"{statistics.mean(after):.2f} ± {statistics.stdev(after):.2f} "
+                    f"({', '.join(f'{a:.2f}' for a in after)}) | {statistics.mean(after) - statistics.mean(before):+.2f} | "
+                    f"{val_s} |")
     return "\n".join(rows)
 
 
@@ -189,3 +226,7 @@ if __name__ == "__main__":
     print(memory_table_v3())
     print()
     print(train_table_v3())
+    print()
+    print(train_table_v3("v4"))
+    print()
+    print(seeds_table())

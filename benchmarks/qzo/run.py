@@ -122,6 +122,8 @@ def make_run(args):
         for p in others:
             p.requires_grad_(True)
         groups.append({"params": others, "lr": args.norm_lr})
+    if args.group_lr:
+        groups = _split_groups(model, groups, args.group_lr)
     opt = ZOSGD(groups, seed=args.seed, **{**DEFAULTS[args.mode], **json.loads(args.opt)})
     train = task.splits["train"]
     g = torch.Generator().manual_seed(args.seed)
@@ -133,6 +135,41 @@ def make_run(args):
 
     it = batches()
     return task, model, tok, obj, opt, ctx, it
+
+
+def _split_groups(model, groups: list[dict], specs: list[str]) -> list[dict]:
+    """``NAME_PATTERN=LR`` (fnmatch on parameter names): matching parameters move to a group of their own
+    with that learning rate; a floating-point parameter not trained before (a norm) is trained from then on.
+    A pattern that matches nothing is an error."""
+    import fnmatch
+
+    named = {}
+    for name, p in model.named_parameters(remove_duplicate=True):
+        named.setdefault(id(p), (name, p))
+    taken: set[int] = set()
+    extra = []
+    for spec in specs:
+        pattern, sep, lr = spec.rpartition("=")
+        if not sep or not pattern:
+            raise SystemExit(f"--group-lr {spec!r}: expected NAME_PATTERN=LR")
+        try:
+            lr_value = float(lr)
+        except ValueError:
+            raise SystemExit(f"--group-lr {spec!r}: learning rate {lr!r} is not a number") from None
+        ps = [p for pid, (name, p) in named.items()
+              if fnmatch.fnmatchcase(name, pattern) and pid not in taken and p.is_floating_point()]
+        if not ps:
+            raise SystemExit(f"--group-lr {spec!r}: no (untaken) floating-point parameter matches {pattern!r}")
+        for p in ps:
+            taken.add(id(p))
+            p.requires_grad_(True)
+        extra.append({"params": ps, "lr": lr_value})
+    kept = []
+    for g in groups:
+        rest = [p for p in g["params"] if id(p) not in taken]
+        if rest:
+            kept.append({**g, "params": rest})
+    return kept + extra
 
 
 def cmd_train(args):
@@ -175,7 +212,7 @@ def cmd_train(args):
               "test": args.test, "val": args.val, "group_size": args.group_size, "chunk_rows": args.chunk_rows,
               "mlp_chunk": args.mlp_chunk,
               "threads": args.threads, "optimizer": "ZOSGD", "opt": {**DEFAULTS[args.mode], **json.loads(args.opt)},
-              "norm_lr": args.norm_lr,
+              "norm_lr": args.norm_lr, "group_lr": args.group_lr,
               "trainable": sum(p.numel() for g in opt.param_groups for p in g["params"])}
     results = {"acc_before": acc0, "acc_after": acc1, "val_before": val0, "val_after": val1, "steps_run": steps_run, "train_s": t_train,
                "s_per_step": t_train / max(steps_run, 1),
@@ -267,6 +304,9 @@ def main():
                     help="tokens per feed-forward chunk under no_grad, any mode (default 0: whole batch)")
     ap.add_argument("--norm-lr", type=float, default=0.0,
                     help="train: int4/int8 also train the floating-point parameters (norms) at this lr (default 0: scales only)")
+    ap.add_argument("--group-lr", action="append", default=[], metavar="NAME_PATTERN=LR",
+                    help="train: parameters whose name matches (fnmatch) get this lr in a group of their own; "
+                         "repeatable (e.g. 'model.embed_tokens.scales=3e-3', 'model.norm.weight=1e-4')")
     ap.add_argument("--micro", type=int, default=0,
                     help="memory: examples per forward, the batch's loss summed over micro-batches (default: all)")
     ap.add_argument("--opt", default="{}", help="JSON overrides of the optimizer settings")
