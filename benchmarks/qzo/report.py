@@ -172,6 +172,7 @@ def train_table_v3(folder: str = "v3") -> str:
         what = ("all weights" if c["mode"] in ("bf16", "fp32", "bf16-compute") else
                 f"scales + norms (norm lr {c['norm_lr']:g})" if c.get("norm_lr") else "scales")
         what += "".join(f"; {spec}" for spec in c.get("group_lr") or [])
+        what += ", one group per step (block-wise)" if c.get("optimizer") == "ZOSGDBlock" else ""
         rows.append(f"| {c['mode']} | {what} ({c['trainable']:,}) | {o['lr']:g} | {o['eps']:g} | {o.get('clip', '-')} | {c['seed']} | {c['batch']} | "
                     f"{r['steps_run']} | {val[0]} | {val[1]} | {100 * r['acc_before']:.2f} | {100 * r['acc_after']:.2f} | "
                     f"{r['s_per_step']:.1f} |")
@@ -183,7 +184,8 @@ def _what(c: dict) -> str:
         return f"{c['mode']}, all weights, lr {c['opt']['lr']:g}"
     norms = f" + norms (lr {c['norm_lr']:g})" if c.get("norm_lr") else ""
     groups = "".join(f"; {spec}" for spec in c.get("group_lr") or [])
-    return f"{c['mode']}, scales (lr {c['opt']['lr']:g}){norms}{groups}"
+    block = ", one group per step (block-wise)" if c.get("optimizer") == "ZOSGDBlock" else ""
+    return f"{c['mode']}, scales (lr {c['opt']['lr']:g}){norms}{groups}{block}"
 
 
 def seeds_table(folders: tuple[str, ...] = ("v3", "v4")) -> str:

@@ -106,7 +106,7 @@ def _prepare(mode, load, group_size, chunk_rows):
 
 
 def make_run(args):
-    from forwardonly.optim import ZOSGD
+    from forwardonly.optim import ZOSGD, ZOSGDBlock
     from forwardonly.tasks import get_task, make_objective
 
     torch.manual_seed(0)
@@ -124,7 +124,10 @@ def make_run(args):
         groups.append({"params": others, "lr": args.norm_lr})
     if args.group_lr:
         groups = _split_groups(model, groups, args.group_lr)
-    opt = ZOSGD(groups, seed=args.seed, **{**DEFAULTS[args.mode], **json.loads(args.opt)})
+    # block: ZO-SGD on one parameter group per step, in turn (ZOSGDBlock), so that a group with large
+    # gradients (the norms) does not swamp the projected gradient of another (the scales)
+    cls = ZOSGDBlock if args.optimizer == "block" else ZOSGD
+    opt = cls(groups, seed=args.seed, **{**DEFAULTS[args.mode], **json.loads(args.opt)})
     train = task.splits["train"]
     g = torch.Generator().manual_seed(args.seed)
 
@@ -211,7 +214,7 @@ def cmd_train(args):
               "steps": args.steps, "batch": args.batch, "seed": args.seed,
               "test": args.test, "val": args.val, "group_size": args.group_size, "chunk_rows": args.chunk_rows,
               "mlp_chunk": args.mlp_chunk,
-              "threads": args.threads, "optimizer": "ZOSGD", "opt": {**DEFAULTS[args.mode], **json.loads(args.opt)},
+              "threads": args.threads, "optimizer": "ZOSGDBlock" if args.optimizer == "block" else "ZOSGD", "opt": {**DEFAULTS[args.mode], **json.loads(args.opt)},
               "norm_lr": args.norm_lr, "group_lr": args.group_lr,
               "trainable": sum(p.numel() for g in opt.param_groups for p in g["params"])}
     results = {"acc_before": acc0, "acc_after": acc1, "val_before": val0, "val_after": val1, "steps_run": steps_run, "train_s": t_train,
@@ -304,6 +307,9 @@ def main():
                     help="tokens per feed-forward chunk under no_grad, any mode (default 0: whole batch)")
     ap.add_argument("--norm-lr", type=float, default=0.0,
                     help="train: int4/int8 also train the floating-point parameters (norms) at this lr (default 0: scales only)")
+    ap.add_argument("--optimizer", choices=["zosgd", "block"], default="zosgd",
+                    help="train: zosgd perturbs every trained parameter each step; block perturbs one parameter "
+                         "group per step in turn (scales, then --norm-lr/--group-lr groups)")
     ap.add_argument("--group-lr", action="append", default=[], metavar="NAME_PATTERN=LR",
                     help="train: parameters whose name matches (fnmatch) get this lr in a group of their own; "
                          "repeatable (e.g. 'model.embed_tokens.scales=3e-3', 'model.norm.weight=1e-4')")
