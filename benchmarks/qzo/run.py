@@ -122,6 +122,13 @@ def make_run(args):
         for p in others:
             p.requires_grad_(True)
         groups.append({"params": others, "lr": args.norm_lr})
+    if args.head_bias:  # a zero-initialised logit bias on the output layer: an unquantized parameter of its own
+        if args.mode not in ("int4", "int8"):
+            raise SystemExit("--head-bias applies to int4/int8")
+        head = model.get_output_embeddings()
+        if head.bias is not None:
+            raise SystemExit(f"{type(head).__name__} already has a bias")
+        head.bias = torch.nn.Parameter(torch.zeros(head.out_features), requires_grad=False)
     if args.group_lr:
         groups = _split_groups(model, groups, args.group_lr)
     # block: ZO-SGD on one parameter group per step, in turn (ZOSGDBlock), so that a group with large
@@ -215,7 +222,7 @@ def cmd_train(args):
               "test": args.test, "val": args.val, "group_size": args.group_size, "chunk_rows": args.chunk_rows,
               "mlp_chunk": args.mlp_chunk,
               "threads": args.threads, "optimizer": "ZOSGDBlock" if args.optimizer == "block" else "ZOSGD", "opt": {**DEFAULTS[args.mode], **json.loads(args.opt)},
-              "norm_lr": args.norm_lr, "group_lr": args.group_lr,
+              "norm_lr": args.norm_lr, "group_lr": args.group_lr, "head_bias": args.head_bias,
               "trainable": sum(p.numel() for g in opt.param_groups for p in g["params"])}
     results = {"acc_before": acc0, "acc_after": acc1, "val_before": val0, "val_after": val1, "steps_run": steps_run, "train_s": t_train,
                "s_per_step": t_train / max(steps_run, 1),
@@ -310,6 +317,9 @@ def main():
     ap.add_argument("--optimizer", choices=["zosgd", "block"], default="zosgd",
                     help="train: zosgd perturbs every trained parameter each step; block perturbs one parameter "
                          "group per step in turn (scales, then --norm-lr/--group-lr groups)")
+    ap.add_argument("--head-bias", action="store_true",
+                    help="train, int4/int8: add a zero-initialised fp32 bias to the output layer (train it with "
+                         "--group-lr 'lm_head.bias=LR')")
     ap.add_argument("--group-lr", action="append", default=[], metavar="NAME_PATTERN=LR",
                     help="train: parameters whose name matches (fnmatch) get this lr in a group of their own; "
                          "repeatable (e.g. 'model.embed_tokens.scales=3e-3', 'model.norm.weight=1e-4')")
