@@ -43,13 +43,19 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+import contextlib
+
 import torch
+
+from . import _native
 
 CHUNK = 1 << 20
 """Elements per independently seeded chunk. Part of the definition of a direction: do not change."""
 
 KINDS = ("rademacher", "gaussian")
 _MASK64 = (1 << 64) - 1
+HOLD_BYTES = 64 << 20
+"""Most bytes of random words :meth:`Directions.hold` keeps (a step of a 512M-parameter model)."""
 BLOCK = 1 << 20
 """Elements per block of the fused paths: a 4 MB fp32 block stays in L3 between being built and being
 used, and few, large ops keep Python and thread-sync overhead low (an implementation detail, not part
@@ -195,7 +201,8 @@ class Directions:
 
     def _chunk_values(self, seed: int, n: int, dtype, device) -> torch.Tensor:
         """One chunk's values, cached with the last few chunks asked for (until :meth:`release`):
-        Gaussian values, or for Rademacher the chunk's random bytes as int32 rows of the sign table."""
+        Gaussian values, or for Rademacher the chunk's random int64 words (bit ``k`` of the little-endian
+        byte stream is the sign of element ``k``: bit ``k & 7`` of byte ``k >> 3``)."""
         key = (seed, n, dtype, str(device), self.kind)
         cache = self.__dict__.setdefault("_recent", {})
         vals = cache.get(key)
@@ -207,17 +214,38 @@ class Directions:
         else:
             gen = _generator(torch.device(device))
             gen.manual_seed(seed)
-            words = torch.empty((n + 63) // 64, dtype=torch.int64, device=device)
-            words.random_(-(2**63), None, generator=gen)
-            vals = words.view(torch.uint8)[: (n + 7) // 8].to(torch.int32)
-        if len(cache) >= 4:  # a few probes' chunks, so that blockwise multi-term passes do not regenerate
+            vals = torch.empty((n + 63) // 64, dtype=torch.int64, device=device)
+            vals.random_(-(2**63), None, generator=gen)
+        held = self.__dict__.get("_held", 0) and self.kind == "rademacher"
+        if held:  # a step's random words (1/8 byte per entry), up to HOLD_BYTES
+            size = self.__dict__.get("_held_bytes", 0) + vals.numel() * vals.element_size()
+            while cache and size > HOLD_BYTES:
+                old = cache.pop(next(iter(cache)))
+                size -= old.numel() * old.element_size()
+            self._held_bytes = size
+        elif len(cache) >= 4:  # a few probes' chunks, so that blockwise multi-term passes do not regenerate
             del cache[next(iter(cache))]
         cache[key] = vals
         return vals
 
     def release(self) -> None:
-        """Drop the cached chunks (at most four chunks of memory)."""
-        self.__dict__.pop("_recent", None)
+        """Drop the cached chunks (at most four chunks of memory), unless :meth:`hold` keeps them."""
+        if not self.__dict__.get("_held", 0):
+            self.__dict__.pop("_recent", None)
+            self._held_bytes = 0
+
+    @contextlib.contextmanager
+    def hold(self):
+        """Keep Rademacher chunks' random words between passes for the duration (one ZO step: the
+        ``+eps`` pass, the ``-eps`` pass and the update read the same directions), so each chunk is drawn
+        once per step instead of three times. Costs 1/8 byte per perturbed entry, at most
+        :data:`HOLD_BYTES`; values are unchanged. Gaussian chunks are never held (4 bytes per entry)."""
+        self._held = self.__dict__.get("_held", 0) + 1
+        try:
+            yield self
+        finally:
+            self._held -= 1
+            self.release()
 
     def _pieces(self, numel: int, start: int, stop: int):
         """Split ``[start, stop)`` of a ``numel``-element parameter at chunk borders: ``(c, clen, a, b)``."""
@@ -244,12 +272,18 @@ class Directions:
                 dst.copy_(src)
             return
         z_buf = None
+        native = (self.kind == "rademacher" and dst.dtype == torch.float32 and dst.device.type == "cpu"
+                  and src.dtype == torch.float32 and dst.is_contiguous() and src.is_contiguous()
+                  and _native.library() is not None)
         for j, (probe, coef) in enumerate(terms):
             for c, clen, a, b in self._pieces(numel, start, start + n):
                 o = c * CHUNK + a - start
                 d, s = dst[o : o + b - a], src[o : o + b - a]
                 vals = self._chunk_values(chunk_seed(self.seed, step, probe, param_index, c), clen,
                                           dst.dtype, dst.device)
+                if native:  # one pass, reading the random bits directly (bitwise the torch path's values)
+                    _native.sign_add_f32(d, s if j == 0 else d, vals, a, coef)
+                    continue
                 if self.kind == "gaussian":
                     z = vals[a:b]
                 else:
@@ -260,7 +294,8 @@ class Directions:
                     # one 8-byte row (eight int8 signs) per random byte, then one widening copy: the same
                     # values as indexing a table of eight dtype signs per byte, at a third of the traffic
                     packed = s_buf[: hi - lo]
-                    torch.index_select(_packed_sign_table(dst.device), 0, vals[lo:hi], out=packed)
+                    idx = vals.view(torch.uint8)[lo:hi].to(torch.int32)
+                    torch.index_select(_packed_sign_table(dst.device), 0, idx, out=packed)
                     rows = z_buf[: (hi - lo) * 8]
                     rows.copy_(packed.view(torch.int8))
                     z = rows[a - 8 * lo : b - 8 * lo]
@@ -295,7 +330,7 @@ class Directions:
             if self.kind == "gaussian":
                 out[lo:hi] = vals[off]
             else:
-                bit = (vals[off >> 3] >> (off & 7).to(torch.int32)) & 1
+                bit = (vals.view(torch.uint8)[off >> 3].to(torch.int32) >> (off & 7).to(torch.int32)) & 1
                 out[lo:hi] = bit * 2 - 1
         return out
 

@@ -136,6 +136,11 @@ class ZOOptimizer(torch.optim.Optimizer):
         _check_closure(closure, self.accum_steps)
         zs = self.zo_state
         t = zs["step"]
+        with self.directions.hold():  # draw each direction's random words once per step
+            return self._step(closure, t)
+
+    def _step(self, closure: Callable, t: int):
+        zs = self.zo_state
         loss, grads = self.estimate(closure, t)
         if not (math.isfinite(loss) and all(math.isfinite(g) for g in grads)):
             zs["skipped"] += 1
