@@ -14,6 +14,10 @@ discarded; medians are reported):
 * ``forward``: a plain forward under ``torch.no_grad()``;
 * ``zosgd_rademacher`` / ``zosgd_gaussian``: one ``ZOSGD.step`` (two perturbed
   forwards and the update) on the fast path;
+* ``zosgd_rademacher_deferred``: the same with ``defer_update=True`` (the update is
+  written by the next step's first perturbed pass, block by block, as ZO2 does);
+* ``zosgd_rademacher_torch``: ``zosgd_rademacher`` with the native kernel switched
+  off (the torch fallback used where no C compiler is available);
 * ``zosgd_rademacher_unfused``: the same step with ``opt.fused = False`` (every
   module gets a whole perturbed copy of its parameters: the path before the fused
   linear/embedding);
@@ -44,12 +48,13 @@ import torch
 
 from forwardonly.bench.measure import PeakMemory
 from forwardonly.bench.record import make_record, write_record
-from forwardonly.optim import ZOSGD, ZOSGDReference
+from forwardonly.optim import ZOSGD, ZOSGDReference, _native
 
 SMOLLM2 = {"vocab_size": 49152, "hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30,
            "num_attention_heads": 9, "num_key_value_heads": 3, "head_dim": 64, "tie_word_embeddings": True,
            "max_position_embeddings": 8192, "rms_norm_eps": 1e-5, "rope_theta": 100000.0}
-VARIANTS = ("zosgd_rademacher", "zosgd_gaussian", "zosgd_rademacher_unfused", "mezo_reference_gaussian")
+VARIANTS = ("zosgd_rademacher", "zosgd_rademacher_deferred", "zosgd_rademacher_torch", "zosgd_gaussian",
+            "zosgd_rademacher_unfused", "mezo_reference_gaussian")
 LR, EPS = 1e-12, 1e-3
 
 
@@ -70,9 +75,24 @@ def load_model():
 def make_optimizer(name: str, params):
     if name == "mezo_reference_gaussian":
         return ZOSGDReference(params, lr=LR, eps=EPS, seed=0, direction="gaussian")
-    opt = ZOSGD(params, lr=LR, eps=EPS, seed=0, direction="gaussian" if "gaussian" in name else "rademacher")
+    opt = ZOSGD(params, lr=LR, eps=EPS, seed=0, direction="gaussian" if "gaussian" in name else "rademacher",
+                defer_update=name.endswith("_deferred"))
     opt.fused = not name.endswith("_unfused")
     return opt
+
+
+def make_step(name: str, opt, loss):
+    if not name.endswith("_torch"):
+        return lambda: opt.step(loss)
+
+    def torch_path():  # the same step with the native kernel switched off (the fallback without a compiler)
+        lib = _native.library()
+        _native._STATE["lib"] = None
+        try:
+            opt.step(loss)
+        finally:
+            _native._STATE["lib"] = lib
+    return torch_path
 
 
 def timed(fn) -> tuple[float, float]:
@@ -113,7 +133,7 @@ def main(argv=None):
             loss()
 
     optims = {name: make_optimizer(name, params) for name in variants}
-    steps = {"forward": forward, **{name: (lambda o=o: o.step(loss)) for name, o in optims.items()}}
+    steps = {"forward": forward, **{name: make_step(name, o, loss) for name, o in optims.items()}}
 
     names = list(steps)
     times = {name: [] for name in names}
@@ -165,6 +185,7 @@ def main(argv=None):
     config = {"model": source, "parameters": sum(p.numel() for p in params), "dtype": "float32",
               "device": "cpu", "shape": args.shape, "eps": EPS, "lr": LR, "rounds": args.rounds,
               "warmup_rounds": 1, "threads": torch.get_num_threads(), "variants": variants,
+              "native_kernel": _native.status(),
               "command": "python benchmarks/step_overhead/run.py " + " ".join(argv or sys.argv[1:])}
     write_record(out, make_record("step_overhead", config, results))
     print(f"wrote {out}")

@@ -68,10 +68,27 @@ class FusedWeight(TorchFunctionMode):
     """
 
     def __init__(self, directions: Directions, step: int, terms: Sequence[tuple[int, float]], index: int,
-                 param: torch.Tensor):
+                 param: torch.Tensor, fold: tuple[int, Sequence[tuple[int, float]]] | None = None):
         super().__init__()
         self.directions, self.step, self.terms, self.index = directions, step, list(terms), index
         self.param = param
+        self.fold = fold  # (step, terms): a deferred update to write into the weight on the way
+        self._folded_to = 0  # weight elements the fold has been applied to
+
+    def settle(self, upto: int | None = None) -> None:
+        """Apply the deferred update to the weight's elements ``[_folded_to, upto)`` (default: all)."""
+        if self.fold is None:
+            return
+        w = self.param.detach().view(-1)
+        n = w.numel()
+        upto = n if upto is None else upto
+        if upto > self._folded_to:
+            pstep, terms = self.fold
+            seg = w[self._folded_to : upto]
+            self.directions.perturb_range(seg, seg, pstep, terms, self.index, n, self._folded_to)
+            self._folded_to = upto
+        if self._folded_to >= n:
+            self.fold = None
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -83,6 +100,7 @@ class FusedWeight(TorchFunctionMode):
         return func(*args, **kwargs)
 
     def whole(self) -> torch.Tensor:
+        self.settle()
         return self.directions.perturbed(self.param.detach(), self.step, self.terms, self.index)
 
     def linear(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -96,16 +114,22 @@ class FusedWeight(TorchFunctionMode):
         d = self.directions
         buf = d._range_scratch(min(rows, out_f) * in_f, w.dtype, w.device, slot="w")
         wflat = w.view(-1)
-        for r0 in range(0, out_f, rows):
-            r1 = min(out_f, r0 + rows)
-            wb = buf[: (r1 - r0) * in_f]
-            d.perturb_range(wb, wflat[r0 * in_f : r1 * in_f], self.step, self.terms, self.index, w.numel(), r0 * in_f)
-            torch.mm(x2, wb.view(r1 - r0, in_f).t(), out=y[:, r0:r1])
+        try:
+            for r0 in range(0, out_f, rows):
+                r1 = min(out_f, r0 + rows)
+                wb = buf[: (r1 - r0) * in_f]
+                self.settle(r1 * in_f)  # the deferred update of these rows, while they are in cache
+                d.perturb_range(wb, wflat[r0 * in_f : r1 * in_f], self.step, self.terms, self.index, w.numel(),
+                                r0 * in_f)
+                torch.mm(x2, wb.view(r1 - r0, in_f).t(), out=y[:, r0:r1])
+        finally:
+            self.settle()
         if bias is not None:
             y.add_(bias)
         return y.view(*x.shape[:-1], out_f)
 
     def embedding(self, func, args, kwargs) -> torch.Tensor:
+        self.settle()
         ids = _arg(args, kwargs, 0, "input")
         w = self.param.detach()
         num, dim = w.shape

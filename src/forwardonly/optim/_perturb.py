@@ -206,6 +206,8 @@ class Directions:
         key = (seed, n, dtype, str(device), self.kind)
         cache = self.__dict__.setdefault("_recent", {})
         vals = cache.get(key)
+        if vals is None and self.__dict__.get("_previous"):
+            vals = self._previous.get(key)  # the last step's words, kept for its deferred update
         if vals is not None:
             return vals
         if self.kind == "gaussian":
@@ -232,6 +234,7 @@ class Directions:
         """Drop the cached chunks (at most four chunks of memory), unless :meth:`hold` keeps them."""
         if not self.__dict__.get("_held", 0):
             self.__dict__.pop("_recent", None)
+            self.__dict__.pop("_previous", None)
             self._held_bytes = 0
 
     @contextlib.contextmanager
@@ -239,13 +242,20 @@ class Directions:
         """Keep Rademacher chunks' random words between passes for the duration (one ZO step: the
         ``+eps`` pass, the ``-eps`` pass and the update read the same directions), so each chunk is drawn
         once per step instead of three times. Costs 1/8 byte per perturbed entry, at most
-        :data:`HOLD_BYTES`; values are unchanged. Gaussian chunks are never held (4 bytes per entry)."""
+        :data:`HOLD_BYTES`; values are unchanged. Gaussian chunks are never held (4 bytes per entry).
+        Setting ``carry = True`` before the outermost hold ends keeps its words through the next hold
+        (for a deferred update), so at most two steps' words are alive."""
         self._held = self.__dict__.get("_held", 0) + 1
         try:
             yield self
         finally:
             self._held -= 1
-            self.release()
+            if self._held == 0 and self.__dict__.pop("carry", False):
+                # a deferred update will read these words in the next step: keep them one step longer
+                self._previous = self.__dict__.pop("_recent", {})
+                self._held_bytes = 0
+            else:
+                self.release()
 
     def _pieces(self, numel: int, start: int, stop: int):
         """Split ``[start, stop)`` of a ``numel``-element parameter at chunk borders: ``(c, clen, a, b)``."""
@@ -386,6 +396,10 @@ class Perturbation:
         fused: let plain ``nn.Linear``/``nn.Embedding`` modules perturb their weight blockwise
             inside the op instead of receiving a whole copy (see :mod:`forwardonly.optim._fused`);
             the values are the same (default True).
+        pending: ``{param_index: (step, terms)}``: deferred updates ``p += sum_k coef_k z_k(step)``
+            to apply to each parameter just before its first use (folded into the blockwise
+            ``nn.Linear`` where it takes that path); whatever the forward did not reach is
+            applied on exit, exception or not. The dict is consumed.
 
     After the context, :attr:`touched` holds the indices of the parameters that
     some module's forward used.
@@ -393,8 +407,9 @@ class Perturbation:
 
     def __init__(self, params: Sequence[tuple[int, torch.Tensor]], directions: Directions, step: int,
                  terms: Sequence[tuple[int, float]], scales: Sequence[float] | None = None,
-                 whole: Iterable[int] = (), fused: bool = True):
+                 whole: Iterable[int] = (), fused: bool = True, pending: dict | None = None):
         self.params = {i: p for i, p in params}
+        self.pending = pending if pending is not None else {}
         self.index = {id(p): i for i, p in params}
         self.directions = directions
         self.step = step
@@ -407,9 +422,16 @@ class Perturbation:
         self._frames: list[list[int]] = []
         self._handles = []
 
+    def _settle(self, i: int) -> None:
+        """Apply parameter ``i``'s deferred update, if it has one, before anything reads it."""
+        if i in self.pending:
+            pstep, terms = self.pending.pop(i)
+            self.directions.add_(self.params[i], pstep, terms, i)
+
     def _swap_in(self, i: int) -> bool:
         if i in self._swapped:
             return False
+        self._settle(i)
         p = self.params[i]
         s = self.scales[i]
         tmp = self.directions.perturbed(p.data, self.step, [(k, c * s) for k, c in self.terms], i)
@@ -429,7 +451,13 @@ class Perturbation:
             self.touched.add(i)
             if mode is None and self.fused and i not in self._swapped and self._fusable(module, p, self.directions):
                 s = self.scales[i]
-                mode = self._Fused(self.directions, self.step, [(k, c * s) for k, c in self.terms], i, p)
+                fold = None
+                if i in self.pending and type(module) is torch.nn.Linear:
+                    fold = self.pending.pop(i)  # applied block by block inside the perturbed linear
+                else:
+                    self._settle(i)
+                mode = self._Fused(self.directions, self.step, [(k, c * s) for k, c in self.terms], i, p,
+                                   fold=fold)
             elif self._swap_in(i):
                 frame.append(i)
         if mode is not None:
@@ -443,6 +471,7 @@ class Perturbation:
         frame, mode = self._frames.pop()
         if mode is not None:
             mode.__exit__(None, None, None)
+            mode.settle()  # a fold the op never reached (the module did not call F.linear on it)
         for i in frame:
             self._swap_out(i)
 
@@ -472,6 +501,8 @@ class Perturbation:
             self._pop_frame()
         for i in list(self._swapped):
             self._swap_out(i)
+        for i in sorted(self.pending):  # parameters the forward never used (or an exception stopped it)
+            self._settle(i)
         self.directions.release()
         return False
 

@@ -72,6 +72,7 @@ class ZOOptimizer(torch.optim.Optimizer):
         self.state[ZO_KEY] = {"step": 0, "skipped": 0, "forwards": 0, "seed": seed,
                               "direction": direction, "last_grads": []}
         self._unowned: set[int] | None = None
+        self._pending: dict[int, tuple[int, list]] = {}  # param index -> (step, terms): deferred updates
         self.fused = True  # blockwise perturbation inside nn.Linear / nn.Embedding (same values; see _fused.py)
 
     # ------------------------------------------------------------------ helpers
@@ -96,14 +97,42 @@ class ZOOptimizer(torch.optim.Optimizer):
         self.zo_state["forwards"] += len(losses)
         return sum(float(v) for v in losses) / len(losses)
 
+    # ------------------------------------------------------- deferred updates
+    def _defer(self, step: int, index: int, terms: list) -> None:
+        """Record ``p += sum_k coef_k z_k(step)`` for parameter ``index``, applied by the next pass."""
+        if index in self._pending:  # one pending update per parameter: apply the older one first
+            self._apply_pending(index)
+        self._pending[index] = (step, list(terms))
+
+    def _apply_pending(self, index: int) -> None:
+        pstep, terms = self._pending.pop(index)
+        for i, p, _ in self.indexed_params():
+            if i == index:
+                self.directions.add_(p, pstep, terms, i)
+                return
+
+    @torch.no_grad()
+    def flush(self) -> None:
+        """Apply every deferred update now (``defer_update``; a no-op otherwise)."""
+        if not self._pending:
+            return
+        params = {i: p for i, p, _ in self.indexed_params()}
+        for i in sorted(self._pending):
+            pstep, terms = self._pending.pop(i)
+            self.directions.add_(params[i], pstep, terms, i)
+
     def evaluate(self, closure: Callable, step: int, terms, scales=None) -> float:
-        """The loss at ``w + sum_k coef_k z_k(step)`` (times per-parameter ``scales``); ``w`` is untouched."""
+        """The loss at ``w + sum_k coef_k z_k(step)`` (times per-parameter ``scales``); ``w`` is untouched
+        (deferred updates of the previous step are applied on the way, see ``ZOSGD(defer_update=True)``)."""
         if not terms:
+            self.flush()
             return self._call(closure)
         items = [(i, p) for i, p, _ in self.indexed_params()]
         first = self._unowned is None
+        pending = self._pending if self._pending else None
+        self._pending = {}
         with Perturbation(items, self.directions, step, terms, scales, whole=self._unowned or (),
-                          fused=self.fused) as pert:
+                          fused=self.fused, pending=pending) as pert:
             loss = self._call(closure)
         if first:
             self._unowned = {i for i, _ in items} - pert.touched
@@ -137,7 +166,9 @@ class ZOOptimizer(torch.optim.Optimizer):
         zs = self.zo_state
         t = zs["step"]
         with self.directions.hold():  # draw each direction's random words once per step
-            return self._step(closure, t)
+            out = self._step(closure, t)
+            self.directions.carry = bool(self._pending)  # the deferred update reads them next step
+        return out
 
     def _step(self, closure: Callable, t: int):
         zs = self.zo_state

@@ -67,6 +67,16 @@ class ZOSGD(ZOOptimizer):
     sign and conservative; 4 for momentum (fp32 buffer for 16-bit weights). Temporaries are one
     module's parameters plus a 1M-element scratch buffer.
 
+    Deferred update (``defer_update=True``, plain ZO-SGD only): ``step`` records its
+    update instead of writing it, and the next perturbed pass applies it to each
+    weight just before that weight is first used (inside the blockwise perturbed
+    ``nn.Linear``, in the same cache-sized blocks), so the weights stream through
+    memory once less per step, as in ZO2. The values are bitwise those of the
+    immediate update. Until then the parameters lag one update behind:
+    :meth:`flush` applies it now, and ``state_dict``/``load_state_dict``, a replay
+    through :meth:`apply_grads` and the next step flush first. Read the weights
+    (evaluation, saving the model) after :meth:`flush`.
+
     Example::
 
         opt = ZOSGD(model.parameters(), lr=1e-6, eps=1e-3, seed=0)
@@ -76,13 +86,35 @@ class ZOSGD(ZOOptimizer):
     """
 
     def __init__(self, params, lr: float = 1e-6, momentum: float = 0.0, sign: bool = False,
-                 conservative: bool = False, weight_decay: float = 0.0, **zo):
+                 conservative: bool = False, weight_decay: float = 0.0, defer_update: bool = False, **zo):
         _check(0.0 <= momentum < 1.0, f"Invalid momentum value: {momentum}")
+        _check(not defer_update or (momentum == 0.0 and not sign and not conservative),
+               f"Invalid defer_update={defer_update!r}: only plain ZO-SGD defers its update "
+               f"(momentum={momentum}, sign={sign}, conservative={conservative})")
         defaults = dict(lr=lr, momentum=momentum, sign=bool(sign), weight_decay=weight_decay)
         super().__init__(params, defaults, **zo)
         self.conservative = bool(conservative)
+        self.defer_update = bool(defer_update)
+        self._in_step = False
+
+    def _step(self, closure, t):
+        self._in_step = True
+        try:
+            return super()._step(closure, t)
+        finally:
+            self._in_step = False
+
+    def state_dict(self):
+        self.flush()
+        return super().state_dict()
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.flush()
+        super().load_state_dict(state_dict)
 
     def apply_grads(self, step: int, grads: list[float], closure: Callable | None = None, loss=None):
+        if not self._in_step:
+            self.flush()  # a replay: apply in order, immediately
         coeffs = [g / self.q for g in grads]
         if not self.conservative:
             self._apply(step, coeffs)
@@ -117,9 +149,13 @@ class ZOSGD(ZOOptimizer):
                     add_rounded_once(d, p, step, [(k, -lr * c) for k, c in enumerate(coeffs) if c != 0.0], i,
                                      1.0 - lr * wd)
                     continue
+                terms = [(k, -lr * c) for k, c in enumerate(coeffs)]
+                if self.defer_update and self._in_step and not wd and p.is_contiguous():
+                    self._defer(step, i, terms)
+                    continue
                 if wd:
                     p.mul_(1.0 - lr * wd)
-                d.add_(p, step, [(k, -lr * c) for k, c in enumerate(coeffs)], i)
+                d.add_(p, step, terms, i)
                 continue
             if mu:
                 state = self.state[p]

@@ -1,0 +1,182 @@
+"""The native Rademacher kernel and the step-level word hold: same values as the torch path, bit for bit."""
+
+import pytest
+import torch
+
+from forwardonly.optim import ZOSGD, _native
+from forwardonly.optim._perturb import CHUNK, HOLD_BYTES, Directions
+
+needs_native = pytest.mark.skipif(not _native.status()["available"],
+                                  reason=f"native kernel unavailable: {_native.status()['reason']}")
+
+
+@pytest.fixture
+def torch_path(monkeypatch):
+    """Run the body with the kernel switched off (the torch fallback), then restore it."""
+    def off():
+        monkeypatch.setitem(_native._STATE, "lib", None)
+    return off
+
+
+def _range(d, numel, start, n, terms, src):
+    out = torch.empty(n)
+    d.perturb_range(out, src, 5, terms, 3, numel, start)
+    d.release()
+    return out
+
+
+@needs_native
+@pytest.mark.parametrize("numel,start,n", [
+    (17, 0, 17), (100, 3, 90), (CHUNK, 5, CHUNK - 5), (3 * CHUNK + 11, 0, 3 * CHUNK + 11),
+    (2 * CHUNK + 999, CHUNK - 3, CHUNK + 7), (CHUNK + 64, CHUNK - 64, 128), (1000, 999, 1),
+])
+def test_kernel_equals_the_torch_path(numel, start, n, torch_path):
+    d = Directions(seed=11)
+    g = torch.Generator().manual_seed(numel + start)
+    src = torch.randn(n, generator=g) * 3
+    terms = [(0, 1e-3), (1, -2.5e-4), (4, 7.0)]
+    native = _range(d, numel, start, n, terms, src)
+    torch_path()
+    reference = _range(d, numel, start, n, terms, src)
+    assert torch.equal(native, reference)
+    # and the values are src + sum_k coef_k z_k with z_k = +-1 from the whole direction
+    z = [d.full(torch.empty(numel), 5, k, 3).view(-1)[start : start + n] for k, _ in terms]
+    expect = src.clone()
+    for (_, c), zk in zip(terms, z):
+        expect.add_(zk, alpha=c)
+    assert torch.equal(native, expect)
+
+
+@needs_native
+def test_kernel_in_place_update_equals_torch_path(torch_path):
+    w = torch.randn(2 * CHUNK + 77, generator=torch.Generator().manual_seed(0))
+    a, b = w.clone(), w.clone()
+    Directions(seed=2).add_(a, 9, [(0, -1e-2), (1, 3e-3)], 0)
+    torch_path()
+    Directions(seed=2).add_(b, 9, [(0, -1e-2), (1, 3e-3)], 0)
+    assert torch.equal(a, b) and not torch.equal(a, w)
+
+
+def test_disabled_by_environment(monkeypatch):
+    monkeypatch.setenv("FORWARDONLY_NATIVE", "0")
+    _native.reset()
+    try:
+        st = _native.status()
+        assert not st["available"] and "FORWARDONLY_NATIVE" in st["reason"]
+        x = torch.zeros(10)
+        assert _native.sign_add_f32(x, x, torch.zeros(1, dtype=torch.int64), 0, 1.0) is False
+    finally:
+        monkeypatch.delenv("FORWARDONLY_NATIVE")
+        _native.reset()
+
+
+def test_no_compiler_falls_back(monkeypatch, tmp_path):
+    monkeypatch.setenv("FORWARDONLY_CACHE", str(tmp_path))
+    monkeypatch.setattr(_native, "_compiler", lambda: None)
+    _native.reset()
+    try:
+        st = _native.status()
+        assert not st["available"] and "compiler" in st["reason"]
+        # the torch path still perturbs
+        d = Directions(seed=1)
+        out = torch.empty(100)
+        d.perturb_range(out, torch.zeros(100), 0, [(0, 0.5)], 0, 100, 0)
+        assert set(out.unique().tolist()) == {-0.5, 0.5}
+    finally:
+        _native.reset()
+
+
+def test_hold_keeps_words_once_per_step_and_is_bounded():
+    d = Directions(seed=4)
+    p = torch.zeros(3 * CHUNK)
+    calls = []
+    real = torch.Tensor.random_
+
+    def counting(self, *a, **k):
+        calls.append(self.numel())
+        return real(self, *a, **k)
+
+    torch.Tensor.random_ = counting
+    try:
+        with d.hold():
+            for _ in range(3):  # +eps, -eps, update
+                d.add_(p, 0, [(0, 1.0)], 0)
+        assert len(calls) == 3  # one draw per chunk, not one per pass
+        assert "_recent" not in d.__dict__  # released when the hold ends
+        calls.clear()
+        for _ in range(2):
+            d.add_(p, 0, [(0, 1.0)], 0)
+        assert len(calls) == 6  # without a hold every pass draws again
+    finally:
+        torch.Tensor.random_ = real
+    assert HOLD_BYTES <= 64 << 20
+
+
+def _tiny_llama(tied=True):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=tied)
+    return LlamaForCausalLM(cfg).float().eval()
+
+
+def _run(defer, steps=6, tied=True, **kw):
+    m = _tiny_llama(tied)
+    ids = torch.randint(0, 300, (2, 12), generator=torch.Generator().manual_seed(1))
+    opt = ZOSGD(m.parameters(), lr=5e-2, eps=1e-3, seed=3, defer_update=defer, **kw)
+    losses = [float(opt.step(lambda: m(input_ids=ids, labels=ids).loss)) for _ in range(steps)]
+    return m, opt, losses, ids
+
+
+@pytest.mark.parametrize("kw", [{}, {"q": 2}, {"two_sided": False}, {"tied": False}])
+def test_deferred_update_is_bitwise_the_immediate_one(kw):
+    kw = dict(kw)
+    tied = kw.pop("tied", True)
+    m1, o1, l1, _ = _run(False, tied=tied, **kw)
+    m2, o2, l2, _ = _run(True, tied=tied, **kw)
+    assert l1 == l2
+    # before flush the deferred model lags one update behind; after it, bitwise equal
+    assert o2._pending
+    assert not all(torch.equal(a, b) for a, b in zip(m1.parameters(), m2.parameters()))
+    o2.flush()
+    assert not o2._pending
+    assert all(torch.equal(a, b) for a, b in zip(m1.parameters(), m2.parameters()))
+
+
+def test_deferred_state_dict_flushes_and_resume_is_exact():
+    m1, o1, _, ids = _run(False, steps=4)
+    m2, o2, _, _ = _run(True, steps=4)
+    sd = o2.state_dict()  # flushes
+    assert not o2._pending
+    assert all(torch.equal(a, b) for a, b in zip(m1.parameters(), m2.parameters()))
+    m3 = _tiny_llama()
+    m3.load_state_dict(m2.state_dict())
+    o3 = ZOSGD(m3.parameters(), lr=5e-2, eps=1e-3, seed=3, defer_update=True)
+    o3.load_state_dict(sd)
+    for m, o in ((m1, o1), (m3, o3)):
+        for _ in range(3):
+            o.step(lambda m=m: m(input_ids=ids, labels=ids).loss)
+    o3.flush()
+    assert all(torch.equal(a, b) for a, b in zip(m1.parameters(), m3.parameters()))
+
+
+def test_deferred_update_survives_a_failing_forward():
+    m1, o1, _, ids = _run(False, steps=2)
+    m2, o2, _, _ = _run(True, steps=2)
+
+    def boom():
+        m2.model.embed_tokens(ids)  # the embedding settles its update, then the closure fails
+        raise RuntimeError("closure failed")
+
+    with pytest.raises(RuntimeError, match="closure failed"):
+        o2.step(boom)
+    assert not o2._pending  # every pending update was applied on the way out, once
+    assert all(torch.equal(a, b) for a, b in zip(m1.parameters(), m2.parameters()))
+
+
+def test_defer_update_rejects_variants_that_cannot_defer():
+    p = [torch.nn.Parameter(torch.zeros(3))]
+    for kw in ({"momentum": 0.9}, {"sign": True}, {"conservative": True}):
+        with pytest.raises(ValueError, match="defer_update"):
+            ZOSGD(p, lr=0.1, defer_update=True, **kw)
