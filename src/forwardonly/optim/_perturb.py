@@ -147,6 +147,35 @@ def direction(
     return out
 
 
+class _Arena:
+    """A bump allocator of int64 words on one device: segments are allocated once and reused."""
+
+    SEGMENT = 1 << 21  # words per segment (16 MB)
+
+    def __init__(self, device):
+        self.device = device
+        self.segments: list[torch.Tensor] = []
+        self.reset()
+
+    def reset(self) -> None:
+        self.seg, self.off, self.used = 0, 0, 0
+
+    def fits(self, words: int) -> bool:
+        return (self.used + words) * 8 <= HOLD_BYTES
+
+    def take(self, words: int) -> torch.Tensor:
+        while True:
+            if self.seg == len(self.segments):
+                self.segments.append(torch.empty(max(words, self.SEGMENT), dtype=torch.int64, device=self.device))
+            buf = self.segments[self.seg]
+            if self.off + words <= buf.numel():
+                out = buf[self.off : self.off + words]
+                self.off += words
+                self.used += words
+                return out
+            self.seg, self.off = self.seg + 1, 0
+
+
 class Directions:
     """Generates and applies the directions of one run.
 
@@ -203,9 +232,12 @@ class Directions:
         """One chunk's values, cached with the last few chunks asked for (until :meth:`release`):
         Gaussian values, or for Rademacher the chunk's random int64 words (bit ``k`` of the little-endian
         byte stream is the sign of element ``k``: bit ``k & 7`` of byte ``k >> 3``)."""
-        key = (seed, n, dtype, str(device), self.kind)
-        cache = self.__dict__.setdefault("_recent", {})
+        key = (seed, n, str(device), self.kind)
+        cache = self.__dict__.setdefault("_lru", {})
+        held = self.__dict__.setdefault("_recent", {})  # words in the arena, while a hold lasts
         vals = cache.get(key)
+        if vals is None:
+            vals = held.get(key)
         if vals is None and self.__dict__.get("_previous"):
             vals = self._previous.get(key)  # the last step's words, kept for its deferred update
         if vals is not None:
@@ -214,37 +246,49 @@ class Directions:
             vals = torch.empty(n, dtype=dtype, device=device)
             _fill_chunk(vals, "gaussian", seed)
         else:
+            words = (n + 63) // 64
+            in_arena = self.__dict__.get("_held", 0) and self._arena(device).fits(words)
+            vals = (self._arena(device).take(words) if in_arena
+                    else torch.empty(words, dtype=torch.int64, device=device))
             gen = _generator(torch.device(device))
             gen.manual_seed(seed)
-            vals = torch.empty((n + 63) // 64, dtype=torch.int64, device=device)
             vals.random_(-(2**63), None, generator=gen)
-        held = self.__dict__.get("_held", 0) and self.kind == "rademacher"
-        if held:  # a step's random words (1/8 byte per entry), up to HOLD_BYTES
-            size = self.__dict__.get("_held_bytes", 0) + vals.numel() * vals.element_size()
-            while cache and size > HOLD_BYTES:
-                old = cache.pop(next(iter(cache)))
-                size -= old.numel() * old.element_size()
-            self._held_bytes = size
-        elif len(cache) >= 4:  # a few probes' chunks, so that blockwise multi-term passes do not regenerate
+            if in_arena:
+                held[key] = vals
+                return vals
+        if len(cache) >= 4:  # a few probes' chunks, so that blockwise multi-term passes do not regenerate
             del cache[next(iter(cache))]
         cache[key] = vals
         return vals
 
+    def _arena(self, device) -> "_Arena":
+        arenas = self.__dict__.setdefault("_arenas", {})
+        key = ("current", str(device))
+        if key not in arenas:
+            arenas[key] = _Arena(device)
+        return arenas[key]
+
     def release(self) -> None:
         """Drop the cached chunks (at most four chunks of memory), unless :meth:`hold` keeps them."""
         if not self.__dict__.get("_held", 0):
+            self.__dict__.pop("_lru", None)
             self.__dict__.pop("_recent", None)
             self.__dict__.pop("_previous", None)
-            self._held_bytes = 0
+            for arena in self.__dict__.get("_arenas", {}).values():
+                arena.reset()
 
     @contextlib.contextmanager
     def hold(self):
         """Keep Rademacher chunks' random words between passes for the duration (one ZO step: the
         ``+eps`` pass, the ``-eps`` pass and the update read the same directions), so each chunk is drawn
-        once per step instead of three times. Costs 1/8 byte per perturbed entry, at most
-        :data:`HOLD_BYTES`; values are unchanged. Gaussian chunks are never held (4 bytes per entry).
-        Setting ``carry = True`` before the outermost hold ends keeps its words through the next hold
-        (for a deferred update), so at most two steps' words are alive."""
+        once per step instead of three times. Values are unchanged.
+
+        The words (1/8 byte per perturbed entry, at most :data:`HOLD_BYTES`; chunks past that are drawn
+        again as without a hold) go into a bump-allocated arena that is kept and reused from step to
+        step, so that thousands of small, short-lived tensors do not fragment the heap between the
+        forward's activations. Gaussian chunks are never held (4 bytes per entry). Setting
+        ``carry = True`` before the outermost hold ends keeps its words through the next hold (for a
+        deferred update): two arenas, so at most two steps' words are alive."""
         self._held = self.__dict__.get("_held", 0) + 1
         try:
             yield self
@@ -252,9 +296,16 @@ class Directions:
             self._held -= 1
             if self._held == 0 and self.__dict__.pop("carry", False):
                 # a deferred update will read these words in the next step: keep them one step longer
+                arenas = self.__dict__.setdefault("_arenas", {})
+                for key in [k for k in arenas if k[0] == "current"]:
+                    prev = arenas.get(("previous", key[1]))
+                    arenas[("previous", key[1])] = arenas.pop(key)
+                    if prev is not None:
+                        prev.reset()
+                        arenas[key] = prev
                 self._previous = self.__dict__.pop("_recent", {})
-                self._held_bytes = 0
-            else:
+                self.__dict__.pop("_lru", None)
+            elif self._held == 0:
                 self.release()
 
     def _pieces(self, numel: int, start: int, stop: int):
