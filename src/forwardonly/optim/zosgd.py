@@ -65,7 +65,13 @@ class ZOSGD(ZOOptimizer):
 
     Memory (bytes per trainable parameter, beyond the weights): 0 for plain,
     sign and conservative; 4 for momentum (fp32 buffer for 16-bit weights). Temporaries are one
-    module's parameters plus a 1M-element scratch buffer.
+    module's parameters plus a 1M-element scratch buffer. With Rademacher directions a step also
+    keeps its random bits, 1/8 byte per parameter (at most 64 MiB; 1/4 byte with
+    ``defer_update``), so that the three passes of a step draw them once.
+
+    Speed: on the CPU, fp32 Rademacher perturbations and updates run through a small C kernel
+    (:mod:`forwardonly.optim._native`, compiled at first use) that reads the random bits
+    directly; without a compiler the torch path gives the same values, slower.
 
     Deferred update (``defer_update=True``, plain ZO-SGD only): ``step`` records its
     update instead of writing it, and the next perturbed pass applies it to each
