@@ -105,6 +105,22 @@ def _prepare(mode, load, group_size, chunk_rows):
     return model, tok, params, nullcontext()
 
 
+class LabelDelta(torch.nn.Module):
+    """The output layer plus a zero-initialised fp32 delta on the label words' rows:
+    ``logits[..., ids] += h @ delta.T`` (``n_labels x hidden`` floats: 1,152 for SmolLM2's two labels,
+    4.5 kB). An unquantized parameter of its own (``lm_head.delta``) that ZO trains beside the scales."""
+
+    def __init__(self, head: torch.nn.Module, ids: torch.Tensor):
+        super().__init__()
+        self.head = head
+        self.register_buffer("ids", ids.clone(), persistent=False)
+        self.delta = torch.nn.Parameter(torch.zeros(len(ids), head.in_features), requires_grad=False)
+
+    def forward(self, h):
+        out = self.head(h)
+        return out.index_add(-1, self.ids, (h.to(self.delta.dtype) @ self.delta.t()).to(out.dtype))
+
+
 def make_run(args):
     from forwardonly.optim import ZOSGD, ZOSGDBlock
     from forwardonly.tasks import get_task, make_objective
@@ -129,6 +145,10 @@ def make_run(args):
         if head.bias is not None:
             raise SystemExit(f"{type(head).__name__} already has a bias")
         head.bias = torch.nn.Parameter(torch.zeros(head.out_features), requires_grad=False)
+    if args.label_delta:  # an fp32 delta on the label words' output rows (train it with --group-lr 'lm_head.delta=LR')
+        if args.mode not in ("int4", "int8"):
+            raise SystemExit("--label-delta applies to int4/int8")
+        model.lm_head = LabelDelta(model.get_output_embeddings(), obj.label_ids)
     if args.group_lr:
         groups = _split_groups(model, groups, args.group_lr)
     # block: ZO-SGD on one parameter group per step, in turn (ZOSGDBlock), so that a group with large
@@ -222,7 +242,7 @@ def cmd_train(args):
               "test": args.test, "val": args.val, "group_size": args.group_size, "chunk_rows": args.chunk_rows,
               "mlp_chunk": args.mlp_chunk,
               "threads": args.threads, "optimizer": "ZOSGDBlock" if args.optimizer == "block" else "ZOSGD", "opt": {**DEFAULTS[args.mode], **json.loads(args.opt)},
-              "norm_lr": args.norm_lr, "group_lr": args.group_lr, "head_bias": args.head_bias,
+              "norm_lr": args.norm_lr, "group_lr": args.group_lr, "head_bias": args.head_bias, "label_delta": args.label_delta,
               "trainable": sum(p.numel() for g in opt.param_groups for p in g["params"])}
     results = {"acc_before": acc0, "acc_after": acc1, "val_before": val0, "val_after": val1, "steps_run": steps_run, "train_s": t_train,
                "s_per_step": t_train / max(steps_run, 1),
@@ -320,6 +340,9 @@ def main():
     ap.add_argument("--head-bias", action="store_true",
                     help="train, int4/int8: add a zero-initialised fp32 bias to the output layer (train it with "
                          "--group-lr 'lm_head.bias=LR')")
+    ap.add_argument("--label-delta", action="store_true",
+                    help="int4/int8: add a zero-initialised fp32 delta on the label words' output rows "
+                         "(parameter lm_head.delta; give it a rate with --group-lr 'lm_head.delta=LR')")
     ap.add_argument("--group-lr", action="append", default=[], metavar="NAME_PATTERN=LR",
                     help="train: parameters whose name matches (fnmatch) get this lr in a group of their own; "
                          "repeatable (e.g. 'model.embed_tokens.scales=3e-3', 'model.norm.weight=1e-4')")
