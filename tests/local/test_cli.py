@@ -94,3 +94,37 @@ def test_every_shipped_config_loads_and_says_how_to_run(path):
     load_config(LocalConfig, path)
     first = path.read_text().splitlines()[0]
     assert first.startswith("#") and ("forwardonly local train" in first or "run.py" in first)
+
+
+def test_resume_with_weight_average_matches_uninterrupted_run(tmp_path, capsys):
+    common = ["--algo", "mf", *FAST]
+    keys = [*SMALL, "patience=0", "ema=0.9"]
+    assert run(capsys, *common, "--out", str(tmp_path / "a"), *keys, "epochs=3")[0] == 0
+    assert run(capsys, *common, "--out", str(tmp_path / "b"), *keys, "epochs=1")[0] == 0
+    code, out, _ = run(capsys, *common, "--out", str(tmp_path / "b"), "--resume", *keys, "epochs=3")
+    assert code == 0
+    for name in ("model.safetensors", "best.safetensors", "ema.safetensors"):
+        a = load_file(str(tmp_path / "a" / "checkpoint" / name))
+        b = load_file(str(tmp_path / "b" / "checkpoint" / name))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_weight_average_is_what_is_scored_and_kept(tmp_path, capsys):
+    from forwardonly.local.trainer import train
+
+    base = {"algo": "mf", "data": "digits", "hidden": [32], "batch_size": 64, "epochs": 1, "patience": 0,
+            "seed": 0}  # one epoch: the best weights are the last ones
+    plain = train(load_config(LocalConfig, None, None, base=base))
+    avg = train(load_config(LocalConfig, None, None, base={**base, "ema": 0.99, "out_dir": str(tmp_path)}))
+    # the raw weights train identically; the average (0.99 per step, ~25 steps) lags behind them
+    raw = load_file(str(tmp_path / "checkpoint" / "model.safetensors"))
+    assert all(torch.equal(raw[k], v) for k, v in plain["model"].state_dict().items())
+    ema = load_file(str(tmp_path / "checkpoint" / "ema.safetensors"))
+    assert any(not torch.equal(ema[k], raw[k]) for k in ema)
+    assert all(torch.equal(avg["model"].state_dict()[k], ema[k]) for k in ema)  # tested with the average
+    assert [r["val_acc"] for r in avg["history"]] != [r["val_acc"] for r in plain["history"]]
+
+
+def test_bad_weight_average(capsys):
+    code, _, err = run(capsys, "--algo", "mf", *FAST, *SMALL, "ema=1.0")
+    assert code == 2 and "ema=1.0 must be in [0, 1)" in err

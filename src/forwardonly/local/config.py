@@ -119,6 +119,7 @@ class LocalConfig:
     lr: float = 1e-3
     lr_decay: float = 1.0  # learning rate x this after every epoch, for every optimizer of the method
     weight_decay: float = 0.0
+    ema: float = 0.0  # > 0: evaluate, select and test an exponential moving average of the weights (per step)
     seed: int = 0
     threads: int = 0  # 0 leaves torch's default
     val_fraction: float = 0.1
@@ -143,6 +144,8 @@ class LocalConfig:
             raise ValueError(f"lr_decay={self.lr_decay} must be in (0, 1]")
         if self.weight_decay < 0:
             raise ValueError(f"weight_decay={self.weight_decay} must be >= 0")
+        if not 0.0 <= self.ema < 1.0:
+            raise ValueError(f"ema={self.ema} must be in [0, 1) (0: off)")
         if self.patience < 0 or self.threads < 0 or self.limit_train < 0:
             raise ValueError("patience, threads and limit_train must be >= 0")
         if not 0.0 <= self.val_fraction < 1.0:

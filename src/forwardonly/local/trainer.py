@@ -7,6 +7,11 @@ once, with the best weights. Time counts training steps only (not evaluation);
 ``time_to_target`` is the training time until validation accuracy first reaches
 ``target_acc``.
 
+With ``ema > 0`` an exponential moving average of every floating-point tensor of the
+model's state (updated after each step: ``avg = ema * avg + (1 - ema) * w``, starting
+from the initial weights) is what is scored, kept as best and tested; training itself
+continues on the raw weights. It costs one copy of the weights.
+
 With ``out_dir`` the loop writes ``metrics.jsonl`` (one line per epoch),
 ``checkpoint/`` after every epoch (atomically: weights as safetensors, optimizer
 and RNG state as a torch file read back with ``weights_only=True``) and
@@ -38,23 +43,56 @@ def _clone_state(model) -> dict:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def save_checkpoint(path: Path, model, best: dict, progress: dict, shuffle: torch.Generator, cfg) -> None:
+class _EMA:
+    """An exponential moving average of a model's floating-point state tensors."""
+
+    def __init__(self, model, decay: float):
+        self.decay = decay
+        self.state = {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
+
+    @torch.no_grad()
+    def update(self, model) -> None:
+        current = model.state_dict()
+        for k, avg in self.state.items():
+            avg.mul_(self.decay).add_(current[k].detach(), alpha=1.0 - self.decay)
+
+    def swapped(self, model):
+        """Context: the model holds the averaged weights inside, its own weights again after."""
+        import contextlib
+
+        @contextlib.contextmanager
+        def ctx():
+            raw = _clone_state(model)
+            model.load_state_dict({**raw, **self.state})
+            try:
+                yield
+            finally:
+                model.load_state_dict(raw)
+        return ctx()
+
+
+def save_checkpoint(path: Path, model, best: dict, progress: dict, shuffle: torch.Generator, cfg,
+                    ema: _EMA | None = None) -> None:
     from safetensors.torch import save_file
 
     with atomic_path(path) as tmp:
         tmp.mkdir()
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
         save_file({k: v.contiguous() for k, v in best.items()}, str(tmp / "best.safetensors"))
+        if ema is not None:
+            save_file({k: v.contiguous() for k, v in ema.state.items()}, str(tmp / "ema.safetensors"))
         torch.save({"optim": model.optim_state(), "progress": progress, "shuffle": shuffle.get_state(),
                     "config": json.dumps(to_dict(cfg))}, tmp / "state.pt")
 
 
-def load_checkpoint(path: Path, model, shuffle: torch.Generator, cfg) -> tuple[dict, dict]:
-    """Restore ``model`` and ``shuffle`` in place; return (best weights, progress)."""
+def load_checkpoint(path: Path, model, shuffle: torch.Generator, cfg, ema: _EMA | None = None) -> tuple[dict, dict]:
+    """Restore ``model``, ``shuffle`` (and ``ema``) in place; return (best weights, progress)."""
     try:
         state = torch.load(path / "state.pt", weights_only=True)
         model.load_state_dict(load_file(str(path / "model.safetensors")))
         best = load_file(str(path / "best.safetensors"))
+        if ema is not None:
+            ema.state = load_file(str(path / "ema.safetensors"))
     except (OSError, RuntimeError, KeyError) as e:
         raise UserError(f"{path}: cannot resume from this checkpoint: {e}") from None
     saved = json.loads(state["config"])
@@ -84,12 +122,13 @@ def train(cfg: LocalConfig, data: Dataset | None = None, progress: bool = False,
     shuffle = torch.Generator().manual_seed(cfg.seed)
     out = Path(cfg.out_dir) if cfg.out_dir else None
     best = _clone_state(model)
+    ema = _EMA(model, cfg.ema) if cfg.ema else None
     prog = {"epoch": 0, "best_val": -1.0, "best_epoch": 0, "bad_epochs": 0, "train_seconds": 0.0,
             "time_to_target": None, "history": []}
     if resume:
         if out is None or not (out / _CKPT).is_dir():
             raise UserError(f"--resume: no checkpoint in {out / _CKPT if out else '(no out_dir set)'}")
-        best, prog = load_checkpoint(out / _CKPT, model, shuffle, cfg)
+        best, prog = load_checkpoint(out / _CKPT, model, shuffle, cfg, ema)
 
     n, bs = len(data.y_train), cfg.batch_size
     for epoch in range(prog["epoch"], cfg.epochs):
@@ -102,6 +141,8 @@ def train(cfg: LocalConfig, data: Dataset | None = None, progress: bool = False,
         for i in bar:
             idx = perm[i:i + bs]
             losses.append(model.train_step(data.x_train[idx], data.y_train[idx]))
+            if ema is not None:
+                ema.update(model)
             if progress and len(losses) % 20 == 0:
                 bar.set_postfix(loss=f"{losses[-1]:.4f}")
         model.end_epoch()
@@ -110,14 +151,16 @@ def train(cfg: LocalConfig, data: Dataset | None = None, progress: bool = False,
             for group in opt.param_groups:
                 group["lr"] *= cfg.lr_decay
         prog["train_seconds"] += seconds
-        scored = model.evaluate(data.x_val, data.y_val, cfg.eval_batch_size) if len(data.y_val) else {}
+        with ema.swapped(model) if ema is not None else _nothing():
+            scored = model.evaluate(data.x_val, data.y_val, cfg.eval_batch_size) if len(data.y_val) else {}
+            snapshot = _clone_state(model)  # the weights scored (the average, with ema)
         val = scored.get("acc", float(epoch))  # no validation split: the last epoch wins
         row = {"epoch": epoch + 1, "train_loss": sum(losses) / max(1, len(losses)), "epoch_seconds": seconds,
                "train_seconds": prog["train_seconds"], **{f"val_{k}": v for k, v in scored.items()}}
         prog["history"].append(row)
         if val > prog["best_val"]:
             prog.update(best_val=val, best_epoch=epoch + 1, bad_epochs=0)
-            best = _clone_state(model)
+            best = snapshot
         else:
             prog["bad_epochs"] += 1
         if cfg.target_acc is not None and prog["time_to_target"] is None and val >= cfg.target_acc:
@@ -126,7 +169,7 @@ def train(cfg: LocalConfig, data: Dataset | None = None, progress: bool = False,
         if log:
             log(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
         if out is not None:
-            save_checkpoint(out / _CKPT, model, best, prog, shuffle, cfg)
+            save_checkpoint(out / _CKPT, model, best, prog, shuffle, cfg, ema)
             atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in prog["history"]))
 
     model.load_state_dict(best)
@@ -145,6 +188,12 @@ def train(cfg: LocalConfig, data: Dataset | None = None, progress: bool = False,
         atomic_write_json(out / "summary.json", {"config": to_dict(cfg), **summary})
     summary["model"] = model
     return summary
+
+
+def _nothing():
+    import contextlib
+
+    return contextlib.nullcontext()
 
 
 def _bar(it, enabled: bool, desc: str):
