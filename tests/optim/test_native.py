@@ -180,3 +180,19 @@ def test_defer_update_rejects_variants_that_cannot_defer():
     for kw in ({"momentum": 0.9}, {"sign": True}, {"conservative": True}):
         with pytest.raises(ValueError, match="defer_update"):
             ZOSGD(p, lr=0.1, defer_update=True, **kw)
+
+
+@needs_native
+@pytest.mark.parametrize("threads", [2, 3, 8])
+def test_kernel_split_over_threads_gives_the_same_values(threads):
+    n = 5 * _native.PIECE + 123
+    src = torch.randn(n, generator=torch.Generator().manual_seed(3))
+    words = torch.randint(-(2**63), 2**63 - 1, ((n + 7 + 63) // 64,), dtype=torch.int64,
+                          generator=torch.Generator().manual_seed(4))
+    one, many = torch.empty(n), torch.empty(n)
+    assert _native.sign_add_f32(one, src, words, 7, 0.25, threads=1)
+    assert _native.sign_add_f32(many, src, words, 7, 0.25, threads=threads)
+    assert torch.equal(one, many)
+    inplace = src.clone()
+    _native.sign_add_f32(inplace, inplace, words, 7, 0.25, threads=threads)
+    assert torch.equal(inplace, one)

@@ -127,15 +127,48 @@ def reset() -> None:
         _STATE.clear()
 
 
-def sign_add_f32(dst, src, words, first: int, coef: float) -> bool:
+PIECE = 1 << 18
+"""Fewest elements per thread when a call is split over torch's intra-op threads."""
+_POOL: dict = {}
+
+
+def _pool(workers: int):
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = _POOL.get(workers)
+    if pool is None:
+        for old in _POOL.values():
+            old.shutdown(wait=False)
+        _POOL.clear()
+        pool = _POOL[workers] = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="forwardonly-signs")
+    return pool
+
+
+def sign_add_f32(dst, src, words, first: int, coef: float, threads: int | None = None) -> bool:
     """``dst = src + coef * sign(bit first + i of words)`` with the kernel; False if it is unavailable.
 
     ``dst``/``src``: contiguous fp32 CPU tensors of equal length (may be the same tensor);
-    ``words``: the chunk's random int64 words (CPU, contiguous).
+    ``words``: the chunk's random int64 words (CPU, contiguous). Large calls are split over
+    ``threads`` (default ``torch.get_num_threads()``) pieces, run at once (``ctypes`` releases the GIL);
+    the kernel is elementwise, so the values do not depend on the split.
     """
     lib = library()
     if lib is None:
         return False
-    lib.fo_sign_add_f32(dst.data_ptr(), src.data_ptr(), dst.numel(), words.data_ptr(), words.numel() * 8,
-                        int(first), float(coef))
+    import torch
+
+    n = dst.numel()
+    d, s, w = dst.data_ptr(), src.data_ptr(), words.data_ptr()
+    nbytes, first, coef = words.numel() * 8, int(first), float(coef)
+    k = min(threads or torch.get_num_threads(), n // PIECE)
+    if k <= 1:
+        lib.fo_sign_add_f32(d, s, n, w, nbytes, first, coef)
+        return True
+    step = ((n + k - 1) // k + 63) // 64 * 64  # pieces of whole 64-entry words
+    cuts = list(range(0, n, step)) + [n]
+    jobs = [_pool(k - 1).submit(lib.fo_sign_add_f32, d + 4 * a, s + 4 * a, b - a, w, nbytes, first + a, coef)
+            for a, b in zip(cuts[1:-1], cuts[2:])]
+    lib.fo_sign_add_f32(d, s, cuts[1], w, nbytes, first, coef)
+    for j in jobs:
+        j.result()
     return True
