@@ -20,6 +20,12 @@ def versions() -> dict:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             pass
+    try:  # whether ZO perturbations ran through the native CPU kernel (built now if it was not yet)
+        from ..optim import _native
+
+        out["forwardonly_native_kernel"] = _native.status()["available"]
+    except Exception:  # noqa: BLE001 - a record must never fail over this
+        pass
     return out
 
 
