@@ -114,16 +114,21 @@ class FusedWeight(TorchFunctionMode):
         d = self.directions
         buf = d._range_scratch(min(rows, out_f) * in_f, w.dtype, w.device, slot="w")
         wflat = w.view(-1)
-        try:
-            for r0 in range(0, out_f, rows):
-                r1 = min(out_f, r0 + rows)
-                wb = buf[: (r1 - r0) * in_f]
-                self.settle(r1 * in_f)  # the deferred update of these rows, while they are in cache
-                d.perturb_range(wb, wflat[r0 * in_f : r1 * in_f], self.step, self.terms, self.index, w.numel(),
-                                r0 * in_f)
-                torch.mm(x2, wb.view(r1 - r0, in_f).t(), out=y[:, r0:r1])
-        finally:
-            self.settle()
+        if rows >= out_f and self.fold is None:  # one block (every SmolLM2 layer but the head)
+            wb = buf[: out_f * in_f]
+            d.perturb_range(wb, wflat, self.step, self.terms, self.index, w.numel(), 0)
+            torch.mm(x2, wb.view(out_f, in_f).t(), out=y)
+        else:
+            try:
+                for r0 in range(0, out_f, rows):
+                    r1 = min(out_f, r0 + rows)
+                    wb = buf[: (r1 - r0) * in_f]
+                    self.settle(r1 * in_f)  # the deferred update of these rows, while they are in cache
+                    d.perturb_range(wb, wflat[r0 * in_f : r1 * in_f], self.step, self.terms, self.index,
+                                    w.numel(), r0 * in_f)
+                    torch.mm(x2, wb.view(r1 - r0, in_f).t(), out=y[:, r0:r1])
+            finally:
+                self.settle()
         if bias is not None:
             y.add_(bias)
         return y.view(*x.shape[:-1], out_f)

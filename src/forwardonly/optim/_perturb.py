@@ -44,6 +44,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 import contextlib
+import functools
 
 import torch
 
@@ -69,6 +70,7 @@ def _splitmix64(x: int) -> int:
     return x ^ (x >> 31)
 
 
+@functools.lru_cache(maxsize=1 << 16)  # a pure function, asked for the same chunks by every pass of a step
 def chunk_seed(seed: int, step: int, probe: int, param_index: int, chunk: int) -> int:
     """The 63-bit generator seed of one chunk of one direction."""
     h = 0x2545F4914F6CDD1D
@@ -331,6 +333,16 @@ class Directions:
         if not terms:
             if dst.data_ptr() != src.data_ptr():
                 dst.copy_(src)
+            return
+        if (len(terms) == 1 and self.kind == "rademacher" and start // CHUNK == (start + n - 1) // CHUNK
+                and dst.dtype == torch.float32 and src.dtype == torch.float32 and dst.device.type == "cpu"
+                and _native.library() is not None):
+            # the common case (one term, inside one chunk), without the general loop's bookkeeping
+            (probe, coef), = terms
+            c = start // CHUNK
+            words = self._chunk_values(chunk_seed(self.seed, step, probe, param_index, c),
+                                       min(CHUNK, numel - c * CHUNK), dst.dtype, dst.device)
+            _native.sign_add_f32(dst, src, words, start - c * CHUNK, coef)
             return
         z_buf = None
         native = (self.kind == "rademacher" and dst.dtype == torch.float32 and dst.device.type == "cpu"
