@@ -64,6 +64,10 @@ CASES = {
     # hybrid ZO/FO: data-parallel also averages the first-order part's gradients (see test_hybrid_bytes)
     "data-hybrid": ("zo-sgd-hybrid", "data", "grads", 1, 1, {"fo_lr": 1e-2}, False),
     "probe-hybrid": ("zo-sgd-hybrid", "probe", "grads", 1, 1, {"fo_lr": 1e-2}, True),
+    # paired evaluation: each rank's closure returns its two halves' losses; both are reduced
+    "data-paired-losses": ("zo-sgd", "data", "losses", 1, 1, {"paired": True}, True),
+    "data-paired-grads-accum2": ("zo-sgd", "data", "grads", 2, 1, {"paired": True}, False),
+    "probe-paired": ("zo-adam", "probe", "grads", 1, 2, {"paired": True}, True),
 }
 
 
@@ -77,14 +81,21 @@ def problem():
     return model, x, y
 
 
-def closure_for(model, x, y, n_micro):
-    """closure(i) on the i-th of n_micro consecutive slices of (x, y); closure() on all of it."""
+def closure_for(model, x, y, n_micro, paired=False):
+    """closure(i) on the i-th of n_micro consecutive slices of (x, y); closure() on all of it.
+    ``paired``: the slice stacked twice, and the two halves' losses (``paired=True`` optimizers)."""
     m = len(x) // n_micro
+
+    def loss(xs, ys):
+        if not paired:
+            return torch.nn.functional.mse_loss(model(xs), ys)
+        per = torch.nn.functional.mse_loss(model(torch.cat([xs, xs])), torch.cat([ys, ys]), reduction="none")
+        return per.view(2, -1).mean(1)
 
     def closure(i=None):
         if i is None:
-            return torch.nn.functional.mse_loss(model(x), y)
-        return torch.nn.functional.mse_loss(model(x[i * m:(i + 1) * m]), y[i * m:(i + 1) * m])
+            return loss(x, y)
+        return loss(x[i * m:(i + 1) * m], y[i * m:(i + 1) * m])
 
     if n_micro == 1:
         return lambda: closure()
@@ -102,7 +113,7 @@ def train_case(case: str, comm):
     if mode == "data":
         x, y = comm.shard(x), comm.shard(y)
     opt = fd.distribute(make_opt(model, name, accum, q, extra), comm, mode=mode, reduce=reduce)
-    closure = closure_for(model, x, y, accum)
+    closure = closure_for(model, x, y, accum, extra.get("paired", False))
     sent = comm.bytes_sent
     for _ in range(STEPS):
         opt.step(closure)
@@ -118,7 +129,7 @@ def single_process(case: str):
     else:
         q *= WORLD
     opt = make_opt(model, name, accum, q, extra)
-    closure = closure_for(model, x, y, accum)
+    closure = closure_for(model, x, y, accum, extra.get("paired", False))
     for _ in range(STEPS):
         opt.step(closure)
     return [p.detach().clone() for p in model.parameters()]

@@ -16,6 +16,10 @@ discarded; medians are reported):
   forwards and the update) on the fast path;
 * ``zosgd_rademacher_deferred``: the same with ``defer_update=True`` (the update is
   written by the next step's first perturbed pass, block by block, as ZO2 does);
+* ``zosgd_rademacher_paired`` (and ``_paired_deferred``): ``ZOSGD(paired=True)``: both perturbed
+  forwards of the step as one forward over the batch stacked twice, whose halves see ``w + eps z``
+  and ``w - eps z``; the closure computes each row's causal-LM loss itself and returns the two
+  halves' means (the same loss as ``labels=ids``);
 * ``zosgd_rademacher_torch``: ``zosgd_rademacher`` with the native kernel switched
   off (the torch fallback used where no C compiler is available);
 * ``zosgd_rademacher_unfused``: the same step with ``opt.fused = False`` (every
@@ -45,15 +49,17 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from forwardonly.bench.measure import PeakMemory
 from forwardonly.bench.record import make_record, write_record
-from forwardonly.optim import ZOSGD, ZOSGDReference, _native
+from forwardonly.optim import ZOSGD, ZOSGDReference, _native, pair_batch, pair_losses
 
 SMOLLM2 = {"vocab_size": 49152, "hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30,
            "num_attention_heads": 9, "num_key_value_heads": 3, "head_dim": 64, "tie_word_embeddings": True,
            "max_position_embeddings": 8192, "rms_norm_eps": 1e-5, "rope_theta": 100000.0}
-VARIANTS = ("zosgd_rademacher", "zosgd_rademacher_deferred", "zosgd_rademacher_torch", "zosgd_gaussian",
+VARIANTS = ("zosgd_rademacher", "zosgd_rademacher_deferred", "zosgd_rademacher_paired",
+            "zosgd_rademacher_paired_deferred", "zosgd_rademacher_torch", "zosgd_gaussian",
             "zosgd_rademacher_unfused", "mezo_reference_gaussian")
 LR, EPS = 1e-12, 1e-3
 
@@ -76,12 +82,14 @@ def make_optimizer(name: str, params):
     if name == "mezo_reference_gaussian":
         return ZOSGDReference(params, lr=LR, eps=EPS, seed=0, direction="gaussian")
     opt = ZOSGD(params, lr=LR, eps=EPS, seed=0, direction="gaussian" if "gaussian" in name else "rademacher",
-                defer_update=name.endswith("_deferred"))
+                defer_update=name.endswith("_deferred"), paired="_paired" in name)
     opt.fused = not name.endswith("_unfused")
     return opt
 
 
-def make_step(name: str, opt, loss):
+def make_step(name: str, opt, loss, paired_loss):
+    if "_paired" in name:
+        return lambda: opt.step(paired_loss)
     if not name.endswith("_torch"):
         return lambda: opt.step(loss)
 
@@ -128,12 +136,20 @@ def main(argv=None):
     def loss():
         return model(input_ids=ids, labels=ids).loss
 
+    ids2 = pair_batch(ids)
+
+    def paired_loss():  # per-row causal-LM loss over the doubled batch, the mean of each half
+        logits = model(input_ids=ids2).logits.float()
+        per = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids2[:, 1:].reshape(-1),
+                              reduction="none")
+        return pair_losses(per.view(ids2.shape[0], -1).mean(1))
+
     def forward():
         with torch.no_grad():
             loss()
 
     optims = {name: make_optimizer(name, params) for name in variants}
-    steps = {"forward": forward, **{name: make_step(name, o, loss) for name, o in optims.items()}}
+    steps = {"forward": forward, **{name: make_step(name, o, loss, paired_loss) for name, o in optims.items()}}
 
     names = list(steps)
     times = {name: [] for name in names}

@@ -277,6 +277,13 @@ class DataParallel:
         total, = self.comm.all_reduce_sum([sum(float(v) for v in losses)])
         return total / (a * self.comm.world_size)
 
+    def _call_pair(self, closure):
+        a, b = super()._call_pair(closure)  # the means of this rank's micro-batches (paired=True)
+        if self._dp_local:
+            return a, b
+        ta, tb = self.comm.all_reduce_sum([a, b])
+        return ta / self.comm.world_size, tb / self.comm.world_size
+
 
 class ProbeParallel:
     """Mixin over a :class:`ZOOptimizer`: each rank evaluates ``q_local`` probes of its own.

@@ -101,6 +101,8 @@ def build_optimizer(cfg: TrainConfig, params: list, names: list[str] | None = No
               clip=o.clip, weight_decay=o.weight_decay)
     if o.name != "forward-grad":
         kw.update(eps=o.eps, two_sided=o.two_sided)
+    if o.paired:
+        kw["paired"] = True
     if o.momentum is not None:
         kw["momentum"] = o.momentum
     if o.betas is not None:
@@ -306,11 +308,12 @@ def run(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, log=No
 
 def _zo_step(opt, model, objective, batches, seedlog, t: int) -> float:
     skipped = opt.zo_state["skipped"]
+    lossf = objective.paired_loss if getattr(opt, "paired", False) else objective.loss
     if len(batches) == 1:
         (b,) = batches
-        loss = float(opt.step(lambda: objective.loss(model, b)))
+        loss = float(opt.step(lambda: lossf(model, b)))
     else:
-        loss = float(opt.step(lambda i: objective.loss(model, batches[i])))
+        loss = float(opt.step(lambda i: lossf(model, batches[i])))
     if seedlog is not None:
         if opt.zo_state["skipped"] != skipped:
             seedlog.record(t, [], None)

@@ -73,6 +73,9 @@ class OptimConfig:
     ``fo_optim`` (``zo-sgd-hybrid``: how many trailing blocks are trained first-order,
     their learning rate - scheduled like ``lr`` - and ``adam`` or ``sgd``).
     ``zo-sgd-block`` has none: its blocks come from the parameter names.
+    ``paired`` (two-sided ZO) evaluates both perturbed points of a probe in one forward over the
+    batch stacked twice (see ``forwardonly.optim.base.ZOOptimizer``): the same estimate, twice the
+    activations.
     """
 
     name: str = "zo-sgd"
@@ -93,6 +96,7 @@ class OptimConfig:
     fo_blocks: int | None = None
     fo_lr: float | None = None
     fo_optim: Literal["adam", "sgd"] | None = None
+    paired: bool = False
 
     def __post_init__(self):
         from .optim import OPTIMIZERS
@@ -118,6 +122,10 @@ class OptimConfig:
             raise ValueError(f"optim.fo_blocks={self.fo_blocks} must be at least 1")
         if self.fo_lr is not None and not self.fo_lr >= 0:
             raise ValueError(f"optim.fo_lr={self.fo_lr} must be >= 0")
+        if self.paired and (self.name in FO_OPTIMIZERS or self.name in ("forward-grad", "zo-sgd-hybrid",
+                                                                         "zo-sgd-cons") or not self.two_sided):
+            raise ValueError(f"optim.paired=true pairs the two sides of a two-sided ZO estimate; "
+                             f"{self.name}{'' if self.two_sided else ' with two_sided=false'} has none to pair")
         only = {"density": "zo-sgd-sparse", "fo_blocks": "zo-sgd-hybrid", "fo_lr": "zo-sgd-hybrid",
                 "fo_optim": "zo-sgd-hybrid"}
         for key, owner in only.items():

@@ -217,3 +217,18 @@ def test_scales_are_perturbed_inside_the_forward_not_written():
     assert pert.touched == {0, 1}
     assert float(moved) != float(base)
     assert all(torch.equal(a, b) for a, b in zip(before, params))
+
+
+def test_paired_zo_on_scales_is_refused_clearly():
+    """The quantized layers scale their dequantized weight in place, which a paired forward cannot split:
+    a paired QZO step must stop with an error naming the layer, before any scale moves."""
+    from forwardonly.optim import Unpairable, pair_losses
+
+    model, x, y = regression(4)
+    opt = build_optimizer("zo-sgd", scale_parameters(model), lr=2e-2, eps=1e-3, seed=0, paired=True)
+    before = [p.detach().clone() for p in scale_parameters(model)]
+    closure = lambda: pair_losses(
+        nn.functional.mse_loss(model(torch.cat([x, x])), torch.cat([y, y]), reduction="none").mean(-1))
+    with pytest.raises(Unpairable, match=r"QuantLinear \(parameter \d+\), mul_ writes in place"):
+        opt.step(closure)
+    assert all(torch.equal(a, b) for a, b in zip(before, scale_parameters(model)))

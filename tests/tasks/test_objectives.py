@@ -173,3 +173,28 @@ def test_smollm2_sentiment_zero_shot():
     model, tok = load_model("smollm2-135m")
     r = evaluate(model, tok, get_task("sentiment"), "test", max_examples=64, progress=False)
     assert r["accuracy"] > 0.65  # 78.5% on all 400 test sentences
+
+
+@pytest.mark.parametrize("task_name,kind,objective", [
+    ("sentiment", "llama", "ce"), ("sentiment", "llama", "accuracy"), ("social_iqa", "llama", "ce"),
+    ("disfl_qa", "llama", "ce"), ("sentiment", "bert", "ce"),
+])
+def test_paired_loss_is_the_loss_twice_at_an_unperturbed_point(task_name, kind, objective):
+    """``paired_loss`` runs one forward over the doubled batch; unperturbed, both halves give ``loss``."""
+    model, tok = tiny_model(kind, seed=3)
+    task = get_task(task_name)
+    obj = make_objective(task, tok, objective, max_length=128, **({"model": model} if kind == "bert" else {}))
+    batch = obj.batch(task.splits["train"][:3])
+    with torch.no_grad():
+        one = obj.loss(model, batch)
+        two = obj.paired_loss(model, batch)
+    assert two.shape == (2,)
+    torch.testing.assert_close(two, torch.stack([one, one]), atol=2e-5, rtol=1e-5)
+
+
+def test_paired_loss_refuses_generated_answers():
+    model, tok = tiny_model("llama")
+    task = get_task("disfl_qa")
+    obj = make_objective(task, tok, "f1", max_length=128)
+    with pytest.raises(UserError, match="paired evaluation cannot split"):
+        obj.paired_loss(model, obj.batch(task.splits["train"][:2]))

@@ -176,3 +176,31 @@ def test_chunked_feedforward_trains_the_same_and_bad_values_are_named(cfg_of):
     assert "forward" in vars(chunked["model"].model.layers[0].mlp)  # the blocks really were wrapped
     with pytest.raises(UserError, match=r"model.chunk_feedforward=-1 must be >= 0"):
         cfg_of("model.chunk_feedforward=-1")
+
+
+@pytest.mark.parametrize("extra", [(), ("scheme.name=lora",), ("accum_steps=2",)])
+def test_paired_training_follows_the_sequential_run(cfg_of, extra):
+    """optim.paired=true: one forward over the doubled batch per probe; the same run up to float order."""
+    common = ("steps=8", "optim.lr=1e-2", "test=false", "validate=false", "task.max_train=16", *extra)
+    seq = run(cfg_of(*common), progress=False)
+    par = run(cfg_of(*common, "optim.paired=true"), progress=False)
+    assert par["forwards"] == seq["forwards"] == 8 * 2 * (2 if "accum_steps=2" in extra else 1)
+    a, b = _weights(seq["model"]), _weights(par["model"])
+    moved = 0.0
+    init = _weights(run(cfg_of(*common, "steps=0"), progress=False)["model"])
+    for n in a:
+        torch.testing.assert_close(b[n], a[n], rtol=0, atol=5e-5, msg=n)
+        moved = max(moved, float((a[n] - init[n]).abs().max()))
+    assert moved > 1e-3
+    for hs, hp in zip(seq["history"], par["history"]):
+        assert hp["loss"] == pytest.approx(hs["loss"], rel=1e-4)
+
+
+@pytest.mark.parametrize("override,msg", [
+    (["optim.name=fo-adam", "optim.paired=true"], "fo-adam has none to pair"),
+    (["optim.two_sided=false", "optim.paired=true"], "zo-sgd with two_sided=false has none to pair"),
+    (["optim.name=zo-sgd-cons", "optim.paired=true"], "zo-sgd-cons has none to pair"),
+])
+def test_paired_config_errors(override, msg):
+    with pytest.raises(UserError, match=msg):
+        load_config(TrainConfig, None, override)

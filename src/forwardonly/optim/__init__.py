@@ -6,6 +6,7 @@ line by line and serves as the test oracle.
 """
 
 from ._perturb import CHUNK, Directions, Perturbation, direction
+from ._paired import Unpairable, pair_batch, pair_losses
 from .base import ZOOptimizer
 from .forward_grad import ForwardGrad
 from .forward_grad_reference import ForwardGradReference
@@ -53,5 +54,5 @@ __all__ = [
     "CHUNK", "Directions", "Perturbation", "direction", "ZOOptimizer", "ZOSGD", "ZOAdam", "ForwardGrad",
     "ZOSGDReference", "ZOAdamReference", "ForwardGradReference", "OPTIMIZERS", "build_optimizer",
     "ZOSGDBlock", "ZOSGDBlockReference", "ZOSGDSparse", "ZOSGDSparseReference", "ZOFOHybrid",
-    "ZOFOHybridReference", "takes_names",
+    "ZOFOHybridReference", "takes_names", "Unpairable", "pair_batch", "pair_losses",
 ]

@@ -52,6 +52,13 @@ def fusable(module: torch.nn.Module, param: torch.Tensor, directions: Directions
             and directions.ranged)
 
 
+def _unpairable(msg: str):
+    from ._paired import Unpairable
+
+    return Unpairable(f"paired evaluation: {msg}; with paired=True the closure must run the model on its batch "
+                      f"twice, torch.cat([x, x])")
+
+
 def _arg(args, kwargs, pos: int, name: str):
     return args[pos] if len(args) > pos else kwargs.get(name)
 
@@ -68,10 +75,15 @@ class FusedWeight(TorchFunctionMode):
     """
 
     def __init__(self, directions: Directions, step: int, terms: Sequence[tuple[int, float]], index: int,
-                 param: torch.Tensor, fold: tuple[int, Sequence[tuple[int, float]]] | None = None):
+                 param: torch.Tensor, fold: tuple[int, Sequence[tuple[int, float]]] | None = None,
+                 pair_terms: Sequence[tuple[int, float]] | None = None, pair_state=None):
         super().__init__()
         self.directions, self.step, self.terms, self.index = directions, step, list(terms), index
         self.param = param
+        # paired evaluation (see _paired.py): the second half of the batch sees ``pair_terms``
+        self.pair_terms = None if pair_terms is None else list(pair_terms)
+        self.pair_state = pair_state
+        self.pairs: dict = {}  # id(param) -> (param, first half, second half): the module's other parameters
         self.fold = fold  # (step, terms): a deferred update to write into the weight on the way
         self._folded_to = 0  # weight elements the fold has been applied to
 
@@ -99,34 +111,63 @@ class FusedWeight(TorchFunctionMode):
                 return self.embedding(func, args, kwargs)
         return func(*args, **kwargs)
 
-    def whole(self) -> torch.Tensor:
+    def whole(self, terms=None) -> torch.Tensor:
         self.settle()
-        return self.directions.perturbed(self.param.detach(), self.step, self.terms, self.index)
+        return self.directions.perturbed(self.param.detach(), self.step, self.terms if terms is None else terms,
+                                         self.index)
+
+    def _half(self, n: int, what: str) -> int:
+        return self.pair_state.check(n, f"{what} {tuple(self.param.shape)}")
 
     def linear(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         w = self.param.detach()
         out_f, in_f = w.shape
+        paired = self.pair_terms is not None
+        if paired and bias is not None and id(bias) in self.pairs:
+            _, ba, bb = self.pairs[id(bias)]
+            y = self.linear(x, None)
+            h = y.shape[0] // 2
+            y[:h].add_(ba)
+            y[h:].add_(bb)
+            return y
+        if paired:
+            if x.dim() < 2:
+                raise _unpairable(f"a linear layer {tuple(w.shape)} got an unbatched input of shape {tuple(x.shape)}")
+            self._half(x.shape[0], "a linear layer")
         if x.shape[-1] != in_f or x.dtype != w.dtype:  # let F.linear raise its own error
+            if paired:
+                h = x.shape[0] // 2
+                return torch.cat([F.linear(x[:h], self.whole(), bias),
+                                  F.linear(x[h:], self.whole(self.pair_terms), bias)])
             return F.linear(x, self.whole(), bias)
         x2 = x.reshape(-1, in_f)
         y = torch.empty(x2.shape[0], out_f, dtype=x.dtype, device=x.device)
         rows = max(1, LINEAR_BLOCK // in_f)
         d = self.directions
         buf = d._range_scratch(min(rows, out_f) * in_f, w.dtype, w.device, slot="w")
+        # (input rows, output rows, terms) per half of a paired batch; the whole batch otherwise
+        if paired:
+            h = x2.shape[0] // 2
+            buf2 = d._range_scratch(min(rows, out_f) * in_f, w.dtype, w.device, slot="w2")
+            sides = [(x2[:h], y[:h], self.terms, buf), (x2[h:], y[h:], self.pair_terms, buf2)]
+        else:
+            sides = [(x2, y, self.terms, buf)]
         wflat = w.view(-1)
         if rows >= out_f and self.fold is None:  # one block (every SmolLM2 layer but the head)
-            wb = buf[: out_f * in_f]
-            d.perturb_range(wb, wflat, self.step, self.terms, self.index, w.numel(), 0)
-            torch.mm(x2, wb.view(out_f, in_f).t(), out=y)
+            for xs, ys, terms, b in sides:
+                wb = b[: out_f * in_f]
+                d.perturb_range(wb, wflat, self.step, terms, self.index, w.numel(), 0)
+                torch.mm(xs, wb.view(out_f, in_f).t(), out=ys)
         else:
             try:
                 for r0 in range(0, out_f, rows):
                     r1 = min(out_f, r0 + rows)
-                    wb = buf[: (r1 - r0) * in_f]
                     self.settle(r1 * in_f)  # the deferred update of these rows, while they are in cache
-                    d.perturb_range(wb, wflat[r0 * in_f : r1 * in_f], self.step, self.terms, self.index,
-                                    w.numel(), r0 * in_f)
-                    torch.mm(x2, wb.view(r1 - r0, in_f).t(), out=y[:, r0:r1])
+                    for xs, ys, terms, b in sides:
+                        wb = b[: (r1 - r0) * in_f]
+                        d.perturb_range(wb, wflat[r0 * in_f : r1 * in_f], self.step, terms, self.index,
+                                        w.numel(), r0 * in_f)
+                        torch.mm(xs, wb.view(r1 - r0, in_f).t(), out=ys[:, r0:r1])
             finally:
                 self.settle()
         if bias is not None:
@@ -136,19 +177,30 @@ class FusedWeight(TorchFunctionMode):
     def embedding(self, func, args, kwargs) -> torch.Tensor:
         self.settle()
         ids = _arg(args, kwargs, 0, "input")
+        if self.pair_terms is not None:
+            if ids.dim() < 1:
+                raise _unpairable(f"an embedding {tuple(self.param.shape)} got a single id")
+            h = self._half(ids.shape[0], "an embedding")
+            rest = args[1:] if len(args) > 1 else ()
+            return torch.cat([self._embed(func, ids[:h], rest, kwargs, self.terms),
+                              self._embed(func, ids[h:], rest, kwargs, self.pair_terms)])
+        return self._embed(func, ids, args[1:], kwargs, self.terms)
+
+    def _embed(self, func, ids, rest, kwargs, terms) -> torch.Tensor:
         w = self.param.detach()
         num, dim = w.shape
         flat = ids.reshape(-1)
         if (flat.numel() == 0 or ids.dtype not in (torch.int32, torch.int64)
                 or int(flat.min()) < 0 or int(flat.max()) >= num):  # let F.embedding raise its own error
-            return func(ids, self.whole(), *args[2:], **{k: v for k, v in kwargs.items() if k != "weight"})
+            return func(ids, self.whole(terms), *rest[1:], **{k: v for k, v in kwargs.items()
+                                                              if k not in ("weight", "input")})
         rows, inverse = torch.unique(flat, sorted=True, return_inverse=True)
         sub = w.index_select(0, rows)
-        if not self.terms:
+        if not terms:
             return F.embedding(inverse.view(ids.shape), sub)
         flat_index = (rows.unsqueeze(1) * dim + torch.arange(dim, device=rows.device)).view(-1)
         out = torch.empty_like(sub)
-        for j, (probe, coef) in enumerate(self.terms):
+        for j, (probe, coef) in enumerate(terms):
             z = self.directions.gather(w, self.step, probe, self.index, flat_index).view_as(sub)
             if j == 0:
                 torch.add(sub, z, alpha=coef, out=out)

@@ -463,6 +463,8 @@ class Perturbation:
             to apply to each parameter just before its first use (folded into the blockwise
             ``nn.Linear`` where it takes that path); whatever the forward did not reach is
             applied on exit, exception or not. The dict is consumed.
+        pair_terms: paired evaluation (:mod:`forwardonly.optim._paired`): the forward runs on a
+            doubled batch whose first half sees ``terms`` and whose second half sees ``pair_terms``.
 
     After the context, :attr:`touched` holds the indices of the parameters that
     some module's forward used.
@@ -470,8 +472,12 @@ class Perturbation:
 
     def __init__(self, params: Sequence[tuple[int, torch.Tensor]], directions: Directions, step: int,
                  terms: Sequence[tuple[int, float]], scales: Sequence[float] | None = None,
-                 whole: Iterable[int] = (), fused: bool = True, pending: dict | None = None):
+                 whole: Iterable[int] = (), fused: bool = True, pending: dict | None = None,
+                 pair_terms: Sequence[tuple[int, float]] | None = None):
         self.params = {i: p for i, p in params}
+        self.pair_terms = None if pair_terms is None else list(pair_terms)
+        self._pair_state = None
+        self._names: dict[int, str] | None = None
         self.pending = pending if pending is not None else {}
         self.index = {id(p): i for i, p in params}
         self.directions = directions
@@ -506,35 +512,55 @@ class Perturbation:
         self.params[i].data = self._swapped.pop(i)
 
     def _pre(self, module, args):
-        frame, mode = [], None
+        frame, mode, pairs = [], None, {}
+        paired = self.pair_terms is not None
+        if paired:
+            self._pair_state.see_inputs(args)
         for p in module._parameters.values():
             i = self.index.get(id(p)) if p is not None else None
             if i is None:
                 continue
             self.touched.add(i)
+            s = self.scales[i]
             if mode is None and self.fused and i not in self._swapped and self._fusable(module, p, self.directions):
-                s = self.scales[i]
                 fold = None
                 if i in self.pending and type(module) is torch.nn.Linear:
                     fold = self.pending.pop(i)  # applied block by block inside the perturbed linear
                 else:
                     self._settle(i)
                 mode = self._Fused(self.directions, self.step, [(k, c * s) for k, c in self.terms], i, p,
-                                   fold=fold)
+                                   fold=fold, pair_state=self._pair_state,
+                                   pair_terms=None if not paired else [(k, c * s) for k, c in self.pair_terms])
+            elif paired:
+                self._settle(i)
+                d = self.directions
+                pairs[id(p)] = (p, d.perturbed(p.data, self.step, [(k, c * s) for k, c in self.terms], i),
+                                d.perturbed(p.data, self.step, [(k, c * s) for k, c in self.pair_terms], i))
             elif self._swap_in(i):
                 frame.append(i)
+        if pairs and mode is not None:
+            mode.pairs = pairs  # an nn.Linear's bias: one value per half, added inside the fused linear
+        elif pairs:
+            idx = ", ".join(map(str, sorted(self.index[k] for k in pairs)))
+            mode = self._PairedOps(f"{type(module).__name__} (parameter {idx})", pairs, self._pair_state, args)
         if mode is not None:
             mode.__enter__()
         self._frames.append((frame, mode))
 
     def _post(self, module, args, output):
-        self._pop_frame()
+        mode = self._frames[-1][1] if self._frames else None
+        try:
+            if mode is not None and hasattr(mode, "check_output"):
+                mode.check_output(output)
+        finally:
+            self._pop_frame()
 
     def _pop_frame(self):
         frame, mode = self._frames.pop()
         if mode is not None:
             mode.__exit__(None, None, None)
-            mode.settle()  # a fold the op never reached (the module did not call F.linear on it)
+            if hasattr(mode, "settle"):
+                mode.settle()  # a fold the op never reached (the module did not call F.linear on it)
         for i in frame:
             self._swap_out(i)
 
@@ -544,6 +570,13 @@ class Perturbation:
         from ._fused import FusedWeight, fusable
 
         self._Fused, self._fusable = FusedWeight, fusable
+        if self.pair_terms is not None:
+            from ._paired import PairedOps, PairState, Unpairable
+
+            self._PairedOps, self._pair_state = PairedOps, PairState()
+            if self.whole:
+                raise Unpairable(f"paired evaluation: parameters {sorted(self.whole)} are not owned by any module, "
+                                 f"so they cannot see two values in one forward; use paired=False")
         try:
             for i in sorted(self.whole):
                 self._swap_in(i)

@@ -33,6 +33,8 @@ def _check(cond: bool, msg: str) -> None:
 
 
 class ZOOptimizer(torch.optim.Optimizer):
+    _pairs = True  # whether ``paired=True`` is honoured (subclasses with their own estimate say no)
+
     """Base class of the zeroth-order optimizers (see :mod:`forwardonly.optim.base`).
 
     Args (estimator options, shared by all subclasses):
@@ -45,6 +47,13 @@ class ZOOptimizer(torch.optim.Optimizer):
             closure is then called as ``closure(i)`` for ``i < accum_steps`` and
             the losses are averaged (default 1: ``closure()``).
         clip: if set, projected gradients are clipped to ``[-clip, clip]``.
+        paired: evaluate each probe's two perturbed points in one closure call (two-sided only):
+            the closure runs the model on its batch stacked twice along dim 0 and returns the two
+            halves' losses, ``L(w + eps z)`` for the first half and ``L(w - eps z)`` for the second
+            (see :mod:`forwardonly.optim._paired`; :func:`forwardonly.optim.pair_batch` and
+            :func:`forwardonly.optim.pair_losses` help). The estimate is the same; a step reads the
+            weights once less per probe and pays the forward's fixed costs once, for activations of
+            twice the batch (default False). A paired call counts as two forwards.
 
     ``step(closure)`` runs forwards only and returns the loss at the unperturbed
     point (two-sided: the mean of the two perturbed losses). A non-finite loss
@@ -54,7 +63,7 @@ class ZOOptimizer(torch.optim.Optimizer):
 
     def __init__(self, params, defaults: dict, *, eps: float = 1e-3, q: int = 1, two_sided: bool = True,
                  direction: str = "rademacher", seed: int = 0, accum_steps: int = 1,
-                 clip: float | None = None):
+                 clip: float | None = None, paired: bool = False):
         lr = defaults.get("lr")
         _check(lr is not None and lr >= 0.0, f"Invalid learning rate: {lr}")
         wd = defaults.get("weight_decay", 0.0)
@@ -65,9 +74,14 @@ class ZOOptimizer(torch.optim.Optimizer):
         _check(isinstance(accum_steps, int) and accum_steps >= 1, f"Invalid accum_steps: {accum_steps}")
         _check(clip is None or clip > 0.0, f"Invalid clip: {clip}")
         _check(isinstance(seed, int), f"Invalid seed: {seed!r}")
+        _check(not paired or two_sided, f"Invalid paired={paired!r}: pairing evaluates the two sides of a "
+                                        f"two-sided estimate together (two_sided=False)")
+        _check(not paired or self._pairs, f"Invalid paired={paired!r}: {type(self).__name__} does not pair its "
+                                          f"evaluations")
         super().__init__(params, defaults)
         self.eps, self.q, self.two_sided = float(eps), q, bool(two_sided)
         self.accum_steps, self.clip = accum_steps, clip
+        self.paired = bool(paired)
         self.directions = Directions(seed, direction)
         self.state[ZO_KEY] = {"step": 0, "skipped": 0, "forwards": 0, "seed": seed,
                               "direction": direction, "last_grads": []}
@@ -96,6 +110,40 @@ class ZOOptimizer(torch.optim.Optimizer):
             losses = [closure(i) for i in range(self.accum_steps)]
         self.zo_state["forwards"] += len(losses)
         return sum(float(v) for v in losses) / len(losses)
+
+    def _call_pair(self, closure: Callable) -> tuple[float, float]:
+        if self.accum_steps == 1:
+            outs = [closure()]
+        else:
+            outs = [closure(i) for i in range(self.accum_steps)]
+        pairs = []
+        for out in outs:
+            vals = [float(v) for v in out] if isinstance(out, (tuple, list)) else (
+                out.detach().reshape(-1).tolist() if isinstance(out, torch.Tensor) else None)
+            if vals is None or len(vals) != 2:
+                shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+                raise ValueError(f"with paired=True the closure must return the two halves' losses (a tensor of "
+                                 f"shape (2,)), got {shape}; see forwardonly.optim.pair_losses")
+            pairs.append(vals)
+        self.zo_state["forwards"] += 2 * len(pairs)
+        return (sum(a for a, _ in pairs) / len(pairs), sum(b for _, b in pairs) / len(pairs))
+
+    def evaluate_pair(self, closure: Callable, step: int, terms, pair_terms, scales=None) -> tuple[float, float]:
+        """The losses at ``w + sum_k coef_k z_k`` (first half of the batch) and at the same with
+        ``pair_terms`` (second half), from one closure call over the doubled batch (``paired=True``)."""
+        items = [(i, p) for i, p, _ in self.indexed_params()]
+        pending = self._pending if self._pending else None
+        self._pending = {}
+        with Perturbation(items, self.directions, step, terms, scales, fused=self.fused, pending=pending,
+                          pair_terms=pair_terms) as pert:
+            losses = self._call_pair(closure)
+        unowned = {i for i, _ in items} - pert.touched
+        if unowned:
+            from ._paired import Unpairable
+
+            raise Unpairable(f"paired evaluation: parameters {sorted(unowned)} were not used by any module's "
+                             f"forward, so they cannot see two values in one forward; use paired=False")
+        return losses
 
     # ------------------------------------------------------- deferred updates
     def _defer(self, step: int, index: int, terms: list) -> None:
@@ -149,8 +197,11 @@ class ZOOptimizer(torch.optim.Optimizer):
         if self.two_sided:
             grads, total = [], 0.0
             for k in range(self.q):
-                lp = self.evaluate(closure, step, [(k, eps)])
-                lm = self.evaluate(closure, step, [(k, -eps)])
+                if self.paired:
+                    lp, lm = self.evaluate_pair(closure, step, [(k, eps)], [(k, -eps)])
+                else:
+                    lp = self.evaluate(closure, step, [(k, eps)])
+                    lm = self.evaluate(closure, step, [(k, -eps)])
                 grads.append((lp - lm) / (2 * eps))
                 total += (lp + lm) / 2
             return total / self.q, grads

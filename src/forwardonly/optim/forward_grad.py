@@ -70,6 +70,8 @@ class ForwardGrad(ZOSGD):
         loss = opt.step(lambda: loss_fn(model(x), y))
     """
 
+    _pairs = False  # its own estimate
+
     def __init__(self, params, lr: float = 1e-4, **kw):
         if kw.pop("conservative", False):
             raise ValueError("ForwardGrad has no conservative variant")

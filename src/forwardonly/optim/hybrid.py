@@ -59,6 +59,8 @@ class ZOFOHybrid(ZOSGD):
         loss = opt.step(lambda: loss_fn(model(x), y))   # the closure returns the loss tensor
     """
 
+    _pairs = False  # its own estimate
+
     takes_names = True
     has_first_order = True
 

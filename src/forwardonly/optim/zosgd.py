@@ -56,7 +56,7 @@ class ZOSGD(ZOOptimizer):
             forwards per step (default False).
         weight_decay: L2 penalty (default 0).
         **zo: estimator options of :class:`~forwardonly.optim.base.ZOOptimizer`
-            (eps, q, two_sided, direction, seed, accum_steps, clip).
+            (eps, q, two_sided, direction, seed, accum_steps, clip, paired).
 
     Mixed precision: for bf16/fp16 weights the plain update is computed in fp32
     (all probes and the weight decay) and rounded to the weight's dtype once
@@ -97,6 +97,8 @@ class ZOSGD(ZOOptimizer):
         _check(not defer_update or (momentum == 0.0 and not sign and not conservative),
                f"Invalid defer_update={defer_update!r}: only plain ZO-SGD defers its update "
                f"(momentum={momentum}, sign={sign}, conservative={conservative})")
+        _check(not (conservative and zo.get("paired")),
+               f"Invalid paired={zo.get('paired')!r}: the conservative variant compares candidate points one at a time")
         defaults = dict(lr=lr, momentum=momentum, sign=bool(sign), weight_decay=weight_decay)
         super().__init__(params, defaults, **zo)
         self.conservative = bool(conservative)

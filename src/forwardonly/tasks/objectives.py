@@ -69,6 +69,19 @@ class Batch:
     def __len__(self):
         return self.target.shape[0] if self.target is not None else len(self.answers)
 
+    def doubled(self) -> Batch:
+        """The batch stacked twice along dim 0, for a paired ZO evaluation (``paired=True``): rows
+        ``[0, n)`` and ``[n, 2n)`` hold the same examples; ``rows`` of the second copy point into it."""
+        def two(t):
+            return None if t is None else torch.cat([t, t])
+
+        rows = None
+        if self.rows is not None:
+            n = self.input_ids.shape[0]
+            rows = torch.cat([self.rows, torch.where(self.rows >= 0, self.rows + n, self.rows)])
+        return Batch(two(self.input_ids), two(self.attention_mask), two(self.target), rows, two(self.cand_len),
+                     list(self.answers) * 2, two(self.prompt_ids), two(self.prompt_mask))
+
 
 def _is_prompt_learning(model) -> bool:
     cfg = getattr(model, "active_peft_config", None)
@@ -123,13 +136,22 @@ class Objective:
 
     def loss(self, model, batch: Batch) -> torch.Tensor:
         """Scalar loss, lower is better. Call it under ``torch.no_grad()``."""
-        s = self.scores(model, batch)
+        return self._from_scores(self.scores(model, batch), batch.target)
+
+    def paired_loss(self, model, batch: Batch) -> torch.Tensor:
+        """The losses of the two halves of one forward over ``batch.doubled()``: the closure of a ZO
+        optimizer made with ``paired=True`` (a tensor of shape (2,); each half's loss is :meth:`loss`'s)."""
+        s = self.scores(model, batch.doubled())
+        n = len(batch)
+        return torch.stack([self._from_scores(s[:n], batch.target), self._from_scores(s[n:], batch.target)])
+
+    def _from_scores(self, s: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if self.objective == "ce":
-            return F.cross_entropy(s, batch.target)
+            return F.cross_entropy(s, target)
         pred = s.argmax(-1)
         if self.objective == "accuracy":
-            return 1.0 - (pred == batch.target).float().mean()
-        f1 = metrics.macro_f1(pred.tolist(), batch.target.tolist(), s.shape[-1])
+            return 1.0 - (pred == target).float().mean()
+        f1 = metrics.macro_f1(pred.tolist(), target.tolist(), s.shape[-1])
         return torch.tensor(1.0 - f1)
 
 
@@ -248,6 +270,14 @@ class QA(Options):
         preds = self.generate(model, batch)
         score = metrics.exact_match if self.objective == "accuracy" else metrics.token_f1
         return torch.tensor(1.0 - sum(score(p, a) for p, a in zip(preds, batch.answers)) / len(preds))
+
+
+    def paired_loss(self, model, batch):
+        if self.objective != "ce":
+            raise UserError(f"objective {self.objective!r} of a QA task generates answers, which a paired "
+                            f"evaluation cannot split; use optim.paired=false")
+        _, mean = self.token_logprobs(model, batch.doubled())
+        return -mean.view(2, -1).mean(1)
 
 
 class _NewlineStop:
