@@ -120,9 +120,18 @@ class FusedWeight(TorchFunctionMode):
         return self.pair_state.check(n, f"{what} {tuple(self.param.shape)}")
 
     def linear(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        w = self.param.detach()
+        w = self.param
         out_f, in_f = w.shape
         paired = self.pair_terms is not None
+        if (not paired and self.fold is None and LINEAR_BLOCK // in_f >= out_f and x.shape[-1] == in_f
+                and x.dtype == w.dtype):
+            # the common case in as few Python steps as it takes: the whole perturbed weight in one
+            # cache-sized block, then one F.linear on it (no reshapes, no output allocation here)
+            d = self.directions
+            flat, mat = d._matrix_scratch(out_f, in_f, w.dtype, w.device)
+            d.perturb_range(flat, w.detach().view(-1), self.step, self.terms, self.index, out_f * in_f, 0)
+            return F.linear(x, mat, bias)
+        w = w.detach()
         if paired and bias is not None and id(bias) in self.pairs:
             _, ba, bb = self.pairs[id(bias)]
             y = self.linear(x, None)

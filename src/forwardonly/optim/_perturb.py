@@ -385,6 +385,22 @@ class Directions:
             buf = bufs[key] = torch.empty(n, dtype=dtype, device=device)
         return buf
 
+    def _matrix_scratch(self, rows: int, cols: int, dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """A ``rows x cols`` matrix on the start of the ``"w"`` range scratch, and its flat view; the
+        views are kept until the scratch grows, so a layer's repeated calls do not rebuild them."""
+        views = self.__dict__.setdefault("_matrix_views", {})
+        key = (rows, cols, dtype, device)
+        bufs = self.__dict__.get("_ranges")
+        hit = views.get(key)
+        if hit is not None and bufs is not None and bufs.get(("w", dtype, str(device))) is hit[0]:
+            return hit[1], hit[2]
+        base = self._range_scratch(rows * cols, dtype, device, slot="w")
+        flat = base[: rows * cols]
+        if len(views) > 64:
+            views.clear()
+        views[key] = (base, flat, flat.view(rows, cols))
+        return flat, views[key][2]
+
     def gather(self, p: torch.Tensor, step: int, probe: int, param_index: int, flat_index: torch.Tensor):
         """``z(step, probe).view(-1)[flat_index]`` for a sorted 1-D ``flat_index``, generating only the
         chunks it touches (and, for Rademacher, reading single bits instead of whole chunks)."""
