@@ -189,6 +189,11 @@ class FusedWeight(TorchFunctionMode):
         if self.pair_terms is not None:
             if ids.dim() < 1:
                 raise _unpairable(f"an embedding {tuple(self.param.shape)} got a single id")
+            rows = self.pair_state.rows
+            if ids.shape[0] == 1 and rows is not None and rows > 1:
+                # ids shared by the whole batch (positions broadcast over it): each half needs its own
+                # vectors, so the lookup is made per row of the doubled batch
+                ids = ids.expand(rows, *ids.shape[1:])
             h = self._half(ids.shape[0], "an embedding")
             rest = args[1:] if len(args) > 1 else ()
             return torch.cat([self._embed(func, ids[:h], rest, kwargs, self.terms),

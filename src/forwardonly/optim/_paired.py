@@ -88,8 +88,11 @@ def _map(obj, fn):
 class PairedOps(TorchFunctionMode):
     """Inside one module's forward, ops on its perturbed parameters run once per half of the batch.
 
-    Which tensors carry the batch is tracked, not guessed: the module's positional inputs whose dim 0
-    is the doubled batch's, and everything computed from them inside the forward. An op that reads a
+    Which tensors carry the batch is tracked: the module's positional inputs whose dim 0 is the doubled
+    batch's (or a multiple of it: rows flattened batch-major), and everything computed from them inside
+    the forward. Only where an op on a perturbed
+    parameter meets no tracked tensor (the batch came in as a keyword argument) does a tensor whose
+    dim 0 is exactly the doubled batch's count as one. An op that reads a
     perturbed parameter (or a value derived from parameters alone) runs once per half: the batch
     tensors are cut at half their dim 0, the parameter takes that half's value, and the two results
     are concatenated. Tracking uses weak references, so nothing is kept alive by it.
@@ -101,16 +104,19 @@ class PairedOps(TorchFunctionMode):
         inputs: the module's positional arguments.
     """
 
-    def __init__(self, module_name: str, pairs: dict, state: PairState, inputs=()):
+    def __init__(self, module_name: str, pairs: dict, state: PairState, inputs=(), buffers=()):
         super().__init__()
+        self.buffers = {id(b) for b in buffers}
         from torch.utils.weak import WeakIdKeyDictionary
 
         self.name, self.state = module_name, state
         self.params = {k: (a, b) for k, (_, a, b) in pairs.items()}  # id(param) -> the halves' values
         self.derived = WeakIdKeyDictionary()  # value of the first half -> value of the second
         self.batch = WeakIdKeyDictionary()  # tensors that carry the batch
+        rows = state.rows
         for v in _flatten(inputs, []):
-            if isinstance(v, torch.Tensor) and v.dim() >= 1 and v.shape[0] == state.rows:
+            # dim 0 the doubled batch's, or a multiple of it (rows flattened batch-major: (2B*T, D))
+            if isinstance(v, torch.Tensor) and v.dim() >= 1 and rows and v.shape[0] % rows == 0 and v.shape[0]:
                 self.batch[v] = True
 
     def _pair_of(self, v):
@@ -127,7 +133,14 @@ class PairedOps(TorchFunctionMode):
         flat = [v for v in _flatten((args, kwargs), []) if isinstance(v, torch.Tensor)]
         paired = [v for v in flat if self._pair_of(v) is not None]
         carrying = [v for v in flat if not paired or self._pair_of(v) is None]
-        carrying = [v for v in carrying if v in self.batch]
+        if paired and not any(v in self.batch for v in carrying):
+            # batch values that reached the forward some other way (keyword arguments, attributes): a
+            # tensor whose dim 0 is exactly the doubled batch's (the module's own buffers excepted)
+            rows = self.state.rows
+            carrying = [v for v in carrying if rows is not None and v.dim() >= 1 and v.shape[0] == rows
+                        and id(v) not in self.buffers]
+        else:
+            carrying = [v for v in carrying if v in self.batch]
         name = getattr(func, "__name__", repr(func))
         if not paired:
             out = func(*args, **kwargs)

@@ -558,7 +558,8 @@ class Perturbation:
             mode.pairs = pairs  # an nn.Linear's bias: one value per half, added inside the fused linear
         elif pairs:
             idx = ", ".join(map(str, sorted(self.index[k] for k in pairs)))
-            mode = self._PairedOps(f"{type(module).__name__} (parameter {idx})", pairs, self._pair_state, args)
+            mode = self._PairedOps(f"{type(module).__name__} (parameter {idx})", pairs, self._pair_state, args,
+                                   module._buffers.values())
         if mode is not None:
             mode.__enter__()
         self._frames.append((frame, mode))
