@@ -5,8 +5,8 @@ optimizer has a plain reference twin (``*Reference``) that follows the paper
 line by line and serves as the test oracle.
 """
 
-from ._perturb import CHUNK, Directions, Perturbation, direction
 from ._paired import Unpairable, pair_batch, pair_losses
+from ._perturb import CHUNK, Directions, Perturbation, direction
 from .base import ZOOptimizer
 from .forward_grad import ForwardGrad
 from .forward_grad_reference import ForwardGradReference
