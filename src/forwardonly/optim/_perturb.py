@@ -447,6 +447,12 @@ class Directions:
         """A new tensor ``p + sum_k coef_k * z(step, probe_k)``; ``p`` itself is not touched."""
         out = torch.empty_like(p, memory_format=torch.contiguous_format)
         src, dst = p.reshape(-1), out.view(-1)
+        if terms and self.ranged:  # blockwise, reading held random words (the same values, bit for bit)
+            n = src.numel()
+            for start in range(0, n, BLOCK):
+                self.perturb_range(dst[start : start + BLOCK], src[start : start + BLOCK], step, terms,
+                                   param_index, n, start)
+            return out
         first = True
         for probe, coef in terms:
             for start, stop, z in self.chunks(p, step, probe, param_index):
