@@ -215,6 +215,10 @@ class TrainConfig:
             raise ValueError(f"budget_forwards={self.budget_forwards} must be at least 1")
         if self.save_every and not self.out_dir:
             raise ValueError(f"save_every={self.save_every} needs out_dir")
+        if self.optim.paired and self.scheme.name == "prompt":
+            raise ValueError("optim.paired=true with scheme.name=prompt: PEFT's prompt tuning looks up one copy of "
+                             "the prompt and repeats it over the batch, so the two halves of a paired forward "
+                             "cannot see different prompts; set optim.paired=false")
         if self.nproc > 1 and not self.optim.zeroth_order:
             raise ValueError(f"nproc={self.nproc}: distributed training is for zeroth-order optimizers, "
                              f"not {self.optim.name}")

@@ -178,7 +178,7 @@ def test_chunked_feedforward_trains_the_same_and_bad_values_are_named(cfg_of):
         cfg_of("model.chunk_feedforward=-1")
 
 
-@pytest.mark.parametrize("extra", [(), ("scheme.name=lora",), ("accum_steps=2",)])
+@pytest.mark.parametrize("extra", [(), ("scheme.name=lora",), ("scheme.name=prefix",), ("accum_steps=2",)])
 def test_paired_training_follows_the_sequential_run(cfg_of, extra):
     """optim.paired=true: one forward over the doubled batch per probe; the same run up to float order."""
     common = ("steps=8", "optim.lr=1e-2", "test=false", "validate=false", "task.max_train=16", *extra)
@@ -188,10 +188,10 @@ def test_paired_training_follows_the_sequential_run(cfg_of, extra):
     a, b = _weights(seq["model"]), _weights(par["model"])
     moved = 0.0
     init = _weights(run(cfg_of(*common, "steps=0"), progress=False)["model"])
-    for n in a:
-        torch.testing.assert_close(b[n], a[n], rtol=0, atol=5e-5, msg=n)
+    for n in a:  # |dg| ~ 2e-4 (float order of a batch twice as large) x lr 1e-2 x 8 steps ~ 2e-5
+        torch.testing.assert_close(b[n], a[n], rtol=0, atol=2e-5, msg=n)
         moved = max(moved, float((a[n] - init[n]).abs().max()))
-    assert moved > 1e-3
+    assert moved > 4e-4  # 20x the tolerance
     for hs, hp in zip(seq["history"], par["history"]):
         assert hp["loss"] == pytest.approx(hs["loss"], rel=1e-4)
 
@@ -200,6 +200,7 @@ def test_paired_training_follows_the_sequential_run(cfg_of, extra):
     (["optim.name=fo-adam", "optim.paired=true"], "fo-adam has none to pair"),
     (["optim.two_sided=false", "optim.paired=true"], "zo-sgd with two_sided=false has none to pair"),
     (["optim.name=zo-sgd-cons", "optim.paired=true"], "zo-sgd-cons has none to pair"),
+    (["scheme.name=prompt", "optim.paired=true"], "repeats it over the batch"),
 ])
 def test_paired_config_errors(override, msg):
     with pytest.raises(UserError, match=msg):
