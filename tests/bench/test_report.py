@@ -155,3 +155,16 @@ def test_records_made_before_a_config_key_existed_group_with_later_ones():
     other["config"]["model"]["chunk_feedforward"] = 16  # a different setting stays its own group
     groups = report.group_runs([old, new, other])
     assert [len(g["ok"]) for g in groups] == [2, 1]
+
+
+def test_zero_shot_reference_is_found_across_a_config_key_added_later():
+    """A trained run recorded before ``model.chunk_feedforward`` existed takes the zero-shot of a
+    ``steps: 0`` run recorded after it (same model, scheme and task at the key's default)."""
+    trained = train_rec("fo-adam", 0, 0.9, before=None)
+    zero = train_rec("zero", 0, 0.55, before=None, steps=0)
+    zero["config"]["model"]["chunk_feedforward"] = 0
+    (group, summary), = report.trained_groups([trained, zero])
+    assert summary["before"] == [0.55]
+    zero["config"]["model"]["chunk_feedforward"] = 16  # another setting: not the same model run
+    (group, summary), = report.trained_groups([trained, zero])
+    assert summary["before"] == []

@@ -181,8 +181,23 @@ def summarise_group(g: dict) -> dict:
     }
 
 
+def _section_defaults() -> dict:
+    try:
+        from ..config import to_dict
+        from ..train_config import TrainConfig
+
+        return to_dict(TrainConfig())
+    except Exception:  # pragma: no cover - the training extras are missing
+        return {}
+
+
 def _reference_key(cfg: dict) -> str:
-    return json.dumps([cfg["model"], cfg["scheme"], cfg["task"]], sort_keys=True)
+    # keys missing from an older record take today's defaults, so that a run made before a key existed
+    # finds the zero-shot run made after it
+    defaults = _section_defaults()
+    parts = [{**(defaults.get(k) or {}), **cfg[k]} if isinstance(cfg[k], dict) else cfg[k]
+             for k in ("model", "scheme", "task")]
+    return json.dumps(parts, sort_keys=True)
 
 
 def trained_groups(runs: list[dict]) -> list[tuple[dict, dict]]:
