@@ -196,3 +196,55 @@ def test_kernel_split_over_threads_gives_the_same_values(threads):
     inplace = src.clone()
     _native.sign_add_f32(inplace, inplace, words, 7, 0.25, threads=threads)
     assert torch.equal(inplace, one)
+
+
+@needs_native
+@pytest.mark.parametrize("numel,start,n", [
+    (17, 0, 17), (100, 3, 90), (CHUNK + 400, CHUNK - 100, 300), (3 * CHUNK + 11, 5, 2 * CHUNK + 3), (1000, 999, 1),
+])
+def test_fold_perturb_is_two_perturb_ranges_bit_for_bit(numel, start, n, torch_path):
+    """The one-pass deferred update + perturbation (fo_sign_add2_f32) gives exactly what two passes give,
+    on the weights it writes back and on the perturbed block, and so does its fallback without the kernel."""
+    d = Directions(seed=5)
+    g = torch.Generator().manual_seed(n + start)
+    w0 = torch.randn(n, generator=g)
+
+    def two_passes():
+        w, out = w0.clone(), torch.empty(n)
+        d.perturb_range(w, w, 6, [(0, -3e-4)], 2, numel, start)
+        d.perturb_range(out, w, 7, [(0, 1e-3)], 2, numel, start)
+        d.release()
+        return w, out
+
+    def one_pass():
+        w, out = w0.clone(), torch.empty(n)
+        d.fold_perturb_range(out, w, 6, [(0, -3e-4)], 7, [(0, 1e-3)], 2, numel, start)
+        d.release()
+        return w, out
+
+    (wa, oa), (wb, ob) = two_passes(), one_pass()
+    assert torch.equal(wa, wb) and torch.equal(oa, ob)
+    assert not torch.equal(wa, w0) and not torch.equal(oa, wa)
+    torch_path()
+    wc, oc = one_pass()
+    assert torch.equal(wc, wa) and torch.equal(oc, oa)
+
+
+@needs_native
+def test_deferred_update_with_the_one_pass_kernel_is_bitwise_the_immediate_one():
+    """A model whose linears take the blockwise path with a fold (one block and several blocks)."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(64, 48), torch.nn.Tanh(), torch.nn.Linear(48, 5000, bias=False))
+    x = torch.randn(3, 64)
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    runs = []
+    for defer in (False, True):
+        net.load_state_dict(state)
+        opt = ZOSGD(net.parameters(), lr=1e-2, seed=4, defer_update=defer)
+        for _ in range(5):
+            opt.step(lambda: net(x).square().mean())
+        opt.flush()
+        runs.append({k: v.clone() for k, v in net.state_dict().items()})
+    for k in runs[0]:
+        assert torch.equal(runs[0][k], runs[1][k]), k
+    assert not torch.equal(runs[0]["2.weight"], state["2.weight"])

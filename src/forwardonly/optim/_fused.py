@@ -171,6 +171,18 @@ class FusedWeight(TorchFunctionMode):
             try:
                 for r0 in range(0, out_f, rows):
                     r1 = min(out_f, r0 + rows)
+                    if self.fold is not None and self._folded_to == r0 * in_f and not paired:
+                        # the deferred update of these rows and their perturbation, in one pass
+                        (xs, ys, terms, b), = sides
+                        wb = b[: (r1 - r0) * in_f]
+                        pstep, pterms = self.fold
+                        d.fold_perturb_range(wb, wflat[r0 * in_f : r1 * in_f], pstep, pterms, self.step, terms,
+                                             self.index, w.numel(), r0 * in_f)
+                        self._folded_to = r1 * in_f
+                        if self._folded_to >= w.numel():
+                            self.fold = None
+                        torch.mm(xs, wb.view(r1 - r0, in_f).t(), out=ys[:, r0:r1])
+                        continue
                     self.settle(r1 * in_f)  # the deferred update of these rows, while they are in cache
                     for xs, ys, terms, b in sides:
                         wb = b[: (r1 - r0) * in_f]

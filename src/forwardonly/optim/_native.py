@@ -26,7 +26,7 @@ import threading
 from pathlib import Path
 
 SOURCE = Path(__file__).with_name("_signs.c")
-ABI_VERSION = 1
+ABI_VERSION = 2
 
 _LOCK = threading.Lock()
 _STATE: dict = {}
@@ -108,6 +108,10 @@ def library():
                 f.restype = None
                 f.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64,
                               ctypes.c_int64, ctypes.c_float]
+                g = lib.fo_sign_add2_f32
+                g.restype = None
+                g.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p,
+                              ctypes.c_int64, ctypes.c_int64, ctypes.c_float, ctypes.c_float]
                 _STATE["path"] = str(path)
                 _STATE["simd"] = lib.fo_simd_width()
         _STATE["lib"], _STATE["why"] = lib, why
@@ -169,6 +173,33 @@ def sign_add_f32(dst, src, words, first: int, coef: float, threads: int | None =
     jobs = [_pool(k - 1).submit(lib.fo_sign_add_f32, d + 4 * a, s + 4 * a, b - a, w, nbytes, first + a, coef)
             for a, b in zip(cuts[1:-1], cuts[2:])]
     lib.fo_sign_add_f32(d, s, cuts[1], w, nbytes, first, coef)
+    for j in jobs:
+        j.result()
+    return True
+
+
+def sign_add2_f32(w, out, words_a, words_b, first: int, coef_a: float, coef_b: float,
+                  threads: int | None = None) -> bool:
+    """In one pass: ``w += coef_a * sign_a``, then ``out = w + coef_b * sign_b`` (the signs: bits
+    ``first + i`` of two chunks' random words of equal length); False if the kernel is unavailable.
+    Bitwise the values of two :func:`sign_add_f32` calls."""
+    lib = library()
+    if lib is None:
+        return False
+    import torch
+
+    n = w.numel()
+    pw, po, wa, wb = w.data_ptr(), out.data_ptr(), words_a.data_ptr(), words_b.data_ptr()
+    nbytes, first, coef_a, coef_b = min(words_a.numel(), words_b.numel()) * 8, int(first), float(coef_a), float(coef_b)
+    k = min(threads or torch.get_num_threads(), n // PIECE)
+    if k <= 1:
+        lib.fo_sign_add2_f32(pw, po, n, wa, wb, nbytes, first, coef_a, coef_b)
+        return True
+    step = ((n + k - 1) // k + 63) // 64 * 64
+    cuts = list(range(0, n, step)) + [n]
+    jobs = [_pool(k - 1).submit(lib.fo_sign_add2_f32, pw + 4 * a, po + 4 * a, b - a, wa, wb, nbytes, first + a,
+                                coef_a, coef_b) for a, b in zip(cuts[1:-1], cuts[2:])]
+    lib.fo_sign_add2_f32(pw, po, cuts[1], wa, wb, nbytes, first, coef_a, coef_b)
     for j in jobs:
         j.result()
     return True

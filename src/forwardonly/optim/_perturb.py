@@ -377,6 +377,29 @@ class Directions:
                 else:
                     d.add_(z, alpha=coef)
 
+    def fold_perturb_range(self, dst: torch.Tensor, w: torch.Tensor, fold_step: int, fold_terms, step: int,
+                           terms, param_index: int, numel: int, start: int) -> None:
+        """``w += sum fold_terms z(fold_step)`` in place, then ``dst = w + sum terms z(step)``, over a slice.
+
+        Exactly :meth:`perturb_range` twice (``(w, w, fold_step, fold_terms)`` then ``(dst, w, step,
+        terms)``), bit for bit; with one term each on fp32 CPU tensors the native kernel does both in
+        one pass over ``w``, which is what a deferred update folded into the next forward costs then.
+        """
+        native = (len(fold_terms) == 1 and len(terms) == 1 and self.kind == "rademacher"
+                  and w.dtype == torch.float32 and dst.dtype == torch.float32 and w.device.type == "cpu"
+                  and dst.device.type == "cpu" and _native.library() is not None)
+        if not native:
+            self.perturb_range(w, w, fold_step, fold_terms, param_index, numel, start)
+            self.perturb_range(dst, w, step, terms, param_index, numel, start)
+            return
+        (pa, ca), = fold_terms
+        (pb, cb), = terms
+        for c, clen, a, b in self._pieces(numel, start, start + w.numel()):
+            o = c * CHUNK + a - start
+            va = self._chunk_values(chunk_seed(self.seed, fold_step, pa, param_index, c), clen, w.dtype, w.device)
+            vb = self._chunk_values(chunk_seed(self.seed, step, pb, param_index, c), clen, w.dtype, w.device)
+            _native.sign_add2_f32(w[o : o + b - a], dst[o : o + b - a], va, vb, a, ca, cb)
+
     def _range_scratch(self, n: int, dtype, device, slot: str = "z") -> torch.Tensor:
         bufs = self.__dict__.setdefault("_ranges", {})
         key = (slot, dtype, str(device))

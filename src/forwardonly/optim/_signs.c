@@ -8,6 +8,14 @@
  * is exact, so both round the same single addition and agree bit for bit. One pass, no
  * sign tensor in memory. `dst == src` (in place) is allowed; partial overlap is not.
  *
+ * fo_sign_add2_f32 does two such additions in one pass over the weights (a deferred update written
+ * back, then the next perturbation built from the updated value):
+ *
+ *     w[i]   = w[i] + (bit_a(first + i) ? coef_a : -coef_a)
+ *     out[i] = w[i] + (bit_b(first + i) ? coef_b : -coef_b)
+ *
+ * with the same two roundings as two calls of fo_sign_add_f32, so the same values bit for bit.
+ *
  * Built at first use by forwardonly.optim._native with the machine's compiler
  * (-O3 -march=native); without one, the torch path is used. Plain C, no Python or torch
  * headers: called through ctypes with raw pointers.
@@ -19,7 +27,7 @@
 #include <immintrin.h>
 #endif
 
-#define FO_ABI_VERSION 1
+#define FO_ABI_VERSION 2
 
 int fo_abi_version(void) { return FO_ABI_VERSION; }
 
@@ -85,4 +93,36 @@ void fo_sign_add_f32(float *dst, const float *src, int64_t n, const uint8_t *bit
     }
 #endif
     for (; i < n; i++) dst[i] = src[i] + fo_sign(bits, first + i, coef);
+}
+
+/* Both sign streams share `first` and `nbytes` (the same slice of the same-sized chunk of two steps). */
+void fo_sign_add2_f32(float *w, float *out, int64_t n, const uint8_t *bits_a, const uint8_t *bits_b,
+                      int64_t nbytes, int64_t first, float coef_a, float coef_b) {
+    int64_t i = 0;
+#if defined(__AVX512F__)
+    const __m512 pa = _mm512_set1_ps(coef_a), na = _mm512_set1_ps(-coef_a);
+    const __m512 pb = _mm512_set1_ps(coef_b), nb = _mm512_set1_ps(-coef_b);
+    while (i < n && ((first + i) & 7) != 0) {
+        w[i] = w[i] + fo_sign(bits_a, first + i, coef_a);
+        out[i] = w[i] + fo_sign(bits_b, first + i, coef_b);
+        i++;
+    }
+    for (; i + 32 <= n && ((first + i) >> 3) + 4 <= nbytes; i += 32) {
+        uint32_t ua, ub;
+        memcpy(&ua, bits_a + ((first + i) >> 3), 4);
+        memcpy(&ub, bits_b + ((first + i) >> 3), 4);
+        __m512 a0 = _mm512_loadu_ps(w + i);
+        __m512 a1 = _mm512_loadu_ps(w + i + 16);
+        a0 = _mm512_add_ps(a0, _mm512_mask_blend_ps((__mmask16)(ua), na, pa));
+        a1 = _mm512_add_ps(a1, _mm512_mask_blend_ps((__mmask16)(ua >> 16), na, pa));
+        _mm512_storeu_ps(w + i, a0);
+        _mm512_storeu_ps(w + i + 16, a1);
+        _mm512_storeu_ps(out + i, _mm512_add_ps(a0, _mm512_mask_blend_ps((__mmask16)(ub), nb, pb)));
+        _mm512_storeu_ps(out + i + 16, _mm512_add_ps(a1, _mm512_mask_blend_ps((__mmask16)(ub >> 16), nb, pb)));
+    }
+#endif
+    for (; i < n; i++) {
+        w[i] = w[i] + fo_sign(bits_a, first + i, coef_a);
+        out[i] = w[i] + fo_sign(bits_b, first + i, coef_b);
+    }
 }
