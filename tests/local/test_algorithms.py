@@ -6,6 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from forwardonly.config import load_config
+from forwardonly.errors import UserError
 from forwardonly.local import METHODS, LocalConfig, build_model
 from forwardonly.local.config import CaFoConfig, FFConfig, FGConfig
 from forwardonly.local.data import load_dataset
@@ -161,7 +163,21 @@ def test_cafo_blocks_stay_frozen(digits):
 
 def test_ff_reports_both_predictions(digits):
     out = train(_cfg("ff", epochs=2), data=digits)
-    assert {"test_acc_goodness", "test_acc_probe"} <= set(out)
+    assert {"test_acc_goodness", "test_acc_probe", "test_acc_combined"} <= set(out)
+    assert out["test_acc"] == out["test_acc_goodness"]
+
+
+def test_ff_combined_prediction_adds_the_two_log_probabilities(digits):
+    model = train(_cfg("ff", epochs=2, ff=FFConfig(predict="combined", alpha=3.0)), data=digits)["model"]
+    x, y = digits.x_test[:300], digits.y_test[:300]
+    g, p = model.goodness_scores(x), model.probe(model._features(x))
+    want = F.log_softmax(3.0 * g, 1) + F.log_softmax(p, 1)
+    torch.testing.assert_close(model.scores(x), want)
+    res = model.evaluate(x, y)
+    assert res["acc"] == res["acc_combined"] == pytest.approx(int((want.argmax(1) == y).sum()) / len(y))
+    assert model.flops_per_example()["predict"] > build_model(_cfg("ff"), 64, 10).flops_per_example()["predict"]
+    with pytest.raises(UserError, match="ff.predict='vote' is not one of \\['goodness', 'probe', 'combined'\\]"):
+        load_config(LocalConfig, None, ["algo=ff", "ff.predict=vote"])
 
 
 def test_ff_hard_negatives_follow_the_probe():

@@ -22,8 +22,9 @@ class FFConfig:
     ``alpha * goodness`` over the labels, the quantity goodness prediction takes the
     argmax of (all wrong labels are the negatives; ``negatives`` and ``n_negatives``
     are not used; one pass per class instead of 1 + ``n_negatives``).
-    predict: ``goodness`` (sum of goodness over layers for each candidate label)
-    or ``probe`` (linear classifier on the activations with a neutral label).
+    predict: ``goodness`` (sum of goodness over layers for each candidate label),
+    ``probe`` (linear classifier on the activations with a neutral label) or
+    ``combined`` (the sum of the two log-probabilities, goodness scaled by ``alpha``).
     label_scale: value of the one-hot label appended to the input.
     norm: how a layer's output is normalised before the next layer (and the probe)
     sees it: ``length`` (unit L2 norm) or ``rms`` (unit root-mean-square, i.e.
@@ -45,7 +46,7 @@ class FFConfig:
     loss: Literal["hinton", "symba", "softmax"] = "symba"
     threshold: float = 2.0
     alpha: float = 4.0
-    predict: Literal["goodness", "probe"] = "goodness"
+    predict: Literal["goodness", "probe", "combined"] = "goodness"
     label_scale: float = 1.0
     probe_lr: float = 1e-3
     negatives: Literal["random", "hard"] = "random"

@@ -16,7 +16,11 @@ labels it confuses with the true one are the ones it learns to reject). Losses:
 
 Predictions: ``goodness`` runs the net once per candidate label and picks the
 label with the highest summed goodness; ``probe`` is a linear classifier trained
-alongside on the normalised activations obtained with a neutral label (1/C each).
+alongside on the normalised activations obtained with a neutral label (1/C each);
+``combined`` adds the two log-probabilities, ``log_softmax(alpha * goodness) +
+log_softmax(probe)`` (``alpha * goodness`` is on the scale the SymBa and softmax
+losses train it to), a product of the two predictors. All three are scored on
+every evaluation; ``predict`` chooses the one that early stopping and ``acc`` use.
 
 With ``peer > 0`` each layer also keeps a running mean of its units' activity on
 positive data and is pulled towards equal mean activity across units (Hinton's
@@ -170,22 +174,30 @@ class ForwardForward(LocalModel):
             out.append(total)
         return torch.stack(out, 1)
 
+    def _combine(self, good: torch.Tensor, probe: torch.Tensor) -> torch.Tensor:
+        return F.log_softmax(self.cfg.ff.alpha * good, 1) + F.log_softmax(probe, 1)
+
     @torch.no_grad()
     def scores(self, x):
-        if self.cfg.ff.predict == "probe":
+        predict = self.cfg.ff.predict
+        if predict == "probe":
             return self.probe(self._features(x))
+        if predict == "combined":
+            return self._combine(self.goodness_scores(x), self.probe(self._features(x)))
         return self.goodness_scores(x)
 
     @torch.no_grad()
     def evaluate(self, x, y, batch_size=1024):
-        good = probe = 0
+        good = probe = both = 0
         for i in range(0, len(y), batch_size):
             xb, yb = x[i:i + batch_size], y[i:i + batch_size]
-            good += int((self.goodness_scores(xb).argmax(1) == yb).sum())
-            probe += int((self.probe(self._features(xb)).argmax(1) == yb).sum())
+            g, p = self.goodness_scores(xb), self.probe(self._features(xb))
+            good += int((g.argmax(1) == yb).sum())
+            probe += int((p.argmax(1) == yb).sum())
+            both += int((self._combine(g, p).argmax(1) == yb).sum())
         n = max(1, len(y))
-        res = {"acc_goodness": good / n, "acc_probe": probe / n}
-        res["acc"] = res["acc_probe" if self.cfg.ff.predict == "probe" else "acc_goodness"]
+        res = {"acc_goodness": good / n, "acc_probe": probe / n, "acc_combined": both / n}
+        res["acc"] = res[f"acc_{self.cfg.ff.predict}"]
         return res
 
     def flops_per_example(self):
@@ -197,5 +209,6 @@ class ForwardForward(LocalModel):
         passes = 1 + self.cfg.ff.n_negatives
         if self.cfg.ff.loss == "softmax":  # every label, no draw
             hard, passes = 0, self.n_classes
-        return {"train": passes * 2 * fwd + fwd + 2 * probe + hard,
-                "predict": self.n_classes * fwd if self.cfg.ff.predict == "goodness" else fwd + probe}
+        predict = {"goodness": self.n_classes * fwd, "probe": fwd + probe,
+                   "combined": (self.n_classes + 1) * fwd + probe}[self.cfg.ff.predict]
+        return {"train": passes * 2 * fwd + fwd + 2 * probe + hard, "predict": predict}
