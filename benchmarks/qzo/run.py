@@ -59,7 +59,8 @@ def fix_mmap_threshold(nbytes: int) -> bool:
         return False
 
 
-def prepare(mode: str, load: str = "streamed", group_size: int = 64, chunk_rows: int = 1024, mlp_chunk: int = 0):
+def prepare(mode: str, load: str = "streamed", group_size: int = 64, chunk_rows: int = 1024, mlp_chunk: int = 0,
+            offsets: bool = False):
     """(model, tokenizer, trainable params, context manager) for a mode.
 
     ``load`` (int4/int8 only): ``streamed`` reads the fp32 checkpoint straight into quantized layers
@@ -68,7 +69,7 @@ def prepare(mode: str, load: str = "streamed", group_size: int = 64, chunk_rows:
     on at most that many tokens at a time under ``no_grad`` (:func:`forwardonly.models.chunking.chunk_feedforward`,
     any mode).
     """
-    model, tok, params, ctx = _prepare(mode, load, group_size, chunk_rows)
+    model, tok, params, ctx = _prepare(mode, load, group_size, chunk_rows, offsets)
     if mlp_chunk:
         from forwardonly.models.chunking import chunk_feedforward
 
@@ -76,7 +77,7 @@ def prepare(mode: str, load: str = "streamed", group_size: int = 64, chunk_rows:
     return model, tok, params, ctx
 
 
-def _prepare(mode, load, group_size, chunk_rows):
+def _prepare(mode, load, group_size, chunk_rows, offsets=False):
     from contextlib import nullcontext
 
     from forwardonly.models import load_model
@@ -88,9 +89,11 @@ def _prepare(mode, load, group_size, chunk_rows):
         ctx = MixedPrecision(model, compute=torch.float32) if mode == "bf16" else nullcontext()
         return model, tok, [p for p in model.parameters()], ctx
     bits = 4 if mode == "int4" else 8
+    if offsets and (mode == "fp32" or load != "streamed"):
+        raise SystemExit("--offsets needs --mode int4/int8 with --load streamed")
     if mode != "fp32" and load == "streamed":
         model, tok = load_pretrained_quantized("smollm2-135m", bits=bits, group_size=group_size,
-                                               chunk_rows=chunk_rows)
+                                               chunk_rows=chunk_rows, offsets=offsets)
     else:
         model, tok = load_model("smollm2-135m")
         if mode == "fp32":
@@ -127,9 +130,14 @@ def make_run(args):
 
     torch.manual_seed(0)
     task = get_task("sentiment")
-    model, tok, params, ctx = prepare(args.mode, args.load, args.group_size, args.chunk_rows, args.mlp_chunk)
+    model, tok, params, ctx = prepare(args.mode, args.load, args.group_size, args.chunk_rows, args.mlp_chunk,
+                                      offsets=args.offset_lr > 0)
     obj = make_objective(task, tok, "ce")
     groups = [{"params": params}]
+    if args.offset_lr:  # a trainable fp32 offset per group (QuantConfig(offsets=True)), at its own rate
+        from forwardonly.quant import offset_parameters
+
+        groups.append({"params": offset_parameters(model), "lr": args.offset_lr})
     if args.norm_lr:  # QZO's option: the parameters left in floating point (norms, biases) trained too
         if args.mode not in ("int4", "int8"):
             raise SystemExit("--norm-lr applies to int4/int8 (other modes train every parameter already)")
@@ -149,10 +157,29 @@ def make_run(args):
         if args.mode not in ("int4", "int8"):
             raise SystemExit("--label-delta applies to int4/int8")
         model.lm_head = LabelDelta(model.get_output_embeddings(), obj.label_ids)
+    if args.lora:  # fp32 low-rank adapters on the quantized layers (forwardonly.quant.add_lora), lr --lora-lr
+        if args.mode not in ("int4", "int8"):
+            raise SystemExit("--lora applies to int4/int8")
+        from forwardonly.quant.lora import add_lora
+
+        groups.append({"params": add_lora(model, r=args.lora, alpha=2.0 * args.lora,
+                                          targets=args.lora_targets.split(",")), "lr": args.lora_lr})
     if args.group_lr:
         groups = _split_groups(model, groups, args.group_lr)
+    if args.only_extra:  # train only what --norm-lr / --group-lr added: the mode's own set (scales, all weights) frozen
+        if not (args.norm_lr or args.group_lr or args.lora or args.offset_lr):
+            raise SystemExit("--only-extra needs --norm-lr, --group-lr, --lora or --offset-lr (otherwise nothing is trained)")
+        base = {id(p) for p in params}
+        groups = [g for g in groups if not any(id(p) in base for p in g["params"])]
+        if not groups:
+            raise SystemExit("--only-extra: every group is the mode's own set; nothing left to train")
+        for p in params:
+            if not any(p is q for g in groups for q in g["params"]):
+                p.requires_grad_(False)
     # block: ZO-SGD on one parameter group per step, in turn (ZOSGDBlock), so that a group with large
     # gradients (the norms) does not swamp the projected gradient of another (the scales)
+    if args.offset_lr and args.mode not in ("int4", "int8"):
+        raise SystemExit("--offset-lr applies to int4/int8")
     cls = ZOSGDBlock if args.optimizer == "block" else ZOSGD
     opt = cls(groups, seed=args.seed, **{**DEFAULTS[args.mode], **json.loads(args.opt)})
     train = task.splits["train"]
@@ -242,7 +269,8 @@ def cmd_train(args):
               "test": args.test, "val": args.val, "group_size": args.group_size, "chunk_rows": args.chunk_rows,
               "mlp_chunk": args.mlp_chunk,
               "threads": args.threads, "optimizer": "ZOSGDBlock" if args.optimizer == "block" else "ZOSGD", "opt": {**DEFAULTS[args.mode], **json.loads(args.opt)},
-              "norm_lr": args.norm_lr, "group_lr": args.group_lr, "head_bias": args.head_bias, "label_delta": args.label_delta,
+              "norm_lr": args.norm_lr, "group_lr": args.group_lr, "only_extra": args.only_extra, "offset_lr": args.offset_lr,
+              "lora": args.lora, "lora_targets": args.lora_targets if args.lora else None, "lora_lr": args.lora_lr if args.lora else None, "head_bias": args.head_bias, "label_delta": args.label_delta,
               "trainable": sum(p.numel() for g in opt.param_groups for p in g["params"])}
     results = {"acc_before": acc0, "acc_after": acc1, "val_before": val0, "val_after": val1, "steps_run": steps_run, "train_s": t_train,
                "s_per_step": t_train / max(steps_run, 1),
@@ -287,11 +315,17 @@ def cmd_memory(args):
         from forwardonly.optim import ZOSGD
 
         with PeakMemory(interval=0.001) as load_mem:
-            model, tok2, params, ctx = prepare(args.mode, args.load, args.group_size, args.chunk_rows, args.mlp_chunk)
+            model, tok2, params, ctx = prepare(args.mode, args.load, args.group_size, args.chunk_rows, args.mlp_chunk,
+                                               offsets=args.offset_lr > 0)
         results["load"] = load_mem.result()
         del tok2  # the baseline already holds a tokenizer; count the model alone
         obj = make_objective(task, tok, "ce")
-        opt = ZOSGD(params, seed=args.seed, **{**DEFAULTS[args.mode], **json.loads(args.opt)})
+        groups = [{"params": params}]
+        if args.offset_lr:  # the offsets trained too (--only-extra: they alone), as in the training runs
+            from forwardonly.quant import offset_parameters
+
+            groups = ([] if args.only_extra else groups) + [{"params": offset_parameters(model), "lr": args.offset_lr}]
+        opt = ZOSGD(groups, seed=args.seed, **{**DEFAULTS[args.mode], **json.loads(args.opt)})
         trim()
         results["model_bytes"] = quantized_bytes(model)
         results["loaded"] = {"rss": rss_bytes(), "anon": anon_bytes()}
@@ -309,7 +343,8 @@ def cmd_memory(args):
               "mmap_threshold": args.mmap_threshold or "glibc default (dynamic)",
               "load": args.load if args.mode in ("int4", "int8") else "fp32" if args.mode == "fp32" else "bf16",
               "group_size": args.group_size, "chunk_rows": args.chunk_rows, "mlp_chunk": args.mlp_chunk,
-              "micro": args.micro or args.batch}
+              "micro": args.micro or args.batch, "offset_lr": args.offset_lr, "only_extra": args.only_extra,
+              "opt": {**DEFAULTS[args.mode], **json.loads(args.opt)}}
     write_record(args.out, make_record(f"qzo-memory-{args.mode}", config, results))
 
 
@@ -346,6 +381,13 @@ def main():
     ap.add_argument("--group-lr", action="append", default=[], metavar="NAME_PATTERN=LR",
                     help="train: parameters whose name matches (fnmatch) get this lr in a group of their own; "
                          "repeatable (e.g. 'model.embed_tokens.scales=3e-3', 'model.norm.weight=1e-4')")
+    ap.add_argument("--offset-lr", type=float, default=0.0,
+                    help="int4/int8: train a zero-initialised fp32 offset per group at this rate (0: no offsets)")
+    ap.add_argument("--lora", type=int, default=0, help="int4/int8: rank of fp32 LoRA adapters (alpha = 2 x rank)")
+    ap.add_argument("--lora-targets", default="q_proj,v_proj", help="layer names the adapters wrap (default q_proj,v_proj)")
+    ap.add_argument("--lora-lr", type=float, default=1e-4, help="learning rate of the adapters")
+    ap.add_argument("--only-extra", action="store_true",
+                    help="train only the groups --norm-lr/--group-lr add (int4: scales frozen; bf16: the other weights frozen)")
     ap.add_argument("--micro", type=int, default=0,
                     help="memory: examples per forward, the batch's loss summed over micro-batches (default: all)")
     ap.add_argument("--opt", default="{}", help="JSON overrides of the optimizer settings")

@@ -28,6 +28,7 @@ from .model import (
     QuantConfig,
     QuantizationError,
     load_quantized,
+    offset_parameters,
     plan,
     quantize_model,
     quantized_bytes,
@@ -38,6 +39,6 @@ from .packing import dequantize, pack_int4, quantize, unpack_int4
 
 __all__ = [
     "QuantConfig", "QuantEmbedding", "QuantLinear", "QuantizationError", "dequantize", "load_pretrained_quantized", "load_quantized",
-    "pack_int4", "plan", "quantize", "quantize_model", "quantized_bytes", "save_quantized",
+    "offset_parameters", "pack_int4", "plan", "quantize", "quantize_model", "quantized_bytes", "save_quantized",
     "scale_parameters", "unpack_int4",
 ]

@@ -49,6 +49,8 @@ class QuantConfig:
         train_scales: make the scales trainable parameters (default True).
         log_scales: parametrise scales by their logarithm (default True).
         chunk_rows: rows dequantized at a time in large output layers (default 1024).
+        offsets: give every group a trainable fp32 offset, zero at first (default False;
+            see :mod:`forwardonly.quant.layers`); :func:`offset_parameters` lists them.
     """
 
     bits: int = 4
@@ -59,6 +61,7 @@ class QuantConfig:
     train_scales: bool = True
     log_scales: bool = True
     chunk_rows: int = 1024
+    offsets: bool = False
 
     def __post_init__(self):
         self.skip = tuple(self.skip)
@@ -69,7 +72,7 @@ class QuantConfig:
 
     def layer_kwargs(self) -> dict:
         return dict(bits=self.bits, group_size=self.group_size, symmetric=self.symmetric,
-                    log_scales=self.log_scales, train_scales=self.train_scales)
+                    log_scales=self.log_scales, train_scales=self.train_scales, offsets=self.offsets)
 
 
 def _kind(module: nn.Module, embeddings: bool) -> str | None:
@@ -145,7 +148,7 @@ def _set(model: nn.Module, name: str, new: nn.Module) -> None:
 
 def _build(m: nn.Module, step: _Step, config: QuantConfig, made: dict, fill: bool, device=None) -> nn.Module:
     kw = dict(bits=config.bits, group_size=config.group_size, log_scales=config.log_scales,
-              train_scales=config.train_scales)
+              train_scales=config.train_scales, offsets=config.offsets)
     w = m.weight
     device = w.device if device is None else device
     if step.kind == "embedding":
@@ -227,6 +230,16 @@ def scale_parameters(model: nn.Module) -> list[nn.Parameter]:
         if isinstance(m, _Quantized) and id(m.scales) not in seen:
             seen.add(id(m.scales))
             out.append(m.scales)
+    return out
+
+
+def offset_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The (deduplicated) group ``offsets`` of the quantized layers built with ``offsets=True``, in module order."""
+    seen, out = set(), []
+    for m in model.modules():
+        if isinstance(m, _Quantized) and m.offsets is not None and id(m.offsets) not in seen:
+            seen.add(id(m.offsets))
+            out.append(m.offsets)
     return out
 
 

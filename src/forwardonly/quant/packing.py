@@ -83,8 +83,8 @@ def codes_of(qweight: torch.Tensor, bits: int) -> torch.Tensor:
 
 
 def dequantize(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, bits: int,
-               dtype=torch.float32) -> torch.Tensor:
-    """``(q - z) * s`` for the rows given, computed in fp32 and rounded once to ``dtype``.
+               dtype=torch.float32, offsets: torch.Tensor | None = None) -> torch.Tensor:
+    """``(q - z) * s`` (``+ b`` with group ``offsets``) for the rows given, in fp32, rounded once to ``dtype``.
 
     ``qweight``, ``scales`` and ``zeros`` may be any matching row slice (or rows
     gathered by an index) of the full tensors. The codes are unpacked straight
@@ -102,4 +102,6 @@ def dequantize(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
     ngroups = scales.shape[-1]
     g = w.view(*lead, ngroups, cols // ngroups)
     g.sub_(zeros.unsqueeze(-1)).mul_(scales.float().unsqueeze(-1))
+    if offsets is not None:
+        g.add_(offsets.float().unsqueeze(-1))
     return w if dtype == torch.float32 else w.to(dtype)
