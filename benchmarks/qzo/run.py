@@ -13,6 +13,10 @@ Modes:
   int4  int4 weights (group 64, tied embedding/lm_head quantized too), fp32 arithmetic,
         only the log-scales trained (QZO)
   int8  as int4 with 8-bit codes
+  int4-q41  block linears in the shipped GGUF's Q4_1 layout (group 32, float minimum: exact), the tied
+        embedding/head int4 group 64 as in int4; only the log-scales trained
+  int4-q41-emb8  the same with the embedding/head int8 symmetric group 32 (the GGUF's Q8_0: exact)
+  int4-bf16  a diagnostic: the int4 model's weights dequantized into a bf16 model, trained as bf16 (all weights)
 """
 
 from __future__ import annotations
@@ -31,9 +35,15 @@ DEFAULTS = {  # mode -> optimizer settings (chosen before the runs; see README)
     "fp32": dict(lr=1e-4, eps=1e-3),
     "bf16": dict(lr=1e-4, eps=1e-3),
     "bf16-compute": dict(lr=1e-4, eps=1e-3),
+    "int4-bf16": dict(lr=1e-5, eps=1e-3),
+    "int4-q41": dict(lr=5e-3, eps=1e-3, clip=10.0),
+    "int4-q41-emb8": dict(lr=5e-3, eps=1e-3, clip=10.0),
     "int4": dict(lr=5e-3, eps=1e-3, clip=10.0),
     "int8": dict(lr=5e-3, eps=1e-3, clip=10.0),
 }
+
+
+QUANT_MODES = ("int4", "int8", "int4-q41", "int4-q41-emb8")
 
 
 def trim():
@@ -84,10 +94,39 @@ def _prepare(mode, load, group_size, chunk_rows, offsets=False):
     from forwardonly.quant import load_pretrained_quantized, quantize_model, scale_parameters
     from forwardonly.quant.mixed import MixedPrecision
 
+    if mode == "int4-bf16":  # a diagnostic: the int4 model's weights, dequantized, trained like bf16 (all weights)
+        model, tok = load_model("smollm2-135m", dtype=torch.float32)
+        dense = {}
+        for name, m in model.named_modules():
+            if isinstance(m, (torch.nn.Linear, torch.nn.Embedding)) and id(m.weight) not in dense:
+                dense[id(m.weight)] = m.weight
+        with torch.no_grad():
+            from forwardonly.quant import dequantize, quantize
+
+            for w in dense.values():  # the same codes and scales as quantize_model's (round to nearest, group 64)
+                q, sc, z = quantize(w, 4, group_size)
+                w.copy_(dequantize(q, sc, z, 4))
+        model = model.to(torch.bfloat16)
+        return model, tok, [p for p in model.parameters()], MixedPrecision(model, compute=torch.float32)
     if mode in ("bf16", "bf16-compute"):
         model, tok = load_model("smollm2-135m", dtype=torch.bfloat16)
         ctx = MixedPrecision(model, compute=torch.float32) if mode == "bf16" else nullcontext()
         return model, tok, [p for p in model.parameters()], ctx
+    if mode in ("int4-q41", "int4-q41-emb8"):
+        # the shipped GGUF's own layout: every block linear in Q4_1 (group 32, a scale and a float minimum per
+        # group), so its codes reproduce the checkpoint exactly; the tied embedding/head in int8 symmetric group
+        # 32 (the GGUF's Q8_0, also exact) or, to save memory, int4 group 64 like the int4 mode (lossy)
+        model, tok = load_pretrained_quantized("smollm2-135m", bits=4, group_size=32, float_min=True,
+                                               embeddings=False, chunk_rows=chunk_rows)
+        emb = dict(bits=8, group_size=32, symmetric=True) if mode == "int4-q41-emb8" else dict(bits=4, group_size=group_size)
+        quantize_model(model, chunk_rows=chunk_rows, offsets=offsets, **emb)
+        for p in model.parameters():
+            p.requires_grad_(False)
+        params = scale_parameters(model)
+        for p in params:
+            p.requires_grad_(True)
+        trim()
+        return model, tok, params, nullcontext()
     bits = 4 if mode == "int4" else 8
     if offsets and (mode == "fp32" or load != "streamed"):
         raise SystemExit("--offsets needs --mode int4/int8 with --load streamed")
@@ -137,9 +176,12 @@ def make_run(args):
     if args.offset_lr:  # a trainable fp32 offset per group (QuantConfig(offsets=True)), at its own rate
         from forwardonly.quant import offset_parameters
 
-        groups.append({"params": offset_parameters(model), "lr": args.offset_lr})
+        offsets = offset_parameters(model)
+        for p in offsets:
+            p.requires_grad_(True)  # _prepare froze every parameter but the scales
+        groups.append({"params": offsets, "lr": args.offset_lr})
     if args.norm_lr:  # QZO's option: the parameters left in floating point (norms, biases) trained too
-        if args.mode not in ("int4", "int8"):
+        if args.mode not in QUANT_MODES:
             raise SystemExit("--norm-lr applies to int4/int8 (other modes train every parameter already)")
         ids = {id(p) for p in params}
         others = [p for p in model.parameters() if id(p) not in ids and p.is_floating_point()]
@@ -147,18 +189,18 @@ def make_run(args):
             p.requires_grad_(True)
         groups.append({"params": others, "lr": args.norm_lr})
     if args.head_bias:  # a zero-initialised logit bias on the output layer: an unquantized parameter of its own
-        if args.mode not in ("int4", "int8"):
+        if args.mode not in QUANT_MODES:
             raise SystemExit("--head-bias applies to int4/int8")
         head = model.get_output_embeddings()
         if head.bias is not None:
             raise SystemExit(f"{type(head).__name__} already has a bias")
         head.bias = torch.nn.Parameter(torch.zeros(head.out_features), requires_grad=False)
     if args.label_delta:  # an fp32 delta on the label words' output rows (train it with --group-lr 'lm_head.delta=LR')
-        if args.mode not in ("int4", "int8"):
+        if args.mode not in QUANT_MODES:
             raise SystemExit("--label-delta applies to int4/int8")
         model.lm_head = LabelDelta(model.get_output_embeddings(), obj.label_ids)
     if args.lora:  # fp32 low-rank adapters on the quantized layers (forwardonly.quant.add_lora), lr --lora-lr
-        if args.mode not in ("int4", "int8"):
+        if args.mode not in QUANT_MODES:
             raise SystemExit("--lora applies to int4/int8")
         from forwardonly.quant.lora import add_lora
 
@@ -178,7 +220,7 @@ def make_run(args):
                 p.requires_grad_(False)
     # block: ZO-SGD on one parameter group per step, in turn (ZOSGDBlock), so that a group with large
     # gradients (the norms) does not swamp the projected gradient of another (the scales)
-    if args.offset_lr and args.mode not in ("int4", "int8"):
+    if args.offset_lr and args.mode not in QUANT_MODES:
         raise SystemExit("--offset-lr applies to int4/int8")
     cls = ZOSGDBlock if args.optimizer == "block" else ZOSGD
     opt = cls(groups, seed=args.seed, **{**DEFAULTS[args.mode], **json.loads(args.opt)})
@@ -264,7 +306,7 @@ def cmd_train(args):
         val1 = (evaluate(model, tok, task, "validation", max_examples=args.val, progress=False)["accuracy"]
                 if args.val else None)
     print(f"[{args.mode}] after: acc={acc1:.4f} val {val0} -> {val1}", flush=True)
-    config = {"mode": args.mode, "load": args.load if args.mode in ("int4", "int8") else None,
+    config = {"mode": args.mode, "load": args.load if args.mode in QUANT_MODES else None,
               "steps": args.steps, "batch": args.batch, "seed": args.seed,
               "test": args.test, "val": args.val, "group_size": args.group_size, "chunk_rows": args.chunk_rows,
               "mlp_chunk": args.mlp_chunk,
@@ -324,7 +366,10 @@ def cmd_memory(args):
         if args.offset_lr:  # the offsets trained too (--only-extra: they alone), as in the training runs
             from forwardonly.quant import offset_parameters
 
-            groups = ([] if args.only_extra else groups) + [{"params": offset_parameters(model), "lr": args.offset_lr}]
+            offsets = offset_parameters(model)
+            for p in offsets:
+                p.requires_grad_(True)
+            groups = ([] if args.only_extra else groups) + [{"params": offsets, "lr": args.offset_lr}]
         opt = ZOSGD(groups, seed=args.seed, **{**DEFAULTS[args.mode], **json.loads(args.opt)})
         trim()
         results["model_bytes"] = quantized_bytes(model)
@@ -341,7 +386,7 @@ def cmd_memory(args):
     print(json.dumps(results, indent=1))
     config = {"mode": args.mode, "steps": args.steps, "batch": args.batch, "threads": args.threads,
               "mmap_threshold": args.mmap_threshold or "glibc default (dynamic)",
-              "load": args.load if args.mode in ("int4", "int8") else "fp32" if args.mode == "fp32" else "bf16",
+              "load": args.load if args.mode in QUANT_MODES else "fp32" if args.mode == "fp32" else "bf16",
               "group_size": args.group_size, "chunk_rows": args.chunk_rows, "mlp_chunk": args.mlp_chunk,
               "micro": args.micro or args.batch, "offset_lr": args.offset_lr, "only_extra": args.only_extra,
               "opt": {**DEFAULTS[args.mode], **json.loads(args.opt)}}
@@ -351,7 +396,7 @@ def cmd_memory(args):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("command", choices=["train", "memory"])
-    ap.add_argument("--mode", choices=["fp32", "bf16", "bf16-compute", "int4", "int8", "none"], required=True)
+    ap.add_argument("--mode", choices=["fp32", "bf16", "bf16-compute", "int4-bf16", "int4", "int4-q41", "int4-q41-emb8", "int8", "none"], required=True)
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)

@@ -6,6 +6,7 @@ from torch import nn
 
 from forwardonly.optim import build_optimizer
 from forwardonly.quant import (
+    QuantConfig,
     QuantEmbedding,
     QuantizationError,
     QuantLinear,
@@ -283,3 +284,39 @@ def test_zo_on_offsets_alone_lowers_the_loss_and_leaves_codes_and_scales():
     losses = [float(opt.step(lambda: (layer(x) - y).square().mean())) for _ in range(300)]
     assert losses[-1] < 0.1 * losses[0]  # measured: 0.095 -> 0.004
     assert torch.equal(layer.qweight, codes) and torch.equal(layer.scales.detach(), scales)
+
+
+def test_float_min_layout_reproduces_q4_1_weights_exactly():
+    """Weights dequantized from llama.cpp's Q4_1 (fp16 scale d and minimum m per group of 32) come back."""
+    g = torch.Generator().manual_seed(0)
+    rows, cols = 12, 96
+    d = (torch.rand(rows, cols // 32, 1, generator=g) * 0.02 + 1e-3).half().float()
+    m = (-torch.rand(rows, cols // 32, 1, generator=g) * 0.1).half().float()
+    q = torch.randint(0, 16, (rows, cols // 32, 32), generator=g).float()
+    q[..., 0], q[..., 1] = 0, 15  # Q4_1 puts each group's minimum on code 0 and its maximum on 15
+    w = (d * q + m).reshape(rows, cols)
+    layer = QuantLinear(cols, rows, bits=4, group_size=32, offsets=True, float_min=True, log_scales=False, bias=False)
+    layer.fill_rows(0, w)
+    assert torch.equal(layer.dequantized(), w)  # linear scales: bit for bit
+    assert not layer.zeros.any()
+    torch.testing.assert_close(layer.offsets.detach(), m.squeeze(-1), rtol=0, atol=0)
+    logq = QuantLinear(cols, rows, bits=4, group_size=32, offsets=True, float_min=True, bias=False)
+    logq.fill_rows(0, w)
+    torch.testing.assert_close(logq.dequantized(), w, rtol=0, atol=1e-6)  # exp(log s): fp32 rounding only
+    plain = QuantLinear(cols, rows, bits=4, group_size=32, bias=False)
+    plain.fill_rows(0, w)  # integer zero points cannot hold a float minimum
+    assert (plain.dequantized() - w).abs().max() > 1e-4
+    assert "float_min=True" in repr(layer)
+
+
+def test_float_min_settings():
+    assert QuantConfig(float_min=True).offsets is True
+    with pytest.raises(QuantizationError, match="exclude each other"):
+        QuantConfig(float_min=True, symmetric=True)
+    with pytest.raises(ValueError, match="needs offsets=True"):
+        QuantLinear(32, 4, group_size=32, float_min=True)
+    model, ids = tiny()
+    quantize_model(model, bits=4, group_size=16, float_min=True)
+    layer = model.model.layers[0].self_attn.q_proj
+    assert layer.float_min and layer.offsets is not None and not layer.zeros.any()
+    assert model.lm_head.float_min and model.lm_head.offsets is model.model.embed_tokens.offsets

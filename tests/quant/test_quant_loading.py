@@ -92,3 +92,13 @@ def test_smollm2_streamed_int4_equals_quantized_fp32_and_keeps_fp32_weights_out_
     ids = torch.randint(0, 49152, (1, 12), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert torch.equal(model(input_ids=ids).logits, ref(input_ids=ids).logits)
+
+
+def test_streamed_load_with_float_minimums_is_bitwise_the_quantized_fp32_model(tmp_path):
+    path = saved(tmp_path)
+    ref = reference(path, bits=4, group_size=16, float_min=True)
+    model, _ = load_pretrained_quantized(str(path), bits=4, group_size=16, float_min=True, block_rows=5)
+    a, b = ref.state_dict(), model.state_dict()
+    assert a.keys() == b.keys() and any(k.endswith("offsets") for k in a)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert model.lm_head.offsets is model.model.embed_tokens.offsets

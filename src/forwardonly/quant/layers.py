@@ -21,6 +21,10 @@ only stretch a group about its zero point, an offset moves all its weights
 together, and its gradient is the sum of the group's weight gradients (no
 weight factor to cancel in the sum), so ZO finds far more signal per entry in the
 offsets than in the scales. 4 bytes per group: 0.0625 B/weight at group 64.
+With ``float_min=True`` the offsets start at each group's minimum instead (and the
+zero points at 0): llama.cpp's Q4_1 layout, ``w = q * s + m``, which reproduces a
+checkpoint dequantized from Q4_1 exactly when the groups match (SmolLM2's shipped
+GGUF: every block linear, group 32).
 
 Forward dequantizes in fp32 (one rounding to the compute dtype) and, for
 matrices with more than ``chunk_rows`` output rows (an untied or tied
@@ -45,11 +49,14 @@ class _Quantized(nn.Module):
     """
 
     def _init_quant(self, rows: int, cols: int, bits: int, group_size: int, log_scales: bool,
-                    train_scales: bool, device=None, offsets: bool = False):
+                    train_scales: bool, device=None, offsets: bool = False, float_min: bool = False):
         why = packing.check_shape(rows, cols, bits, group_size)
         if why:
             raise ValueError(why)
+        if float_min and not offsets:
+            raise ValueError("float_min=True keeps each group's minimum in the offsets: it needs offsets=True")
         self.bits, self.group_size, self.log_scales = bits, group_size, bool(log_scales)
+        self.float_min = bool(float_min)
         width = cols // 2 if bits == 4 else cols
         ngroups = cols // group_size
         self.register_buffer("qweight", torch.zeros(rows, width, dtype=torch.uint8, device=device))
@@ -70,7 +77,11 @@ class _Quantized(nn.Module):
         size of one block (:func:`forwardonly.quant.load_pretrained_quantized`).
         """
         rows = slice(start, start + w.shape[0])
-        q, s, z = packing.quantize(w, self.bits, self.group_size, symmetric)
+        if self.float_min:
+            q, s, z, lo = packing.quantize(w, self.bits, self.group_size, float_min=True)
+            self.offsets[rows].copy_(lo)
+        else:
+            q, s, z = packing.quantize(w, self.bits, self.group_size, symmetric)
         self.qweight[rows].copy_(q)
         self.zeros[rows].copy_(z)
         self.scales[rows].copy_(s.log() if self.log_scales else s)
@@ -90,7 +101,7 @@ class _Quantized(nn.Module):
         return self._weight(dtype)
 
     def _quant_repr(self) -> str:
-        extra = ", offsets=True" if self.offsets is not None else ""
+        extra = ", float_min=True" if self.float_min else ", offsets=True" if self.offsets is not None else ""
         return f"bits={self.bits}, group_size={self.group_size}, log_scales={self.log_scales}{extra}"
 
 
@@ -107,6 +118,7 @@ class QuantLinear(_Quantized):
         chunk_rows: dequantize at most this many output rows at a time (default 4096).
         dtype: dtype of the bias (the compute dtype is the input's).
         offsets: add a trainable fp32 offset per group, zero at first (default False; see module docs).
+        float_min: with ``offsets``, start them at each group's minimum, zero points 0 (Q4_1's layout).
 
     Use :meth:`from_linear` (or :func:`forwardonly.quant.quantize_model`) to build one
     from a trained layer, :meth:`tie_to` to share an embedding's table. Example::
@@ -117,12 +129,13 @@ class QuantLinear(_Quantized):
 
     def __init__(self, in_features: int, out_features: int, bits: int = 4, group_size: int = 64,
                  bias: bool = True, log_scales: bool = True, train_scales: bool = True,
-                 chunk_rows: int = 4096, dtype=None, device=None, offsets: bool = False):
+                 chunk_rows: int = 4096, dtype=None, device=None, offsets: bool = False, float_min: bool = False):
         super().__init__()
         if chunk_rows < 1:
             raise ValueError(f"Invalid chunk_rows: {chunk_rows}")
         self.in_features, self.out_features, self.chunk_rows = in_features, out_features, chunk_rows
-        self._init_quant(out_features, in_features, bits, group_size, log_scales, train_scales, device, offsets)
+        self._init_quant(out_features, in_features, bits, group_size, log_scales, train_scales, device, offsets,
+                         float_min)
         self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype, device=device)) if bias else None
 
     @classmethod
@@ -143,6 +156,7 @@ class QuantLinear(_Quantized):
             raise ValueError(f"cannot tie a {self.out_features}x{self.in_features} layer to a "
                              f"{emb.num_embeddings}x{emb.embedding_dim} embedding")
         self.bits, self.group_size, self.log_scales = emb.bits, emb.group_size, emb.log_scales
+        self.float_min = emb.float_min
         self.qweight, self.zeros, self.scales = emb.qweight, emb.zeros, emb.scales
         self.offsets = emb.offsets
         return self
@@ -173,11 +187,13 @@ class QuantEmbedding(_Quantized):
 
     def __init__(self, num_embeddings: int, embedding_dim: int, bits: int = 4, group_size: int = 64,
                  log_scales: bool = True, train_scales: bool = True, padding_idx: int | None = None,
-                 dtype=torch.float32, device=None, embed_scale: float | None = None, offsets: bool = False):
+                 dtype=torch.float32, device=None, embed_scale: float | None = None, offsets: bool = False,
+                 float_min: bool = False):
         super().__init__()
         self.num_embeddings, self.embedding_dim, self.padding_idx = num_embeddings, embedding_dim, padding_idx
         self.dtype, self.embed_scale = dtype, embed_scale
-        self._init_quant(num_embeddings, embedding_dim, bits, group_size, log_scales, train_scales, device, offsets)
+        self._init_quant(num_embeddings, embedding_dim, bits, group_size, log_scales, train_scales, device, offsets,
+                         float_min)
 
     @classmethod
     def from_embedding(cls, emb: nn.Embedding, bits: int = 4, group_size: int = 64, symmetric: bool = False,

@@ -51,6 +51,9 @@ class QuantConfig:
         chunk_rows: rows dequantized at a time in large output layers (default 1024).
         offsets: give every group a trainable fp32 offset, zero at first (default False;
             see :mod:`forwardonly.quant.layers`); :func:`offset_parameters` lists them.
+        float_min: llama.cpp's Q4_1 layout, ``w = q * s + m``: zero points 0 and each group's
+            minimum ``m`` kept as a float in the offsets (implies ``offsets``; excludes
+            ``symmetric``). Reproduces weights dequantized from Q4_1 exactly at the same group size.
     """
 
     bits: int = 4
@@ -62,9 +65,14 @@ class QuantConfig:
     log_scales: bool = True
     chunk_rows: int = 1024
     offsets: bool = False
+    float_min: bool = False
 
     def __post_init__(self):
         self.skip = tuple(self.skip)
+        if self.float_min and self.symmetric:
+            raise QuantizationError("float_min=True and symmetric=True exclude each other")
+        if self.float_min:
+            self.offsets = True
         if self.bits not in packing.BITS:
             raise QuantizationError(f"bits={self.bits} is not supported (choose from {packing.BITS})")
         if self.chunk_rows < 1:
@@ -72,7 +80,8 @@ class QuantConfig:
 
     def layer_kwargs(self) -> dict:
         return dict(bits=self.bits, group_size=self.group_size, symmetric=self.symmetric,
-                    log_scales=self.log_scales, train_scales=self.train_scales, offsets=self.offsets)
+                    log_scales=self.log_scales, train_scales=self.train_scales, offsets=self.offsets,
+                    float_min=self.float_min)
 
 
 def _kind(module: nn.Module, embeddings: bool) -> str | None:
@@ -148,7 +157,7 @@ def _set(model: nn.Module, name: str, new: nn.Module) -> None:
 
 def _build(m: nn.Module, step: _Step, config: QuantConfig, made: dict, fill: bool, device=None) -> nn.Module:
     kw = dict(bits=config.bits, group_size=config.group_size, log_scales=config.log_scales,
-              train_scales=config.train_scales, offsets=config.offsets)
+              train_scales=config.train_scales, offsets=config.offsets, float_min=config.float_min)
     w = m.weight
     device = w.device if device is None else device
     if step.kind == "embedding":

@@ -9,7 +9,12 @@ and a zero point ``z[r, g]``, and each element an unsigned code ``q`` in
 
 * asymmetric (default): ``s = (max - min) / (2**bits - 1)`` and ``z`` the
   rounded code of 0.0, so the group's range maps onto all the codes;
-* symmetric: ``z = 2**(bits-1)`` for every group and ``s = absmax / (2**(bits-1) - 1)``.
+* symmetric: ``z = 2**(bits-1)`` for every group and ``s = absmax / (2**(bits-1) - 1)``;
+* float minimum (``float_min=True``, llama.cpp's Q4_1 layout): ``w ~ q * s + m`` with
+  ``z = 0``, ``s = (max - min) / (2**bits - 1)`` and the group's minimum ``m`` kept as a
+  float (returned as the offsets of :class:`~forwardonly.quant.QuantLinear`). Weights
+  that already sit on such a grid (a checkpoint dequantized from Q4_1 with the same
+  groups) come back exactly.
 
 Rounding to the nearest code and clamping into range keep every element within
 ``s / 2`` of its original value (the tests hold this bound). Codes are stored as
@@ -49,19 +54,31 @@ def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
     return out.view(*packed.shape[:-1], packed.shape[-1] * 2)
 
 
-def quantize(w: torch.Tensor, bits: int = 4, group_size: int = 64, symmetric: bool = False):
+def quantize(w: torch.Tensor, bits: int = 4, group_size: int = 64, symmetric: bool = False,
+             float_min: bool = False):
     """Quantize a 2-D weight group-wise.
 
     Returns ``(qweight, scales, zeros)``: ``qweight`` uint8 (packed for 4 bits),
-    ``scales`` fp32 ``(rows, cols // group_size)``, ``zeros`` uint8 of the same shape.
-    Statistics are computed in fp32 whatever the dtype of ``w``.
+    ``scales`` fp32 ``(rows, cols // group_size)``, ``zeros`` uint8 of the same shape;
+    with ``float_min=True``, ``(qweight, scales, zeros, minimums)`` (zeros all 0,
+    minimums fp32). Statistics are computed in fp32 whatever the dtype of ``w``.
     """
+    if symmetric and float_min:
+        raise ValueError("symmetric and float_min exclude each other")
     rows, cols = w.shape
     why = check_shape(rows, cols, bits, group_size)
     if why:
         raise ValueError(why)
     qmax = 2**bits - 1
     g = w.detach().float().reshape(rows, cols // group_size, group_size)
+    if float_min:
+        lo = g.amin(-1)
+        scales = ((g.amax(-1) - lo) / qmax).clamp_min(_TINY)
+        codes = (g - lo.unsqueeze(-1)).div_(scales.unsqueeze(-1)).round_().clamp_(0, qmax)
+        codes = codes.reshape(rows, cols).to(torch.uint8)
+        qweight = pack_int4(codes) if bits == 4 else codes
+        zeros = torch.zeros(scales.shape, dtype=torch.uint8, device=scales.device)
+        return qweight.contiguous(), scales.contiguous(), zeros, lo.contiguous()
     if symmetric:
         half = 2 ** (bits - 1)
         scales = (g.abs().amax(-1) / (half - 1)).clamp_min(_TINY)
