@@ -180,12 +180,63 @@ def train_table_v3(folder: str = "v3") -> str:
 
 
 def _what(c: dict) -> str:
-    if c["mode"] in ("bf16", "fp32", "bf16-compute"):
+    if c["mode"] in ("bf16", "fp32", "bf16-compute", "int4-bf16"):
         return f"{c['mode']}, all weights, lr {c['opt']['lr']:g}"
-    norms = f" + norms (lr {c['norm_lr']:g})" if c.get("norm_lr") else ""
+    parts = [] if c.get("only_extra") else [f"scales (lr {c['opt']['lr']:g})"]
+    if c.get("norm_lr"):
+        parts.append(f"norms (lr {c['norm_lr']:g})")
+    if c.get("offset_lr"):
+        parts.append(f"group offsets (lr {c['offset_lr']:g})")
+    if c.get("lora"):
+        parts.append(f"LoRA r={c['lora']} on {c['lora_targets']} (lr {c['lora_lr']:g})")
     groups = "".join(f"; {spec}" for spec in c.get("group_lr") or [])
     block = ", one group per step (block-wise)" if c.get("optimizer") == "ZOSGDBlock" else ""
-    return f"{c['mode']}, scales (lr {c['opt']['lr']:g}){norms}{groups}{block}"
+    return f"{c['mode']}, {' + '.join(parts)}{' only' if c.get('only_extra') else ''}{groups}{block}"
+
+
+def train_table_v6(folder: str = "v6") -> str:
+    """Sixth measurement: one row per run (seed, val and test before/after)."""
+    rows = ["| configuration | trained entries | seed | val before | val after | test before | test after | s/step |",
+            "|---|---:|---|---|---|---|---|---|"]
+    for path in sorted((RESULTS / folder).glob("train_*.json")):
+        rec = json.loads(path.read_text())
+        c, r = rec["config"], rec["results"]
+        val = [f"{100 * v:.1f}" if v is not None else "-" for v in (r.get("val_before"), r.get("val_after"))]
+        rows.append(f"| {_what(c)} | {c['trainable']:,} | {c['seed']} | {val[0]} | {val[1]} | "
+                    f"{100 * r['acc_before']:.2f} | {100 * r['acc_after']:.2f} | {r['s_per_step']:.1f} |")
+    return "\n".join(rows)
+
+
+def memory_table_v6(folder: str = "v6") -> str:
+    """Sixth measurement: every mode at the same commit; ratios of each int4 layout to each bf16 run."""
+    found: dict[str, list] = {}
+    for path in sorted((RESULTS / folder).glob("memory_*.json")):
+        rec = json.loads(path.read_text())
+        c = rec["config"]
+        label = _label(c)
+        extra = [f"offsets lr {c['offset_lr']:g}" + (" only" if c.get("only_extra") else " + scales")
+                 if c.get("offset_lr") else "", f"held random words capped at {c['hold_bytes']} B"
+                 if c.get("hold_bytes") is not None else ""]
+        label += "".join(f"; {e}" for e in extra if e)
+        found.setdefault(label, []).append((rec["git"]["commit"][:7] if isinstance(rec.get("git"), dict) else "?",
+                                            rec["results"]))
+    rows = [("| configuration | commit | model tensors (MiB) | held after load (MiB) | step working set (MiB) | "
+             "peak anon above library baseline (MiB) |"), "|---|---|---|---|---|---|"]
+    for label, runs in found.items():
+        for commit, r in runs:
+            lib = r["baseline_with_model_code"]["anon"]
+            rows.append(f"| {label} | {commit} | {r['model_bytes']['total'] / MB:.1f} | {(r['loaded']['anon'] - lib) / MB:.1f} | "
+                        f"{(r['zo_steps']['peak_anon'] - r['loaded']['anon']) / MB:.1f} | "
+                        f"{r['peak_anon_above_library_baseline'] / MB:.1f} |")
+    lines = ["\n".join(rows), ""]
+    key = "peak_anon_above_library_baseline"
+    for q_label, q in found.items():
+        if not q_label.startswith("int4"):
+            continue
+        for ref_label, f in found.items():
+            if ref_label.startswith("bf16"):
+                lines.append(f"- {q_label} / {ref_label}: {_range([a[key] / b[key] for _, a in q for _, b in f])}")
+    return "\n".join(lines)
 
 
 def seeds_table(folders: tuple[str, ...] = ("v3", "v4")) -> str:
@@ -232,3 +283,9 @@ if __name__ == "__main__":
     print(train_table_v3("v4"))
     print()
     print(seeds_table())
+    print()
+    print(train_table_v6())
+    print()
+    print(seeds_table(("v3", "v4", "v6")))
+    print()
+    print(memory_table_v6())

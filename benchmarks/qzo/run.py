@@ -16,6 +16,7 @@ Modes:
   int4-q41  block linears in the shipped GGUF's Q4_1 layout (group 32, float minimum: exact), the tied
         embedding/head int4 group 64 as in int4; only the log-scales trained
   int4-q41-emb8  the same with the embedding/head int8 symmetric group 32 (the GGUF's Q8_0: exact)
+  int4-q41-fmin  the same with the embedding/head int4 group 64 with float minimums (w = q * s + m, fp16 m)
   int4-bf16  a diagnostic: the int4 model's weights dequantized into a bf16 model, trained as bf16 (all weights)
 """
 
@@ -38,12 +39,13 @@ DEFAULTS = {  # mode -> optimizer settings (chosen before the runs; see README)
     "int4-bf16": dict(lr=1e-5, eps=1e-3),
     "int4-q41": dict(lr=5e-3, eps=1e-3, clip=10.0),
     "int4-q41-emb8": dict(lr=5e-3, eps=1e-3, clip=10.0),
+    "int4-q41-fmin": dict(lr=5e-3, eps=1e-3, clip=10.0),
     "int4": dict(lr=5e-3, eps=1e-3, clip=10.0),
     "int8": dict(lr=5e-3, eps=1e-3, clip=10.0),
 }
 
 
-QUANT_MODES = ("int4", "int8", "int4-q41", "int4-q41-emb8")
+QUANT_MODES = ("int4", "int8", "int4-q41", "int4-q41-emb8", "int4-q41-fmin")
 
 
 def trim():
@@ -112,14 +114,19 @@ def _prepare(mode, load, group_size, chunk_rows, offsets=False):
         model, tok = load_model("smollm2-135m", dtype=torch.bfloat16)
         ctx = MixedPrecision(model, compute=torch.float32) if mode == "bf16" else nullcontext()
         return model, tok, [p for p in model.parameters()], ctx
-    if mode in ("int4-q41", "int4-q41-emb8"):
+    if mode in ("int4-q41", "int4-q41-emb8", "int4-q41-fmin"):
         # the shipped GGUF's own layout: every block linear in Q4_1 (group 32, a scale and a float minimum per
         # group), so its codes reproduce the checkpoint exactly; the tied embedding/head in int8 symmetric group
         # 32 (the GGUF's Q8_0, also exact) or, to save memory, int4 group 64 like the int4 mode (lossy)
+        # the minimums stay frozen unless --offset-lr trains them: then fp32, else fp16 (Q4_1's own, exact)
         model, tok = load_pretrained_quantized("smollm2-135m", bits=4, group_size=32, float_min=True,
-                                               embeddings=False, chunk_rows=chunk_rows)
-        emb = dict(bits=8, group_size=32, symmetric=True) if mode == "int4-q41-emb8" else dict(bits=4, group_size=group_size)
-        quantize_model(model, chunk_rows=chunk_rows, offsets=offsets, **emb)
+                                               embeddings=False, chunk_rows=chunk_rows,
+                                               offsets_dtype="float32" if offsets else "float16")
+        emb = {"int4-q41-emb8": dict(bits=8, group_size=32, symmetric=True),
+               "int4-q41-fmin": dict(bits=4, group_size=group_size, float_min=True,
+                                     offsets_dtype="float32" if offsets else "float16"),
+               "int4-q41": dict(bits=4, group_size=group_size, offsets=offsets)}[mode]
+        quantize_model(model, chunk_rows=chunk_rows, **emb)
         for p in model.parameters():
             p.requires_grad_(False)
         params = scale_parameters(model)
@@ -208,6 +215,8 @@ def make_run(args):
                                           targets=args.lora_targets.split(",")), "lr": args.lora_lr})
     if args.group_lr:
         groups = _split_groups(model, groups, args.group_lr)
+    if args.freeze:
+        groups = _freeze(model, groups, args.freeze)
     if args.only_extra:  # train only what --norm-lr / --group-lr added: the mode's own set (scales, all weights) frozen
         if not (args.norm_lr or args.group_lr or args.lora or args.offset_lr):
             raise SystemExit("--only-extra needs --norm-lr, --group-lr, --lora or --offset-lr (otherwise nothing is trained)")
@@ -234,6 +243,21 @@ def make_run(args):
 
     it = batches()
     return task, model, tok, obj, opt, ctx, it
+
+
+def _freeze(model, groups: list[dict], patterns: list[str]) -> list[dict]:
+    """Leave the parameters whose names match a pattern (fnmatch) out of training and of the perturbations."""
+    import fnmatch
+
+    named = dict(model.named_parameters(remove_duplicate=False))
+    frozen = {id(p) for name, p in named.items() if any(fnmatch.fnmatchcase(name, pat) for pat in patterns)}
+    if not frozen:
+        raise SystemExit(f"--freeze {patterns}: no parameter matches")
+    for p in named.values():
+        if id(p) in frozen:
+            p.requires_grad_(False)
+    groups = [{**g, "params": [p for p in g["params"] if id(p) not in frozen]} for g in groups]
+    return [g for g in groups if g["params"]]
 
 
 def _split_groups(model, groups: list[dict], specs: list[str]) -> list[dict]:
@@ -311,7 +335,7 @@ def cmd_train(args):
               "test": args.test, "val": args.val, "group_size": args.group_size, "chunk_rows": args.chunk_rows,
               "mlp_chunk": args.mlp_chunk,
               "threads": args.threads, "optimizer": "ZOSGDBlock" if args.optimizer == "block" else "ZOSGD", "opt": {**DEFAULTS[args.mode], **json.loads(args.opt)},
-              "norm_lr": args.norm_lr, "group_lr": args.group_lr, "only_extra": args.only_extra, "offset_lr": args.offset_lr,
+              "norm_lr": args.norm_lr, "group_lr": args.group_lr, "only_extra": args.only_extra, "offset_lr": args.offset_lr, "freeze": args.freeze,
               "lora": args.lora, "lora_targets": args.lora_targets if args.lora else None, "lora_lr": args.lora_lr if args.lora else None, "head_bias": args.head_bias, "label_delta": args.label_delta,
               "trainable": sum(p.numel() for g in opt.param_groups for p in g["params"])}
     results = {"acc_before": acc0, "acc_after": acc1, "val_before": val0, "val_after": val1, "steps_run": steps_run, "train_s": t_train,
@@ -331,6 +355,10 @@ def cmd_memory(args):
     from forwardonly.tasks import get_task, make_objective
 
     torch.set_num_threads(args.threads)
+    if args.hold_bytes is not None:  # a diagnostic: the cap on one step's held random words (ZOSGD's hold)
+        from forwardonly.optim import _perturb
+
+        _perturb.HOLD_BYTES = args.hold_bytes
     if args.mmap_threshold and not fix_mmap_threshold(args.mmap_threshold):
         raise SystemExit("mallopt(M_MMAP_THRESHOLD) is not available here")
     task = get_task("sentiment")
@@ -370,6 +398,8 @@ def cmd_memory(args):
             for p in offsets:
                 p.requires_grad_(True)
             groups = ([] if args.only_extra else groups) + [{"params": offsets, "lr": args.offset_lr}]
+        if args.freeze:
+            groups = _freeze(model, groups, args.freeze)
         opt = ZOSGD(groups, seed=args.seed, **{**DEFAULTS[args.mode], **json.loads(args.opt)})
         trim()
         results["model_bytes"] = quantized_bytes(model)
@@ -388,7 +418,7 @@ def cmd_memory(args):
               "mmap_threshold": args.mmap_threshold or "glibc default (dynamic)",
               "load": args.load if args.mode in QUANT_MODES else "fp32" if args.mode == "fp32" else "bf16",
               "group_size": args.group_size, "chunk_rows": args.chunk_rows, "mlp_chunk": args.mlp_chunk,
-              "micro": args.micro or args.batch, "offset_lr": args.offset_lr, "only_extra": args.only_extra,
+              "micro": args.micro or args.batch, "offset_lr": args.offset_lr, "hold_bytes": args.hold_bytes, "freeze": args.freeze, "only_extra": args.only_extra,
               "opt": {**DEFAULTS[args.mode], **json.loads(args.opt)}}
     write_record(args.out, make_record(f"qzo-memory-{args.mode}", config, results))
 
@@ -396,7 +426,7 @@ def cmd_memory(args):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("command", choices=["train", "memory"])
-    ap.add_argument("--mode", choices=["fp32", "bf16", "bf16-compute", "int4-bf16", "int4", "int4-q41", "int4-q41-emb8", "int8", "none"], required=True)
+    ap.add_argument("--mode", choices=["fp32", "bf16", "bf16-compute", "int4-bf16", "int4", "int4-q41", "int4-q41-emb8", "int4-q41-fmin", "int8", "none"], required=True)
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
@@ -426,6 +456,10 @@ def main():
     ap.add_argument("--group-lr", action="append", default=[], metavar="NAME_PATTERN=LR",
                     help="train: parameters whose name matches (fnmatch) get this lr in a group of their own; "
                          "repeatable (e.g. 'model.embed_tokens.scales=3e-3', 'model.norm.weight=1e-4')")
+    ap.add_argument("--freeze", action="append", default=[], metavar="NAME_PATTERN",
+                    help="leave the matching parameters (fnmatch on names) out of training, e.g. 'model.embed_tokens.*'")
+    ap.add_argument("--hold-bytes", type=int, default=None,
+                    help="memory: cap on a step's held random words (default: the library's, 64 MiB; 0 holds none)")
     ap.add_argument("--offset-lr", type=float, default=0.0,
                     help="int4/int8: train a zero-initialised fp32 offset per group at this rate (0: no offsets)")
     ap.add_argument("--lora", type=int, default=0, help="int4/int8: rank of fp32 LoRA adapters (alpha = 2 x rank)")

@@ -298,7 +298,11 @@ def test_float_min_layout_reproduces_q4_1_weights_exactly():
     layer = QuantLinear(cols, rows, bits=4, group_size=32, offsets=True, float_min=True, log_scales=False, bias=False)
     layer.fill_rows(0, w)
     assert torch.equal(layer.dequantized(), w)  # linear scales: bit for bit
-    assert not layer.zeros.any()
+    assert layer.zeros is None and "zeros" not in layer.state_dict()  # all zero: not stored
+    half = QuantLinear(cols, rows, bits=4, group_size=32, offsets=True, float_min=True, log_scales=False,
+                       bias=False, offsets_dtype=torch.float16)
+    half.fill_rows(0, w)
+    assert half.offsets.dtype == torch.float16 and torch.equal(half.dequantized(), w)  # Q4_1's minimums are fp16
     torch.testing.assert_close(layer.offsets.detach(), m.squeeze(-1), rtol=0, atol=0)
     logq = QuantLinear(cols, rows, bits=4, group_size=32, offsets=True, float_min=True, bias=False)
     logq.fill_rows(0, w)
@@ -313,10 +317,12 @@ def test_float_min_settings():
     assert QuantConfig(float_min=True).offsets is True
     with pytest.raises(QuantizationError, match="exclude each other"):
         QuantConfig(float_min=True, symmetric=True)
+    with pytest.raises(QuantizationError, match="offsets_dtype='int8'"):
+        QuantConfig(offsets_dtype="int8")
     with pytest.raises(ValueError, match="needs offsets=True"):
         QuantLinear(32, 4, group_size=32, float_min=True)
     model, ids = tiny()
     quantize_model(model, bits=4, group_size=16, float_min=True)
     layer = model.model.layers[0].self_attn.q_proj
-    assert layer.float_min and layer.offsets is not None and not layer.zeros.any()
+    assert layer.float_min and layer.offsets is not None and layer.zeros is None
     assert model.lm_head.float_min and model.lm_head.offsets is model.model.embed_tokens.offsets

@@ -49,7 +49,8 @@ class _Quantized(nn.Module):
     """
 
     def _init_quant(self, rows: int, cols: int, bits: int, group_size: int, log_scales: bool,
-                    train_scales: bool, device=None, offsets: bool = False, float_min: bool = False):
+                    train_scales: bool, device=None, offsets: bool = False, float_min: bool = False,
+                    offsets_dtype=torch.float32):
         why = packing.check_shape(rows, cols, bits, group_size)
         if why:
             raise ValueError(why)
@@ -60,9 +61,11 @@ class _Quantized(nn.Module):
         width = cols // 2 if bits == 4 else cols
         ngroups = cols // group_size
         self.register_buffer("qweight", torch.zeros(rows, width, dtype=torch.uint8, device=device))
-        self.register_buffer("zeros", torch.zeros(rows, ngroups, dtype=torch.uint8, device=device))
+        # float minimums: every zero point is 0, so none is stored
+        self.register_buffer("zeros", None if float_min else torch.zeros(rows, ngroups, dtype=torch.uint8, device=device))
         self.scales = nn.Parameter(torch.zeros(rows, ngroups, device=device), requires_grad=train_scales)
-        self.offsets = nn.Parameter(torch.zeros(rows, ngroups, device=device)) if offsets else None
+        self.offsets = (nn.Parameter(torch.zeros(rows, ngroups, dtype=offsets_dtype, device=device)) if offsets
+                        else None)
 
     @torch.no_grad()
     def _set_from(self, w: torch.Tensor, symmetric: bool) -> None:
@@ -78,12 +81,13 @@ class _Quantized(nn.Module):
         """
         rows = slice(start, start + w.shape[0])
         if self.float_min:
-            q, s, z, lo = packing.quantize(w, self.bits, self.group_size, float_min=True)
+            q, s, _, lo = packing.quantize(w, self.bits, self.group_size, float_min=True,
+                                           min_dtype=self.offsets.dtype)
             self.offsets[rows].copy_(lo)
         else:
             q, s, z = packing.quantize(w, self.bits, self.group_size, symmetric)
+            self.zeros[rows].copy_(z)
         self.qweight[rows].copy_(q)
-        self.zeros[rows].copy_(z)
         self.scales[rows].copy_(s.log() if self.log_scales else s)
 
     def real_scales(self, rows=slice(None)) -> torch.Tensor:
@@ -93,7 +97,8 @@ class _Quantized(nn.Module):
 
     def _weight(self, dtype, rows=slice(None)) -> torch.Tensor:
         offsets = None if self.offsets is None else self.offsets[rows]
-        return packing.dequantize(self.qweight[rows], self.real_scales(rows), self.zeros[rows], self.bits, dtype,
+        zeros = None if self.zeros is None else self.zeros[rows]
+        return packing.dequantize(self.qweight[rows], self.real_scales(rows), zeros, self.bits, dtype,
                                   offsets=offsets)
 
     def dequantized(self, dtype=torch.float32) -> torch.Tensor:
@@ -119,6 +124,8 @@ class QuantLinear(_Quantized):
         dtype: dtype of the bias (the compute dtype is the input's).
         offsets: add a trainable fp32 offset per group, zero at first (default False; see module docs).
         float_min: with ``offsets``, start them at each group's minimum, zero points 0 (Q4_1's layout).
+        offsets_dtype: dtype of the offsets (default fp32; ``torch.float16`` halves them and is exact
+            for minimums read from a Q4_1 checkpoint, whose minimums are fp16; for minimums left frozen).
 
     Use :meth:`from_linear` (or :func:`forwardonly.quant.quantize_model`) to build one
     from a trained layer, :meth:`tie_to` to share an embedding's table. Example::
@@ -129,13 +136,14 @@ class QuantLinear(_Quantized):
 
     def __init__(self, in_features: int, out_features: int, bits: int = 4, group_size: int = 64,
                  bias: bool = True, log_scales: bool = True, train_scales: bool = True,
-                 chunk_rows: int = 4096, dtype=None, device=None, offsets: bool = False, float_min: bool = False):
+                 chunk_rows: int = 4096, dtype=None, device=None, offsets: bool = False, float_min: bool = False,
+                 offsets_dtype=torch.float32):
         super().__init__()
         if chunk_rows < 1:
             raise ValueError(f"Invalid chunk_rows: {chunk_rows}")
         self.in_features, self.out_features, self.chunk_rows = in_features, out_features, chunk_rows
         self._init_quant(out_features, in_features, bits, group_size, log_scales, train_scales, device, offsets,
-                         float_min)
+                         float_min, offsets_dtype)
         self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype, device=device)) if bias else None
 
     @classmethod
@@ -188,12 +196,12 @@ class QuantEmbedding(_Quantized):
     def __init__(self, num_embeddings: int, embedding_dim: int, bits: int = 4, group_size: int = 64,
                  log_scales: bool = True, train_scales: bool = True, padding_idx: int | None = None,
                  dtype=torch.float32, device=None, embed_scale: float | None = None, offsets: bool = False,
-                 float_min: bool = False):
+                 float_min: bool = False, offsets_dtype=torch.float32):
         super().__init__()
         self.num_embeddings, self.embedding_dim, self.padding_idx = num_embeddings, embedding_dim, padding_idx
         self.dtype, self.embed_scale = dtype, embed_scale
         self._init_quant(num_embeddings, embedding_dim, bits, group_size, log_scales, train_scales, device, offsets,
-                         float_min)
+                         float_min, offsets_dtype)
 
     @classmethod
     def from_embedding(cls, emb: nn.Embedding, bits: int = 4, group_size: int = 64, symmetric: bool = False,

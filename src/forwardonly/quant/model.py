@@ -54,6 +54,8 @@ class QuantConfig:
         float_min: llama.cpp's Q4_1 layout, ``w = q * s + m``: zero points 0 and each group's
             minimum ``m`` kept as a float in the offsets (implies ``offsets``; excludes
             ``symmetric``). Reproduces weights dequantized from Q4_1 exactly at the same group size.
+        offsets_dtype: ``"float32"`` (default) or ``"float16"`` (half the bytes; exact for Q4_1's
+            fp16 minimums; for offsets left frozen, as ZO updates would round away).
     """
 
     bits: int = 4
@@ -66,8 +68,11 @@ class QuantConfig:
     chunk_rows: int = 1024
     offsets: bool = False
     float_min: bool = False
+    offsets_dtype: str = "float32"
 
     def __post_init__(self):
+        if self.offsets_dtype not in ("float32", "float16", "bfloat16"):
+            raise QuantizationError(f"offsets_dtype={self.offsets_dtype!r} is not one of float32, float16, bfloat16")
         self.skip = tuple(self.skip)
         if self.float_min and self.symmetric:
             raise QuantizationError("float_min=True and symmetric=True exclude each other")
@@ -81,7 +86,7 @@ class QuantConfig:
     def layer_kwargs(self) -> dict:
         return dict(bits=self.bits, group_size=self.group_size, symmetric=self.symmetric,
                     log_scales=self.log_scales, train_scales=self.train_scales, offsets=self.offsets,
-                    float_min=self.float_min)
+                    float_min=self.float_min, offsets_dtype=getattr(torch, self.offsets_dtype))
 
 
 def _kind(module: nn.Module, embeddings: bool) -> str | None:
@@ -157,7 +162,8 @@ def _set(model: nn.Module, name: str, new: nn.Module) -> None:
 
 def _build(m: nn.Module, step: _Step, config: QuantConfig, made: dict, fill: bool, device=None) -> nn.Module:
     kw = dict(bits=config.bits, group_size=config.group_size, log_scales=config.log_scales,
-              train_scales=config.train_scales, offsets=config.offsets, float_min=config.float_min)
+              train_scales=config.train_scales, offsets=config.offsets, float_min=config.float_min,
+              offsets_dtype=getattr(torch, config.offsets_dtype))
     w = m.weight
     device = w.device if device is None else device
     if step.kind == "embedding":

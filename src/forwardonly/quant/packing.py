@@ -55,13 +55,14 @@ def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
 
 
 def quantize(w: torch.Tensor, bits: int = 4, group_size: int = 64, symmetric: bool = False,
-             float_min: bool = False):
+             float_min: bool = False, min_dtype=torch.float32):
     """Quantize a 2-D weight group-wise.
 
     Returns ``(qweight, scales, zeros)``: ``qweight`` uint8 (packed for 4 bits),
     ``scales`` fp32 ``(rows, cols // group_size)``, ``zeros`` uint8 of the same shape;
     with ``float_min=True``, ``(qweight, scales, zeros, minimums)`` (zeros all 0,
-    minimums fp32). Statistics are computed in fp32 whatever the dtype of ``w``.
+    minimums rounded to ``min_dtype`` first, so the codes fit the minimum that is stored,
+    returned in fp32). Statistics are computed in fp32 whatever the dtype of ``w``.
     """
     if symmetric and float_min:
         raise ValueError("symmetric and float_min exclude each other")
@@ -72,7 +73,7 @@ def quantize(w: torch.Tensor, bits: int = 4, group_size: int = 64, symmetric: bo
     qmax = 2**bits - 1
     g = w.detach().float().reshape(rows, cols // group_size, group_size)
     if float_min:
-        lo = g.amin(-1)
+        lo = g.amin(-1).to(min_dtype).float()
         scales = ((g.amax(-1) - lo) / qmax).clamp_min(_TINY)
         codes = (g - lo.unsqueeze(-1)).div_(scales.unsqueeze(-1)).round_().clamp_(0, qmax)
         codes = codes.reshape(rows, cols).to(torch.uint8)
@@ -99,7 +100,7 @@ def codes_of(qweight: torch.Tensor, bits: int) -> torch.Tensor:
     return unpack_int4(qweight) if bits == 4 else qweight
 
 
-def dequantize(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, bits: int,
+def dequantize(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None, bits: int,
                dtype=torch.float32, offsets: torch.Tensor | None = None) -> torch.Tensor:
     """``(q - z) * s`` (``+ b`` with group ``offsets``) for the rows given, in fp32, rounded once to ``dtype``.
 
@@ -118,7 +119,9 @@ def dequantize(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
         w.copy_(qweight)
     ngroups = scales.shape[-1]
     g = w.view(*lead, ngroups, cols // ngroups)
-    g.sub_(zeros.unsqueeze(-1)).mul_(scales.float().unsqueeze(-1))
+    if zeros is not None:  # None: every zero point 0 (float minimums)
+        g.sub_(zeros.unsqueeze(-1))
+    g.mul_(scales.float().unsqueeze(-1))
     if offsets is not None:
         g.add_(offsets.float().unsqueeze(-1))
     return w if dtype == torch.float32 else w.to(dtype)
