@@ -190,6 +190,7 @@ def _what(c: dict) -> str:
     if c.get("lora"):
         parts.append(f"LoRA r={c['lora']} on {c['lora_targets']} (lr {c['lora_lr']:g})")
     groups = "".join(f"; {spec}" for spec in c.get("group_lr") or [])
+    groups += "".join(f"; frozen: {pat}" for pat in c.get("freeze") or [])
     block = ", one group per step (block-wise)" if c.get("optimizer") == "ZOSGDBlock" else ""
     return f"{c['mode']}, {' + '.join(parts)}{' only' if c.get('only_extra') else ''}{groups}{block}"
 
@@ -216,7 +217,8 @@ def memory_table_v6(folder: str = "v6") -> str:
         label = _label(c)
         extra = [f"offsets lr {c['offset_lr']:g}" + (" only" if c.get("only_extra") else " + scales")
                  if c.get("offset_lr") else "", f"held random words capped at {c['hold_bytes']} B"
-                 if c.get("hold_bytes") is not None else ""]
+                 if c.get("hold_bytes") is not None else "",
+                 "frozen: " + ", ".join(c["freeze"]) if c.get("freeze") else ""]
         label += "".join(f"; {e}" for e in extra if e)
         found.setdefault(label, []).append((rec["git"]["commit"][:7] if isinstance(rec.get("git"), dict) else "?",
                                             rec["results"]))
