@@ -220,6 +220,8 @@ def memory_table_v6(folder: str = "v6") -> str:
                  if c.get("hold_bytes") is not None else "",
                  "frozen: " + ", ".join(c["freeze"]) if c.get("freeze") else ""]
         label += "".join(f"; {e}" for e in extra if e)
+        if "at-v3-commit" in path.name:  # the third measurement's code, measured today in a worktree
+            label += "; the third measurement's code (a2c5050)"
         found.setdefault(label, []).append((rec["git"]["commit"][:7] if isinstance(rec.get("git"), dict) else "?",
                                             rec["results"]))
     rows = [("| configuration | commit | model tensors (MiB) | held after load (MiB) | step working set (MiB) | "
