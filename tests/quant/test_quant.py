@@ -326,3 +326,13 @@ def test_float_min_settings():
     layer = model.model.layers[0].self_attn.q_proj
     assert layer.float_min and layer.offsets is not None and layer.zeros is None
     assert model.lm_head.float_min and model.lm_head.offsets is model.model.embed_tokens.offsets
+
+
+def test_a_model_quantized_in_two_passes_is_refused_by_save_and_nothing_is_written(tmp_path):
+    model, _ = tiny()
+    quantize_model(model, bits=4, group_size=16, embeddings=False, float_min=True)
+    quantize_model(model, bits=8, group_size=16, symmetric=True)  # the tied embedding/head only
+    target = tmp_path / "q.safetensors"
+    with pytest.raises(QuantizationError, match=r"save_quantized: layers \['model.layers.0.self_attn.q_proj'"):
+        save_quantized(model, target)
+    assert not target.exists() and not list(tmp_path.iterdir())

@@ -277,6 +277,17 @@ def save_quantized(model: nn.Module, path: str | Path) -> None:
     config = getattr(model, "quant_config", None)
     if config is None:
         raise ValueError("the model is not quantized (quantize_model sets model.quant_config)")
+    # the file records one QuantConfig: a model quantized in several passes with different settings
+    # (say, int4 blocks and an int8 embedding) would not load back as it was, so it is refused here
+    want = (config.bits, config.group_size, config.float_min, config.offsets, getattr(torch, config.offsets_dtype))
+    odd = [name for name, m in model.named_modules() if isinstance(m, _Quantized)
+           and (m.bits, m.group_size, m.float_min, m.offsets is not None,
+                m.offsets.dtype if m.offsets is not None else want[4]) != want]
+    if odd:
+        raise QuantizationError(
+            f"save_quantized: layers {odd[:3]}{' and more' if len(odd) > 3 else ''} were quantized with settings other "
+            f"than model.quant_config ({_describe(config)}, float_min={config.float_min}, offsets={config.offsets}); "
+            f"a file holds one configuration, so a model quantized in several passes cannot be saved this way")
     tensors, ties, by_ptr = {}, {}, {}
     for key, t in model.state_dict(keep_vars=False).items():
         ptr = (t.data_ptr(), t.shape, t.dtype)
