@@ -118,15 +118,14 @@ def _prepare(mode, load, group_size, chunk_rows, offsets=False):
         # the shipped GGUF's own layout: every block linear in Q4_1 (group 32, a scale and a float minimum per
         # group), so its codes reproduce the checkpoint exactly; the tied embedding/head in int8 symmetric group
         # 32 (the GGUF's Q8_0, also exact) or, to save memory, int4 group 64 like the int4 mode (lossy)
-        # the minimums stay frozen unless --offset-lr trains them: then fp32, else fp16 (Q4_1's own, exact)
-        model, tok = load_pretrained_quantized("smollm2-135m", bits=4, group_size=32, float_min=True,
-                                               embeddings=False, chunk_rows=chunk_rows,
-                                               offsets_dtype="float32" if offsets else "float16")
+        # the minimums stay frozen unless --offset-lr trains them: then fp32, else fp16 (Q4_1's own, exact);
+        # one QuantConfig with embedding settings of their own (bitwise the model of quantizing in two passes)
+        mins = "float32" if offsets else "float16"
         emb = {"int4-q41-emb8": dict(bits=8, group_size=32, symmetric=True),
-               "int4-q41-fmin": dict(bits=4, group_size=group_size, float_min=True,
-                                     offsets_dtype="float32" if offsets else "float16"),
-               "int4-q41": dict(bits=4, group_size=group_size, offsets=offsets)}[mode]
-        quantize_model(model, chunk_rows=chunk_rows, **emb)
+               "int4-q41-fmin": dict(bits=4, group_size=group_size, float_min=True, offsets_dtype=mins),
+               "int4-q41": dict(bits=4, group_size=group_size, float_min=False, offsets=offsets)}[mode]
+        model, tok = load_pretrained_quantized("smollm2-135m", bits=4, group_size=32, float_min=True,
+                                               offsets_dtype=mins, chunk_rows=chunk_rows, embedding=emb)
         for p in model.parameters():
             p.requires_grad_(False)
         params = scale_parameters(model)

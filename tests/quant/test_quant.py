@@ -336,3 +336,35 @@ def test_a_model_quantized_in_two_passes_is_refused_by_save_and_nothing_is_writt
     with pytest.raises(QuantizationError, match=r"save_quantized: layers \['model.layers.0.self_attn.q_proj'"):
         save_quantized(model, target)
     assert not target.exists() and not list(tmp_path.iterdir())
+
+
+def test_embedding_settings_of_their_own_build_save_and_load(tmp_path):
+    cfg = QuantConfig(bits=4, group_size=16, float_min=True, offsets_dtype="float16",
+                      embedding={"bits": 8, "group_size": 32, "symmetric": True})
+    emb_cfg = cfg.for_kind("embedding")
+    assert (emb_cfg.bits, emb_cfg.group_size, emb_cfg.symmetric, emb_cfg.float_min, emb_cfg.offsets) == (8, 32, True, False, False)
+    assert cfg.for_kind("linear") is cfg
+    model, ids = tiny()
+    quantize_model(model, cfg)
+    emb, head, q = model.model.embed_tokens, model.lm_head, model.model.layers[0].self_attn.q_proj
+    assert (emb.bits, emb.group_size, emb.offsets) == (8, 32, None) and head.qweight is emb.qweight and head.bits == 8
+    assert (q.bits, q.group_size, q.float_min, q.offsets.dtype) == (4, 16, True, torch.float16)
+    with torch.no_grad():
+        q.scales.add_(0.01)
+        ref = model(input_ids=ids).logits
+    save_quantized(model, tmp_path / "q.safetensors")
+    fresh, _ = tiny()
+    load_quantized(fresh, tmp_path / "q.safetensors")
+    assert fresh.model.embed_tokens.bits == 8 and fresh.lm_head.scales is fresh.model.embed_tokens.scales
+    with torch.no_grad():
+        assert torch.equal(fresh(input_ids=ids).logits, ref)
+
+
+def test_bad_embedding_settings_are_refused():
+    with pytest.raises(QuantizationError, match=r"keys \['skip'\] cannot differ"):
+        QuantConfig(embedding={"skip": ("x",)})
+    with pytest.raises(QuantizationError, match="bits=3"):
+        QuantConfig(embedding={"bits": 3})
+    model, _ = tiny()
+    with pytest.raises(QuantizationError, match=r"model\.embed_tokens .*embedding_dim=32 is not divisible by group_size=24"):
+        quantize_model(model, bits=4, group_size=16, embedding={"group_size": 24})

@@ -102,3 +102,13 @@ def test_streamed_load_with_float_minimums_is_bitwise_the_quantized_fp32_model(t
     assert a.keys() == b.keys() and any(k.endswith("offsets") for k in a)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert model.lm_head.offsets is model.model.embed_tokens.offsets
+
+
+def test_streamed_load_with_embedding_settings_of_their_own_is_bitwise_the_quantized_fp32_model(tmp_path):
+    path = saved(tmp_path)
+    kw = dict(bits=4, group_size=16, float_min=True, embedding={"bits": 8, "group_size": 32, "symmetric": True})
+    ref = reference(path, **kw)
+    model, _ = load_pretrained_quantized(str(path), block_rows=5, **kw)
+    a, b = ref.state_dict(), model.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert model.model.embed_tokens.bits == 8 and model.model.layers[0].mlp.up_proj.bits == 4

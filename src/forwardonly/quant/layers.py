@@ -164,7 +164,7 @@ class QuantLinear(_Quantized):
             raise ValueError(f"cannot tie a {self.out_features}x{self.in_features} layer to a "
                              f"{emb.num_embeddings}x{emb.embedding_dim} embedding")
         self.bits, self.group_size, self.log_scales = emb.bits, emb.group_size, emb.log_scales
-        self.float_min = emb.float_min
+        self.float_min, self._tied = emb.float_min, True
         self.qweight, self.zeros, self.scales = emb.qweight, emb.zeros, emb.scales
         self.offsets = emb.offsets
         return self

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from .layers import _Quantized
+from .layers import QuantEmbedding, _Quantized
 from .model import QuantConfig, plan, quantize_model
 
 
@@ -119,7 +119,8 @@ def load_pretrained_quantized(spec: str, config: QuantConfig | None = None, *, d
         for name in owners:
             layer, src = model.get_submodule(name), tensor(name + ".weight")
             for r in range(0, expect[name + ".weight"][0], block_rows):
-                layer.fill_rows(r, src[r:r + block_rows], config.symmetric)
+                kind = "embedding" if isinstance(layer, QuantEmbedding) else "linear"
+                layer.fill_rows(r, src[r:r + block_rows], config.for_kind(kind).symmetric)
         for key, t in _rest_keys(model, set()).items():
             if key in files:
                 _assign(model, key, tensor(key)[:].to(t.dtype))

@@ -56,6 +56,11 @@ class QuantConfig:
             ``symmetric``). Reproduces weights dequantized from Q4_1 exactly at the same group size.
         offsets_dtype: ``"float32"`` (default) or ``"float16"`` (half the bytes; exact for Q4_1's
             fp16 minimums; for offsets left frozen, as ZO updates would round away).
+        embedding: settings that differ for embedding tables and the output layers tied to them, e.g.
+            ``{"bits": 8, "group_size": 32, "symmetric": True}`` (default none: the same as every layer).
+            SmolLM2's shipped GGUF, reproduced exactly: ``QuantConfig(bits=4, group_size=32,
+            float_min=True, offsets_dtype="float16", embedding={"bits": 8, "group_size": 32,
+            "symmetric": True, "float_min": False})``.
     """
 
     bits: int = 4
@@ -69,8 +74,18 @@ class QuantConfig:
     offsets: bool = False
     float_min: bool = False
     offsets_dtype: str = "float32"
+    embedding: dict | None = None
 
     def __post_init__(self):
+        if self.embedding is not None:
+            allowed = {"bits", "group_size", "symmetric", "log_scales", "train_scales", "offsets", "float_min",
+                       "offsets_dtype"}
+            odd = sorted(set(self.embedding) - allowed)
+            if odd:
+                raise QuantizationError(f"embedding={self.embedding}: keys {odd} cannot differ for embeddings "
+                                        f"(choose from {sorted(allowed)})")
+            self.embedding = dict(self.embedding)
+            self.for_kind("embedding")  # the embedding's own settings must be valid too
         if self.offsets_dtype not in ("float32", "float16", "bfloat16"):
             raise QuantizationError(f"offsets_dtype={self.offsets_dtype!r} is not one of float32, float16, bfloat16")
         self.skip = tuple(self.skip)
@@ -82,6 +97,20 @@ class QuantConfig:
             raise QuantizationError(f"bits={self.bits} is not supported (choose from {packing.BITS})")
         if self.chunk_rows < 1:
             raise QuantizationError(f"chunk_rows={self.chunk_rows} must be >= 1")
+
+    def for_kind(self, kind: str) -> "QuantConfig":
+        """The settings for one kind of layer: ``"embedding"`` (tables and the output layers tied to them,
+        with :attr:`embedding` applied) or anything else (this config)."""
+        if kind != "embedding" or not self.embedding:
+            return self
+        from dataclasses import replace
+
+        merged = {**self.embedding}
+        if merged.get("symmetric"):
+            merged.setdefault("float_min", False)
+        if "float_min" in merged and not merged["float_min"] and "offsets" not in merged:
+            merged["offsets"] = False if self.float_min else self.offsets
+        return replace(self, embedding=None, **merged)
 
     def layer_kwargs(self) -> dict:
         return dict(bits=self.bits, group_size=self.group_size, symmetric=self.symmetric,
@@ -136,7 +165,8 @@ def plan(model: nn.Module, config: QuantConfig) -> list[_Step]:
             problems.append(f"{label}: tied linear layers without an embedding are not supported")
             continue
         rows, cols = mods[owner].weight.shape
-        why = packing.check_shape(rows, cols, config.bits, config.group_size,
+        own = config.for_kind(kinds[order[0]])
+        why = packing.check_shape(rows, cols, own.bits, own.group_size,
                                   "embedding_dim" if kinds[order[0]] == "embedding" else "in_features")
         if why:
             shape_problems.setdefault(why, []).append(f"{names[owner][0]} ({type(mods[owner]).__name__} {cols}->{rows})")
@@ -161,6 +191,7 @@ def _set(model: nn.Module, name: str, new: nn.Module) -> None:
 
 
 def _build(m: nn.Module, step: _Step, config: QuantConfig, made: dict, fill: bool, device=None) -> nn.Module:
+    config = config.for_kind("embedding" if step.kind == "embedding" or step.tied_to is not None else step.kind)
     kw = dict(bits=config.bits, group_size=config.group_size, log_scales=config.log_scales,
               train_scales=config.train_scales, offsets=config.offsets, float_min=config.float_min,
               offsets_dtype=getattr(torch, config.offsets_dtype))
@@ -279,10 +310,13 @@ def save_quantized(model: nn.Module, path: str | Path) -> None:
         raise ValueError("the model is not quantized (quantize_model sets model.quant_config)")
     # the file records one QuantConfig: a model quantized in several passes with different settings
     # (say, int4 blocks and an int8 embedding) would not load back as it was, so it is refused here
-    want = (config.bits, config.group_size, config.float_min, config.offsets, getattr(torch, config.offsets_dtype))
+    def want(m):
+        c = config.for_kind("embedding" if isinstance(m, QuantEmbedding) or getattr(m, "_tied", False) else "linear")
+        return (c.bits, c.group_size, c.float_min, c.offsets, getattr(torch, c.offsets_dtype) if c.offsets else None)
+
     odd = [name for name, m in model.named_modules() if isinstance(m, _Quantized)
            and (m.bits, m.group_size, m.float_min, m.offsets is not None,
-                m.offsets.dtype if m.offsets is not None else want[4]) != want]
+                m.offsets.dtype if m.offsets is not None else None) != want(m)]
     if odd:
         raise QuantizationError(
             f"save_quantized: layers {odd[:3]}{' and more' if len(odd) > 3 else ''} were quantized with settings other "
