@@ -41,6 +41,17 @@ class FFConfig:
     (momentum ``peer_momentum``, gradient through the current batch's share) and adds
     ``peer * mean_j (m_j - mean(m))**2`` to its loss, pulling units that are always
     off, or always on, towards the layer's average activity.
+    collab: layer collaboration (Lorberbom et al. 2023, "Layer Collaboration in the
+    Forward-Forward Algorithm"): each layer's loss scores the goodness summed over
+    all layers, the quantity goodness prediction ranks labels by, with the other
+    layers' goodness taken from a no-grad pass before the step and held constant.
+    Gradients stay local (each layer still learns from its own goodness only); costs
+    one more forward pass per positive and negative, no backward.
+    dropout: during training, each input unit of every layer (pixels and the units of
+    the normalised layer below; never the label) is zeroed with this probability and
+    the rest scaled by ``1 / (1 - dropout)``. A positive and its negatives share the
+    mask, so their goodness still differs by the label only. Not used for drawing
+    hard negatives, training the probe, or predicting.
     """
 
     loss: Literal["hinton", "symba", "softmax"] = "symba"
@@ -54,6 +65,8 @@ class FFConfig:
     n_negatives: int = 1
     peer: float = 0.0
     peer_momentum: float = 0.9
+    collab: bool = False
+    dropout: float = 0.0
 
     def __post_init__(self):
         if self.n_negatives < 1:
@@ -64,6 +77,8 @@ class FFConfig:
             raise ValueError(f"ff.peer_momentum must be in [0, 1), got {self.peer_momentum}")
         if self.alpha <= 0:
             raise ValueError(f"ff.alpha must be positive, got {self.alpha}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"ff.dropout must be in [0, 1), got {self.dropout}")
         if self.label_scale <= 0:
             raise ValueError(f"ff.label_scale must be positive, got {self.label_scale}")
 

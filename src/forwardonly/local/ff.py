@@ -26,6 +26,11 @@ With ``peer > 0`` each layer also keeps a running mean of its units' activity on
 positive data and is pulled towards equal mean activity across units (Hinton's
 peer normalisation), so no unit stays off, or on, for every input.
 
+With ``collab`` (Lorberbom et al. 2023) each layer's loss is computed on the
+goodness summed over all layers: its own, live, plus the others' from a no-grad
+pass before the step. A layer then learns what the whole network's score needs
+from it rather than to separate positives on its own; its gradient is still local.
+
 Example::
 
     model = ForwardForward(64, 10, LocalConfig(algo="ff", hidden=[128, 128]))
@@ -78,8 +83,18 @@ class ForwardForward(LocalModel):
             lab = F.one_hot(labels, self.n_classes).to(x.dtype)
         return torch.cat([x, self.cfg.ff.label_scale * lab], 1)
 
-    def _layer(self, k: int, h: torch.Tensor) -> torch.Tensor:
-        return self.act(self.layers[k](h if k == 0 else self._norm(h)))
+    def _layer(self, k: int, h: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Layer k of the output of layer k - 1 (normalised first), inputs times ``mask`` if given."""
+        z = h if k == 0 else self._norm(h)
+        return self.act(self.layers[k](z if mask is None else z * mask))
+
+    def _dropout_masks(self, batch: int) -> list[torch.Tensor] | None:
+        """One inverted-dropout mask per layer input (pixels first), or None when dropout is off."""
+        p = self.cfg.ff.dropout
+        if not p:
+            return None
+        widths = [self.n_in, *self.cfg.hidden[:-1]]
+        return [(torch.rand(batch, w, generator=self.gen) >= p).to(torch.float32) / (1 - p) for w in widths]
 
     def _norm(self, h: torch.Tensor) -> torch.Tensor:
         return _normalise(h, self.cfg.ff.norm == "rms")
@@ -120,15 +135,25 @@ class ForwardForward(LocalModel):
         if self.cfg.ff.loss == "softmax":
             return self._train_step_all_labels(x, y)
         labels = self.negative_labels(x, y)
-        if labels.dim() == 2:  # k negatives: k blocks of the batch, one wrong label each
-            x_neg, labels = x.repeat(labels.shape[1], 1), labels.T.reshape(-1)
-        else:
-            x_neg = x
-        pos, neg = self._embed(x, y), self._embed(x_neg, labels)
+        blocks = labels.shape[1] if labels.dim() == 2 else 1
+        if blocks > 1:  # k negatives: k blocks of the batch, one wrong label each
+            labels = labels.T.reshape(-1)
+        masks = self._dropout_masks(len(x))
+        x_in = x if masks is None else x * masks[0]
+        x_neg = x_in.repeat(blocks, 1) if blocks > 1 else x_in
+        pos, neg = self._embed(x_in, y), self._embed(x_neg, labels)
+        if self.cfg.ff.collab:  # the other layers' goodness, before anything steps
+            rest_pos, rest_neg = self._others_goodness(pos, masks, 1), self._others_goodness(neg, masks, blocks)
         losses = []
         for k, opt in enumerate(self.optimizers[:-1]):
-            a_pos, a_neg = self._layer(k, pos), self._layer(k, neg)  # inputs detached
-            loss = self._loss(goodness(a_pos), goodness(a_neg))
+            m_pos = m_neg = None
+            if masks is not None and k > 0:  # the same mask for a positive and its negatives
+                m_pos, m_neg = masks[k], masks[k].repeat(blocks, 1)
+            a_pos, a_neg = self._layer(k, pos, m_pos), self._layer(k, neg, m_neg)  # inputs detached
+            g_pos, g_neg = goodness(a_pos), goodness(a_neg)
+            if self.cfg.ff.collab:
+                g_pos, g_neg = g_pos + rest_pos[k], g_neg + rest_neg[k]
+            loss = self._loss(g_pos, g_neg)
             if self.cfg.ff.peer:
                 loss = loss + self.cfg.ff.peer * self._peer_loss(k, a_pos)
             losses.append(local_step(opt, loss))
@@ -138,11 +163,18 @@ class ForwardForward(LocalModel):
 
     def _train_step_all_labels(self, x, y):
         c, b = self.n_classes, len(x)
-        h = self._embed(x.repeat(c, 1), torch.arange(c).repeat_interleave(b))  # block j: label j
+        masks = self._dropout_masks(b)
+        x_in = x if masks is None else x * masks[0]
+        h = self._embed(x_in.repeat(c, 1), torch.arange(c).repeat_interleave(b))  # block j: label j
+        if self.cfg.ff.collab:
+            rest = self._others_goodness(h, masks, c)
         losses = []
         for k, opt in enumerate(self.optimizers[:-1]):
-            a = self._layer(k, h)
-            g = goodness(a).view(c, b).T  # (batch, classes)
+            a = self._layer(k, h, masks[k].repeat(c, 1) if masks is not None and k > 0 else None)
+            g = goodness(a)
+            if self.cfg.ff.collab:
+                g = g + rest[k]
+            g = g.view(c, b).T  # (batch, classes)
             loss = F.cross_entropy(self.cfg.ff.alpha * g, y)
             if self.cfg.ff.peer:
                 loss = loss + self.cfg.ff.peer * self._peer_loss(k, a.view(c, b, -1)[y, torch.arange(b)])
@@ -150,6 +182,19 @@ class ForwardForward(LocalModel):
             h = a.detach()
         self._train_probe(x, y)
         return sum(losses) / len(losses)
+
+    @torch.no_grad()
+    def _others_goodness(self, h: torch.Tensor, masks: list[torch.Tensor] | None, blocks: int) -> torch.Tensor:
+        """Row k: the goodness summed over every layer but k, shape ``(layers, batch)``.
+
+        ``masks`` (dropout, one batch's worth, repeated ``blocks`` times) as the step will use them.
+        """
+        per_layer = []
+        for k in range(len(self.layers)):
+            h = self._layer(k, h, masks[k].repeat(blocks, 1) if masks is not None and k > 0 else None)
+            per_layer.append(goodness(h))
+        g = torch.stack(per_layer)
+        return g.sum(0, keepdim=True) - g
 
     def _train_probe(self, x, y):
         # the probe learns from detached features; it never sends anything back
@@ -209,6 +254,8 @@ class ForwardForward(LocalModel):
         passes = 1 + self.cfg.ff.n_negatives
         if self.cfg.ff.loss == "softmax":  # every label, no draw
             hard, passes = 0, self.n_classes
+        if self.cfg.ff.collab:  # the no-grad pass for the other layers' goodness
+            hard += passes * fwd
         predict = {"goodness": self.n_classes * fwd, "probe": fwd + probe,
                    "combined": (self.n_classes + 1) * fwd + probe}[self.cfg.ff.predict]
         return {"train": passes * 2 * fwd + fwd + 2 * probe + hard, "predict": predict}
