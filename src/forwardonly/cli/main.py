@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-from ..errors import UserError
+from ..errors import EXTRAS, UserError, missing_extra
 
 SUBCOMMANDS = ("demo", "train", "eval", "models", "data", "local", "report")
 
@@ -46,6 +46,11 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except UserError as e:
         print(f"forwardonly {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as e:  # an optional dependency imported without require(): still one line
+        if (e.name or "").split(".")[0] not in EXTRAS:
+            raise
+        print(f"forwardonly {args.command}: error: {missing_extra(e.name)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

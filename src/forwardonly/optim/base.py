@@ -22,6 +22,7 @@ from collections.abc import Callable
 
 import torch
 
+from ._closure import forward_only
 from ._perturb import KINDS, Directions, Perturbation
 
 ZO_KEY = "zo"
@@ -212,8 +213,11 @@ class ZOOptimizer(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure: Callable | None = None):
         if closure is None:
-            raise ValueError(f"{type(self).__name__} needs a closure that runs the forward pass and returns the loss")
+            raise ValueError(f"{type(self).__name__}.step() needs a closure that runs the forward pass and returns "
+                             f"the loss (a transformers Trainer calls step() without one: use "
+                             f"forwardonly.hf.ZOTrainer)")
         _check_closure(closure, self.accum_steps)
+        closure = forward_only(closure)
         zs = self.zo_state
         t = zs["step"]
         with self.directions.hold():  # draw each direction's random words once per step
