@@ -47,8 +47,10 @@ class Eval:
         split = args.split or cfg.task.test_split
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
+        model_name = cfg.model.name
         if args.seedlog:
             model, tok = replay_seedlog(args.seedlog, device=cfg.device)
+            model_name = checkpoint.SeedLog.load(args.seedlog).model.get("name", model_name)  # the run's model
             task = get_task(cfg.task.name)
         else:
             model, tok, task, _, _ = setup(cfg, lambda m: print(m, file=sys.stderr))
@@ -57,7 +59,7 @@ class Eval:
         metrics = evaluate(model, tok, task, split, batch_size=cfg.eval_batch_size, max_examples=cfg.task.max_test,
                            device=cfg.device, progress=not args.no_progress and sys.stderr.isatty(),
                            max_length=cfg.task.max_length)
-        print(json.dumps({"model": cfg.model.name, "task": task.name, "split": split, **metrics}, indent=1))
+        print(json.dumps({"model": model_name, "task": task.name, "split": split, **metrics}, indent=1))
         return 0
 
 

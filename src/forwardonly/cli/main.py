@@ -12,7 +12,7 @@ import sys
 
 from ..errors import EXTRAS, UserError, missing_extra
 
-SUBCOMMANDS = ("demo", "train", "eval", "models", "data", "local", "report")
+SUBCOMMANDS = ("demo", "train", "eval", "export", "models", "data", "local", "report")
 
 
 def build_parser() -> argparse.ArgumentParser:

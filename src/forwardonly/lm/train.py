@@ -37,6 +37,7 @@ from ..config import to_dict
 from ..errors import UserError
 from ..io import atomic_write_text
 from .config import TrainConfig
+from .export import save_final
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -291,6 +292,7 @@ def run(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, log=No
         checkpoint.save(ckpt_dir, model, opt, _trainer_json(cfg, state), seedlog)
         if seedlog is not None:
             seedlog.save(out / "seedlog.json")
+        summary["final"] = str(save_final(model, tok, out / "final"))  # save_pretrained: PEFT adapter or model
     summary.update({k: state[k] for k in ("step", "forwards", "backwards", "train_time_s", "history", "evals")})
     summary["peak_rss_bytes"] = peak_rss_bytes()
     if zo:
