@@ -10,7 +10,7 @@ Examples::
 from __future__ import annotations
 
 import json
-import sys
+import logging
 from pathlib import Path
 
 
@@ -36,6 +36,7 @@ class Eval:
         from ..tasks import evaluate, get_task
         from ..lm.train import replay_seedlog, setup
         from ..lm.config import TrainConfig
+        from .main import show_progress
 
         base = None
         if args.run:
@@ -53,11 +54,11 @@ class Eval:
             model_name = checkpoint.SeedLog.load(args.seedlog).model.get("name", model_name)  # the run's model
             task = get_task(cfg.task.name)
         else:
-            model, tok, task, _, _ = setup(cfg, lambda m: print(m, file=sys.stderr))
+            model, tok, task, _, _ = setup(cfg, logging.getLogger("forwardonly").info)
             if args.run:
                 checkpoint.load_trainable(Path(args.run) / "checkpoint", model)
         metrics = evaluate(model, tok, task, split, batch_size=cfg.eval_batch_size, max_examples=cfg.task.max_test,
-                           device=cfg.device, progress=not args.no_progress and sys.stderr.isatty(),
+                           device=cfg.device, progress=show_progress(args),
                            max_length=cfg.task.max_length)
         print(json.dumps({"model": model_name, "task": task.name, "split": split, **metrics}, indent=1))
         return 0

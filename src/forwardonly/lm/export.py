@@ -36,10 +36,18 @@ log = logging.getLogger("forwardonly.export")
 
 def save_final(model, tokenizer, dest) -> Path:
     """Write ``model`` (a PEFT model writes its adapter only) and ``tokenizer`` to ``dest`` atomically."""
+    from transformers.utils import logging as hf_logging
+
     dest = Path(dest)
-    with atomic_path(dest) as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a "Writing model shards" bar per run says nothing
+    try:
+        with atomic_path(dest) as tmp:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     return dest
 
 
