@@ -92,8 +92,13 @@ class ZOTrainer(Trainer):
         self.zo_name = zo_optimizer
         self.zo_kwargs = dict(zo_kwargs or {})
         if "accum_steps" in self.zo_kwargs:
-            raise ValueError("ZOTrainer: set accumulation with TrainingArguments(gradient_accumulation_steps=...), "
+            raise ValueError("ZOTrainer: set accumulation with "
+                             "TrainingArguments(gradient_accumulation_steps=...), "
                              "not zo_kwargs['accum_steps']")
+        from .distributed import REDUCTIONS
+
+        if zo_reduce not in REDUCTIONS:
+            raise ValueError(f"Invalid zo_reduce: {zo_reduce!r} (expected one of {REDUCTIONS})")
         self.zo_reduce = zo_reduce
         self.zo_optimizer: ZOOptimizer | None = None
         self._window: list = []
@@ -115,8 +120,9 @@ class ZOTrainer(Trainer):
              pc is not None and any((getattr(pc, k, 1) or 1) > 1 for k in ("tp_size", "cp_size", "sp_size"))),
         ) if on]
         if sharded:
-            raise ValueError(f"ZOTrainer runs data-parallel only (every rank holds the whole trainable weights "
-                             f"and they agree on a few scalars per step); {sharded[0]} is not supported")
+            raise ValueError(f"ZOTrainer runs data-parallel only (every rank holds the whole trainable "
+                             f"weights and they agree on a few scalars per step); {sharded[0]} is not "
+                             f"supported")
         if self.args.n_gpu > 1:
             raise ValueError(f"ZOTrainer: {self.args.n_gpu} GPUs in one process (nn.DataParallel) is not "
                              f"supported; launch one process per GPU with torchrun --nproc-per-node "
@@ -145,8 +151,8 @@ class ZOTrainer(Trainer):
             params = [p for p in model.parameters() if p.requires_grad]
             if not params:
                 raise ValueError("ZOTrainer: the model has no trainable parameters (requires_grad=True)")
-            kw = {"lr": self.args.learning_rate, "weight_decay": self.args.weight_decay, "seed": self.args.seed,
-                  **self.zo_kwargs}
+            a = self.args
+            kw = {"lr": a.learning_rate, "weight_decay": a.weight_decay, "seed": a.seed, **self.zo_kwargs}
             self.optimizer = self._adopt(build_optimizer(self.zo_name, params, **kw))
         return self.optimizer
 

@@ -80,7 +80,8 @@ class WandB:
                                   config=config, name=run_name)
         except Exception as e:  # wandb raises its own error types for login/network problems
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise UserError(f"report_to=wandb: {first} (WANDB_MODE=offline logs locally without an account)") from None
+            raise UserError(f"report_to=wandb: {first} (WANDB_MODE=offline logs locally without an "
+                            f"account)") from None
 
     def log(self, scalars: dict[str, float], step: int) -> None:
         self.run.log(scalars, step=step)
@@ -107,7 +108,8 @@ class MLflow:
         exp = self.client.get_experiment_by_name(name)
         exp_id = exp.experiment_id if exp is not None else self.client.create_experiment(name)
         self.run_id = self.client.create_run(exp_id, run_name=run_name).info.run_id
-        params = [Param(k, str(v)[:500]) for k, v in _flat(config).items()]  # MLflow caps a value at 500 chars
+        # MLflow caps a param's value at 500 characters
+        params = [Param(k, str(v)[:500]) for k, v in _flat(config).items()]
         for i in range(0, len(params), 100):  # and a batch at 100 params
             self.client.log_batch(self.run_id, params=params[i:i + 100])
 
@@ -161,7 +163,7 @@ def open_trackers(names, out_dir, config: dict, run_name: str | None = None) -> 
     """Open the backends in ``names`` (see :data:`BACKENDS`) for a run writing to ``out_dir``."""
     check_backends(names)
     if names and out_dir is None:
-        raise UserError(f"report_to={','.join(names)} needs out_dir (the tracking files go into the run directory)")
+        raise UserError(f"report_to={','.join(names)} needs out_dir (the tracking files go into the run)")
     out = Path(out_dir) if out_dir is not None else Path(".")
     run_name = run_name or out.resolve().name
     opened: list = []

@@ -92,8 +92,11 @@ def test_zo_kwargs_win_over_the_training_arguments(tmp_path):
     assert opt.param_groups[0]["lr"] == 5e-4 and opt.param_groups[0]["weight_decay"] == 0.1
     assert opt.zo_state["seed"] == 3
     assert [r["learning_rate"] for r in trainer.state.log_history if "loss" in r] == [5e-4]
+    with pytest.raises(ValueError, match="Invalid zo_reduce: 'params'"):
+        ZOTrainer(model=model, args=_args(tmp_path), train_dataset=_Sentences(tok), zo_reduce="params")
     with pytest.raises(ValueError, match="gradient_accumulation_steps"):
-        ZOTrainer(model=model, args=_args(tmp_path), train_dataset=_Sentences(tok), zo_kwargs={"accum_steps": 2})
+        ZOTrainer(model=model, args=_args(tmp_path), train_dataset=_Sentences(tok),
+                  zo_kwargs={"accum_steps": 2})
 
 
 def test_a_hand_built_zo_optimizer_is_adopted_and_others_refused(tmp_path):
@@ -165,9 +168,10 @@ def _train(out, accum):
 
 
 def test_two_processes_end_bitwise_equal_to_each_other_and_to_one_with_twice_the_accumulation(tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "--max-restarts=0",
-           __file__, str(tmp_path)]
+    path = os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+           "--max-restarts=0", __file__, str(tmp_path)]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
@@ -188,5 +192,5 @@ def test_two_processes_end_bitwise_equal_to_each_other_and_to_one_with_twice_the
 if __name__ == "__main__":  # one rank of the parity test, started by torchrun
     out = Path(sys.argv[1])
     model, trainer = _train(out / "ranks", ACCUM)
-    torch.save({"weights": {n: p.detach() for n, p in model.named_parameters()}, "log": trainer.state.log_history},
-               out / f"rank{os.environ['RANK']}.pt")
+    weights = {n: p.detach() for n, p in model.named_parameters()}
+    torch.save({"weights": weights, "log": trainer.state.log_history}, out / f"rank{os.environ['RANK']}.pt")

@@ -76,14 +76,16 @@ def _without_transformers(code: str) -> subprocess.CompletedProcess:
     """Run ``code`` in a fresh interpreter where ``import transformers`` fails as if it were not installed."""
     prelude = "import sys; sys.modules['transformers'] = None\n"
     env = {**os.environ, "PYTHONPATH": str(SRC)}
-    return subprocess.run([sys.executable, "-c", prelude + code], capture_output=True, text=True, env=env, timeout=120)
+    return subprocess.run([sys.executable, "-c", prelude + code], capture_output=True, text=True, env=env,
+                          timeout=120)
 
 
 def test_missing_transformers_names_the_extra():
     done = _without_transformers("from forwardonly.hf import ZOTrainer")
     assert done.returncode != 0
     last = done.stderr.strip().splitlines()[-1]
-    assert last == "forwardonly.errors.MissingExtra: forwardonly.hf needs transformers: pip install 'forwardonly[lm]'"
+    assert last == ("forwardonly.errors.MissingExtra: forwardonly.hf needs transformers: "
+                    "pip install 'forwardonly[lm]'")
 
 
 def test_missing_transformers_on_the_command_line_is_one_line(tmp_path):

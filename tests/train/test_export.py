@@ -15,8 +15,8 @@ pytestmark = pytest.mark.integration
 
 
 def _score(model, tok):
-    return evaluate(model, prepare_tokenizer(tok), get_task("sentiment"), "test", batch_size=8, max_examples=16,
-                    progress=False)
+    return evaluate(model, prepare_tokenizer(tok), get_task("sentiment"), "test", batch_size=8,
+                    max_examples=16, progress=False)
 
 
 def _logits(model, tok):
@@ -27,7 +27,8 @@ def _logits(model, tok):
 
 def _train(cfg_of, tmp_path, *extra):
     out = tmp_path / "run"
-    summary = run(cfg_of("steps=3", "optim.lr=1e-2", "validate=false", f"out_dir={out}", *extra), progress=False)
+    summary = run(cfg_of("steps=3", "optim.lr=1e-2", "validate=false", f"out_dir={out}", *extra),
+                  progress=False)
     return out, summary
 
 
@@ -59,8 +60,8 @@ def test_a_lora_run_ends_with_a_peft_adapter_and_exports_merged(cfg_of, tiny_dir
 
     adapter_dir = tmp_path / "adapter"
     assert main(["export", "--run", str(out), "--out", str(adapter_dir)]) == 0
-    again = PeftModel.from_pretrained(auto.from_pretrained(tiny_dir, **({"num_labels": 2} if kind == "classifier"
-                                                                       else {})), adapter_dir).eval()
+    labels = {"num_labels": 2} if kind == "classifier" else {}
+    again = PeftModel.from_pretrained(auto.from_pretrained(tiny_dir, **labels), adapter_dir).eval()
     assert torch.equal(_logits(again, tok), _logits(summary["model"], tok))
 
 
@@ -81,8 +82,8 @@ def test_export_refuses_what_it_cannot_do_and_overwrites_nothing(cfg_of, tmp_pat
     capsys.readouterr()
     assert main(["export", "--run", str(out), "--merge", "--out", str(tmp_path / "m")]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == ("forwardonly export: error: --merge: the run's scheme is 'prefix': its virtual tokens have no "
-                   "base weights to merge into; export without --merge")
+    assert err == ("forwardonly export: error: --merge: the run's scheme is 'prefix': its virtual tokens "
+                   "have no base weights to merge into; export without --merge")
     taken = tmp_path / "taken"
     taken.mkdir()
     (taken / "keep.txt").write_text("mine")
@@ -94,7 +95,9 @@ def test_export_refuses_what_it_cannot_do_and_overwrites_nothing(cfg_of, tmp_pat
 
 def test_eval_of_a_seed_log_names_the_model_the_run_was_made_on(ov, tiny_dir, tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["train", "--no-progress", *ov("steps=2", "optim.lr=1e-3", "validate=false", f"out_dir={out}")]) == 0
+    assert main(["train", "--no-progress", *ov("steps=2", "optim.lr=1e-3", "validate=false",
+                                               f"out_dir={out}")]) == 0
     capsys.readouterr()
-    assert main(["eval", "--no-progress", "--seedlog", str(out / "seedlog.json"), "task.max_test=4", "threads=1"]) == 0
+    seedlog = str(out / "seedlog.json")
+    assert main(["eval", "--no-progress", "--seedlog", seedlog, "task.max_test=4", "threads=1"]) == 0
     assert json.loads(capsys.readouterr().out)["model"] == str(tiny_dir)

@@ -37,21 +37,25 @@ def _wandb_history(run_dir) -> list[dict]:
             record = pb.Record()
             record.ParseFromString(buf)
             if record.WhichOneof("record_type") == "history":
-                rows.append({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in record.history.item})
+                items = record.history.item
+                rows.append({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in items})
     return rows
 
 
 def test_evaluation_rows_reach_metrics_jsonl(cfg_of, tmp_path):
     out = tmp_path / "run"
-    s = run(cfg_of("steps=4", "eval_every=2", "log_every=2", "optim.lr=1e-3", f"out_dir={out}"), progress=False)
+    s = run(cfg_of("steps=4", "eval_every=2", "log_every=2", "optim.lr=1e-3", f"out_dir={out}"),
+            progress=False)
     rows = _rows(out)
     evals = [(r["step"], r["split"]) for r in rows if "split" in r]
     assert evals == [(0, "test"), (0, "validation"), (2, "validation"), (4, "validation"), (4, "test")]
     train = [r for r in rows if "split" not in r]
     assert [r["step"] for r in train] == [2, 4] and all("projected_grad" in r and "loss" in r for r in train)
     last_test = [r for r in rows if r.get("split") == "test"][-1]
-    assert last_test["accuracy"] == s["test_after"]["accuracy"] and last_test["forwards"] == s["forwards"] == 8
-    assert [r["accuracy"] for r in rows if r.get("split") == "validation"] == [e["accuracy"] for e in s["evals"]]
+    assert last_test["accuracy"] == s["test_after"]["accuracy"]
+    assert last_test["forwards"] == s["forwards"] == 8
+    valid = [r["accuracy"] for r in rows if r.get("split") == "validation"]
+    assert valid == [e["accuracy"] for e in s["evals"]]
 
 
 def test_report_to_every_backend_through_its_own_library(cfg_of, tmp_path, monkeypatch):
@@ -77,14 +81,16 @@ def test_report_to_every_backend_through_its_own_library(cfg_of, tmp_path, monke
 
     history = _wandb_history(out)
     assert [(h["_step"], h["train/loss"]) for h in history if "train/loss" in h] == want_loss
-    assert [h["validation/accuracy"] for h in history if "validation/accuracy" in h] == [r["accuracy"] for r in valid]
+    got = [h["validation/accuracy"] for h in history if "validation/accuracy" in h]
+    assert got == [r["accuracy"] for r in valid]
 
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient((out / "mlruns").resolve().as_uri())
     (found,) = client.search_runs([client.get_experiment_by_name("forwardonly").experiment_id])
     assert found.data.params["optim.lr"] == "0.001" and found.info.status == "FINISHED"
-    assert [(m.step, m.value) for m in client.get_metric_history(found.info.run_id, "train/loss")] == want_loss
+    got = client.get_metric_history(found.info.run_id, "train/loss")
+    assert [(m.step, m.value) for m in got] == want_loss
 
 
 @pytest.mark.parametrize("backend", ["tensorboard", "wandb", "mlflow"])
@@ -93,7 +99,8 @@ def test_a_missing_tracking_library_is_one_line_naming_its_extra(ov, tmp_path, c
     out = tmp_path / "run"
     assert main(["train", "--no-progress", *ov("steps=1", f"out_dir={out}", f"report_to={backend}")]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [
-        f"forwardonly train: error: report_to={backend} needs {backend}: pip install 'forwardonly[{backend}]'"]
+        f"forwardonly train: error: report_to={backend} needs {backend}: "
+        f"pip install 'forwardonly[{backend}]'"]
     assert not out.exists()  # stopped before writing anything
     with pytest.raises(MissingExtra):
         from forwardonly.tracking import check_backends

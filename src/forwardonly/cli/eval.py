@@ -51,7 +51,8 @@ class Eval:
         model_name = cfg.model.name
         if args.seedlog:
             model, tok = replay_seedlog(args.seedlog, device=cfg.device)
-            model_name = checkpoint.SeedLog.load(args.seedlog).model.get("name", model_name)  # the run's model
+            # the model the run was made on, not the config's default
+            model_name = checkpoint.SeedLog.load(args.seedlog).model.get("name", model_name)
             task = get_task(cfg.task.name)
         else:
             model, tok, task, _, _ = setup(cfg, logging.getLogger("forwardonly").info)

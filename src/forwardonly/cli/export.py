@@ -18,7 +18,8 @@ class Export:
 
     @staticmethod
     def add_arguments(p):
-        p.add_argument("--run", required=True, metavar="DIR", help="the run's out_dir (config.json, checkpoint/)")
+        p.add_argument("--run", required=True, metavar="DIR",
+                       help="the run's out_dir (config.json, checkpoint/)")
         p.add_argument("--out", required=True, metavar="DIR", help="a new directory to write")
         p.add_argument("--merge", action="store_true", help="fold LoRA adapters into the base weights")
 

@@ -38,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
         module.register(sub)
     _verbosity_flags(parser, False)
     for p in sub.choices.values():
-        _verbosity_flags(p, argparse.SUPPRESS)  # after the subcommand too, without resetting a flag given before
+        # after the subcommand too, without resetting a flag given before it
+        _verbosity_flags(p, argparse.SUPPRESS)
     return parser
 
 

@@ -213,7 +213,8 @@ class TrainConfig:
             if name not in BACKENDS:
                 raise ValueError(f"report_to={name!r} is not one of {list(BACKENDS)}")
         if self.report_to and not self.out_dir:
-            raise ValueError(f"report_to={','.join(self.report_to)} needs out_dir (tracking files go into the run)")
+            raise ValueError(f"report_to={','.join(self.report_to)} needs out_dir (tracking files go into "
+                             f"the run)")
         checks = {"steps": 0, "batch_size": 1, "bucket": 0, "accum_steps": 1, "eval_batch_size": 1, "log_every": 1,
                   "eval_every": 0, "save_every": 0, "nproc": 1}
         for key, low in checks.items():

@@ -299,7 +299,8 @@ def run(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, log=No
             validate()
         if cfg.test:
             summary["test_after"] = score(cfg.task.test_split, cfg.task.max_test)
-            rows.eval(cfg.task.test_split, {"step": state["step"], **summary["test_after"]}, state["forwards"])
+            rows.eval(cfg.task.test_split, {"step": state["step"], **summary["test_after"]},
+                      state["forwards"])
             say(f"after: {cfg.task.test_split} {_fmt(summary['test_after'])}")
     finally:
         if bar is not None:
@@ -310,7 +311,7 @@ def run(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, log=No
         checkpoint.save(ckpt_dir, model, opt, _trainer_json(cfg, state), seedlog)
         if seedlog is not None:
             seedlog.save(out / "seedlog.json")
-        summary["final"] = str(save_final(model, tok, out / "final"))  # save_pretrained: PEFT adapter or model
+        summary["final"] = str(save_final(model, tok, out / "final"))  # PEFT adapter, or the whole model
     summary.update({k: state[k] for k in ("step", "forwards", "backwards", "train_time_s", "history", "evals")})
     summary["peak_rss_bytes"] = peak_rss_bytes()
     if zo:
@@ -372,7 +373,8 @@ class _Rows:
     def __init__(self, path: Path | None, resumed_at: int | None, trackers):
         self.path, self.trackers = path, trackers
         if path is not None:
-            kept = [r for r in _read_jsonl(path) if r.get("step", 0) <= resumed_at] if resumed_at is not None else []
+            old = _read_jsonl(path) if resumed_at is not None else []
+            kept = [r for r in old if r.get("step", 0) <= resumed_at]
             atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def _write(self, row: dict) -> None:

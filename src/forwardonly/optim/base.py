@@ -213,8 +213,8 @@ class ZOOptimizer(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure: Callable | None = None):
         if closure is None:
-            raise ValueError(f"{type(self).__name__}.step() needs a closure that runs the forward pass and returns "
-                             f"the loss (a transformers Trainer calls step() without one: use "
+            raise ValueError(f"{type(self).__name__}.step() needs a closure that runs the forward pass and "
+                             f"returns the loss (a transformers Trainer calls step() without one: use "
                              f"forwardonly.hf.ZOTrainer)")
         _check_closure(closure, self.accum_steps)
         closure = forward_only(closure)
