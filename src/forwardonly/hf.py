@@ -129,7 +129,8 @@ class ZOTrainer(Trainer):
                              f"{self.args.n_gpu}")
 
     def _adopt(self, zo: ZOOptimizer) -> _Deferred:
-        zo.accum_steps = self.args.gradient_accumulation_steps
+        for g in zo.param_groups:  # a step-level option, kept in every parameter group
+            g["accum_steps"] = self.args.gradient_accumulation_steps
         if self.args.world_size > 1:
             import torch.distributed as dist
 
@@ -163,7 +164,8 @@ class ZOTrainer(Trainer):
             return torch.zeros((), device=self.args.device)
         window, self._window = self._window, []
         opt = self.zo_optimizer
-        opt.accum_steps = len(window)  # the last window of an epoch may be shorter
+        for g in opt.param_groups:  # the last window of an epoch may be shorter
+            g["accum_steps"] = len(window)
 
         def one(i):
             return self.compute_loss(model, window[i])
