@@ -34,6 +34,20 @@ MERGEABLE = ("lora",)
 log = logging.getLogger("forwardonly.export")
 
 
+def unsupported_layout(model_cfg) -> str | None:
+    """Why a run's model cannot be written with ``save_pretrained`` as a standard directory, or None.
+
+    Quantized (``model.quant``: forwardonly's own integer layers) and streamed (``model.offload``: the
+    weights live in the run's weight store, not in the model) runs keep their trained weights in
+    ``checkpoint/`` only.
+    """
+    if model_cfg.quant is not None:
+        return "model.quant runs hold forwardonly's own quantized layers, which no Hugging Face class loads"
+    if model_cfg.offload is not None:
+        return "model.offload runs keep the weights in their weight store, not in the model"
+    return None
+
+
 def save_final(model, tokenizer, dest) -> Path:
     """Write ``model`` (a PEFT model writes its adapter only) and ``tokenizer`` to ``dest`` atomically."""
     from transformers.utils import logging as hf_logging
@@ -81,6 +95,9 @@ def export_run(run_dir, out, merge: bool = False) -> Path:
     cfg = _run_config(run_dir)
     if out.exists():
         raise UserError(f"{out} already exists; choose a new --out (nothing was overwritten)")
+    why_not = unsupported_layout(cfg.model)
+    if why_not is not None:
+        raise UserError(f"{run_dir}: cannot export: {why_not}")
     if merge and cfg.scheme.name not in MERGEABLE:
         hint = ("its weights are the model's own" if cfg.scheme.name not in ADAPTER_SCHEMES
                 else "its virtual tokens have no base weights to merge into")
