@@ -101,3 +101,16 @@ def test_eval_of_a_seed_log_names_the_model_the_run_was_made_on(ov, tiny_dir, tm
     seedlog = str(out / "seedlog.json")
     assert main(["eval", "--no-progress", "--seedlog", seedlog, "task.max_test=4", "threads=1"]) == 0
     assert json.loads(capsys.readouterr().out)["model"] == str(tiny_dir)
+
+
+def test_a_quantized_run_keeps_its_checkpoint_only_and_export_says_why(cfg_of, tmp_path, capsys):
+    out, summary = _train(cfg_of, tmp_path, "model.quant.bits=4", "model.quant.group_size=16",
+                          "scheme.name=scales", "test=false")
+    assert (out / "checkpoint" / "trainable.safetensors").is_file() and not (out / "final").exists()
+    assert "final" not in summary
+    capsys.readouterr()
+    assert main(["export", "--run", str(out), "--out", str(tmp_path / "x")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"forwardonly export: error: {out}: cannot export: model.quant runs hold forwardonly's own quantized "
+        f"layers, which no Hugging Face class loads")
+    assert not (tmp_path / "x").exists()
