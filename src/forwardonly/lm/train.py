@@ -37,7 +37,7 @@ from ..config import to_dict
 from ..errors import UserError
 from ..io import atomic_write_text
 from .config import TrainConfig
-from .holders import DTYPES, Holder
+from .holders import Holder
 
 
 
