@@ -86,7 +86,14 @@ def replay(log: SeedLog, model, optimizer) -> None:
 
 
 def trainable_state(model) -> dict[str, torch.Tensor]:
+    """The trainable parameters by name (what a fine-tuning checkpoint keeps)."""
     return {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def all_weights(model) -> dict[str, torch.Tensor]:
+    """Every parameter by name, each shared (tied) one once: a checkpoint that restores every weight of the
+    model, e.g. a distributed run's."""
+    return {n: p.detach() for n, p in model.named_parameters()}
 
 
 def save(directory, model, optimizer, trainer: dict, seedlog: SeedLog | None = None,
@@ -133,14 +140,17 @@ def load_trainable(directory, model, write=None) -> None:
             p.copy_(t)
 
 
-def load(directory, model, optimizer, write=None) -> dict:
-    """Restore weights and optimizer state; returns ``trainer.json`` (``write``: see :func:`load_trainable`)."""
+def load(directory, model, optimizer=None, write=None) -> dict:
+    """Restore weights and (when given) optimizer state; returns ``trainer.json`` (``write``: see
+    :func:`load_trainable`)."""
     directory = Path(directory)
     trainer_path = directory / "trainer.json"
     if not trainer_path.is_file():
         raise UserError(f"no checkpoint in {directory} (missing trainer.json)")
     trainer = json.loads(trainer_path.read_text())
     load_trainable(directory, model, write)
+    if optimizer is None:
+        return trainer
     state = torch.load(directory / "optimizer.pt", map_location="cpu", weights_only=True)
     optimizer.load_state_dict(state)
     return trainer
