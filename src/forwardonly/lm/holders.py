@@ -176,17 +176,11 @@ class Holder:
 
     def load_trainable(self, model, saved: dict[str, torch.Tensor], source: str) -> None:
         """Write ``saved`` (by parameter name) into the model's trainable weights, wherever they live."""
-        params = dict(model.named_parameters())
+        from ..checkpoint import copy_into
+
         streamed = self._streamed_names(model) if self.streamer is not None else {}
-        for name, t in saved.items():
-            p = params.get(name)
-            if p is None or p.shape != t.shape:
-                raise UserError(f"{source}: tensor {name} {tuple(t.shape)} does not match the model "
-                                f"({'missing' if p is None else tuple(p.shape)}); was it trained with another "
-                                f"model or scheme?")
-            with torch.no_grad():
-                target = self.store.tensor(streamed[name]) if name in streamed else p
-                target.copy_(t)
+        copy_into(model, saved, source,
+                  target=lambda name, p: self.store.tensor(streamed[name]) if name in streamed else p)
 
 
 def check(model_cfg, scheme: str, optim_name: str) -> None:

@@ -47,7 +47,7 @@ from ..io import atomic_write_text
 from ..tracking import check_backends, open_trackers
 from .config import TrainConfig
 from .export import save_final, unsupported_layout
-from .holders import DTYPES, Holder
+from .holders import Holder
 
 
 logger = logging.getLogger("forwardonly")
