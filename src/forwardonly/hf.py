@@ -23,7 +23,9 @@ Logged with the loss: ``projected_grad`` (the last step's projected gradient,
 mean over probes; where a first-order trainer logs ``grad_norm``) and
 ``forwards`` (forward passes so far, all ranks together).
 
-Works with PEFT models (only parameters with ``requires_grad`` are trained).
+Works with PEFT models (only parameters with ``requires_grad`` are trained), and with models held by a
+:class:`forwardonly.lm.holders.Holder` (``holder=``: quantized, streamed from a slower tier, or in mixed
+precision), which the trainer attaches when it creates the ZO optimizer and detaches when training ends.
 
 Example::
 
@@ -80,6 +82,10 @@ class ZOTrainer(Trainer):
         zo_reduce: with several processes, ``"losses"`` (default: every evaluation's loss is averaged
             over ranks, the arithmetic of one process) or ``"grads"`` (one all-reduce of ``q + 1``
             values per step; equal to one process up to float64 rounding).
+        holder: the :class:`~forwardonly.lm.holders.Holder` that loaded ``model`` (``holder.load()``), for a
+            model held quantized, streamed or in mixed precision: attached to the ZO optimizer when it is
+            created (streaming supplies its evaluator), detached at the end of :meth:`train`; a streamed
+            model's saves read its weights from the store.
         All other arguments are the ``Trainer``'s; ``optimizers=(zo, scheduler)`` takes a ZO optimizer
         built by hand. ``args.max_grad_norm`` has no gradient to clip; a ZO optimizer clips its projected
         gradients with ``zo_kwargs={"clip": c}``.
@@ -88,7 +94,8 @@ class ZOTrainer(Trainer):
     """
 
     def __init__(self, *args, zo_optimizer: str = "zo-sgd", zo_kwargs: dict | None = None,
-                 zo_reduce: str = "losses", **kwargs):
+                 zo_reduce: str = "losses", holder=None, **kwargs):
+        self.holder = holder
         self.zo_name = zo_optimizer
         self.zo_kwargs = dict(zo_kwargs or {})
         if "accum_steps" in self.zo_kwargs:
@@ -141,8 +148,29 @@ class ZOTrainer(Trainer):
                                  f"process group is initialised; launch with torchrun or accelerate launch")
             comm = Comm(timeout_s=float(self.args.ddp_timeout))
             zo = distribute(zo, comm, mode="data", reduce=self.zo_reduce)
+        if self.holder is not None:
+            self.holder.attach(self.model, zo)  # streaming gives the optimizer its evaluator from here on
         self.zo_optimizer = zo
         return _Deferred(zo)
+
+    def train(self, *args, **kwargs):
+        try:
+            return super().train(*args, **kwargs)
+        finally:
+            if self.holder is not None:
+                self.holder.detach()
+
+    def _save(self, output_dir=None, state_dict=None):
+        if state_dict is None and self.holder is not None:
+            # a streamed model's block weights live in the store, not in the (placeholder) parameters; a
+            # quantized model's tied layers share their codes and scales: each tensor is written once
+            state_dict, seen = {}, set()
+            for name, t in [*self.model.named_buffers(), *self.holder.all_weights(self.model).items()]:
+                key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape)) if t.numel() else name
+                if key not in seen:
+                    seen.add(key)
+                    state_dict[name] = t
+        return super()._save(output_dir, state_dict=state_dict)
 
     def create_optimizer(self, model=None):
         from .optim import build_optimizer

@@ -194,3 +194,36 @@ if __name__ == "__main__":  # one rank of the parity test, started by torchrun
     model, trainer = _train(out / "ranks", ACCUM)
     weights = {n: p.detach() for n, p in model.named_parameters()}
     torch.save({"weights": weights, "log": trainer.state.log_history}, out / f"rank{os.environ['RANK']}.pt")
+
+
+@pytest.mark.parametrize("how", ["offload", "quant"])
+def test_zotrainer_takes_a_model_holder(tmp_path, how):
+    """A model held streamed (bitwise the in-memory run) or quantized (only the scales move) trains through
+    ZOTrainer(holder=...); a streamed model's save reads its weights from the store."""
+    from forwardonly.lm.holders import Holder, OffloadConfig
+    from forwardonly.models import apply_scheme
+    from forwardonly.quant import QuantConfig
+
+    torch.set_num_threads(1)
+    model, tok = tiny_model("llama", seed=0)
+    model.save_pretrained(tmp_path / "tiny")
+    tok.save_pretrained(tmp_path / "tiny")
+    ds = _Sentences(tok)
+    extra = {"offload": OffloadConfig(tier="memory")} if how == "offload" else {"quant": QuantConfig(group_size=16)}
+    holder = Holder(name=str(tmp_path / "tiny"), **extra)
+    held, _ = holder.load()
+    held = apply_scheme(held, "full" if how == "offload" else "scales")
+    before = {n: p.detach().clone() for n, p in held.named_parameters()} if how == "quant" else None
+    args = _args(tmp_path / "out", max_steps=3, save_strategy="steps", save_steps=3)
+    ZOTrainer(model=held, args=args, train_dataset=ds, zo_kwargs={"seed": 2}, holder=holder).train()
+    if how == "quant":
+        moved = [n for n, p in held.named_parameters() if not torch.equal(p, before[n])]
+        assert moved and all("scale" in n for n in moved)
+        return
+    ZOTrainer(model=model, args=_args(tmp_path / "mem", max_steps=3), train_dataset=ds,
+              zo_kwargs={"seed": 2}).train()
+    from safetensors.torch import load_file
+
+    saved = load_file(str(next((tmp_path / "out").glob("checkpoint-3")) / "model.safetensors"))
+    for n, p in model.named_parameters():
+        assert torch.equal(saved[n], p.detach()), n
