@@ -200,7 +200,8 @@ if __name__ == "__main__":  # one rank of the parity test, started by torchrun
 def test_zotrainer_takes_a_model_holder(tmp_path, how):
     """A model held streamed (bitwise the in-memory run) or quantized (only the scales move) trains through
     ZOTrainer(holder=...); a streamed model's save reads its weights from the store."""
-    from forwardonly.lm.holders import Holder, OffloadConfig
+    from forwardonly.lm.config import OffloadConfig
+    from forwardonly.lm.holders import Holder
     from forwardonly.models import apply_scheme
     from forwardonly.quant import QuantConfig
 

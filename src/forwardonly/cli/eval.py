@@ -35,7 +35,7 @@ class Eval:
         from ..errors import UserError
         from ..tasks import evaluate, get_task
         from ..lm.holders import Holder
-        from ..lm.train import replay_seedlog, setup
+        from ..lm.setup import replay_seedlog, setup
         from ..lm.config import TrainConfig
         from .main import show_progress
 

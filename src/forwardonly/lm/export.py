@@ -82,7 +82,7 @@ def export_run(run_dir, out, merge: bool = False) -> Path:
     """
     from .. import checkpoint
     from .holders import Holder
-    from .train import setup
+    from .setup import setup
 
     run_dir, out = Path(run_dir), Path(out)
     cfg = _run_config(run_dir)

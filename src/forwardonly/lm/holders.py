@@ -33,33 +33,13 @@ from __future__ import annotations
 
 import dataclasses
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
 
 from ..errors import UserError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-@dataclass
-class OffloadConfig:
-    """``model.offload``: stream the model's blocks from a slower tier (ZO2-style; :mod:`forwardonly.offload`).
-
-    Args:
-        tier: ``disk`` (a memory-mapped working copy of the weights file) or ``memory`` (host memory).
-        device: where blocks compute (default: the run's ``device``).
-        prefetch: bring the next block in the background.
-        workdir: where the disk tier's working copy goes (default: ``out_dir/offload``, else a temporary
-            directory).
-    """
-
-    tier: Literal["disk", "memory"] = "disk"
-    device: str | None = None
-    prefetch: bool = True
-    workdir: str | None = None
 
 
 class Holder:
@@ -218,28 +198,3 @@ class Holder:
         streamed = self._streamed_names(model) if self.streamer is not None else {}
         copy_into(model, saved, source,
                   target=lambda name, p: self.store.tensor(streamed[name]) if name in streamed else p)
-
-
-def check(model_cfg, scheme: str, optim_name: str) -> None:
-    """Reject combinations a holder cannot serve, before anything is loaded (one line naming the keys)."""
-    if model_cfg.quant is not None and model_cfg.offload is not None:
-        raise ValueError("model.quant and model.offload cannot be combined yet: choose one")
-    if model_cfg.quant is not None and model_cfg.kind == "classifier":
-        raise ValueError("model.quant loads causal language models; model.kind=classifier is not supported")
-    if scheme == "scales" and model_cfg.quant is None:
-        raise ValueError("scheme.name=scales trains the quantization scales: set model.quant (e.g. model.quant.bits=4)")
-    if model_cfg.offload is not None:
-        if optim_name not in ("zo-sgd", "zo-sgd-sign"):
-            raise ValueError(f"model.offload streams plain or sign ZO-SGD steps (optim.name=zo-sgd or zo-sgd-sign); "
-                             f"got optim.name={optim_name}")
-        if scheme in ("lora", "prefix", "prompt"):
-            raise ValueError(f"model.offload streams the model's own weights; scheme.name={scheme} (PEFT) is "
-                             f"not supported: use full, head or bitfit")
-        if model_cfg.dtype != "float32" or model_cfg.precision != "pure":
-            raise ValueError("model.offload streams fp32 weights as stored: set model.dtype=float32 and "
-                             "model.precision=pure")
-        if model_cfg.kind == "classifier":
-            raise ValueError("model.offload streams causal language models; model.kind=classifier is not supported")
-    if model_cfg.precision == "mixed" and model_cfg.dtype == "float32":
-        raise ValueError("model.precision=mixed keeps bfloat16/float16 weights with fp32 arithmetic: set "
-                         "model.dtype=bfloat16 or float16")
