@@ -40,6 +40,8 @@ def register(subparsers) -> None:
                                       "downloaded with --no-deps and never installed)")
     fe.add_argument("source", help="data source: bigbench")
     fe.add_argument("--sdist", help="a local bigbench-1.0.0.tar.gz instead of downloading it")
-    fe.add_argument("--out", help="output directory (default: <cache>/data/bigbench)")
+    from .common import add_out_dir
+
+    add_out_dir(fe, "output directory (default: <cache>/data/bigbench)")
     fe.set_defaults(func=_fetch)
     p.set_defaults(func=lambda args: (p.print_help(), 1)[1])
