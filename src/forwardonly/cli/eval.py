@@ -36,7 +36,7 @@ class Eval:
         from .. import checkpoint
         from ..config import load_config
         from ..errors import UserError
-        from ..tasks import evaluate, get_task
+        from ..tasks import evaluate, task_for_run
         from ..lm.train import replay_seedlog, setup
         from ..lm.config import TrainConfig
 
@@ -53,9 +53,9 @@ class Eval:
             torch.set_num_threads(cfg.threads)
         if args.seedlog:
             model, tok = replay_seedlog(args.seedlog, device=cfg.device)
-            task = get_task(cfg.task.name)
+            task = task_for_run(cfg.task, [split])
         else:
-            model, tok, task, _, _ = setup(cfg, lambda m: print(m, file=sys.stderr))
+            model, tok, task, _, _ = setup(cfg, lambda m: print(m, file=sys.stderr), needs=[split])
             if args.run:
                 checkpoint.load_trainable(Path(args.run) / "checkpoint", model)
         metrics = evaluate(model, tok, task, split, batch_size=cfg.eval_batch_size, max_examples=cfg.task.max_test,

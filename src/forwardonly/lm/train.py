@@ -115,15 +115,17 @@ def build_optimizer(cfg: TrainConfig, params: list, names: list[str] | None = No
         raise UserError(f"optim: {e}") from None
 
 
-def setup(cfg: TrainConfig, log=lambda msg: None):
-    """Model (with the scheme applied), tokenizer, task, objective, trainable parameters."""
-    from ..models import apply_scheme, load_model, trainable_parameters
-    from ..tasks import get_task, make_objective
+def setup(cfg: TrainConfig, log=lambda msg: None, needs: list[str] | None = None):
+    """Model (with the scheme applied), tokenizer, task, objective, trainable parameters.
 
-    task = get_task(cfg.task.name)
-    for split in (cfg.task.train_split, cfg.task.eval_split, cfg.task.test_split):
-        if split not in task.splits:
-            raise UserError(f"task '{task.name}' has no split {split!r}; it has {sorted(task.splits)}")
+    ``needs``: the task splits that must exist (default: those the run uses, :func:`used_splits`).
+    """
+    from ..models import apply_scheme, load_model, trainable_parameters
+    from ..tasks import make_objective, task_for_run
+
+    task = task_for_run(cfg.task, used_splits(cfg) if needs is None else needs)
+    for split, note in task.notes.items():
+        log(f"{split}: {note['n']} examples cut from {note['cut_from']} ({note['fraction']:g}, seed {note['seed']})")
     log(f"loading {cfg.model.name} ({cfg.model.dtype}) ...")
     torch.manual_seed(cfg.seed)  # a newly initialised head (classifiers) is part of the base model: seed it
     model, tok = load_model(cfg.model.name, dtype=DTYPES[cfg.model.dtype], device=cfg.device,
@@ -140,6 +142,13 @@ def setup(cfg: TrainConfig, log=lambda msg: None):
     objective = make_objective(task, tok, cfg.task.objective, cfg.task.max_length, model=model)
     params = [p for _, p in trainable_parameters(model)]
     return model, tok, task, objective, params
+
+
+def used_splits(cfg: TrainConfig) -> list[str]:
+    """The task splits a run reads: training (if it takes steps), validation and test (if on)."""
+    t = cfg.task
+    return [s for s, used in ((t.train_split, cfg.steps > 0), (t.eval_split, cfg.validate), (t.test_split, cfg.test))
+            if used]
 
 
 def _names(model) -> list[str]:
@@ -191,8 +200,8 @@ def run(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, log=No
                                  to_dict(cfg.model) | {"num_labels": max(2, len(task.label_names))},
                                  to_dict(cfg.scheme)) if zo and not getattr(opt, "has_first_order", False) else None
 
-    train = task.splits[cfg.task.train_split][: cfg.task.max_train]
-    if not train:
+    train = task.splits.get(cfg.task.train_split, [])[: cfg.task.max_train]
+    if not train and cfg.steps > 0:
         raise UserError(f"task '{task.name}' split {cfg.task.train_split!r} is empty")
 
     def score(split, limit):
@@ -211,7 +220,9 @@ def run(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, log=No
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "config.json", json.dumps(to_dict(cfg), indent=1) + "\n")
 
-    summary: dict = {"config": to_dict(cfg), "trainable_parameters": n_train}
+    summary: dict = {"config": to_dict(cfg), "trainable_parameters": n_train,
+                     "task": {"name": task.name, "kind": task.kind, "splits": {s: len(v) for s, v in task.splits.items()},
+                              **({"cut": task.notes} if task.notes else {})}}
     if cfg.eval_before and not resume:
         if cfg.test:
             summary["test_before"] = score(cfg.task.test_split, cfg.task.max_test)
