@@ -231,19 +231,10 @@ def load_config(cls, path: str | Path | None = None, overrides: list[str] | None
 
 
 def read_text(path: str | Path, what: str = "file") -> str:
-    """A text file's content as UTF-8; bytes that are not UTF-8 are a :class:`UserError` naming the line."""
-    path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise UserError(f"{what} not found: {path}") from None
-    except OSError as e:
-        raise UserError(f"{path}: cannot read {what} ({e.strerror or e})") from None
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = raw.count(b"\n", 0, e.start) + 1
-        raise UserError(f"{path}:{line}: {what} is not UTF-8 text (byte 0x{raw[e.start]:02x})") from None
+    """A text file's content as UTF-8 (see :func:`forwardonly.io.read_text_file`)."""
+    from .io import read_text_file
+
+    return read_text_file(path, what)
 
 
 def _flatten(tree: dict, prefix: str = "") -> list[str]:

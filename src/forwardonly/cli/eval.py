@@ -67,16 +67,13 @@ class Eval:
 
 def read_run_config(run: Path) -> dict:
     """A run directory's ``config.json`` (a :class:`UserError` naming the file if it is missing or corrupt)."""
-    from ..config import read_text
     from ..errors import UserError
+    from ..io import read_json
 
     path = run / "config.json"
     if not path.is_file():
         raise UserError(f"{run} is not a run directory (no config.json)")
-    try:
-        data = json.loads(read_text(path, "run config"))
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+    data = read_json(path, "run config")
     if not isinstance(data, dict):
         raise UserError(f"{path}: a run config must be a JSON object")
     return data

@@ -70,9 +70,7 @@ class Eval:
 
     @staticmethod
     def run(args) -> int:
-        import torch
-        from safetensors.torch import load_file
-
+        from ..io import load_safetensors, load_torch
         from ..local import build_model
         from ..local.config import LocalConfig
         from ..local.data import load_dataset
@@ -80,13 +78,20 @@ class Eval:
         ckpt = Path(args.run_dir) / "checkpoint"
         if not (ckpt / "state.pt").is_file():
             raise UserError(f"no checkpoint in {ckpt}")
-        saved = json.loads(torch.load(ckpt / "state.pt", weights_only=True)["config"])
+        state = load_torch(ckpt / "state.pt", "checkpoint state")
+        try:
+            saved = json.loads(state["config"])
+        except (KeyError, TypeError, ValueError):
+            raise UserError(f"{ckpt / 'state.pt'}: not a forwardonly local checkpoint (no config)") from None
         if args.data_dir:
             saved["data_dir"] = args.data_dir
         cfg = load_config(LocalConfig, None, None, base=saved)
         data = load_dataset(cfg.data, cfg.data_dir, cfg.val_fraction, cfg.limit_train)
         model = build_model(cfg, data.n_features, data.n_classes)
-        model.load_state_dict(load_file(str(ckpt / "best.safetensors")))
+        try:
+            model.load_state_dict(load_safetensors(ckpt / "best.safetensors", "checkpoint weights"))
+        except RuntimeError as e:
+            raise UserError(f"{ckpt / 'best.safetensors'}: does not fit the model ({str(e).splitlines()[0]})") from None
         print(json.dumps({"algo": cfg.algo, "data": cfg.data,
                           **{f"test_{k}": v for k, v in model.evaluate(data.x_test, data.y_test).items()}}))
         return 0

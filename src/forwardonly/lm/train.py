@@ -359,7 +359,17 @@ def _fmt(metrics: dict) -> str:
 def _read_jsonl(path: Path) -> list[dict]:
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    from ..io import read_text_file
+
+    rows = []
+    for i, line in enumerate(read_text_file(path, "metrics log").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}:{i}: metrics log is not valid JSON ({e.msg})") from None
+    return rows
 
 
 def replay_seedlog(path, device: str = "cpu"):
