@@ -9,8 +9,8 @@ checked), and *parsed* otherwise (flags and arguments accepted by the parser). A
 by ``<!-- test: run -->`` is run for real, on the tiny test model (``model.name`` is appended).
 """
 
+import itertools
 import json
-import os
 import re
 import shlex
 from pathlib import Path
@@ -59,7 +59,7 @@ def check(argv: list[str], cwd: Path) -> None:
     if argv[:2] in EXECUTED:
         assert main(argv) == 0, argv
     elif argv[0] in RESOLVED or argv[:2] == ["local", "train"]:
-        for flag, value in zip(argv, argv[1:]):
+        for flag, value in itertools.pairwise(argv):
             if flag == "--run" and not (cwd / value / "config.json").is_file():  # a run made earlier
                 from forwardonly.config import to_dict
                 from forwardonly.lm.config import TrainConfig
@@ -70,17 +70,6 @@ def check(argv: list[str], cwd: Path) -> None:
     else:
         args = _parse(build_parser(), argv)
         assert callable(getattr(args, "func", None)), argv
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    from forwardonly.models import tiny_model
-
-    path = tmp_path_factory.mktemp("tiny-llama")
-    model, tok = tiny_model("llama", seed=0)
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
 
 
 @pytest.fixture

@@ -88,7 +88,7 @@ def test_sft_loss_is_on_completion_tokens_only(tiny, tmp_path):
 
 
 def test_sft_chat_through_the_chat_template(tiny, tmp_path):
-    model, tok = tiny
+    _, tok = tiny
     path = _jsonl(tmp_path / "chat.jsonl", [{"messages": [{"role": "user", "content": "good movie"},
                                                           {"role": "assistant", "content": "Yes"}]}])
     task = get_task(path, kind="sft")

@@ -150,6 +150,14 @@ def take_out_dir(args, extras: list[str]) -> list[str]:
     return rest
 
 
+def action_parser(subparsers, name: str, help_text: str, doc: str):
+    """A subcommand made of actions (``forwardonly NAME ACTION``): its parser and its actions' subparsers.
+    Without an action it prints its help and exits 1."""
+    p = subparsers.add_parser(name, help=help_text, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.set_defaults(func=lambda args: (p.print_help(), 1)[1])
+    return p, p.add_subparsers(dest=f"{name}_command", metavar="ACTION")
+
+
 def print_config(cfg) -> int:
     """``--print-config``: the resolved config as YAML on stdout."""
     from ..config import dump_yaml

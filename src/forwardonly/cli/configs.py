@@ -50,11 +50,9 @@ def _cp(args) -> int:
 
 
 def register(subparsers) -> None:
-    import argparse
+    from .common import action_parser
 
-    p = subparsers.add_parser("configs", help="list the shipped configs, or copy one out to edit",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="configs_command", metavar="ACTION")
+    _, sub = action_parser(subparsers, "configs", "list the shipped configs, or copy one out to edit", __doc__)
     ls = sub.add_parser("list", help="the shipped configs by name, with what each runs")
     ls.set_defaults(func=_list)
     cp = sub.add_parser("cp", help="copy a shipped config to DEST (a file or a directory)")
@@ -62,4 +60,3 @@ def register(subparsers) -> None:
     cp.add_argument("dest", metavar="DEST", help="destination file or directory")
     cp.add_argument("--force", action="store_true", help="overwrite DEST if it exists")
     cp.set_defaults(func=_cp)
-    p.set_defaults(func=lambda args: (p.print_help(), 1)[1])

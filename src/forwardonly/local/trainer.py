@@ -27,7 +27,6 @@ import time
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
 from ..config import to_dict
 from ..errors import UserError

@@ -156,7 +156,7 @@ def extract(source: str | Path | None, out_dir: str | Path | None = None, log=la
 
     if source is None:
         raise UserError("the full BIG-bench tasks cannot be downloaded from the package index any more "
-                        f"(bigbench 1.0.0 is gone; 0.0.1 has no task data): {HOW}")
+                        f"(it serves only bigbench 0.0.1, which has no task data): {HOW}")
     out_dir = Path(out_dir) if out_dir else data_dir()
     raw = read_source(source)
     sizes = {}

@@ -15,7 +15,7 @@ from pathlib import Path
 from ..config import load_config
 from ..errors import UserError
 from .data import SUFFIXES, read_rows
-from .sources import ALL, PACKAGED, is_dataset_dir, read_dataset
+from .sources import ALL, PACKAGED, read_dataset
 from .task import BUILTIN_DIR, Task, TaskSpec, Template, render
 
 

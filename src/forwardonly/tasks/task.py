@@ -89,7 +89,7 @@ class Template:
         if isinstance(labels, (list, tuple)):
             labels = {str(x): f" {x}" for x in labels}
         if not isinstance(labels, dict):
-            raise ValueError(f"template.labels={self.labels!r} must be a mapping (label: word) or a list of labels")
+            raise TypeError(f"template.labels={self.labels!r} must be a mapping (label: word) or a list of labels")
         self.labels = labels
 
     def prompt_for(self, kind: str) -> str:
