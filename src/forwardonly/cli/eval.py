@@ -35,8 +35,8 @@ class Eval:
 
         from .. import checkpoint
         from ..config import load_config
-        from ..lm.holders import Holder
         from ..lm.config import TrainConfig
+        from ..lm.holders import Holder
         from ..lm.train import replay_seedlog, setup
         from ..tasks import evaluate, task_for_run
         from .common import print_config, resolve_config
