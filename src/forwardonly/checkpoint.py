@@ -148,8 +148,8 @@ def load(directory, model, optimizer=None, write=None) -> dict:
     from .io import load_torch, read_json
 
     trainer = read_json(trainer_path, "checkpoint state")
-    if not isinstance(trainer, dict) or "step" not in trainer:
-        raise UserError(f"{trainer_path}: not a checkpoint's trainer.json (no step)")
+    if not isinstance(trainer, dict):
+        raise UserError(f"{trainer_path}: not a checkpoint's trainer.json (not a JSON object)")
     load_trainable(directory, model, write)
     if optimizer is None:
         return trainer
