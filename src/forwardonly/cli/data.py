@@ -14,7 +14,7 @@ Any other data is your own files: ``task.data.train=FILE task.data.test=FILE`` w
 
 from __future__ import annotations
 
-import sys
+import logging
 
 
 def _list(args) -> int:
@@ -37,10 +37,10 @@ def _fetch(args) -> int:
 
     if args.source != "bigbench":
         raise UserError(f"unknown data source {args.source!r}; available: bigbench")
-    sizes = bigbench.extract(args.source_path, args.out, log=lambda m: print(m, file=sys.stderr))
+    sizes = bigbench.extract(args.source_path, args.out, log=logging.getLogger("forwardonly").info)
     out = args.out or bigbench.data_dir()
     print(out)
-    print("use them as: " + ", ".join(f"task=bigbench/{n}" for n in sizes), file=sys.stderr)
+    logging.getLogger("forwardonly").info("use them as: " + ", ".join(f"task=bigbench/{n}" for n in sizes))
     return 0
 
 

@@ -10,7 +10,7 @@ dependencies) and converts the weights once to an fp32 safetensors cache. Exampl
 
 from __future__ import annotations
 
-import sys
+import logging
 
 
 def _list(args) -> int:
@@ -29,7 +29,7 @@ def _fetch(args) -> int:
     from ..models import zoo
 
     def log(msg):
-        print(msg, file=sys.stderr)
+        logging.getLogger("forwardonly").info(msg)
 
     path = zoo.fetch(args.name, force=args.force, install=not args.no_install, log=log)
     print(path)

@@ -274,6 +274,8 @@ class TrainConfig:
         threads: torch intra-op threads (default: torch's choice).
         nproc: processes for distributed ZO (``torchrun`` is started for you); ``dist_mode``
             ``data`` shards each batch over ranks, ``probe`` gives each rank its own probes.
+        report_to: tracking backends, any of ``tensorboard``, ``wandb``, ``mlflow`` (each an extra;
+            see :mod:`forwardonly.tracking`); needs ``out_dir``.
     """
 
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -298,8 +300,17 @@ class TrainConfig:
     threads: int | None = None
     nproc: int = 1
     dist_mode: Literal["data", "probe"] = "data"
+    report_to: list[str] = field(default_factory=list)
 
     def __post_init__(self):
+        from ..tracking import BACKENDS
+
+        for name in self.report_to:
+            if name not in BACKENDS:
+                raise ValueError(f"report_to={name!r} is not one of {list(BACKENDS)}")
+        if self.report_to and not self.out_dir:
+            raise ValueError(f"report_to={','.join(self.report_to)} needs out_dir (tracking files go into "
+                             f"the run)")
         checks = {"steps": 0, "batch_size": 1, "bucket": 0, "accum_steps": 1, "eval_batch_size": 1, "log_every": 1,
                   "eval_every": 0, "save_every": 0, "nproc": 1}
         for key, low in checks.items():

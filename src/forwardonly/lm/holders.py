@@ -14,6 +14,11 @@ Configuration (``model.quant``, ``model.offload``, ``model.precision`` in a trai
   wherever they live (a streamed block's weights are in the store, not in the parameters);
 * :meth:`Holder.detach` undoes :meth:`attach`.
 
+From Python (e.g. with :class:`forwardonly.hf.ZOTrainer`, which takes ``holder=``)::
+
+    holder = Holder(name="smollm2-135m", quant=QuantConfig(bits=4, group_size=64))
+    model, tok = holder.load()
+
 Example (what ``forwardonly train`` does)::
 
     holder = Holder(cfg.model, out_dir)
@@ -26,6 +31,7 @@ Example (what ``forwardonly train`` does)::
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,7 +71,11 @@ class Holder:
         device: the run's device.
     """
 
-    def __init__(self, model_cfg, out_dir: str | Path | None = None, device: str = "cpu"):
+    def __init__(self, model_cfg=None, out_dir: str | Path | None = None, device: str = "cpu", **fields):
+        if model_cfg is None or fields:  # Holder(name="smollm2-135m", quant=QuantConfig(bits=4)) for Python users
+            from .config import ModelConfig
+
+            model_cfg = ModelConfig(**{**(dataclasses.asdict(model_cfg) if model_cfg else {}), **fields})
         self.cfg, self.out_dir, self.device = model_cfg, out_dir, device
         self.store = None
         self.streamer = None  # a BlockStreamer or StreamedZO while attached
@@ -162,31 +172,27 @@ class Holder:
         ids = {id(p): name for b in streamer.blocks for name, p in b.params}
         return {n: ids[id(p)] for n, p in model.named_parameters() if id(p) in ids}
 
+    def all_weights(self, model) -> dict[str, torch.Tensor]:
+        """Every parameter by name (tied ones once), read from wherever it lives."""
+        self.flush()
+        out = {n: p.detach() for n, p in model.named_parameters()}
+        if self.streamer is not None:
+            getattr(self.streamer, "streamer", self.streamer).sync()
+            out.update({name: self.store.tensor(store_name) for name, store_name in self._streamed_names(model).items()})
+        return out
+
     def trainable_state(self, model) -> dict[str, torch.Tensor]:
         """The trainable weights by parameter name, read from wherever they live."""
-        self.flush()
-        out = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
-        if self.streamer is not None:
-            streamer = getattr(self.streamer, "streamer", self.streamer)
-            streamer.sync()
-            for name, store_name in self._streamed_names(model).items():
-                if name in out:
-                    out[name] = self.store.tensor(store_name)
-        return out
+        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+        return {n: t for n, t in self.all_weights(model).items() if n in trainable}
 
     def load_trainable(self, model, saved: dict[str, torch.Tensor], source: str) -> None:
         """Write ``saved`` (by parameter name) into the model's trainable weights, wherever they live."""
-        params = dict(model.named_parameters())
+        from ..checkpoint import copy_into
+
         streamed = self._streamed_names(model) if self.streamer is not None else {}
-        for name, t in saved.items():
-            p = params.get(name)
-            if p is None or p.shape != t.shape:
-                raise UserError(f"{source}: tensor {name} {tuple(t.shape)} does not match the model "
-                                f"({'missing' if p is None else tuple(p.shape)}); was it trained with another "
-                                f"model or scheme?")
-            with torch.no_grad():
-                target = self.store.tensor(streamed[name]) if name in streamed else p
-                target.copy_(t)
+        copy_into(model, saved, source,
+                  target=lambda name, p: self.store.tensor(streamed[name]) if name in streamed else p)
 
 
 def check(model_cfg, scheme: str, optim_name: str) -> None:

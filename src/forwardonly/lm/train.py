@@ -6,7 +6,15 @@ examples (a pure function of the seed and the step, so a resumed run sees the
 same data), sets the learning rate of the schedule, and calls
 ``optimizer.step(closure)``, whose closure runs forward passes only (first-order
 baselines call ``backward`` instead). It logs metrics as JSONL, evaluates
-periodically, writes checkpoints atomically and keeps the seed log.
+periodically, writes checkpoints atomically and keeps the seed log. It ends by
+writing ``final/`` with ``save_pretrained`` (:mod:`forwardonly.lm.export`).
+
+``metrics.jsonl`` holds one row per line: training rows ``{"step", "loss", "lr",
+"forwards", "train_time_s"}`` (ZO runs add ``projected_grad``, the last step's mean
+over probes) and evaluation rows ``{"step", "split", "forwards", METRIC...}`` (the
+test split before training at step 0 and after it at the last step). The same rows
+go to the ``report_to`` trackers (:mod:`forwardonly.tracking`). Progress messages go
+through the ``logging`` logger ``forwardonly``.
 
 Example::
 
@@ -23,10 +31,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import os
 import random
-import sys
 import time
 from pathlib import Path
 
@@ -37,9 +45,13 @@ from ..bench.measure import peak_rss_bytes
 from ..config import to_dict
 from ..errors import UserError
 from ..io import atomic_write_text
+from ..tracking import check_backends, open_trackers
 from .config import TrainConfig
+from .export import save_final, unsupported_layout
 from .holders import Holder
 
+
+logger = logging.getLogger("forwardonly")
 
 
 # ----------------------------------------------------------------------------- building blocks
@@ -158,13 +170,14 @@ def run(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, log=No
     from ..distributed import distribute, init_from_env, shutdown
     from ..tasks import evaluate
 
-    log = log or (lambda msg: print(msg, file=sys.stderr))
+    log = log or logger.info
     out = Path(cfg.out_dir) if cfg.out_dir else None
     ckpt_dir = out / "checkpoint" if out else None
     if resume and (ckpt_dir is None or not (ckpt_dir / "trainer.json").is_file()):
         raise UserError(f"--resume: no checkpoint in {ckpt_dir or '(no out_dir)'}")
     if not resume and ckpt_dir is not None and ckpt_dir.exists():
         raise UserError(f"{out} already holds a run; pass --resume to continue it or choose another out_dir")
+    check_backends(cfg.report_to)  # a missing tracking library stops the run before anything is written
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
 
@@ -216,28 +229,32 @@ def run(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, log=No
     summary: dict = {"config": to_dict(cfg), "trainable_parameters": n_train,
                      "task": {"name": task.name, "kind": task.kind, "splits": {s: len(v) for s, v in task.splits.items()},
                               **({"cut": task.notes} if task.notes else {})}}
-    if cfg.eval_before and not resume:
-        if cfg.test:
-            summary["test_before"] = score(cfg.task.test_split, cfg.task.max_test)
-            say(f"before: {cfg.task.test_split} {_fmt(summary['test_before'])}")
-        if cfg.validate:
-            state["evals"].append({"step": 0, **score(cfg.task.eval_split, cfg.task.max_eval)})
-            say(f"step 0: {cfg.task.eval_split} {_fmt(state['evals'][-1])}")
+    rows = _Rows(out / "metrics.jsonl" if out and main_rank else None, state["step"] if resume else None,
+                 open_trackers(cfg.report_to if main_rank else [], out, to_dict(cfg)))
 
-    per_step = cfg.batch_size * cfg.accum_steps
-    metrics_path = out / "metrics.jsonl" if out and main_rank else None
-    if metrics_path is not None:
-        kept = [r for r in _read_jsonl(metrics_path) if r.get("step", 0) <= state["step"]] if resume else []
-        atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
+    def validate():
+        state["evals"].append({"step": state["step"], **score(cfg.task.eval_split, cfg.task.max_eval)})
+        rows.eval(cfg.task.eval_split, state["evals"][-1], state["forwards"])
+        say(f"step {state['step']}: {cfg.task.eval_split} {_fmt(state['evals'][-1])}")
 
     bar = None
-    if progress and main_rank:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=cfg.steps, initial=state["step"], desc="train", unit="step", dynamic_ncols=True)
-    model.train(not zo)  # ZO: eval mode, so dropout cannot make the two perturbed losses differ by noise
-    recent: list[float] = []
     try:
+        if cfg.eval_before and not resume:
+            if cfg.test:
+                summary["test_before"] = score(cfg.task.test_split, cfg.task.max_test)
+                rows.eval(cfg.task.test_split, {"step": 0, **summary["test_before"]}, 0)
+                say(f"before: {cfg.task.test_split} {_fmt(summary['test_before'])}")
+            if cfg.validate:
+                validate()
+
+        per_step = cfg.batch_size * cfg.accum_steps
+
+        if progress and main_rank:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=cfg.steps, initial=state["step"], desc="train", unit="step", dynamic_ncols=True)
+        model.train(not zo)  # ZO: eval mode, so dropout cannot make the two perturbed losses differ by noise
+        recent: list[float] = []
         while state["step"] < cfg.steps:
             t = state["step"]
             if cfg.budget_forwards is not None and state["forwards"] >= cfg.budget_forwards:
@@ -271,31 +288,39 @@ def run(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, log=No
             if state["step"] % cfg.log_every == 0 or state["step"] == cfg.steps:
                 row = {"step": state["step"], "loss": sum(recent) / len(recent) if recent else float("nan"),
                        "lr": lr, "forwards": state["forwards"], "train_time_s": round(state["train_time_s"], 3)}
+                if zo and opt.zo_state.get("last_grads"):
+                    row["projected_grad"] = sum(opt.zo_state["last_grads"]) / len(opt.zo_state["last_grads"])
                 recent = []
                 state["history"].append(row)
-                if metrics_path is not None:
-                    with open(metrics_path, "a") as f:
-                        f.write(json.dumps(row) + "\n")
+                rows.train(row)
             if cfg.validate and cfg.eval_every and state["step"] % cfg.eval_every == 0 and state["step"] < cfg.steps:
-                state["evals"].append({"step": state["step"], **score(cfg.task.eval_split, cfg.task.max_eval)})
-                say(f"step {state['step']}: {cfg.task.eval_split} {_fmt(state['evals'][-1])}")
+                validate()
             if cfg.save_every and state["step"] % cfg.save_every == 0 and main_rank:
                 checkpoint.save(ckpt_dir, model, opt, _trainer_json(cfg, state), seedlog,
                                 state=holder.trainable_state(model))
+        if bar is not None:
+            bar.close()
+        if cfg.validate:
+            validate()
+        if cfg.test:
+            summary["test_after"] = score(cfg.task.test_split, cfg.task.max_test)
+            rows.eval(cfg.task.test_split, {"step": state["step"], **summary["test_after"]},
+                      state["forwards"])
+            say(f"after: {cfg.task.test_split} {_fmt(summary['test_after'])}")
     finally:
         if bar is not None:
             bar.close()
+        rows.close()
 
-    if cfg.validate:
-        state["evals"].append({"step": state["step"], **score(cfg.task.eval_split, cfg.task.max_eval)})
-        say(f"step {state['step']}: {cfg.task.eval_split} {_fmt(state['evals'][-1])}")
-    if cfg.test:
-        summary["test_after"] = score(cfg.task.test_split, cfg.task.max_test)
-        say(f"after: {cfg.task.test_split} {_fmt(summary['test_after'])}")
     if out is not None and main_rank:
         checkpoint.save(ckpt_dir, model, opt, _trainer_json(cfg, state), seedlog, state=holder.trainable_state(model))
         if seedlog is not None:
             seedlog.save(out / "seedlog.json")
+        why_not = unsupported_layout(cfg.model)
+        if why_not is None:
+            summary["final"] = str(save_final(model, tok, out / "final"))  # PEFT adapter, or the whole model
+        else:
+            say(f"no final/: {why_not}; the trained weights are in {ckpt_dir}")
     summary.update({k: state[k] for k in ("step", "forwards", "backwards", "train_time_s", "history", "evals")})
     summary["peak_rss_bytes"] = peak_rss_bytes()
     if zo:
@@ -349,6 +374,36 @@ def _trainer_json(cfg, state) -> dict:
 
 def _fmt(metrics: dict) -> str:
     return ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items() if k != "step")
+
+
+class _Rows:
+    """Where the metric rows go: ``metrics.jsonl`` (rank 0; on resume, the rows up to the resumed step are
+    kept) and the ``report_to`` trackers."""
+
+    def __init__(self, path: Path | None, resumed_at: int | None, trackers):
+        self.path, self.trackers = path, trackers
+        if path is not None:
+            old = _read_jsonl(path) if resumed_at is not None else []
+            kept = [r for r in old if r.get("step", 0) <= resumed_at]
+            atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+
+    def _write(self, row: dict) -> None:
+        if self.path is not None:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+    def train(self, row: dict) -> None:
+        self._write(row)
+        self.trackers.log(row, row["step"], "train")
+
+    def eval(self, split: str, metrics: dict, forwards: int) -> None:
+        step = metrics["step"]
+        self._write({"step": step, "split": split, "forwards": forwards, **{k: v for k, v in metrics.items()
+                                                                             if k != "step"}})
+        self.trackers.log(metrics, step, split)
+
+    def close(self) -> None:
+        self.trackers.close()
 
 
 def _read_jsonl(path: Path) -> list[dict]:
