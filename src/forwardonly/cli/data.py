@@ -26,8 +26,8 @@ def _list(args) -> int:
         sizes = ", ".join(f"{s} {len(v)}" for s, v in task.splits.items())
         full = "yes" if (data_dir() / f"{name}.yaml").is_file() else "no"
         print(f"{name:<12} {task.kind:<16} shipped: {sizes:<36} full (bigbench/{name}): {full}")
-    print("\nfull tasks: forwardonly data fetch bigbench --from PATH (a BIG-bench checkout or tarball); "
-          "your own data: task.data.train=FILE", file=sys.stderr)
+    logging.getLogger("forwardonly").info("\nfull tasks: forwardonly data fetch bigbench --from PATH (a BIG-bench "
+                                          "checkout or tarball); your own data: task.data.train=FILE")
     return 0
 
 
