@@ -152,11 +152,9 @@ def load(directory, model, optimizer=None, write=None) -> dict:
     trainer_path = directory / "trainer.json"
     if not trainer_path.is_file():
         raise UserError(f"no checkpoint in {directory} (missing trainer.json)")
-    from .io import load_torch, read_json
+    from .io import load_torch, read_json_object
 
-    trainer = read_json(trainer_path, "checkpoint state")
-    if not isinstance(trainer, dict):
-        raise UserError(f"{trainer_path}: not a checkpoint's trainer.json (not a JSON object)")
+    trainer = read_json_object(trainer_path, "checkpoint state")
     load_trainable(directory, model, write)
     if optimizer is None:
         return trainer

@@ -106,6 +106,14 @@ def read_json(path: str | os.PathLike, what: str = "JSON file"):
         raise _user_error(f"{path}:{e.lineno}: {what} is not valid JSON ({e.msg}; truncated?)") from None
 
 
+def read_json_object(path: str | os.PathLike, what: str = "JSON file") -> dict:
+    """:func:`read_json` of a file that must hold one JSON object."""
+    data = read_json(path, what)
+    if not isinstance(data, dict):
+        raise _user_error(f"{path}: {what} must be a JSON object, got {type(data).__name__}")
+    return data
+
+
 def load_torch(path: str | os.PathLike, what: str = "checkpoint file"):
     """``torch.load(path, weights_only=True)`` on the CPU; a corrupt or truncated file names the file."""
     import pickle

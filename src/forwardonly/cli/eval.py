@@ -76,15 +76,12 @@ class Eval:
 def read_run_config(run: Path) -> dict:
     """A run directory's ``config.json`` (a :class:`UserError` naming the file if it is missing or corrupt)."""
     from ..errors import UserError
-    from ..io import read_json
+    from ..io import read_json_object
 
     path = run / "config.json"
     if not path.is_file():
         raise UserError(f"{run} is not a run directory (no config.json)")
-    data = read_json(path, "run config")
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: a run config must be a JSON object")
-    return data
+    return read_json_object(path, "run config")
 
 
 def register(subparsers) -> None:
