@@ -103,14 +103,22 @@ def test_eval_of_a_seed_log_names_the_model_the_run_was_made_on(ov, tiny_dir, tm
     assert json.loads(capsys.readouterr().out)["model"] == str(tiny_dir)
 
 
-def test_a_quantized_run_keeps_its_checkpoint_only_and_export_says_why(cfg_of, tmp_path, capsys):
-    out, summary = _train(cfg_of, tmp_path, "model.quant.bits=4", "model.quant.group_size=16",
-                          "scheme.name=scales", "test=false")
-    assert (out / "checkpoint" / "trainable.safetensors").is_file() and not (out / "final").exists()
-    assert "final" not in summary
+@pytest.mark.parametrize("held", [("model.quant.bits=4", "model.quant.group_size=16", "scheme.name=scales"),
+                                  ("model.offload.tier=disk", "scheme.name=full")], ids=["quant", "offload"])
+def test_quantized_and_streamed_runs_end_with_a_standard_final_directory(cfg_of, tmp_path, capsys, held):
+    """final/ and `forwardonly export` of a quantized run hold its layers dequantized (the trained scales
+    applied), of a streamed run the weights from its store: AutoModelForCausalLM loads either and scores
+    what the run scored."""
+    from transformers import AutoModelForCausalLM
+
+    out, summary = _train(cfg_of, tmp_path, *held)
+    from transformers import AutoTokenizer
+
+    loaded = AutoModelForCausalLM.from_pretrained(out / "final")
+    tok = AutoTokenizer.from_pretrained(out / "final")
+    assert _score(loaded, tok)["accuracy"] == summary["test_after"]["accuracy"]
     capsys.readouterr()
-    assert main(["export", "--run", str(out), "--out", str(tmp_path / "x")]) == 2
-    assert capsys.readouterr().err.strip() == (
-        f"forwardonly export: error: {out}: cannot export: model.quant runs hold forwardonly's own quantized "
-        f"layers, which no Hugging Face class loads")
-    assert not (tmp_path / "x").exists()
+    assert main(["export", "--run", str(out), "--out", str(tmp_path / "x")]) == 0
+    again = AutoModelForCausalLM.from_pretrained(tmp_path / "x")
+    for (n, a), (_, b) in zip(loaded.state_dict().items(), again.state_dict().items()):
+        assert torch.equal(a, b), n

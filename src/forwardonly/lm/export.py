@@ -5,9 +5,11 @@ Every ``forwardonly train`` run with an ``out_dir`` ends by writing ``final/``:
 * adapter schemes (``lora``, ``prefix``, ``prompt``): the PEFT adapter directory
   (``adapter_config.json``, ``adapter_model.safetensors``) and the tokenizer; load it with
   ``PeftModel.from_pretrained(base_model, "RUN/final")``;
-* the other schemes (``full``, ``head``, ``bitfit``): the whole model and its tokenizer; load
-  it with ``AutoModelForCausalLM.from_pretrained("RUN/final")`` (or
-  ``AutoModelForSequenceClassification`` for a classifier run).
+* the other schemes (``full``, ``head``, ``bitfit``, ``scales``): the whole model and its tokenizer;
+  load it with ``AutoModelForCausalLM.from_pretrained("RUN/final")`` (or
+  ``AutoModelForSequenceClassification`` for a classifier run). A streamed run's weights are read from
+  its store; a quantized run's layers are written dequantized (the trained scales applied), in
+  ``model.dtype``.
 
 :func:`export_run` (``forwardonly export --run RUN --out DIR [--merge]``) writes the same from
 a run's checkpoint, and with ``merge`` folds LoRA adapters into the base weights
@@ -34,22 +36,12 @@ MERGEABLE = ("lora",)
 log = logging.getLogger("forwardonly.export")
 
 
-def unsupported_layout(model_cfg) -> str | None:
-    """Why a run's model cannot be written with ``save_pretrained`` as a standard directory, or None.
+def save_final(model, tokenizer, dest, state_dict: dict | None = None) -> Path:
+    """Write ``model`` (a PEFT model writes its adapter only) and ``tokenizer`` to ``dest`` atomically.
 
-    Quantized (``model.quant``: forwardonly's own integer layers) and streamed (``model.offload``: the
-    weights live in the run's weight store, not in the model) runs keep their trained weights in
-    ``checkpoint/`` only.
-    """
-    if model_cfg.quant is not None:
-        return "model.quant runs hold forwardonly's own quantized layers, which no Hugging Face class loads"
-    if model_cfg.offload is not None:
-        return "model.offload runs keep the weights in their weight store, not in the model"
-    return None
-
-
-def save_final(model, tokenizer, dest) -> Path:
-    """Write ``model`` (a PEFT model writes its adapter only) and ``tokenizer`` to ``dest`` atomically."""
+    ``state_dict``: the weights under standard names when the model does not hold them itself
+    (:meth:`forwardonly.lm.holders.Holder.standard_state`: a streamed model's, read from its store; a
+    quantized model's, dequantized), so that every run's ``final/`` loads with ``from_pretrained``."""
     from transformers.utils import logging as hf_logging
 
     dest = Path(dest)
@@ -57,7 +49,7 @@ def save_final(model, tokenizer, dest) -> Path:
     hf_logging.disable_progress_bar()  # a "Writing model shards" bar per run says nothing
     try:
         with atomic_path(dest) as tmp:
-            model.save_pretrained(tmp)
+            model.save_pretrained(tmp, state_dict=state_dict)
             tokenizer.save_pretrained(tmp)
     finally:
         if bars:
@@ -89,21 +81,24 @@ def export_run(run_dir, out, merge: bool = False) -> Path:
             (``merge_and_unload``); other schemes need no merge.
     """
     from .. import checkpoint
+    from .holders import Holder
     from .train import setup
 
     run_dir, out = Path(run_dir), Path(out)
     cfg = _run_config(run_dir)
     if out.exists():
         raise UserError(f"{out} already exists; choose a new --out (nothing was overwritten)")
-    why_not = unsupported_layout(cfg.model)
-    if why_not is not None:
-        raise UserError(f"{run_dir}: cannot export: {why_not}")
     if merge and cfg.scheme.name not in MERGEABLE:
         hint = ("its weights are the model's own" if cfg.scheme.name not in ADAPTER_SCHEMES
                 else "its virtual tokens have no base weights to merge into")
         raise UserError(f"--merge: the run's scheme is {cfg.scheme.name!r}: {hint}; export without --merge")
-    model, tok, _, _, _ = setup(cfg, log.info)
-    checkpoint.load_trainable(run_dir / "checkpoint", model)
-    if merge:
-        model = model.merge_and_unload()
-    return save_final(model, tok, out)
+    holder = Holder(cfg.model, None, cfg.device)
+    model, tok, _, _, _ = setup(cfg, log.info, holder)
+    holder.attach(model)
+    try:
+        checkpoint.load_trainable(run_dir / "checkpoint", model, write=holder.load_trainable)
+        if merge:
+            model = model.merge_and_unload()
+        return save_final(model, tok, out, state_dict=holder.standard_state(model))
+    finally:
+        holder.detach()

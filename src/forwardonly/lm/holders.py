@@ -181,6 +181,31 @@ class Holder:
             out.update({name: self.store.tensor(store_name) for name, store_name in self._streamed_names(model).items()})
         return out
 
+    def standard_state(self, model) -> dict[str, torch.Tensor] | None:
+        """The model's weights under the standard names a plain Hugging Face model of its config loads
+        (``save_pretrained(state_dict=...)``), or None when the model holds them itself: a streamed
+        model's are read from the store, a quantized model's layers are dequantized (in ``model.dtype``)."""
+        if self.cfg.quant is None and self.streamer is None:
+            return None
+        out = {n: b for n, b in model.named_buffers() if n.rsplit(".", 1)[-1] not in ("qweight", "zeros")}
+        if self.cfg.quant is None:
+            out.update(self.all_weights(model))
+            return out
+        from ..quant import QuantEmbedding, QuantLinear
+
+        dtype = DTYPES[self.cfg.dtype]
+        quantized = {}
+        for name, m in model.named_modules():
+            if isinstance(m, (QuantLinear, QuantEmbedding)):
+                quantized[name] = m
+                if not getattr(m, "_tied", False):  # a tied head is the embedding again (the config ties them)
+                    out[f"{name}.weight"] = m.dequantized(dtype)
+        for name, p in model.named_parameters():
+            owner = name.rsplit(".", 1)[0]
+            if owner not in quantized or name.endswith(".bias"):
+                out[name] = p.detach()
+        return out
+
     def trainable_state(self, model) -> dict[str, torch.Tensor]:
         """The trainable weights by parameter name, read from wherever they live."""
         trainable = {n for n, p in model.named_parameters() if p.requires_grad}

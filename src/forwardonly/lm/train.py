@@ -47,7 +47,7 @@ from ..errors import UserError
 from ..io import atomic_write_text
 from ..tracking import check_backends, open_trackers
 from .config import TrainConfig
-from .export import save_final, unsupported_layout
+from .export import save_final
 from .holders import Holder
 
 
@@ -316,11 +316,8 @@ def run(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, log=No
         checkpoint.save(ckpt_dir, model, opt, _trainer_json(cfg, state), seedlog, state=holder.trainable_state(model))
         if seedlog is not None:
             seedlog.save(out / "seedlog.json")
-        why_not = unsupported_layout(cfg.model)
-        if why_not is None:
-            summary["final"] = str(save_final(model, tok, out / "final"))  # PEFT adapter, or the whole model
-        else:
-            say(f"no final/: {why_not}; the trained weights are in {ckpt_dir}")
+        # a PEFT adapter, or the whole model (read from a streamed store, dequantized from quantized layers)
+        summary["final"] = str(save_final(model, tok, out / "final", state_dict=holder.standard_state(model)))
     summary.update({k: state[k] for k in ("step", "forwards", "backwards", "train_time_s", "history", "evals")})
     summary["peak_rss_bytes"] = peak_rss_bytes()
     if zo:
