@@ -1,7 +1,7 @@
 """Checkpoints of fine-tuning runs, and the seed log that replays a ZO run onto its base model.
 
-A checkpoint is a directory written atomically (a crash leaves the previous
-one whole)::
+A checkpoint is a directory written atomically (a crash or a full disk leaves
+the previous one whole and loadable; see :mod:`forwardonly.io`)::
 
     checkpoint/
       trainable.safetensors   the trainable parameters, by name
@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from .errors import UserError
-from .io import atomic_path
+from .io import atomic_path, recover
 
 FORMAT = 1
 
@@ -129,11 +129,18 @@ def load_trainable(directory, model) -> None:
 def load(directory, model, optimizer) -> dict:
     """Restore weights and optimizer state; returns ``trainer.json``."""
     directory = Path(directory)
+    recover(directory)  # a write killed between its two renames left the previous checkpoint aside
     trainer_path = directory / "trainer.json"
     if not trainer_path.is_file():
         raise UserError(f"no checkpoint in {directory} (missing trainer.json)")
-    trainer = json.loads(trainer_path.read_text())
+    try:
+        trainer = json.loads(trainer_path.read_text())
+    except ValueError as e:
+        raise UserError(f"{trainer_path}: corrupt checkpoint ({e})") from None
     load_trainable(directory, model)
-    state = torch.load(directory / "optimizer.pt", map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(directory / "optimizer.pt", map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError) as e:
+        raise UserError(f"{directory / 'optimizer.pt'}: missing or corrupt checkpoint ({e})") from None
     optimizer.load_state_dict(state)
     return trainer

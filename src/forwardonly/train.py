@@ -36,7 +36,8 @@ from . import checkpoint
 from .bench.measure import peak_rss_bytes
 from .config import to_dict
 from .errors import UserError
-from .io import atomic_write_text
+from .errors import WriteError
+from .io import atomic_write_text, recover
 from .train_config import TrainConfig
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -163,8 +164,13 @@ def run(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, log=No
     log = log or (lambda msg: print(msg, file=sys.stderr))
     out = Path(cfg.out_dir) if cfg.out_dir else None
     ckpt_dir = out / "checkpoint" if out else None
-    if resume and (ckpt_dir is None or not (ckpt_dir / "trainer.json").is_file()):
-        raise UserError(f"--resume: no checkpoint in {ckpt_dir or '(no out_dir)'}")
+    if resume and ckpt_dir is None:
+        raise UserError("--resume needs out_dir (the run to continue)")
+    if ckpt_dir is not None:
+        recover(ckpt_dir)  # a checkpoint write killed between its renames left the previous one aside
+    fresh_start = resume and not (ckpt_dir / "trainer.json").is_file()
+    if fresh_start:  # killed before its first checkpoint: rerunning the same command starts it over
+        resume = False
     if not resume and ckpt_dir is not None and ckpt_dir.exists():
         raise UserError(f"{out} already holds a run; pass --resume to continue it or choose another out_dir")
     if cfg.threads:
@@ -174,6 +180,8 @@ def run(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, log=No
     main_rank = comm is None or comm.rank == 0
     say = log if main_rank else (lambda msg: None)
 
+    if fresh_start:
+        say(f"--resume: no checkpoint in {ckpt_dir} yet; starting from step 0")
     model, tok, task, objective, params = setup(cfg, say)
     n_train = sum(p.numel() for p in params)
     say(f"{type(model).__name__}: {n_train:,} trainable of {sum(p.numel() for p in model.parameters()):,} "
@@ -200,7 +208,10 @@ def run(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, log=No
         return evaluate(model, tok, task, split, batch_size=cfg.eval_batch_size, max_examples=limit,
                         device=cfg.device, progress=progress and main_rank, max_length=cfg.task.max_length)
 
-    state = {"step": 0, "forwards": 0, "backwards": 0, "train_time_s": 0.0, "history": [], "evals": []}
+    # Everything a resumed run needs to continue exactly, saved in trainer.json: the losses since the
+    # last metrics row ("recent") and the score before training are part of it.
+    state = {"step": 0, "forwards": 0, "backwards": 0, "train_time_s": 0.0, "history": [], "evals": [],
+             "recent": [], "test_before": None}
     if resume:
         saved = checkpoint.load(ckpt_dir, model, opt)
         state.update({k: saved[k] for k in state if k in saved})
@@ -213,9 +224,11 @@ def run(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, log=No
         atomic_write_text(out / "config.json", json.dumps(to_dict(cfg), indent=1) + "\n")
 
     summary: dict = {"config": to_dict(cfg), "trainable_parameters": n_train}
+    if state["test_before"] is not None:
+        summary["test_before"] = state["test_before"]
     if cfg.eval_before and not resume:
         if cfg.test:
-            summary["test_before"] = score(cfg.task.test_split, cfg.task.max_test)
+            summary["test_before"] = state["test_before"] = score(cfg.task.test_split, cfg.task.max_test)
             say(f"before: {cfg.task.test_split} {_fmt(summary['test_before'])}")
         if cfg.validate:
             state["evals"].append({"step": 0, **score(cfg.task.eval_split, cfg.task.max_eval)})
@@ -224,7 +237,7 @@ def run(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, log=No
     per_step = cfg.batch_size * cfg.accum_steps
     metrics_path = out / "metrics.jsonl" if out and main_rank else None
     if metrics_path is not None:
-        kept = [r for r in _read_jsonl(metrics_path) if r.get("step", 0) <= state["step"]] if resume else []
+        kept = [r for r in _read_metrics(metrics_path) if r.get("step", 0) <= state["step"]] if resume else []
         atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
 
     bar = None
@@ -233,7 +246,7 @@ def run(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, log=No
 
         bar = tqdm(total=cfg.steps, initial=state["step"], desc="train", unit="step", dynamic_ncols=True)
     model.train(not zo)  # ZO: eval mode, so dropout cannot make the two perturbed losses differ by noise
-    recent: list[float] = []
+    recent: list[float] = state["recent"]
     try:
         while state["step"] < cfg.steps:
             t = state["step"]
@@ -268,11 +281,10 @@ def run(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, log=No
             if state["step"] % cfg.log_every == 0 or state["step"] == cfg.steps:
                 row = {"step": state["step"], "loss": sum(recent) / len(recent) if recent else float("nan"),
                        "lr": lr, "forwards": state["forwards"], "train_time_s": round(state["train_time_s"], 3)}
-                recent = []
+                recent.clear()
                 state["history"].append(row)
                 if metrics_path is not None:
-                    with open(metrics_path, "a") as f:
-                        f.write(json.dumps(row) + "\n")
+                    _append_line(metrics_path, json.dumps(row))
             if cfg.validate and cfg.eval_every and state["step"] % cfg.eval_every == 0 and state["step"] < cfg.steps:
                 state["evals"].append({"step": state["step"], **score(cfg.task.eval_split, cfg.task.max_eval)})
                 say(f"step {state['step']}: {cfg.task.eval_split} {_fmt(state['evals'][-1])}")
@@ -282,7 +294,8 @@ def run(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, log=No
         if bar is not None:
             bar.close()
 
-    if cfg.validate:
+    # (a run resumed after its final checkpoint already holds this evaluation)
+    if cfg.validate and not (state["evals"] and state["evals"][-1]["step"] == state["step"]):
         state["evals"].append({"step": state["step"], **score(cfg.task.eval_split, cfg.task.max_eval)})
         say(f"step {state['step']}: {cfg.task.eval_split} {_fmt(state['evals'][-1])}")
     if cfg.test:
@@ -346,10 +359,30 @@ def _fmt(metrics: dict) -> str:
     return ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items() if k != "step")
 
 
-def _read_jsonl(path: Path) -> list[dict]:
+def _read_metrics(path: Path) -> list[dict]:
+    """The rows of ``metrics.jsonl``; a last line cut short by a crash mid-append is dropped."""
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = path.read_text().split("\n")
+    rows = []
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            if i == len(lines):  # no newline after it: the append never finished
+                break
+            raise UserError(f"{path}:{i}: not a JSON metrics row: {line[:80]!r}") from None
+    return rows
+
+
+def _append_line(path: Path, line: str) -> None:
+    try:
+        with open(path, "a") as f:
+            f.write(line + "\n")
+    except OSError as e:
+        raise WriteError(e.errno, f"cannot write {path}: {e.strerror}") from e
 
 
 def replay_seedlog(path, device: str = "cpu"):

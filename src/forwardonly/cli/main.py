@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-from ..errors import UserError
+from ..errors import RunError, UserError
 
 SUBCOMMANDS = ("demo", "train", "eval", "models", "data", "local", "report")
 
@@ -47,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"forwardonly {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except RunError as e:  # a full disk, a dead peer: what was saved before is intact
+        print(f"forwardonly {args.command}: error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
