@@ -205,8 +205,10 @@ def trial(i: int, kind: str, rng: random.Random, args, cmd_of, points, ref_secon
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--kills", type=int, default=20, help="trials, one SIGKILL and one --resume each (default 20)")
-    p.add_argument("--steps", type=int, default=40, help="training steps of the run (default 40)")
+    p.add_argument("--steps", type=int, default=24, help="training steps of the run (default 24)")
     p.add_argument("--seed", type=int, default=0, help="seed of the kill points and times (default 0)")
+    p.add_argument("--io-in", metavar="NAME", help="io kills only inside writes of this file or directory "
+                   "(e.g. checkpoint); default: any atomic write")
     p.add_argument("--out", help="result record (JSON); default: print it only")
     p.add_argument("--work", help="working directory (default: a temporary one, removed at the end)")
     p.add_argument("--keep", action="store_true", help="keep every trial's run directory")
@@ -234,7 +236,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     writes = json.loads((work / "writes.json").read_text())
     points = [{"write": n, "op": k, "when": w} for n, wr in enumerate(writes) for k in range(len(wr["ops"]))
-              for w in ("before", "after")]
+              for w in ("before", "after") if args.io_in in (None, wr["dest"])]
+    if not points:
+        p.error(f"--io-in {args.io_in}: the run writes no such file")
     ref = snapshot(work / "reference")
     rng = random.Random(args.seed)
     trials = []
@@ -257,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         "io_points": len(points),
         "per_trial": trials,
     }
-    config = {"kills": args.kills, "steps": args.steps, "seed": args.seed, "overrides": ov[1:],
+    config = {"kills": args.kills, "steps": args.steps, "seed": args.seed, "io_in": args.io_in, "overrides": ov[1:],
               "model": "tiny_model('llama', seed=0)", "compared": sorted(ref)}
     record = make_record("faults/kill_resume", config, results,
                          command=" ".join(["python", "benchmarks/faults/kill_resume.py", *(argv or sys.argv[1:])]))
