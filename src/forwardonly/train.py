@@ -176,7 +176,7 @@ def run(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, log=No
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
 
-    comm = init_from_env() if cfg.nproc > 1 or "WORLD_SIZE" in os.environ else None
+    comm = init_from_env(timeout_s=cfg.dist_timeout_s) if cfg.nproc > 1 or "WORLD_SIZE" in os.environ else None
     main_rank = comm is None or comm.rank == 0
     say = log if main_rank else (lambda msg: None)
 
