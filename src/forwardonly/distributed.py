@@ -285,6 +285,15 @@ class DataParallel:
                 self.comm.all_reduce_mean_(fo)
         return super().apply_grads(step, grads, closure=closure, loss=loss)
 
+    def _first_order(self, closure):
+        # hybrid ZO/FO, reduce="losses": its unperturbed loss (the one-sided estimate's base point, and
+        # the non-finite check that skips a step) must be the global one, or the ranks' updates diverge
+        loss = super()._first_order(closure)
+        if self._dp_local:
+            return loss
+        total, = self.comm.all_reduce_sum([loss * self.accum_steps])
+        return total / (self.accum_steps * self.comm.world_size)
+
     def _call(self, closure):
         if self._dp_local:
             return super()._call(closure)
@@ -344,7 +353,9 @@ def distribute(optimizer: ZOOptimizer, comm: Comm, mode: str = "data", reduce: s
     ZO/FO optimizer (``zo-sgd-hybrid``) is the one that sends more than scalars: in data mode
     its first-order part's gradients are averaged over ranks too (one all-reduce of those
     parameters' size per step); in probe mode every rank computes the same first-order
-    gradient on the shared batch and nothing extra is sent.
+    gradient on the shared batch and nothing extra is sent. The bytes per step of every
+    optimizer, mode and ``q`` are tabled in ``benchmarks/distributed/README.md`` ("Bytes per
+    rank per step") and tested in ``tests/test_distributed.py``.
     """
     from .optim.forward_grad import ForwardGrad
 
