@@ -270,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({k: v for k, v in results.items() if k != "per_trial"}))
     if not args.work and not args.keep:
         shutil.rmtree(work, ignore_errors=True)
-    ok = results["bitwise_equal"] == len(trials) and results["corrupt_checkpoints"] == 0
+    ok = (results["bitwise_equal"] == len(trials) == results["kills"]) and results["corrupt_checkpoints"] == 0
     return 0 if ok else 1
 
 
