@@ -136,7 +136,7 @@ def _with_defaults(cfg: dict) -> dict:
     existed group with those written after, at that key's default); other configs unchanged."""
     try:
         from ..config import load_config, to_dict
-        from ..train_config import TrainConfig
+        from ..lm.config import TrainConfig
 
         return to_dict(load_config(TrainConfig, None, None, base=cfg))
     except Exception:  # not a TrainConfig (local learning, memory records) or from a newer version
@@ -184,7 +184,7 @@ def summarise_group(g: dict) -> dict:
 def _section_defaults() -> dict:
     try:
         from ..config import to_dict
-        from ..train_config import TrainConfig
+        from ..lm.config import TrainConfig
 
         return to_dict(TrainConfig())
     except Exception:  # pragma: no cover - the training extras are missing
