@@ -63,10 +63,9 @@ def test_recover_leaves_a_live_writer_alone(tmp_path):
 def test_a_failed_write_raises_and_keeps_the_previous_file(tmp_path):
     dest = tmp_path / "x.json"
     io.atomic_write_text(dest, "previous")
-    with pytest.raises(ValueError):
-        with io.atomic_path(dest) as tmp:
-            tmp.write_text("half")
-            raise ValueError("writer bug")  # not a write failure: passes through unchanged
+    with pytest.raises(ValueError), io.atomic_path(dest) as tmp:
+        tmp.write_text("half")
+        raise ValueError("writer bug")  # not a write failure: passes through unchanged
     assert dest.read_text() == "previous"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.json"]
 
@@ -80,10 +79,9 @@ def test_full_disk_names_the_destination(tmp_path, monkeypatch):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(torch, "save", full)
-    with pytest.raises(WriteError) as e:
-        with io.atomic_path(dest) as tmp:
-            tmp.mkdir()
-            torch.save({"w": torch.ones(3)}, tmp / "w.pt")
+    with pytest.raises(WriteError) as e, io.atomic_path(dest) as tmp:
+        tmp.mkdir()
+        torch.save({"w": torch.ones(3)}, tmp / "w.pt")
     assert e.value.errno == errno.ENOSPC and isinstance(e.value, (OSError, RunError))
     assert str(e.value) == f"cannot write {dest}: No space left on device; {dest} was left as it was"
     assert (dest / "a.txt").read_text() == "previous"

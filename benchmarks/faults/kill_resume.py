@@ -188,7 +188,7 @@ def trial(i: int, kind: str, rng: random.Random, args, cmd_of, points, ref_secon
     res = run([*cmd, "--resume"], resume_log)
     out["resume_s"] = round(time.monotonic() - t0, 1)
     out["resume_exit"] = res.returncode
-    m = re.search(r"^resumed .* at step (\d+)$", resume_log.read_text(), re.M)
+    m = re.search(r"^resumed .* at step (\d+)$", resume_log.read_text(), re.MULTILINE)
     out["resumed_at"] = int(m.group(1)) if m else 0
     got = snapshot(run_dir) if res.returncode == 0 else {}
     out["differs"] = sorted(k for k in ref if got.get(k) != ref[k])

@@ -88,7 +88,7 @@ def recover(dest: str | os.PathLike) -> None:
     pattern = re.compile(rf"^\.{re.escape(dest.name)}\.(old|tmp)(\d+)(\..*)?$")
     for entry in dest.parent.iterdir():
         m = pattern.match(entry.name)
-        if m and not _alive(int(m.group(2))):
+        if m and not process_alive(int(m.group(2))):
             (olds if m.group(1) == "old" else scratch).append(entry)
     if olds and not dest.exists():
         newest = max(olds, key=lambda p: p.stat().st_mtime_ns)
@@ -122,7 +122,8 @@ def _nearly_full(path: Path) -> bool:
     return st.f_bfree * st.f_frsize < _FULL_BYTES
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` (on this host) still runs; an exited one not yet reaped by its parent does not."""
     if pid == os.getpid():
         return True
     try:
@@ -131,7 +132,11 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # Z: a zombie
+    except OSError:  # no /proc: trust kill()
+        return True
 
 
 def _fsync_tree(path: Path) -> None:

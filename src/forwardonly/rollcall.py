@@ -28,6 +28,8 @@ import os
 import socket
 import time
 
+from .io import process_alive
+
 
 class RollCall:
     """Which ranks did not reach a failed collective (see the module docstring).
@@ -86,21 +88,7 @@ class RollCall:
             return f"rank {rank} did not report within {self.grace_s:g}s"
         if who["host"] != self.host:
             return f"rank {rank} (pid {who['pid']} on {who['host']}) did not report within {self.grace_s:g}s"
-        if _alive(who["pid"]):
+        if process_alive(who["pid"]):
             return f"rank {rank} (pid {who['pid']} on this host) is still running: it hangs"
         return f"rank {rank} (pid {who['pid']} on this host) has exited"
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # a zombie (exited, not yet reaped by its launcher) counts as exited
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return True

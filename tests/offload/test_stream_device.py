@@ -43,7 +43,7 @@ class NoSynchronize(ThreadStreams):
 def streamed_pair(tmp_path, monkeypatch, streams: Streams, steps=3):
     monkeypatch.setattr(stream_mod, "default_streams", lambda device: streams)
     return test_streamed_zo.run_pair(tmp_path, test_streamed_zo.llama4(), steps=steps, tier="memory", mode="copy",
-                                     opt_kw=dict(weight_decay=0.1))
+                                     opt_kw={"weight_decay": 0.1})
 
 
 @pytest.mark.parametrize("streams", [ThreadStreams(lazy=True), ThreadStreams(delay_s=0.002)], ids=["lazy", "late"])
@@ -58,7 +58,7 @@ def test_streamed_zo_through_the_stand_in_is_bitwise_the_in_memory_run(tmp_path,
 
 def test_a_missing_compute_wait_reads_stale_weights(tmp_path, monkeypatch):
     streams = NoComputeWait(lazy=True)
-    ref, _, ref_losses, model, _, zo, losses = streamed_pair(tmp_path, monkeypatch, streams, steps=2)
+    _, _, ref_losses, _, _, _, losses = streamed_pair(tmp_path, monkeypatch, streams, steps=2)
     assert losses != ref_losses
     streams.close()
 

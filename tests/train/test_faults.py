@@ -28,7 +28,7 @@ def test_killed_runs_resume_bitwise(tmp_path):
     out = tmp_path / "record.json"
     res = subprocess.run([sys.executable, str(SCRIPT), "--kills", "3", "--steps", "12", "--io-in", "checkpoint",
                           "--out", str(out), "--work", str(tmp_path / "work")],
-                         capture_output=True, text=True, timeout=900)
+                         capture_output=True, text=True, timeout=900, check=False)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     r = json.loads(out.read_text())["results"]
     assert (r["trials"], r["kills"], r["bitwise_equal"], r["corrupt_checkpoints"]) == (3, 3, 3, 0), r
@@ -74,7 +74,7 @@ def _can_mount_tmpfs() -> bool:
     if shutil.which("unshare") is None:
         return False
     probe = subprocess.run(["unshare", "-m", "sh", "-c", "mount -t tmpfs -o size=64k tmpfs /mnt"],
-                           capture_output=True, timeout=30)
+                           capture_output=True, timeout=30, check=False)
     return probe.returncode == 0
 
 
@@ -95,7 +95,7 @@ def test_full_disk_on_a_real_file_system(ov, tmp_path):
         {train} --resume > /dev/null 2> {tmp_path}/resume.err; echo $? > {tmp_path}/resume.rc
         cp {mnt}/run/checkpoint/trainer.json {tmp_path}/final.json
     """
-    res = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, timeout=600,
+    res = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, timeout=600, check=False,
                          env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
     assert res.returncode == 0, res.stderr
     first_err = (tmp_path / "first.err").read_text().strip().splitlines()

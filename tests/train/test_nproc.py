@@ -93,10 +93,10 @@ def test_a_lost_rank_stops_the_run_with_an_error_naming_it(ov, tmp_path, request
         t0 = time.monotonic()
         if fault == "dies":
             pattern = re.compile(r"Root Cause \(first observed failure\):\s*\[0\]:.*?rank\s*: 1 \(local_rank: 1\)"
-                                 r"\s*exitcode\s*: -9", re.S)
+                                 r"\s*exitcode\s*: -9", re.DOTALL)
         else:
             pattern = re.compile(r"^forwardonly train: error: rank 0/2: \S+ #\d+ failed after [0-9.]+s \(timeout "
-                                 rf"3.0s\): rank 1 \(pid {victim} on this host\) is still running: it hangs\. ", re.M)
+                                 rf"3.0s\): rank 1 \(pid {victim} on this host\) is still running: it hangs\. ", re.MULTILINE)
         while not pattern.search(err_path.read_text()) and time.monotonic() - t0 < 60:
             time.sleep(0.05)
         named_after = time.monotonic() - t0

@@ -135,7 +135,7 @@ class _Stream:
             if fn is None:
                 return
             with self._cond:
-                self._cond.wait_for(lambda: self._allowed >= i)
+                self._cond.wait_for(lambda i=i: self._allowed >= i)
             try:
                 fn()
             except BaseException as e:  # noqa: BLE001 - raised on the host's next wait or synchronize
