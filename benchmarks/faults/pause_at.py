@@ -66,9 +66,10 @@ class Injector:
             k = len(ops)
             ops.append(label)
             self._maybe_pause(n, k, "before", label)
-            out = fn(*args, **kw)
-            self._maybe_pause(n, k, "after", label)
-            return out
+            try:
+                return fn(*args, **kw)
+            finally:  # after it, whether it returned or raised (Path.mkdir(exist_ok=True) catches FileExistsError)
+                self._maybe_pause(n, k, "after", label)
 
         return hooked
 
