@@ -34,7 +34,8 @@ class Train:
     @staticmethod
     def add_arguments(p):
         p.add_argument("--config", help="YAML config (a TrainConfig); see configs/")
-        p.add_argument("--resume", action="store_true", help="continue the run in out_dir from its last checkpoint (from step 0 if it has none yet)")
+        p.add_argument("--resume", action="store_true",
+                       help="continue the run in out_dir from its last checkpoint (from step 0 if it has none yet)")
         p.add_argument("--nproc", type=int, default=None,
                        help="processes for distributed ZO (starts torchrun; gloo on CPU, NCCL on CUDA)")
         p.add_argument("--no-progress", action="store_true", help="no progress bar")
