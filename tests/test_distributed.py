@@ -191,7 +191,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_ranks(task: dict, out: Path, timeout: float = 120.0, only_rank0: bool = False):
+def run_ranks(task: dict, out: Path, timeout: float = 900.0, only_rank0: bool = False):
     """Start WORLD rank processes with torchrun's environment and wait for all of them.
 
     Returns ``[(returncode, stderr)]`` per rank (returncode None: still running
