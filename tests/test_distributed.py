@@ -391,7 +391,7 @@ def stop_seconds(out: Path, survivor: int) -> float:
 
 def test_killed_rank_stops_the_other_with_a_clear_error(tmp_path):
     """A dead rank: gloo sees the closed connection at once, then a roll call of min(5 s, timeout) names it."""
-    results, _ = run_ranks({"kind": "kill", "timeout_s": 2.0}, tmp_path, timeout=90.0)
+    results, _ = run_ranks({"kind": "kill", "timeout_s": 2.0}, tmp_path)
     (code0, err0), (code1, _) = results
     assert code1 == 3
     assert code0 not in (0, None)
@@ -404,7 +404,7 @@ def test_killed_rank_stops_the_other_with_a_clear_error(tmp_path):
 
 def test_hung_rank_times_out_and_is_named(tmp_path):
     """A rank alive but stuck: the collective times out (2 s), then the roll call (2 s) names it."""
-    results, _ = run_ranks({"kind": "kill", "hang": True, "timeout_s": 2.0}, tmp_path, timeout=90.0,
+    results, _ = run_ranks({"kind": "kill", "hang": True, "timeout_s": 2.0}, tmp_path,
                            only_rank0=True)
     (code0, err0), (code1, _) = results
     assert code1 is None  # still asleep when rank 0 gave up
@@ -416,7 +416,7 @@ def test_hung_rank_times_out_and_is_named(tmp_path):
 
 def test_dead_store_host_is_named(tmp_path):
     """Without torchrun rank 0 hosts the rendezvous store: when it dies, rank 1 names it all the same."""
-    results, _ = run_ranks({"kind": "kill", "victim": 0, "timeout_s": 2.0}, tmp_path, timeout=90.0)
+    results, _ = run_ranks({"kind": "kill", "victim": 0, "timeout_s": 2.0}, tmp_path)
     (code0, _), (code1, err1) = results
     assert code0 == 3 and code1 not in (0, None)
     assert "rank 1/2: " in err1 and ("rank 0 (the store's host when started without torchrun)" in err1 or "rank 0 (pid" in err1), err1[-2000:]
