@@ -75,11 +75,16 @@ def forwardonly(*args: str) -> list[str]:
     return [sys.executable, "-m", "forwardonly.cli.main", *args]
 
 
-def run(cmd: list[str], log: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+def run(cmd: list[str], log: Path, timeout: float = 3600) -> subprocess.CompletedProcess:
+    """Run ``cmd`` with its output in ``log``; one that outlives ``timeout`` counts as exit status 124."""
     with open(log, "a") as f:
         f.write(f"$ {' '.join(cmd)}\n")
         f.flush()
-        return subprocess.run(cmd, env=env(), stdout=f, stderr=f, timeout=timeout, check=False)
+        try:
+            return subprocess.run(cmd, env=env(), stdout=f, stderr=f, timeout=timeout, check=False)
+        except subprocess.TimeoutExpired:
+            f.write(f"(timed out after {timeout}s)\n")
+            return subprocess.CompletedProcess(cmd, 124)
 
 
 # ----------------------------------------------------------------------------- what must match
