@@ -37,6 +37,12 @@ _FULL_BYTES = 1 << 20
 _WRITE_ERRNOS = {_errno.ENOSPC, _errno.EDQUOT, _errno.EROFS, _errno.EFBIG, _errno.EIO}
 
 
+def cache_root() -> Path:
+    """Where forwardonly keeps what it builds once (converted models, kernels, fetched data):
+    ``$FORWARDONLY_CACHE``, else ``~/.cache/forwardonly``."""
+    return Path(os.environ.get("FORWARDONLY_CACHE") or Path.home() / ".cache" / "forwardonly")
+
+
 @contextlib.contextmanager
 def atomic_path(dest: str | os.PathLike):
     """Yield a temporary path next to ``dest``; on success it replaces ``dest``.

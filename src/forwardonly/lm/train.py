@@ -6,7 +6,15 @@ examples (a pure function of the seed and the step, so a resumed run sees the
 same data), sets the learning rate of the schedule, and calls
 ``optimizer.step(closure)``, whose closure runs forward passes only (first-order
 baselines call ``backward`` instead). It logs metrics as JSONL, evaluates
-periodically, writes checkpoints atomically and keeps the seed log.
+periodically, writes checkpoints atomically and keeps the seed log. It ends by
+writing ``final/`` with ``save_pretrained`` (:mod:`forwardonly.lm.export`).
+
+``metrics.jsonl`` holds one row per line: training rows ``{"step", "loss", "lr",
+"forwards", "train_time_s"}`` (ZO runs add ``projected_grad``, the last step's mean
+over probes) and evaluation rows ``{"step", "split", "forwards", METRIC...}`` (the
+test split before training at step 0 and after it at the last step). The same rows
+go to the ``report_to`` trackers (:mod:`forwardonly.tracking`). Progress messages go
+through the ``logging`` logger ``forwardonly``.
 
 Example::
 
@@ -22,10 +30,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import os
 import random
-import sys
 import time
 from pathlib import Path
 
@@ -36,9 +44,12 @@ from ..bench.measure import peak_rss_bytes
 from ..config import to_dict
 from ..errors import UserError, WriteError
 from ..io import atomic_write_text, recover
+from ..tracking import check_backends, open_trackers
 from .config import TrainConfig
+from .export import save_final
+from .holders import Holder
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+logger = logging.getLogger("forwardonly")
 
 
 # ----------------------------------------------------------------------------- building blocks
@@ -103,9 +114,13 @@ def build_optimizer(cfg: TrainConfig, params: list, names: list[str] | None = No
         raise UserError(f"optim: {e}") from None
 
 
-def setup(cfg: TrainConfig, log=lambda msg: None):
-    """Model (with the scheme applied), tokenizer, task, objective, trainable parameters."""
-    from ..models import apply_scheme, load_model, trainable_parameters
+def setup(cfg: TrainConfig, log=lambda msg: None, holder: Holder | None = None):
+    """Model (with the scheme applied), tokenizer, task, objective, trainable parameters.
+
+    ``holder`` (default: a new :class:`~forwardonly.lm.holders.Holder` of ``cfg.model``) loads the
+    model as configured (quantized, streamed, ...); attach it before running the model.
+    """
+    from ..models import apply_scheme, trainable_parameters
     from ..tasks import get_task, make_objective
 
     task = get_task(cfg.task.name)
@@ -114,9 +129,8 @@ def setup(cfg: TrainConfig, log=lambda msg: None):
             raise UserError(f"task '{task.name}' has no split {split!r}; it has {sorted(task.splits)}")
     log(f"loading {cfg.model.name} ({cfg.model.dtype}) ...")
     torch.manual_seed(cfg.seed)  # a newly initialised head (classifiers) is part of the base model: seed it
-    model, tok = load_model(cfg.model.name, dtype=DTYPES[cfg.model.dtype], device=cfg.device,
-                            kind=cfg.model.kind, num_labels=max(2, len(task.label_names)),
-                            attn_implementation=_attention(cfg))
+    holder = holder or Holder(cfg.model, cfg.out_dir, cfg.device)
+    model, tok = holder.load(num_labels=max(2, len(task.label_names)), attn_implementation=_attention(cfg))
     if cfg.model.chunk_feedforward:
         from ..models.chunking import chunk_feedforward
 
@@ -147,7 +161,7 @@ def run(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, log=No
     from ..distributed import distribute, init_from_env, shutdown
     from ..tasks import evaluate
 
-    log = log or (lambda msg: print(msg, file=sys.stderr))
+    log = log or logger.info
     out = Path(cfg.out_dir) if cfg.out_dir else None
     ckpt_dir = out / "checkpoint" if out else None
     if resume and ckpt_dir is None:
@@ -159,6 +173,7 @@ def run(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, log=No
         resume = False
     if not resume and ckpt_dir is not None and ckpt_dir.exists():
         raise UserError(f"{out} already holds a run; pass --resume to continue it or choose another out_dir")
+    check_backends(cfg.report_to)  # a missing tracking library stops the run before anything is written
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
 
@@ -168,7 +183,8 @@ def run(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, log=No
 
     if fresh_start:
         say(f"--resume: no checkpoint in {ckpt_dir} yet; starting from step 0")
-    model, tok, task, objective, params = setup(cfg, say)
+    holder = Holder(cfg.model, out, cfg.device)
+    model, tok, task, objective, params = setup(cfg, say, holder)
     n_train = sum(p.numel() for p in params)
     say(f"{type(model).__name__}: {n_train:,} trainable of {sum(p.numel() for p in model.parameters()):,} "
         f"parameters (scheme {cfg.scheme.name})")
@@ -183,6 +199,7 @@ def run(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, log=No
             raise UserError(f"batch_size*accum_steps={cfg.batch_size * cfg.accum_steps} is not divisible by "
                             f"the {comm.world_size} ranks of data-parallel training")
         opt = distribute(opt, comm, mode=cfg.dist_mode)
+    holder.attach(model, opt if zo else None)  # streaming, mixed precision: from here on
     seedlog = checkpoint.SeedLog(to_dict(cfg.optim) | {"seed": cfg.seed, "accum_steps": cfg.accum_steps},
                                  to_dict(cfg.model) | {"num_labels": max(2, len(task.label_names))},
                                  to_dict(cfg.scheme)) if zo and caps.replay else None
@@ -200,7 +217,7 @@ def run(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, log=No
     state = {"step": 0, "forwards": 0, "backwards": 0, "train_time_s": 0.0, "history": [], "evals": [],
              "recent": [], "test_before": None}
     if resume:
-        saved = checkpoint.load(ckpt_dir, model, opt)
+        saved = checkpoint.load(ckpt_dir, model, opt, write=holder.load_trainable)
         state.update({k: saved[k] for k in state if k in saved})
         if seedlog is not None and (ckpt_dir / "seedlog.json").is_file():
             seedlog.entries = checkpoint.SeedLog.load(ckpt_dir / "seedlog.json").entries
@@ -213,28 +230,37 @@ def run(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, log=No
     summary: dict = {"config": to_dict(cfg), "trainable_parameters": n_train}
     if state["test_before"] is not None:
         summary["test_before"] = state["test_before"]
-    if cfg.eval_before and not resume:
-        if cfg.test:
-            summary["test_before"] = state["test_before"] = score(cfg.task.test_split, cfg.task.max_test)
-            say(f"before: {cfg.task.test_split} {_fmt(summary['test_before'])}")
-        if cfg.validate:
-            state["evals"].append({"step": 0, **score(cfg.task.eval_split, cfg.task.max_eval)})
-            say(f"step 0: {cfg.task.eval_split} {_fmt(state['evals'][-1])}")
+    # A run resumed after its final checkpoint scores the end again: its final evaluation (and their
+    # metrics rows) would be there twice
+    at_end = resume and state["step"] >= cfg.steps
+    if at_end and state["evals"] and state["evals"][-1]["step"] == state["step"]:
+        state["evals"].pop()
+    rows = _Rows(out / "metrics.jsonl" if out and main_rank else None, state["step"] if resume else None,
+                 open_trackers(cfg.report_to if main_rank else [], out, to_dict(cfg)), drop_evals_at_end=at_end)
 
-    per_step = cfg.batch_size * cfg.accum_steps
-    metrics_path = out / "metrics.jsonl" if out and main_rank else None
-    if metrics_path is not None:
-        kept = [r for r in _read_metrics(metrics_path) if r.get("step", 0) <= state["step"]] if resume else []
-        atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
+    def validate():
+        state["evals"].append({"step": state["step"], **score(cfg.task.eval_split, cfg.task.max_eval)})
+        rows.eval(cfg.task.eval_split, state["evals"][-1], state["forwards"])
+        say(f"step {state['step']}: {cfg.task.eval_split} {_fmt(state['evals'][-1])}")
 
     bar = None
-    if progress and main_rank:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=cfg.steps, initial=state["step"], desc="train", unit="step", dynamic_ncols=True)
-    model.train(not zo)  # ZO: eval mode, so dropout cannot make the two perturbed losses differ by noise
-    recent: list[float] = state["recent"]
     try:
+        if cfg.eval_before and not resume:
+            if cfg.test:
+                summary["test_before"] = state["test_before"] = score(cfg.task.test_split, cfg.task.max_test)
+                rows.eval(cfg.task.test_split, {"step": 0, **summary["test_before"]}, 0)
+                say(f"before: {cfg.task.test_split} {_fmt(summary['test_before'])}")
+            if cfg.validate:
+                validate()
+
+        per_step = cfg.batch_size * cfg.accum_steps
+
+        if progress and main_rank:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=cfg.steps, initial=state["step"], desc="train", unit="step", dynamic_ncols=True)
+        model.train(not zo)  # ZO: eval mode, so dropout cannot make the two perturbed losses differ by noise
+        recent: list[float] = state["recent"]
         while state["step"] < cfg.steps:
             t = state["step"]
             if cfg.budget_forwards is not None and state["forwards"] >= cfg.budget_forwards:
@@ -268,30 +294,36 @@ def run(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, log=No
             if state["step"] % cfg.log_every == 0 or state["step"] == cfg.steps:
                 row = {"step": state["step"], "loss": sum(recent) / len(recent) if recent else float("nan"),
                        "lr": lr, "forwards": state["forwards"], "train_time_s": round(state["train_time_s"], 3)}
+                if zo and opt.zo_state.get("last_grads"):
+                    row["projected_grad"] = sum(opt.zo_state["last_grads"]) / len(opt.zo_state["last_grads"])
                 recent.clear()
                 state["history"].append(row)
-                if metrics_path is not None:
-                    _append_line(metrics_path, json.dumps(row))
+                rows.train(row)
             if cfg.validate and cfg.eval_every and state["step"] % cfg.eval_every == 0 and state["step"] < cfg.steps:
-                state["evals"].append({"step": state["step"], **score(cfg.task.eval_split, cfg.task.max_eval)})
-                say(f"step {state['step']}: {cfg.task.eval_split} {_fmt(state['evals'][-1])}")
+                validate()
             if cfg.save_every and state["step"] % cfg.save_every == 0 and main_rank:
-                checkpoint.save(ckpt_dir, model, opt, _trainer_json(cfg, state), seedlog)
+                checkpoint.save(ckpt_dir, model, opt, _trainer_json(cfg, state), seedlog,
+                                state=holder.trainable_state(model))
+        if bar is not None:
+            bar.close()
+        if cfg.validate:
+            validate()
+        if cfg.test:
+            summary["test_after"] = score(cfg.task.test_split, cfg.task.max_test)
+            rows.eval(cfg.task.test_split, {"step": state["step"], **summary["test_after"]},
+                      state["forwards"])
+            say(f"after: {cfg.task.test_split} {_fmt(summary['test_after'])}")
     finally:
         if bar is not None:
             bar.close()
+        rows.close()
 
-    # (a run resumed after its final checkpoint already holds this evaluation)
-    if cfg.validate and not (state["evals"] and state["evals"][-1]["step"] == state["step"]):
-        state["evals"].append({"step": state["step"], **score(cfg.task.eval_split, cfg.task.max_eval)})
-        say(f"step {state['step']}: {cfg.task.eval_split} {_fmt(state['evals'][-1])}")
-    if cfg.test:
-        summary["test_after"] = score(cfg.task.test_split, cfg.task.max_test)
-        say(f"after: {cfg.task.test_split} {_fmt(summary['test_after'])}")
     if out is not None and main_rank:
-        checkpoint.save(ckpt_dir, model, opt, _trainer_json(cfg, state), seedlog)
+        checkpoint.save(ckpt_dir, model, opt, _trainer_json(cfg, state), seedlog, state=holder.trainable_state(model))
         if seedlog is not None:
             seedlog.save(out / "seedlog.json")
+        # a PEFT adapter, or the whole model (read from a streamed store, dequantized from quantized layers)
+        summary["final"] = str(save_final(model, tok, out / "final", state_dict=holder.standard_state(model)))
     summary.update({k: state[k] for k in ("step", "forwards", "backwards", "train_time_s", "history", "evals")})
     summary["peak_rss_bytes"] = peak_rss_bytes()
     if zo:
@@ -302,6 +334,7 @@ def run(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, log=No
         shutdown()
     if out is not None and main_rank:
         atomic_write_text(out / "summary.json", json.dumps(summary, indent=1) + "\n")
+    holder.detach()
     summary["model"], summary["tokenizer"] = model, tok
     return summary
 
@@ -346,6 +379,36 @@ def _fmt(metrics: dict) -> str:
     return ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items() if k != "step")
 
 
+class _Rows:
+    """Where the metric rows go: ``metrics.jsonl`` (rank 0; on resume, the rows up to the resumed step are
+    kept, less the final evaluations of a run resumed at its end) and the ``report_to`` trackers."""
+
+    def __init__(self, path: Path | None, resumed_at: int | None, trackers, drop_evals_at_end: bool = False):
+        self.path, self.trackers = path, trackers
+        if path is not None:
+            old = _read_metrics(path) if resumed_at is not None else []
+            kept = [r for r in old if r.get("step", 0) < resumed_at or (r.get("step", 0) == resumed_at and not
+                                                                        (drop_evals_at_end and "split" in r))]
+            atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+
+    def _write(self, row: dict) -> None:
+        if self.path is not None:
+            _append_line(self.path, json.dumps(row))
+
+    def train(self, row: dict) -> None:
+        self._write(row)
+        self.trackers.log(row, row["step"], "train")
+
+    def eval(self, split: str, metrics: dict, forwards: int) -> None:
+        step = metrics["step"]
+        self._write({"step": step, "split": split, "forwards": forwards, **{k: v for k, v in metrics.items()
+                                                                             if k != "step"}})
+        self.trackers.log(metrics, step, split)
+
+    def close(self) -> None:
+        self.trackers.close()
+
+
 def _read_metrics(path: Path) -> list[dict]:
     """The rows of ``metrics.jsonl``; a last line cut short by a crash mid-append is dropped."""
     if not path.is_file():
@@ -388,7 +451,7 @@ def _known_options(optim: dict) -> dict:
 def replay_seedlog(path, device: str = "cpu"):
     """Rebuild the fine-tuned ``(model, tokenizer)`` from a seed log and its base model."""
     from ..config import load_config
-    from ..models import apply_scheme, load_model, trainable_parameters
+    from ..models import apply_scheme, trainable_parameters
 
     log = checkpoint.SeedLog.load(path)
     # None meant "the optimizer's default" in logs written before optimizers had typed sections
@@ -398,8 +461,9 @@ def replay_seedlog(path, device: str = "cpu"):
     cfg = load_config(TrainConfig, None, None, base={"model": model_cfg, "scheme": log.scheme, "optim": optim,
                                                       "seed": log.optimizer["seed"]})
     torch.manual_seed(cfg.seed)  # as in setup(): the same newly initialised head, if any
-    model, tok = load_model(cfg.model.name, dtype=DTYPES[cfg.model.dtype], device=device, kind=cfg.model.kind,
-                            num_labels=int(log.model.get("num_labels", 2)), attn_implementation=_attention(cfg))
+    # the updates are replayed in memory (a streamed run's base model is loaded whole)
+    holder = Holder(dataclasses.replace(cfg.model, offload=None), None, device)
+    model, tok = holder.load(num_labels=int(log.model.get("num_labels", 2)), attn_implementation=_attention(cfg))
     model = apply_scheme(model, cfg.scheme.name, **cfg.scheme.options())
     named = trainable_parameters(model)
     opt = build_optimizer(dataclasses.replace(cfg, accum_steps=1), [p for _, p in named], [n for n, _ in named])
