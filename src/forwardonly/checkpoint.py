@@ -1,7 +1,7 @@
 """Checkpoints of fine-tuning runs, and the seed log that replays a ZO run onto its base model.
 
-A checkpoint is a directory written atomically (a crash leaves the previous
-one whole)::
+A checkpoint is a directory written atomically (a crash or a full disk leaves
+the previous one whole and loadable; see :mod:`forwardonly.io`)::
 
     checkpoint/
       trainable.safetensors   the trainable parameters, by name
@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from .errors import UserError
-from .io import atomic_path
+from .io import atomic_path, recover
 
 FORMAT = 1
 
@@ -149,6 +149,7 @@ def load(directory, model, optimizer=None, write=None) -> dict:
     """Restore weights and (when given) optimizer state; returns ``trainer.json`` (``write``: see
     :func:`load_trainable`)."""
     directory = Path(directory)
+    recover(directory)  # a write killed between its two renames left the previous checkpoint aside
     trainer_path = directory / "trainer.json"
     if not trainer_path.is_file():
         raise UserError(f"no checkpoint in {directory} (missing trainer.json)")

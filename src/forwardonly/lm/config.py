@@ -291,6 +291,9 @@ class TrainConfig:
         threads: torch intra-op threads (default: torch's choice).
         nproc: processes for distributed ZO (``torchrun`` is started for you); ``dist_mode``
             ``data`` shards each batch over ranks, ``probe`` gives each rank its own probes.
+        dist_timeout_s: how long a rank waits in a collective for the others (default 300). A
+            rank that hangs stops the others after this plus a roll call of ``min(5, dist_timeout_s)``
+            seconds, with an error naming it; a dead one is seen at once (gloo).
         report_to: tracking backends, any of ``tensorboard``, ``wandb``, ``mlflow`` (each an extra;
             see :mod:`forwardonly.tracking`); needs ``out_dir``.
     """
@@ -317,6 +320,7 @@ class TrainConfig:
     threads: int | None = None
     nproc: int = 1
     dist_mode: Literal["data", "probe"] = "data"
+    dist_timeout_s: float = 300.0
     report_to: list[str] = field(default_factory=list)
 
     def __post_init__(self):
@@ -333,6 +337,8 @@ class TrainConfig:
         for key, low in checks.items():
             if getattr(self, key) < low:
                 raise ValueError(f"{key}={getattr(self, key)} must be at least {low}")
+        if not self.dist_timeout_s > 0:
+            raise ValueError(f"dist_timeout_s={self.dist_timeout_s} must be > 0")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads={self.threads} must be at least 1")
         if self.budget_forwards is not None and self.budget_forwards < 1:

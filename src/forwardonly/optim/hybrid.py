@@ -137,6 +137,8 @@ class ZOFOHybrid(ZOSGD):
                 p.requires_grad_(True)
         self.zo_state["forwards"] += len(calls)
         self.zo_state["backwards"] += len(calls)
+        if self.parallel is not None:  # data-parallel, reduce="losses": the ranks' common loss, or they diverge
+            return self.parallel.reduce_sum(total, len(calls))
         return total / len(calls)
 
     def _estimate(self, closure, step: int, probes: list[int]):
