@@ -8,7 +8,7 @@ Usage (from the repository root)::
     forwardonly report benchmarks/zo_bench/results --out benchmarks/zo_bench/report
 
 An experiment is a folder ``experiments/NAME/`` holding ``overrides.yaml``: the
-keys of a :class:`forwardonly.train_config.TrainConfig` that differ from
+keys of a :class:`forwardonly.lm.config.TrainConfig` that differ from
 ``defaults.yaml``. ``key=value`` arguments after the options apply to every
 experiment (and are recorded in every result). A folder that also holds
 ``NOT_IMPLEMENTED.md`` is declared but skipped: the method it needs does not
@@ -17,7 +17,7 @@ exist yet, and that file says what is missing.
 Before anything runs, ALL files are loaded and checked: an unknown key, a value
 of the wrong type or a model that is not available stops the runner with the
 file (and line) at fault. Then each run is a subprocess (``--child``) that
-trains with :func:`forwardonly.train.run` under
+trains with :func:`forwardonly.lm.train.run` under
 :class:`forwardonly.bench.measure.PeakMemory` and writes
 a new record ``results/runs/NAME.seedN.<UTC time>.json`` with
 :func:`forwardonly.bench.record.make_record`: the resolved config, seed, forward
@@ -62,7 +62,7 @@ def validate(defaults: Path, folders: list[Path], overrides: list[str]) -> tuple
     from forwardonly.config import load_config, to_dict
     from forwardonly.errors import UserError
     from forwardonly.models.loading import resolve
-    from forwardonly.train_config import TrainConfig
+    from forwardonly.lm.config import TrainConfig
 
     load_config(TrainConfig, defaults)  # the defaults alone must be valid: errors then name defaults.yaml
     base = yaml.safe_load(defaults.read_text()) or {}
@@ -91,8 +91,8 @@ def child(spec_path: str) -> int:
     from forwardonly.bench.measure import PeakMemory
     from forwardonly.bench.record import make_record, write_record
     from forwardonly.config import load_config
-    from forwardonly.train import run
-    from forwardonly.train_config import TrainConfig
+    from forwardonly.lm.train import run
+    from forwardonly.lm.config import TrainConfig
 
     spec = json.loads(Path(spec_path).read_text())
     cfg = load_config(TrainConfig, None, None, base=spec["config"])

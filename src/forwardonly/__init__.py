@@ -2,7 +2,7 @@
 
 Zeroth-order optimizers with a ``torch.optim`` API (:mod:`forwardonly.optim`),
 language-model fine-tuning (:mod:`forwardonly.models`, :mod:`forwardonly.tasks`,
-:mod:`forwardonly.train`), forward-only local learning (:mod:`forwardonly.local`)
+:mod:`forwardonly.lm`), forward-only local learning (:mod:`forwardonly.local`)
 and a benchmark toolkit (:mod:`forwardonly.bench`).
 """
 

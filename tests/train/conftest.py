@@ -17,7 +17,7 @@ def tiny_dir(tmp_path_factory):
 def cfg_of(tiny_dir):
     """``cfg_of("steps=3", ...)``: a TrainConfig on the tiny model with small splits."""
     from forwardonly.config import load_config
-    from forwardonly.train_config import TrainConfig
+    from forwardonly.lm.config import TrainConfig
 
     def make(*extra):
         return load_config(TrainConfig, None, overrides(tiny_dir, *extra))

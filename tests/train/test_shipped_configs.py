@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from forwardonly.config import load_config
-from forwardonly.train_config import TrainConfig
+from forwardonly.lm.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = sorted((ROOT / "configs" / "lm").glob("*.yaml")) + [ROOT / "src" / "forwardonly" / "configs" / "demo.yaml"]

@@ -8,8 +8,8 @@ import torch
 from forwardonly.checkpoint import SeedLog
 from forwardonly.config import load_config
 from forwardonly.errors import UserError
-from forwardonly.train import lr_at, replay_seedlog, run, step_examples
-from forwardonly.train_config import TrainConfig
+from forwardonly.lm.train import lr_at, replay_seedlog, run, step_examples
+from forwardonly.lm.config import TrainConfig
 
 def _weights(model):
     return {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -51,7 +51,7 @@ def test_frozen_weights_unchanged_under_lora(cfg_of, tiny_dir):
 
 
 def test_resume_is_bitwise_identical(cfg_of, tmp_path, monkeypatch):
-    import forwardonly.train as train_mod
+    import forwardonly.lm.train as train_mod
 
     common = ("steps=8", "optim.name=zo-sgd-mmt", "optim.lr=1e-3", "optim.schedule=cosine", "optim.warmup_steps=2",
               "accum_steps=2", "test=false", "validate=false", "save_every=4")

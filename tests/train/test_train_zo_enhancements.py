@@ -8,8 +8,8 @@ import torch
 from forwardonly.cli.main import main
 from forwardonly.config import load_config
 from forwardonly.errors import UserError
-from forwardonly.train import replay_seedlog, run
-from forwardonly.train_config import TrainConfig
+from forwardonly.lm.train import replay_seedlog, run
+from forwardonly.lm.config import TrainConfig
 
 QUIET = ("test=false", "validate=false", "scheme.name=full")
 
@@ -66,7 +66,7 @@ def test_hybrid_with_zo_lr_zero_trains_only_the_first_order_part(cfg_of):
 
 
 def test_hybrid_first_order_lr_follows_the_schedule(cfg_of, monkeypatch):
-    import forwardonly.train as train_mod
+    import forwardonly.lm.train as train_mod
 
     seen = []
     real = train_mod._zo_step
@@ -82,7 +82,7 @@ def test_hybrid_first_order_lr_follows_the_schedule(cfg_of, monkeypatch):
 
 
 def test_hybrid_resume_is_bitwise_identical(cfg_of, tmp_path, monkeypatch):
-    import forwardonly.train as train_mod
+    import forwardonly.lm.train as train_mod
 
     common = ("steps=6", "optim.name=zo-sgd-hybrid", "optim.lr=1e-3", "optim.fo_lr=1e-2", "accum_steps=2",
               "save_every=3", *QUIET)

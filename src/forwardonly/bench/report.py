@@ -167,7 +167,7 @@ def _with_defaults(cfg: dict) -> dict:
     if key not in _DEFAULTED:
         try:
             from ..config import load_config, to_dict
-            from ..train_config import TrainConfig
+            from ..lm.config import TrainConfig
 
             full = to_dict(load_config(TrainConfig, None, None, base=cfg))
             _DEFAULTED[key] = {k: v for k, v in full.items() if k not in ("seed", "out_dir")}
@@ -219,7 +219,7 @@ def summarise_group(g: dict) -> dict:
 def _section_defaults() -> dict:
     try:
         from ..config import to_dict
-        from ..train_config import TrainConfig
+        from ..lm.config import TrainConfig
 
         return to_dict(TrainConfig())
     except Exception:  # noqa: BLE001 - the training extras are missing

@@ -30,7 +30,7 @@ class Demo:
     @staticmethod
     def run(args) -> int:
         from ..models import zoo
-        from ..train import run
+        from ..lm.train import run
         from .train import load_train_config
 
         cfg = load_train_config(CONFIG, args.overrides)

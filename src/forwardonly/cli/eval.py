@@ -34,8 +34,8 @@ class Eval:
         from ..config import load_config
         from ..errors import UserError
         from ..tasks import evaluate, get_task
-        from ..train import replay_seedlog, setup
-        from ..train_config import TrainConfig
+        from ..lm.train import replay_seedlog, setup
+        from ..lm.config import TrainConfig
 
         base = None
         if args.run:

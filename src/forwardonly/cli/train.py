@@ -16,7 +16,7 @@ import sys
 
 def load_train_config(path, overrides):
     from ..config import load_config
-    from ..train_config import TrainConfig
+    from ..lm.config import TrainConfig
 
     return load_config(TrainConfig, path, overrides)
 
@@ -45,7 +45,7 @@ class Train:
     def run(args) -> int:
         from .. import distributed
         from ..errors import UserError
-        from ..train import run
+        from ..lm.train import run
 
         cfg = load_train_config(args.config, args.overrides)
         nproc = args.nproc if args.nproc is not None else cfg.nproc

@@ -99,7 +99,7 @@ class OptimConfig:
     paired: bool = False
 
     def __post_init__(self):
-        from .optim import OPTIMIZERS
+        from ..optim import OPTIMIZERS
 
         known = (*OPTIMIZERS, *FO_OPTIMIZERS)
         if self.name not in known:

@@ -11,10 +11,9 @@ periodically, writes checkpoints atomically and keeps the seed log.
 Example::
 
     from forwardonly.config import load_config
-    from forwardonly.train import run
-    from forwardonly.train_config import TrainConfig
+    from forwardonly.lm import TrainConfig, run
 
-    cfg = load_config(TrainConfig, "configs/sentiment-smollm2-zo.yaml", ["steps=50"])
+    cfg = load_config(TrainConfig, "configs/lm/sentiment-smollm2-zo-lora.yaml", ["steps=50"])
     summary = run(cfg)
     summary["test_after"]["accuracy"]
 """
@@ -32,12 +31,12 @@ from pathlib import Path
 
 import torch
 
-from . import checkpoint
-from .bench.measure import peak_rss_bytes
-from .config import to_dict
-from .errors import UserError
-from .io import atomic_write_text
-from .train_config import TrainConfig
+from .. import checkpoint
+from ..bench.measure import peak_rss_bytes
+from ..config import to_dict
+from ..errors import UserError
+from ..io import atomic_write_text
+from .config import TrainConfig
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -94,8 +93,8 @@ def build_optimizer(cfg: TrainConfig, params: list, names: list[str] | None = No
     if o.name == "fo-adam":
         return torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas or (0.9, 0.999)),
                                  weight_decay=o.weight_decay)
-    from .optim import build_optimizer as build_zo
-    from .optim import takes_names
+    from ..optim import build_optimizer as build_zo
+    from ..optim import takes_names
 
     kw = dict(lr=o.lr, q=o.q, direction=o.direction, seed=cfg.seed, accum_steps=cfg.accum_steps,
               clip=o.clip, weight_decay=o.weight_decay)
@@ -118,8 +117,8 @@ def build_optimizer(cfg: TrainConfig, params: list, names: list[str] | None = No
 
 def setup(cfg: TrainConfig, log=lambda msg: None):
     """Model (with the scheme applied), tokenizer, task, objective, trainable parameters."""
-    from .models import apply_scheme, load_model, trainable_parameters
-    from .tasks import get_task, make_objective
+    from ..models import apply_scheme, load_model, trainable_parameters
+    from ..tasks import get_task, make_objective
 
     task = get_task(cfg.task.name)
     for split in (cfg.task.train_split, cfg.task.eval_split, cfg.task.test_split):
@@ -131,7 +130,7 @@ def setup(cfg: TrainConfig, log=lambda msg: None):
                             kind=cfg.model.kind, num_labels=max(2, len(task.label_names)),
                             attn_implementation=_attention(cfg))
     if cfg.model.chunk_feedforward:
-        from .models.chunking import chunk_feedforward
+        from ..models.chunking import chunk_feedforward
 
         chunk_feedforward(model, tokens=cfg.model.chunk_feedforward)
     model = apply_scheme(model, cfg.scheme.name, **cfg.scheme.options())
@@ -144,7 +143,7 @@ def setup(cfg: TrainConfig, log=lambda msg: None):
 
 
 def _names(model) -> list[str]:
-    from .models import trainable_parameters
+    from ..models import trainable_parameters
 
     return [n for n, _ in trainable_parameters(model)]
 
@@ -157,8 +156,8 @@ def _attention(cfg) -> str | None:
 # ----------------------------------------------------------------------------- the loop
 def run(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, log=None) -> dict:
     """Fine-tune as ``cfg`` says; returns a summary (metrics before/after, time, memory, forwards)."""
-    from .distributed import distribute, init_from_env, shutdown
-    from .tasks import evaluate
+    from ..distributed import distribute, init_from_env, shutdown
+    from ..tasks import evaluate
 
     log = log or (lambda msg: print(msg, file=sys.stderr))
     out = Path(cfg.out_dir) if cfg.out_dir else None
@@ -354,8 +353,8 @@ def _read_jsonl(path: Path) -> list[dict]:
 
 def replay_seedlog(path, device: str = "cpu"):
     """Rebuild the fine-tuned ``(model, tokenizer)`` from a seed log and its base model."""
-    from .config import load_config
-    from .models import apply_scheme, load_model, trainable_parameters
+    from ..config import load_config
+    from ..models import apply_scheme, load_model, trainable_parameters
 
     log = checkpoint.SeedLog.load(path)
     optim = {k: v for k, v in log.optimizer.items() if k not in ("seed", "accum_steps")}

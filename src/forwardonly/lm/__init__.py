@@ -1,0 +1,20 @@
+"""Language-model fine-tuning: the ``forwardonly train`` run, its configuration and the seed-log replay.
+
+* :mod:`forwardonly.lm.config`: :class:`TrainConfig` and its sections (model, scheme, optim, task);
+* :mod:`forwardonly.lm.train`: :func:`run`, the training loop read top to bottom, and
+  :func:`replay_seedlog`.
+
+Example::
+
+    from forwardonly.config import load_config
+    from forwardonly.lm import TrainConfig, run
+
+    cfg = load_config(TrainConfig, "configs/lm/sentiment-smollm2-zo-lora.yaml", ["steps=50"])
+    summary = run(cfg)
+"""
+
+from .config import ModelConfig, OptimConfig, SchemeConfig, TaskConfig, TrainConfig
+from .train import replay_seedlog, run, setup
+
+__all__ = ["ModelConfig", "OptimConfig", "SchemeConfig", "TaskConfig", "TrainConfig", "replay_seedlog", "run",
+           "setup"]
