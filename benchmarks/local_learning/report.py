@@ -185,7 +185,7 @@ def plots(runs: dict, mem: dict | None) -> list[str]:
     out.append("results/accuracy.png")
     plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig, ax = plt.subplots(figsize=(9.5, 4.5), layout="constrained")
     for i, n in enumerate([n for n in CURVES if n in runs]):
         hist = runs[n]["results"]["runs"][0]["history"]
         ax.plot([h["train_seconds"] for h in hist], [h["val_acc"] * 100 for h in hist], marker="o", ms=3,
@@ -193,15 +193,14 @@ def plots(runs: dict, mem: dict | None) -> list[str]:
     ax.set_xlabel("training seconds (1 thread, seed 0)")
     ax.set_ylabel("validation accuracy %")
     ax.set_ylim(70, 92)
-    ax.legend(fontsize=7)
+    fig.legend(*ax.get_legend_handles_labels(), loc="outside right upper", fontsize=8, frameon=False)
     ax.set_title("First round of every method and the last round of the three with targets")
-    fig.tight_layout()
     fig.savefig(RESULTS / "curves.png", dpi=110)
     out.append("results/curves.png")
     plt.close(fig)
 
     if mem:
-        fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+        fig, axes = plt.subplots(1, 2, figsize=(9, 3.9), layout="constrained")
         for ax, arch in zip(axes, ("mlp-2x1000", "mlp-6x2000")):
             res = mem["results"].get(arch, {})
             ns = [n for n in ORDER if n in res]
@@ -211,8 +210,8 @@ def plots(runs: dict, mem: dict | None) -> list[str]:
             ax.set_xticks(range(len(ns)), ns, rotation=30, fontsize=8)
             ax.set_title(f"{arch}, batch 1024")
             ax.set_ylabel("MiB")
-        axes[0].legend(fontsize=7)
-        fig.tight_layout()
+        fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncol=2, fontsize=8,
+                   frameon=False)
         fig.savefig(RESULTS / "memory.png", dpi=110)
         out.append("results/memory.png")
         plt.close(fig)

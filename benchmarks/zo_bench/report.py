@@ -154,7 +154,7 @@ def memory_plan(recs: list[dict]):
             ax.set_title(f"{'batch' if fixed == 1 else 'sequence length'} = {value}")
             ax.grid(alpha=0.3)
         handles, labels = axes[0].get_legend_handles_labels()
-        fig.legend(handles, labels, loc="outside right upper", frameon=False)
+        fig.legend(handles, labels, loc="outside right center", frameon=False)
         fig.suptitle("SmolLM2-135M, full-parameter: whole-process peak RSS of one training step")
         return fig
 

@@ -73,6 +73,16 @@ def test_every_training_figure_is_legible(tmp_path):
         check(fig, tmp_path / name)
 
 
+def test_one_panel_with_a_full_legend_clears_the_title(tmp_path):
+    """One task and scheme, 12 optimizers over two budgets: one short row of panels beside a 12-entry legend."""
+    runs = [r for r in many_runs() if r["config"]["task"]["name"] == "qa" and r["config"]["scheme"]["name"] == "full"
+            and r["config"]["optim"]["name"] < "opt-12"]
+    draw = plots.accuracy_vs_forwards_plan(runs)
+    fig = draw()
+    assert len(fig.axes) == 1 and series_counts(fig) == [12]
+    check(fig, tmp_path / "one_panel.png")
+
+
 def test_a_run_directory_curve_is_legible(tmp_path):
     loaded = report.load_results(run_dir(tmp_path / "run"))
     (name, draw), = plots.plans(loaded)
@@ -89,9 +99,12 @@ def test_the_check_catches_a_legend_over_the_data_and_crowded_ticks():
         ax.plot([1, 2], [i, i], label=f"series {i}")
     ax.legend(loc="center")
     ax.set_xticks([1, 1.01, 1.02], ["a long label", "another long label", "a third"])
+    fig.suptitle("a title across the whole figure")
+    fig.legend(["x"], loc="upper center")
     problems = plots.layout_problems(fig)
     plt.close(fig)
-    assert any("legend 0 overlaps axes 0" in p for p in problems)
+    assert any("legend 1 overlaps axes 0" in p for p in problems)
+    assert any("legend 0 overlaps the figure's title" in p for p in problems)
     assert any("tick labels overlap" in p for p in problems)
 
 

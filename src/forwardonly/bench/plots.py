@@ -50,7 +50,7 @@ def grid(n: int, panel_w: float, panel_h: float, ncols: int = MAX_COLS, legend_r
     plt = plt_module()
     ncols = max(1, min(ncols, n))
     nrows = math.ceil(n / ncols)
-    height = max(nrows * panel_h, 0.8 + 0.2 * legend_rows)
+    height = max(nrows * panel_h, 1.0 + 0.27 * legend_rows)
     fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * panel_w, height), squeeze=False, layout="constrained")
     flat = list(axes.flat)
     for ax in flat[n:]:
@@ -93,15 +93,16 @@ def layout_problems(fig) -> list[str]:
     whole = fig.bbox
     legends = list(fig.legends) + [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None]
     out = []
+    titles = [fig._suptitle] if fig._suptitle is not None else []
     for i, leg in enumerate(legends):
         box = leg.get_window_extent(renderer)
         if box.x0 < whole.x0 - 1 or box.y0 < whole.y0 - 1 or box.x1 > whole.x1 + 1 or box.y1 > whole.y1 + 1:
             out.append(f"legend {i} reaches outside the figure")
         for j, ax in enumerate(fig.axes):
-            a = ax.get_window_extent(renderer)
-            w, h = min(box.x1, a.x1) - max(box.x0, a.x0), min(box.y1, a.y1) - max(box.y0, a.y0)
-            if w > 1 and h > 1:
+            if _overlap(box, ax.get_window_extent(renderer)):
                 out.append(f"legend {i} overlaps axes {j} ({ax.get_title()!r})")
+        if any(_overlap(box, t.get_window_extent(renderer)) for t in titles):
+            out.append(f"legend {i} overlaps the figure's title")
     for j, ax in enumerate(fig.axes):
         for axis in (ax.xaxis, ax.yaxis):
             labels = [t for t in axis.get_ticklabels(which="both") if t.get_visible() and t.get_text()]
@@ -111,6 +112,10 @@ def layout_problems(fig) -> list[str]:
                     out.append(f"tick labels overlap on axes {j} ({ax.get_title()!r})")
                     break
     return out
+
+
+def _overlap(a, b) -> bool:
+    return min(a.x1, b.x1) - max(a.x0, b.x0) > 1 and min(a.y1, b.y1) - max(a.y0, b.y0) > 1
 
 
 def _styles(names) -> dict:
@@ -187,7 +192,8 @@ def _series_panels(items: list[tuple[tuple, str, object]]) -> list[tuple[tuple, 
 
 def _line_figure(panels, styles, ylabel: str, title: str):
     """Panels of lines; the band from lowest to highest run is drawn where a panel has at most 4 lines
-    (more bands on top of each other hide the lines)."""
+    (more bands on top of each other hide the lines). The legend sits beside the panels, centred, so that it
+    clears the figure's title."""
     fig, axes = grid(len(panels), 3.6, 2.8, ncols=4, legend_rows=len(styles))
     for ax, (key, series) in zip(axes, panels):
         xs = []
@@ -205,7 +211,7 @@ def _line_figure(panels, styles, ylabel: str, title: str):
     for ax in axes:
         for h, lab in zip(*ax.get_legend_handles_labels()):
             seen.setdefault(lab, h)
-    fig.legend(list(seen.values()), list(seen), loc="outside right upper", frameon=False)
+    fig.legend(list(seen.values()), list(seen), loc="outside right center", frameon=False)
     fig.suptitle(title)
     return fig
 
@@ -228,7 +234,7 @@ def accuracy_vs_forwards_plan(runs: list[dict]):
         several = sum(1 for q, n, _ in pts if q == panel and n == name) > 1
         items.append((panel, f"{name} (lr {lr:g})" if several else name, tuple(list(v) for v in zip(*p))))
     return lambda: _line_figure(_series_panels(items), _styles(n for _, n, _ in items), "test % (median over runs)",
-                                "test metric against forward passes (band: lowest to highest run)")
+                                "test metric against forward passes (median over runs)")
 
 
 def loss_vs_forwards_plan(runs: list[dict]):
@@ -248,7 +254,7 @@ def loss_vs_forwards_plan(runs: list[dict]):
         return None
     return lambda: _line_figure(_series_panels(items), _styles(n for _, n, _ in items),
                                 "training loss (logged mean)",
-                                "training loss against forward passes (median over runs, band: lowest to highest)")
+                                "training loss against forward passes (median over runs)")
 
 
 def train_memory_plan(runs: list[dict]):
