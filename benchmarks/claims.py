@@ -37,9 +37,9 @@ import json
 import re
 import statistics
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 SUITES = ("step_overhead", "zo_bench", "offload", "qzo", "distributed", "local_learning")

@@ -28,13 +28,13 @@ One process, in order:
 
 from __future__ import annotations
 
-import sys
 import argparse
 import json
 import os
 import resource
 import statistics
 import struct
+import sys
 import time
 from pathlib import Path
 

@@ -13,9 +13,9 @@ kind's update carries.
 
 from __future__ import annotations
 
-import sys
 import argparse
 import collections
+import sys
 from pathlib import Path
 
 import torch

@@ -255,8 +255,9 @@ def memory_table_v6(rs, folder: str = "v6") -> str:
                     f"{_spread([r['loaded']['anon'] - r['baseline_with_model_code']['anon'] for r in res], fmt='{:.1f}')} | "
                     f"{_spread([r['zo_steps']['peak_anon'] - r['loaded']['anon'] for r in res], fmt='{:.1f}')} | "
                     f"{_spread([r['peak_anon_above_library_baseline'] for r in res], fmt='{:.1f}')} |")
-    lines = ["\n".join(rows), "", "Ratios int4 / bf16 of the medians: whole-run peak RSS; peak RSS during the steps; "
-             "(labelled, not the target's figure) peak anonymous memory above the library baseline during the steps:", ""]
+    lines = ["\n".join(rows), "", ("Ratios int4 / bf16 of the medians: whole-run peak RSS; peak RSS during the steps; "
+                                  "(labelled, not the target's figure) peak anonymous memory above the library "
+                                  "baseline during the steps:"), ""]
 
     def med(recs, fn):
         return statistics.median(fn(r["results"]) for r in recs)
@@ -325,11 +326,11 @@ VARIANTS = [  # results/v4 and v5 file -> how the README names the variant (seed
      "scales and norms perturbed on alternate steps (`--optimizer block`), norms lr 2e-4"),
     ("v4/train_int4_block_lr3e-4_norm4e-4_s0.json", "the same, norms lr 4e-4"),
     ("v4/train_int4_lr3e-4_300steps_s0.json", "plain recipe, 300 steps (bf16 at 300 steps: {bf16_300})"),
-    ("v4/train_int4_block_lr3e-4_bias0.1_s0.json", "scales lr 3e-4 alternating with a zero-initialised fp32 logit bias "
-     "on the head (`--head-bias --optimizer block`), bias lr 0.1"),
+    ("v4/train_int4_block_lr3e-4_bias0.1_s0.json", ("scales lr 3e-4 alternating with a zero-initialised fp32 logit "
+                                                     "bias on the head (`--head-bias --optimizer block`), bias lr 0.1")),
     ("v4/train_int4_block_lr3e-4_bias0.3_s0.json", "the same, bias lr 0.3"),
-    ("v5/train_int4_delta1e-4_s0.json", "scales lr 3e-4 + a zero-initialised fp32 delta on the two label words' output "
-     "rows (`--label-delta`, 1,152 floats), delta lr 1e-4"),
+    ("v5/train_int4_delta1e-4_s0.json", ("scales lr 3e-4 + a zero-initialised fp32 delta on the two label words' "
+                                         "output rows (`--label-delta`, 1,152 floats), delta lr 1e-4")),
     ("v5/train_int4_delta3e-4_s0.json", "the same, delta lr 3e-4"),
     ("v5/train_int4_delta1e-3_s0.json", "the same, delta lr 1e-3"),
     ("v5/train_int4_block_delta1e-4_s0.json",
@@ -341,8 +342,8 @@ def variants_table(rs) -> str:
     """Every int4 variant of the fourth and fifth measurements: validation and test accuracy after training."""
     b = load(rs, "v4/train_bf16_lr1e-5_300steps_s0.json")["results"]
     plain = load(rs, "v3/train_int4_lr3e-4_s0.json")["results"]
-    rows = [f"Every int4 variant tried (seed 0, 100 steps of 8 unless marked; the plain recipe scores val "
-            f"{100 * plain['val_after']:.1f}, test {100 * plain['acc_after']:.2f}):", "",
+    rows = [(f"Every int4 variant tried (seed 0, 100 steps of 8 unless marked; the plain recipe scores val "
+             f"{100 * plain['val_after']:.1f}, test {100 * plain['acc_after']:.2f}):"), "",
             "| int4 variant | val after % | test after % |", "|---|---:|---:|"]
     for name, what in VARIANTS:
         r = load(rs, name)["results"]
@@ -383,9 +384,9 @@ def peak_parts_table(rs) -> str:
         "| part | MB |", "|---|---|",
         f"| int4 codes (67.2 M bytes), fp32 log-scales (2.1 M), uint8 zero points (2.1 M) | {rng(model)} |",
         f"| other memory held after loading (norms, rotary tables, module objects, allocator slack) | {rng(held)} |",
-        "| step working set: fp32 activations (an MLP at batch 16 x 65 tokens holds three 6.4 MB intermediates), one "
-        "layer's dequantized weight (<= 3.5 MB), the perturbed copy of one layer's scales, direction scratch (4 MB), "
-        f"allocator and library slack | {rng(work)} |"])
+        ("| step working set: fp32 activations (an MLP at batch 16 x 65 tokens holds three 6.4 MB intermediates), "
+         "one layer's dequantized weight (<= 3.5 MB), the perturbed copy of one layer's scales, direction scratch "
+         f"(4 MB), allocator and library slack | {rng(work)} |")])
 
 
 def blocks(rs) -> dict[str, str]:

@@ -26,11 +26,11 @@ Modes:
 
 from __future__ import annotations
 
-import sys
 import argparse
 import ctypes
 import gc
 import json
+import sys
 import time
 from pathlib import Path
 

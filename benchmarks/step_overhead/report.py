@@ -77,8 +77,8 @@ def tables(rs) -> str:
                          "over interleaved rounds, each cell the median over the row's runs [lowest-highest]:")
     lines += [""] + _ratio_table(groups, cols, "ratio_step_over_2fwd", "median_s",
                                  "Step / (2 x forward), wall-clock time, the same runs:")
-    lines += ["", "Peak RSS during a step / peak RSS during a plain forward (absolute, whole process, "
-              "weights included), the same runs:", "",
+    lines += ["", ("Peak RSS during a step / peak RSS during a plain forward (absolute, whole process, "
+                   "weights included), the same runs:"), "",
               "| shape, threads, day | runs | forward peak (MiB) | " + " | ".join(lab for _, lab in cols) + " | target |",
               "|---|---|---|" + "---|" * len(cols) + "---|"]
     for recs in groups:

@@ -69,10 +69,10 @@ def measure(method: str, batch: int, seq: int) -> dict:
 
     from forwardonly.bench.measure import PeakMemory, anon_bytes, peak_rss_bytes, rss_bytes
     from forwardonly.config import load_config
+    from forwardonly.lm.config import TrainConfig
+    from forwardonly.lm.train import build_optimizer
     from forwardonly.models import apply_scheme, load_model, trainable_parameters
     from forwardonly.tasks.objectives import causal_forward
-    from forwardonly.lm.train import build_optimizer
-    from forwardonly.lm.config import TrainConfig
 
     torch.set_num_threads(1)
     t0 = time.perf_counter()

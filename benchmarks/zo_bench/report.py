@@ -132,9 +132,9 @@ def memory_plan(recs: list[dict]):
         return None
 
     def draw():
-        from forwardonly.bench.plots import grid
-
         from matplotlib.ticker import NullFormatter
+
+        from forwardonly.bench.plots import grid
 
         methods = [m for m in METHOD_ORDER if any(k[0] == m for k in points)]
         fig, axes = grid(2, 4.6, 3.4, ncols=2, legend_rows=len(methods))

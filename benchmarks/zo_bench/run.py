@@ -61,8 +61,8 @@ def validate(defaults: Path, folders: list[Path], overrides: list[str]) -> tuple
 
     from forwardonly.config import load_config, to_dict
     from forwardonly.errors import UserError
-    from forwardonly.models.loading import resolve
     from forwardonly.lm.config import TrainConfig
+    from forwardonly.models.loading import resolve
 
     load_config(TrainConfig, defaults)  # the defaults alone must be valid: errors then name defaults.yaml
     base = yaml.safe_load(defaults.read_text()) or {}
@@ -91,8 +91,8 @@ def child(spec_path: str) -> int:
     from forwardonly.bench.measure import PeakMemory
     from forwardonly.bench.record import make_record, write_record
     from forwardonly.config import load_config
-    from forwardonly.lm.train import run
     from forwardonly.lm.config import TrainConfig
+    from forwardonly.lm.train import run
 
     spec = json.loads(Path(spec_path).read_text())
     cfg = load_config(TrainConfig, None, None, base=spec["config"])
@@ -224,11 +224,10 @@ def main(argv=None) -> int:
         t0 = time.time()
         return item, launch(name, config, seed, run_seeds, args.overrides, out, args.timeout), time.time() - t0
 
-    from concurrent.futures import ThreadPoolExecutor, as_completed
-
     # each run is its own process with its own threads (``threads`` in the config); --jobs runs that many at once.
     # Ctrl-C or SIGTERM stops the runs in flight (they are not recorded) and still logs the invocation.
     import signal
+    from concurrent.futures import ThreadPoolExecutor, as_completed
 
     def stop(signum, frame):
         raise KeyboardInterrupt

@@ -9,9 +9,9 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
-from forwardonly.bench import plots, report  # noqa: E402
+from test_report import run_dir, train_rec
 
-from test_report import run_dir, train_rec  # noqa: E402
+from forwardonly.bench import plots, report
 
 MAX_W, MAX_H = 1700, 2400  # pixels: a laptop screen's width; taller figures scroll
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks"

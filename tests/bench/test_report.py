@@ -200,8 +200,8 @@ def test_zero_shot_reference_is_found_across_a_config_key_added_later():
     trained = train_rec("fo-adam", 0, 0.9, before=None)
     zero = train_rec("zero", 0, 0.55, before=None, steps=0)
     zero["config"]["model"]["chunk_feedforward"] = 0
-    (group, summary), = report.trained_groups([trained, zero])
+    (_, summary), = report.trained_groups([trained, zero])
     assert summary["before"] == [0.55]
     zero["config"]["model"]["chunk_feedforward"] = 16  # another setting: not the same model run
-    (group, summary), = report.trained_groups([trained, zero])
+    (_, summary), = report.trained_groups([trained, zero])
     assert summary["before"] == []

@@ -8,10 +8,11 @@ import torch
 from forwardonly.checkpoint import SeedLog
 from forwardonly.config import load_config
 from forwardonly.errors import UserError
-from forwardonly.lm.train import lr_at, replay_seedlog, run, step_examples
 from forwardonly.lm.config import TrainConfig
+from forwardonly.lm.train import lr_at, replay_seedlog, run, step_examples
 from forwardonly.models import tiny_model
 from forwardonly.tasks import evaluate, get_task
+
 
 def _weights(model):
     return {n: p.detach().clone() for n, p in model.named_parameters()}

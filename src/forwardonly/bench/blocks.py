@@ -24,7 +24,7 @@ import re
 
 from ..errors import UserError
 
-_BEGIN = re.compile(r"^<!-- generated:([\w.-]+) -->$", re.M)
+_BEGIN = re.compile(r"^<!-- generated:([\w.-]+) -->$", re.MULTILINE)
 
 
 def begin(name: str) -> str:

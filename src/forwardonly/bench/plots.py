@@ -17,6 +17,7 @@ Example::
 
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
 from pathlib import Path
@@ -107,7 +108,7 @@ def layout_problems(fig) -> list[str]:
         for axis in (ax.xaxis, ax.yaxis):
             labels = [t for t in axis.get_ticklabels(which="both") if t.get_visible() and t.get_text()]
             boxes = sorted((t.get_window_extent(renderer) for t in labels), key=lambda b: (b.x0, b.y0))
-            for a, b in zip(boxes, boxes[1:]):
+            for a, b in itertools.pairwise(boxes):
                 if min(a.x1, b.x1) - max(a.x0, b.x0) > 1 and min(a.y1, b.y1) - max(a.y0, b.y0) > 1:
                     out.append(f"tick labels overlap on axes {j} ({ax.get_title()!r})")
                     break

@@ -65,7 +65,7 @@ def versions() -> dict:
 
 
 def _git(root, *args, text=True):
-    return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=text, timeout=60)
+    return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=text, timeout=60, check=False)
 
 
 def _untracked(root: Path, excludes: list[str]) -> list[dict]:

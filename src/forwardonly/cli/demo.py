@@ -33,8 +33,8 @@ class Demo:
 
     @staticmethod
     def run(args) -> int:
-        from ..models import zoo
         from ..lm.train import run
+        from ..models import zoo
         from .train import load_train_config
 
         cfg = load_train_config(CONFIG, args.overrides)
