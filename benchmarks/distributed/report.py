@@ -10,19 +10,11 @@ records an earlier ``run.py`` overwrote, restored from the commits that held the
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-README = HERE / "README.md"
-
-
-def _spread(values: list[float], fmt: str = "{:.2f}") -> str:
-    med = fmt.format(statistics.median(values))
-    lo, hi = fmt.format(min(values)), fmt.format(max(values))
-    return med if lo == hi else f"{med} [{lo}-{hi}]"
 
 
 def groups(rs) -> list[list[dict]]:
@@ -38,6 +30,8 @@ def groups(rs) -> list[list[dict]]:
 
 
 def table(rs) -> str:
+    from forwardonly.bench.report import spread
+
     head = ("| day | mode | objective | batch/rank x seq | tokens/rank/step | runs | 1 process: step (s) | 2 processes: step (s) "
             "| **speedup, wall (x)** | speedup, CPU time (x) | bytes/rank/step | records (commit) |")
     lines = [head, "|---|---|---|---|---:|---|---:|---:|---:|---:|---:|---|"]
@@ -53,7 +47,7 @@ def table(rs) -> str:
         tokens = c["batch_per_rank"] * c["seq"]
         lines.append(f"| {recs[0]['created'][:10]} | {c['mode']} | {c.get('loss', 'lm')} | {c['batch_per_rank']} x "
                      f"{c['seq']} | {tokens} | {len(recs)} | {statistics.median(one):.3f} | {statistics.median(two):.3f} "
-                     f"| **{_spread(wall)}** | {_spread(cpu)} | {'/'.join(f'{b:.0f}' for b in sorted(sent))} "
+                     f"| **{spread(wall, digits=2)}** | {spread(cpu, digits=2)} | {'/'.join(f'{b:.0f}' for b in sorted(sent))} "
                      f"| {files} |")
     return "\n".join(lines)
 
@@ -63,17 +57,9 @@ def blocks(rs) -> dict[str, str]:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--write", action="store_true", help="replace README.md's generated block")
-    args = ap.parse_args(argv)
-    from forwardonly.bench.blocks import write_blocks
-    from forwardonly.bench.record import RecordSet
+    from forwardonly.bench.blocks import suite_main
 
-    made = blocks(RecordSet(HERE))
-    print(made["results"])
-    if args.write:
-        write_blocks(README, made)
-    return 0
+    return suite_main(HERE, blocks, argv)
 
 
 if __name__ == "__main__":

@@ -13,13 +13,11 @@ is pending a re-measurement.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-README = HERE / "README.md"
 GiB = 2**30
 
 
@@ -66,17 +64,9 @@ def blocks(rs) -> dict[str, str]:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--write", action="store_true", help="replace README.md's generated block")
-    args = ap.parse_args(argv)
-    from forwardonly.bench.blocks import write_blocks
-    from forwardonly.bench.record import RecordSet
+    from forwardonly.bench.blocks import suite_main
 
-    made = blocks(RecordSet(HERE))
-    print(made["results"])
-    if args.write:
-        write_blocks(README, made)
-    return 0
+    return suite_main(HERE, blocks, argv)
 
 
 if __name__ == "__main__":

@@ -12,13 +12,11 @@ memory above a baseline follows, labelled.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-README = HERE / "README.md"
 MB = 2**20
 
 
@@ -230,10 +228,11 @@ def whole_run_peak(r: dict) -> float:
     return max(r["load"]["peak_rss"], r["zo_steps"]["peak_rss"])
 
 
-def _spread(values, scale: float = 1 / MB, fmt: str = "{:.0f}") -> str:
-    vals = [v * scale for v in values]
-    med, lo, hi = (fmt.format(x) for x in (statistics.median(vals), min(vals), max(vals)))
-    return med if lo == hi else f"{med} [{lo}-{hi}]"
+def _spread(values, digits: int = 0) -> str:
+    """MiB: median [lowest-highest] of byte counts (the median alone when they agree)."""
+    from forwardonly.bench.report import spread
+
+    return spread(values, 1 / MB, digits)
 
 
 def memory_table_v6(rs, folder: str = "v6") -> str:
@@ -251,10 +250,10 @@ def memory_table_v6(rs, folder: str = "v6") -> str:
         commits = ", ".join(str((r.get("git") or {}).get("commit"))[:7] for r in recs)
         rows.append(f"| {label} | {len(recs)} ({commits}) | **{_spread([whole_run_peak(r) for r in res])}** | "
                     f"{_spread([r['zo_steps']['peak_rss'] for r in res])} | "
-                    f"{_spread([r['model_bytes']['total'] for r in res], fmt='{:.1f}')} | "
-                    f"{_spread([r['loaded']['anon'] - r['baseline_with_model_code']['anon'] for r in res], fmt='{:.1f}')} | "
-                    f"{_spread([r['zo_steps']['peak_anon'] - r['loaded']['anon'] for r in res], fmt='{:.1f}')} | "
-                    f"{_spread([r['peak_anon_above_library_baseline'] for r in res], fmt='{:.1f}')} |")
+                    f"{_spread([r['model_bytes']['total'] for r in res], 1)} | "
+                    f"{_spread([r['loaded']['anon'] - r['baseline_with_model_code']['anon'] for r in res], 1)} | "
+                    f"{_spread([r['zo_steps']['peak_anon'] - r['loaded']['anon'] for r in res], 1)} | "
+                    f"{_spread([r['peak_anon_above_library_baseline'] for r in res], 1)} |")
     lines = ["\n".join(rows), "", ("Ratios int4 / bf16 of the medians: whole-run peak RSS; peak RSS during the steps; "
                                   "(labelled, not the target's figure) peak anonymous memory above the library "
                                   "baseline during the steps:"), ""]
@@ -311,7 +310,7 @@ def modes_table(rs) -> str:
     for _, name, blocks_, emb, pattern, note in layouts:
         recs = rs.glob(f"results/v6/{pattern}")
         rows.append(f"| {name} | {blocks_} | {emb} | "
-                    f"{_spread([r['results']['model_bytes']['total'] for r in recs], fmt='{:.1f}')}{note} |")
+                    f"{_spread([r['results']['model_bytes']['total'] for r in recs], 1)}{note} |")
     return "\n".join(rows)
 
 
@@ -400,18 +399,9 @@ def blocks(rs) -> dict[str, str]:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--write", action="store_true", help="replace the generated blocks in README.md")
-    args = ap.parse_args(argv)
-    from forwardonly.bench.blocks import write_blocks
-    from forwardonly.bench.record import RecordSet
+    from forwardonly.bench.blocks import suite_main
 
-    made = blocks(RecordSet(HERE))
-    for name, text in made.items():
-        print(f"<!-- {name} -->\n{text}\n")
-    if args.write:
-        write_blocks(README, made)
-    return 0
+    return suite_main(HERE, blocks, argv)
 
 
 if __name__ == "__main__":

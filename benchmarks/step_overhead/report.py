@@ -11,13 +11,11 @@ with the range and the count, and a target is met when the median meets it.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-README = HERE / "README.md"
 COLUMNS = [("zosgd_rademacher", "ZOSGD rademacher"),
            ("zosgd_rademacher_deferred", "ZOSGD rademacher, deferred update"),
            ("zosgd_rademacher_paired", "ZOSGD rademacher, paired"),
@@ -106,17 +104,9 @@ def blocks(rs) -> dict[str, str]:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--write", action="store_true", help="replace the tables in README.md")
-    args = ap.parse_args(argv)
-    from forwardonly.bench.blocks import write_blocks
-    from forwardonly.bench.record import RecordSet
+    from forwardonly.bench.blocks import suite_main
 
-    made = blocks(RecordSet(HERE))
-    print(made["tables"])
-    if args.write:
-        write_blocks(README, made)
-    return 0
+    return suite_main(HERE, blocks, argv)
 
 
 if __name__ == "__main__":

@@ -13,13 +13,11 @@ step; the baseline-subtracted and anonymous figures follow, labelled.
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-README = HERE / "README.md"
 PLOTS = HERE / "report"
 # the targets of issue 4, at batch 16 x 256 tokens, full-parameter SmolLM2-135M
 TARGET_POINT = (16, 256)
@@ -199,23 +197,18 @@ def blocks(rs) -> dict[str, str]:
     return {"report": "\n\n".join(parts)}
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--write", action="store_true", help="rewrite README.md's generated block and report/*.png")
-    args = ap.parse_args(argv)
-    from forwardonly.bench.blocks import write_blocks
+def write_plots(rs) -> None:
     from forwardonly.bench.plots import save
-    from forwardonly.bench.record import RecordSet
 
-    rs = RecordSet(HERE)
-    made = blocks(rs)
-    print(made["report"])
-    if args.write:
-        PLOTS.mkdir(exist_ok=True)
-        for name, draw in plans(rs):
-            save(draw(), PLOTS / name)
-        write_blocks(README, made)
-    return 0
+    PLOTS.mkdir(exist_ok=True)
+    for name, draw in plans(rs):
+        save(draw(), PLOTS / name)
+
+
+def main(argv=None) -> int:
+    from forwardonly.bench.blocks import suite_main
+
+    return suite_main(HERE, blocks, argv, also_write=write_plots)
 
 
 if __name__ == "__main__":

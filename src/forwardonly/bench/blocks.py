@@ -99,3 +99,26 @@ def stale_blocks(path, contents: dict[str, str]) -> list[str]:
             out.append(f"{path}: block {name!r} differs from what its records give ({len(lines)} lines):\n    "
                        + "\n    ".join(lines[:12]) + ("\n    ..." if len(lines) > 12 else ""))
     return out
+
+
+def suite_main(folder, make_blocks, argv=None, *, also_write=None) -> int:
+    """The command line of a suite's ``report.py``: print the blocks ``make_blocks(rs)`` makes from the records
+    of ``folder`` (a :class:`~forwardonly.bench.record.RecordSet`); with ``--write``, replace them in
+    ``folder/README.md`` and call ``also_write(rs)`` (plots)."""
+    import argparse
+    from pathlib import Path
+
+    from .record import RecordSet
+
+    ap = argparse.ArgumentParser(description=f"{Path(folder).name}: README tables from the committed records")
+    ap.add_argument("--write", action="store_true", help="replace the generated blocks in README.md")
+    args = ap.parse_args(argv)
+    rs = RecordSet(folder)
+    made = make_blocks(rs)
+    for name, text in made.items():
+        print(f"{begin(name)}\n{text}\n{end(name)}\n")
+    if args.write:
+        if also_write is not None:
+            also_write(rs)
+        write_blocks(Path(folder) / "README.md", made)
+    return 0
