@@ -128,7 +128,7 @@ def check_tables(allow: dict, found: Findings) -> None:
         rel = readme.relative_to(found.root).as_posix()
         offset, prev = 0, ""
         for n, line in enumerate(text.splitlines(keepends=True), 1):
-            starts = line.startswith("|") and not prev.startswith("|")
+            starts = line.lstrip().startswith("|") and not prev.lstrip().startswith("|")  # tables in lists too
             if starts and not any(a <= offset < b for a, b in inside):
                 header = line.strip()
                 key = f"{rel}: {header}"

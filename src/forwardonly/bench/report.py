@@ -64,14 +64,18 @@ def is_run_dir(path: Path) -> bool:
     return (path / "metrics.jsonl").is_file() and any((path / f).is_file() for f in ("config.json", "summary.json"))
 
 
+_UNREADABLE = object()
+
+
 def _read_json(path: Path, out: Loaded, strict: bool):
+    """The file's JSON; an unreadable file is listed in ``out.bad`` (``_UNREADABLE``) or, ``strict``, an error."""
     try:
         return json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         if strict:
             raise UserError(f"{path}: not a readable JSON file: {e}") from None
         out.bad.append((str(path), f"not a readable JSON file: {e}"))
-        return None
+        return _UNREADABLE
 
 
 def load_run_dir(root: Path, *, strict: bool = False) -> Loaded:
@@ -80,6 +84,7 @@ def load_run_dir(root: Path, *, strict: bool = False) -> Loaded:
     summary = _read_json(root / "summary.json", out, strict) if (root / "summary.json").is_file() else None
     config = _read_json(root / "config.json", out, strict) if (root / "config.json").is_file() else None
     summary = summary if isinstance(summary, dict) else {}
+    config = config if isinstance(config, dict) else None
     for n, line in enumerate((root / "metrics.jsonl").read_text().splitlines(), 1):
         if line.strip():
             try:
@@ -106,7 +111,7 @@ def load_results(path: str | Path, *, strict: bool = False) -> Loaded:
     out = Loaded()
     for p in sorted(root.rglob("*.json")):
         rec = _read_json(p, out, strict)
-        if rec is None and str(p) in (b for b, _ in out.bad):
+        if rec is _UNREADABLE:
             continue
         kind = kind_of(rec)
         if kind is None:
