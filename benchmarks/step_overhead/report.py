@@ -48,8 +48,10 @@ def _label(recs) -> str:
 def _cell(values: list[float], target: float) -> str:
     if not values:
         return "-"
+    from forwardonly.bench.report import spread as median_range
+
     med = statistics.median(values)
-    spread = f"{med:.3f}" if len(values) == 1 else f"{med:.3f} [{min(values):.3f}-{max(values):.3f}]"
+    spread = median_range(values, digits=3)
     runs = f"{len(values)} run{'s' if len(values) > 1 else ''}"
     return f"{spread} ({runs}, {'met' if med <= target else 'missed'})"
 
