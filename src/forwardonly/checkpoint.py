@@ -13,7 +13,7 @@ The seed log
 ------------
 A zeroth-order update is a pure function of (run seed, step, projected
 gradients, learning rate): the directions are regenerated from their seeds
-(:mod:`forwardonly.optim._perturb`). The log keeps, per step, the learning rate
+(:mod:`forwardonly.optim.perturb`). The log keeps, per step, the learning rate
 and the projected gradients actually applied, a few dozen bytes a step, and
 :func:`replay` rebuilds the fine-tuned weights from the base model with it,
 bitwise equal to the trained ones (same device type and dtype). A 200-step

@@ -89,28 +89,16 @@ def build_optimizer(cfg: TrainConfig, params: list, names: list[str] | None = No
     """
     o = cfg.optim
     if o.name == "fo-sgd":
-        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum or 0.0, weight_decay=o.weight_decay)
+        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
     if o.name == "fo-adam":
-        return torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas or (0.9, 0.999)),
-                                 weight_decay=o.weight_decay)
-    from ..optim import build_optimizer as build_zo
-    from ..optim import takes_names
+        return torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+    from ..optim import info
 
-    kw = dict(lr=o.lr, q=o.q, direction=o.direction, seed=cfg.seed, accum_steps=cfg.accum_steps,
-              clip=o.clip, weight_decay=o.weight_decay)
-    if o.name != "forward-grad":
-        kw.update(eps=o.eps, two_sided=o.two_sided)
-    if o.paired:
-        kw["paired"] = True
-    if o.momentum is not None:
-        kw["momentum"] = o.momentum
-    if o.betas is not None:
-        kw["betas"] = tuple(o.betas)
-    kw.update({k: getattr(o, k) for k in ("density", "fo_blocks", "fo_lr", "fo_optim") if getattr(o, k) is not None})
-    if names is not None and takes_names(o.name):
+    row = info(o.name)
+    if names is not None and row.capabilities.takes_names:
         params = list(zip(names, params))
     try:
-        return build_zo(o.name, params, **kw)
+        return row.build(params, **o.kwargs(), seed=cfg.seed, accum_steps=cfg.accum_steps)
     except (ValueError, TypeError) as e:
         raise UserError(f"optim: {e}") from None
 
@@ -134,7 +122,7 @@ def setup(cfg: TrainConfig, log=lambda msg: None):
 
         chunk_feedforward(model, tokens=cfg.model.chunk_feedforward)
     model = apply_scheme(model, cfg.scheme.name, **cfg.scheme.options())
-    if cfg.optim.grad_checkpointing:
+    if getattr(cfg.optim.options, "grad_checkpointing", False):
         model.gradient_checkpointing_enable()
         model.config.use_cache = False
     objective = make_objective(task, tok, cfg.task.objective, cfg.task.max_length, model=model)
@@ -179,9 +167,10 @@ def run(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, log=No
         f"parameters (scheme {cfg.scheme.name})")
     opt = build_optimizer(cfg, params, _names(model))
     zo = cfg.optim.zeroth_order
-    if getattr(opt, "blocks", None):
+    caps = opt.capabilities if zo else None
+    if caps is not None and caps.takes_names:
         say(f"{len(opt.blocks)} blocks: {', '.join(opt.blocks[:3])}, ..., {opt.blocks[-1]}"
-            + (f"; first-order: {', '.join(opt.fo_blocks)}" if getattr(opt, "fo_blocks", None) else ""))
+            + (f"; first-order: {', '.join(opt.fo_blocks)}" if caps.first_order else ""))
     if comm is not None and comm.world_size > 1:
         if cfg.dist_mode == "data" and (cfg.batch_size * cfg.accum_steps) % comm.world_size:
             raise UserError(f"batch_size*accum_steps={cfg.batch_size * cfg.accum_steps} is not divisible by "
@@ -189,7 +178,7 @@ def run(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, log=No
         opt = distribute(opt, comm, mode=cfg.dist_mode)
     seedlog = checkpoint.SeedLog(to_dict(cfg.optim) | {"seed": cfg.seed, "accum_steps": cfg.accum_steps},
                                  to_dict(cfg.model) | {"num_labels": max(2, len(task.label_names))},
-                                 to_dict(cfg.scheme)) if zo and not getattr(opt, "has_first_order", False) else None
+                                 to_dict(cfg.scheme)) if zo and caps.replay else None
 
     train = task.splits[cfg.task.train_split][: cfg.task.max_train]
     if not train:
@@ -307,7 +296,7 @@ def run(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, log=No
 
 def _zo_step(opt, model, objective, batches, seedlog, t: int) -> float:
     skipped = opt.zo_state["skipped"]
-    lossf = objective.paired_loss if getattr(opt, "paired", False) else objective.loss
+    lossf = objective.paired_loss if opt.paired else objective.loss
     if len(batches) == 1:
         (b,) = batches
         loss = float(opt.step(lambda: lossf(model, b)))
@@ -318,7 +307,7 @@ def _zo_step(opt, model, objective, batches, seedlog, t: int) -> float:
             seedlog.record(t, [], None)
         else:
             grads = list(opt.zo_state["last_grads"])
-            choice = opt.zo_state.get("cons_choice", 1.0) if getattr(opt, "conservative", False) else 1.0
+            choice = opt.zo_state.get("cons_choice", 1.0)  # ZO-SGD-Cons: which candidate it kept
             if choice == 0.0:
                 seedlog.record(t, [], None)
             else:
@@ -351,13 +340,28 @@ def _read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def _known_options(optim: dict) -> dict:
+    """``optim`` without keys its optimizer does not take (a seed log written before typed sections kept
+    every optimizer's options, e.g. ``paired: false`` for a forward-gradient run)."""
+    from .config import OptimConfig
+
+    try:
+        section = OptimConfig.section_type(optim)[0]
+    except ValueError:
+        return optim  # an unknown name: let the loader say so
+    keep = {f.name for f in dataclasses.fields(OptimConfig)} | {f.name for f in dataclasses.fields(section)}
+    return {k: v for k, v in optim.items() if k in keep}
+
+
 def replay_seedlog(path, device: str = "cpu"):
     """Rebuild the fine-tuned ``(model, tokenizer)`` from a seed log and its base model."""
     from ..config import load_config
     from ..models import apply_scheme, load_model, trainable_parameters
 
     log = checkpoint.SeedLog.load(path)
-    optim = {k: v for k, v in log.optimizer.items() if k not in ("seed", "accum_steps")}
+    # None meant "the optimizer's default" in logs written before optimizers had typed sections
+    optim = {k: v for k, v in log.optimizer.items() if k not in ("seed", "accum_steps") and v is not None}
+    optim = _known_options(optim)
     model_cfg = {k: v for k, v in log.model.items() if k != "num_labels"}
     cfg = load_config(TrainConfig, None, None, base={"model": model_cfg, "scheme": log.scheme, "optim": optim,
                                                       "seed": log.optimizer["seed"]})
