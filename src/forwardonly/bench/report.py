@@ -160,25 +160,42 @@ def table(head: list[str], rows: list[list]) -> str:
 
 
 # ----------------------------------------------------------------------------- training runs
-_DEFAULTED: dict[str, dict] = {}
+def flatten(d: dict, prefix: str = "") -> dict:
+    """``{"a.b": value}`` for every leaf of nested dicts."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
-def _with_defaults(cfg: dict) -> dict:
-    """A training config without seed and output directory, with every key the current ``TrainConfig`` has
-    (records written before a key existed group with those written after, at that key's default); a config
-    it cannot read is returned as it is. Memoised: a grid's records share a few configs."""
-    cfg = {k: v for k, v in cfg.items() if k not in ("seed", "out_dir")}
-    key = json.dumps(cfg, sort_keys=True, default=str)
-    if key not in _DEFAULTED:
-        try:
-            from ..config import load_config, to_dict
-            from ..lm.config import TrainConfig
+def _current_defaults() -> dict:
+    try:
+        from ..config import to_dict
+        from ..lm.config import TrainConfig
 
-            full = to_dict(load_config(TrainConfig, None, None, base=cfg))
-            _DEFAULTED[key] = {k: v for k, v in full.items() if k not in ("seed", "out_dir")}
-        except Exception:  # noqa: BLE001 - written by a newer version, or not a TrainConfig at all
-            _DEFAULTED[key] = cfg
-    return _DEFAULTED[key]
+        return flatten(to_dict(TrainConfig()))
+    except Exception:  # noqa: BLE001 - the training extras are missing
+        return {}
+
+
+def normalised_configs(recs: list[dict]) -> list[dict]:
+    """Each record's config, flattened, seed and output directory left out, with every key any of the records
+    has. A key missing from a record (written before the key existed) takes today's default where the current
+    ``TrainConfig`` still has the key, else the value most of the records hold; so records made before and after
+    a key was added group together, without reading old records through a config class that has moved on."""
+    from collections import Counter
+
+    flats = [{k: v for k, v in flatten(r.get("config") or {}).items() if k not in ("seed", "out_dir")} for r in recs]
+    keys = sorted({k for f in flats for k in f})
+    defaults, fill = _current_defaults(), {}
+    for k in keys:
+        if any(k not in f for f in flats):
+            seen = Counter(json.dumps(f[k], sort_keys=True) for f in flats if k in f)
+            fill[k] = defaults[k] if k in defaults else json.loads(seen.most_common(1)[0][0])
+    return [{k: f.get(k, fill.get(k)) for k in keys} for f in flats]
 
 
 def _seed(rec: dict):
@@ -186,13 +203,14 @@ def _seed(rec: dict):
 
 
 def group_runs(runs: list[dict]) -> list[dict]:
-    """Runs that differ only in seed (and output directory) form one group, in first-seen order.
-    Every record is one run: two records of the same seed are two runs, both counted."""
+    """Runs that differ only in seed (and output directory) form one group, in first-seen order
+    (configs compared by :func:`normalised_configs`). Every record is one run: two records of the same seed
+    are two runs, both counted."""
     groups: dict[str, dict] = {}
-    for rec in runs:
-        key = json.dumps(_with_defaults(rec["config"]), sort_keys=True)
+    for rec, flat in zip(runs, normalised_configs(runs)):
+        key = json.dumps(flat, sort_keys=True, default=str)
         g = groups.setdefault(key, {"name": rec.get("experiment") or rec.get("name", "?"), "config": rec["config"],
-                                    "ok": [], "failed": []})
+                                    "flat": flat, "ok": [], "failed": []})
         (g["ok"] if rec.get("status", "ok") == "ok" else g["failed"]).append(rec)
     return list(groups.values())
 
@@ -221,23 +239,10 @@ def summarise_group(g: dict) -> dict:
     }
 
 
-def _section_defaults() -> dict:
-    try:
-        from ..config import to_dict
-        from ..lm.config import TrainConfig
-
-        return to_dict(TrainConfig())
-    except Exception:  # noqa: BLE001 - the training extras are missing
-        return {}
-
-
-def _reference_key(cfg: dict) -> str:
-    # keys missing from an older record take today's defaults, section by section, so that a run made
-    # before a key existed finds the zero-shot run made after it (whatever its other sections hold)
-    defaults = _section_defaults()
-    parts = [{**(defaults.get(k) or {}), **cfg[k]} if isinstance(cfg.get(k), dict) else cfg.get(k)
-             for k in ("model", "scheme", "task")]
-    return json.dumps(parts, sort_keys=True)
+def _reference_key(g: dict) -> str:
+    """What a zero-shot run must share with a trained group: the model, scheme and task sections."""
+    return json.dumps({k: v for k, v in g["flat"].items() if k.split(".")[0] in ("model", "scheme", "task")},
+                      sort_keys=True, default=str)
 
 
 def trained_groups(runs: list[dict]) -> list[tuple[dict, dict]]:
@@ -247,14 +252,14 @@ def trained_groups(runs: list[dict]) -> list[tuple[dict, dict]]:
     refs: dict[str, list] = {}
     for g in groups:
         if g["config"].get("steps") == 0:
-            refs.setdefault(_reference_key(g["config"]), []).extend(summarise_group(g)["after"])
+            refs.setdefault(_reference_key(g), []).extend(summarise_group(g)["after"])
     out = []
     for g in sorted(groups, key=_sort_key):
         if g["config"].get("steps") == 0:
             continue
         s = summarise_group(g)
         if not s["before"]:
-            s["before"], s["before_from"] = refs.get(_reference_key(g["config"]), []), "zero-shot run"
+            s["before"], s["before_from"] = refs.get(_reference_key(g), []), "zero-shot run"
         out.append((g, s))
     return out
 
