@@ -10,6 +10,18 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    """A tiny random Llama saved as a Hugging Face directory (what users point model.name at)."""
+    from forwardonly.models import tiny_model
+
+    path = tmp_path_factory.mktemp("tiny-llama")
+    model, tok = tiny_model("llama", seed=0)
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     """With FORWARDONLY_REQUIRE_MODELS=1 (CI sets it after converting the model), a test skipped because a zoo

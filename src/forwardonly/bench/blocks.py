@@ -1,12 +1,7 @@
 """Generated blocks in Markdown files: text between markers that a report rewrites from records.
 
-A block is::
-
-    <!-- generated:NAME -->
-    ...text a report made from committed records...
-    <!-- /generated:NAME -->
-
-Nothing between the markers is written by hand: ``forwardonly report --readme``
+A block is the text between a line ``<!-- generated:NAME -->`` and a line
+``<!-- /generated:NAME -->``. Nothing between the markers is written by hand: ``forwardonly report --readme``
 and the suites' ``report.py --write`` replace it, and ``benchmarks/claims.py``
 regenerates it and fails when the committed text differs, so every number in a
 block traces to the records it was made from.

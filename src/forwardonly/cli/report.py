@@ -4,10 +4,10 @@ Examples::
 
     forwardonly report benchmarks/zo_bench/results
     forwardonly report runs/sentiment-zo-lora                   # one `forwardonly train` output directory
-    forwardonly report benchmarks/zo_bench/results --out /tmp/zo --no-plots
+    forwardonly report benchmarks/zo_bench/results out_dir=/tmp/zo --no-plots
     forwardonly report benchmarks/zo_bench/results --strict      # a corrupt JSON file is an error
 
-Writes ``report.md`` (and the PNGs it links) into ``--out`` (default: the
+Writes ``report.md`` (and the PNGs it links) into ``out_dir`` (default: the
 results directory) and prints the Markdown. What each file holds is read from
 its content: training runs are tabled by task x scheme x optimizer, every other
 record by its numeric results; figures are medians over records with their
@@ -17,8 +17,8 @@ spread. A run directory (``metrics.jsonl`` beside ``config.json`` or
 
 from __future__ import annotations
 
+import logging
 import os
-import sys
 from pathlib import Path
 
 BLOCK = "report"  # the generated block --readme replaces
@@ -33,7 +33,9 @@ class Report:
     def add_arguments(p):
         p.add_argument("results_dir", metavar="PATH",
                        help="directory of result *.json (searched recursively), or one run's output directory")
-        p.add_argument("--out", metavar="DIR", help="where report.md and the plots go (default: RESULTS_DIR)")
+        from .common import add_out_dir
+
+        add_out_dir(p, "where report.md and the plots go (default: PATH)")
         p.add_argument("--no-plots", action="store_true", help="tables only (no matplotlib needed)")
         p.add_argument("--strict", action="store_true", help="fail on a file that is not valid JSON")
         p.add_argument("--readme", metavar="FILE",
@@ -47,7 +49,7 @@ class Report:
 
         loaded = load_results(args.results_dir, strict=args.strict)
         for path, why in loaded.bad:
-            print(f"forwardonly report: skipped {path}: {why}", file=sys.stderr)
+            logging.getLogger("forwardonly").warning(f"forwardonly report: skipped {path}: {why}")
         out = Path(args.out or args.results_dir)
         out.mkdir(parents=True, exist_ok=True)
         plots = []
