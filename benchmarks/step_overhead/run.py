@@ -1,9 +1,8 @@
 """Step overhead of a two-sided ZO step against its physical limit, two forward passes.
 
-    python benchmarks/step_overhead/run.py --shape 1x64 --threads 1 --out benchmarks/step_overhead/results/cpu_1x64.json
-    python benchmarks/step_overhead/run.py --shape 8x128 --threads 1 --rounds 3 \
-        --out benchmarks/step_overhead/results/cpu_8x128.json
-    python benchmarks/step_overhead/report.py          # the README table, from the JSON files only
+    python benchmarks/step_overhead/run.py --shape 1x64 --threads 1     # -> results/cpu_1x64.<UTC time>.json
+    python benchmarks/step_overhead/run.py --shape 8x128 --threads 1 --rounds 3
+    python benchmarks/step_overhead/report.py          # the README table: medians over every record
 
 Model: SmolLM2-135M (real weights when cached by `forwardonly models fetch
 smollm2-135m`, else the same config at random init), fp32, CPU, causal-LM loss
@@ -52,7 +51,7 @@ import torch
 import torch.nn.functional as F
 
 from forwardonly.bench.measure import PeakMemory
-from forwardonly.bench.record import make_record, write_record
+from forwardonly.bench.record import make_record, new_record_path, refuse_existing, write_record
 from forwardonly.optim import ZOSGD, ZOSGDReference, pair_batch, pair_losses
 from forwardonly.optim.perturb import native as _native
 
@@ -103,14 +102,15 @@ def timed(fn) -> tuple[float, float]:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shape", default="1x64", help="BATCHxTOKENS")
-    ap.add_argument("--out", default=None, help="result JSON (default results/cpu_<shape>.json)")
+    ap.add_argument("--out", default=None,
+                    help="result record, which must not exist (default: a new results/cpu_<shape>.<UTC time>.json)")
     ap.add_argument("--rounds", type=int, default=7, help="timed rounds after one warm-up round")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--budget-s", type=float, default=3600.0, help="start no new round after this many seconds")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    out = Path(args.out or Path(__file__).parent / "results" / f"cpu_{args.shape}.json")
+    refuse_existing(args.out)  # before minutes of measuring: records are never overwritten
     variants = [v for v in args.variants.split(",") if v]
     unknown = set(variants) - set(VARIANTS)
     if unknown:
@@ -191,11 +191,14 @@ def main(argv=None):
     config = {"model": source, "parameters": sum(p.numel() for p in params), "dtype": "float32",
               "device": "cpu", "shape": args.shape, "eps": EPS, "lr": LR, "rounds": args.rounds,
               "warmup_rounds": 1, "threads": torch.get_num_threads(), "variants": variants,
-              "native_kernel": _native.status(),
-              "command": "python benchmarks/step_overhead/run.py " + " ".join(argv or sys.argv[1:])}
-    write_record(out, make_record("step_overhead", config, results))
+              "native_kernel": _native.status()}
+    stem = f"cpu_{args.shape}" + (f"_{args.threads}threads" if args.threads != 1 else "")
+    out = write_record(args.out or new_record_path(Path(__file__).parent / "results", stem),
+                       make_record("step_overhead", config, results))
     print(f"wrote {out}")
 
 
 if __name__ == "__main__":
-    main()
+    from forwardonly.errors import script_main
+
+    sys.exit(script_main(main))

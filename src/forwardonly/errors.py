@@ -68,3 +68,16 @@ def require(module: str, purpose: str = ""):
         if e.name is None or e.name.split(".")[0] != module.split(".")[0]:
             raise  # something else is missing inside an installed package: not ours to explain
         raise missing_extra(module, purpose) from None
+
+
+def script_main(main, *args) -> int:
+    """Run a script's ``main(*args)``: a :class:`UserError` becomes one line on stderr and exit status 2.
+
+    For the benchmark scripts, which are run as files (``sys.exit(script_main(main))``)."""
+    import sys
+
+    try:
+        return main(*args) or 0
+    except UserError as e:
+        print(f"{sys.argv[0]}: error: {e}", file=sys.stderr)
+        return 2
