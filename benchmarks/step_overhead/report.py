@@ -2,12 +2,18 @@
 
     python benchmarks/step_overhead/report.py           # print the tables
     python benchmarks/step_overhead/report.py --write   # also replace them in README.md
+
+Records of ``run.py`` with several thread counts per invocation (``results.per_threads``) are grouped by
+shape, thread count and git commit; a cell is the median over the group's invocations with their
+range, ``median [min-max] (n)``. A group of fewer than three invocations is listed, not judged. The
+older one-thread-count records follow in their own tables, one row per invocation.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 from pathlib import Path
 
 HERE = Path(__file__).parent
@@ -28,7 +34,88 @@ def _shape_key(record):
 
 
 def load(results_dir: Path = HERE / "results") -> list[dict]:
-    return sorted((json.loads(p.read_text()) for p in results_dir.glob("*.json")), key=_shape_key)
+    """The one-thread-count records of ``run.py`` (before issue 18), by shape and threads."""
+    records = (json.loads(p.read_text()) for p in results_dir.glob("*.json"))
+    return sorted((r for r in records if r.get("name") == "step_overhead" and "per_threads" not in r["results"]),
+                  key=_shape_key)
+
+
+def load_invocations(results_dir: Path = HERE / "results") -> list[dict]:
+    """The records that measured several thread counts in the same rounds, oldest first."""
+    records = (json.loads(p.read_text()) for p in results_dir.glob("*.json"))
+    return sorted((r for r in records if r.get("name") == "step_overhead" and "per_threads" in r["results"]),
+                  key=lambda r: r["created"])
+
+
+MIN_INVOCATIONS = 3
+
+
+def _groups(records: list[dict]) -> dict:
+    """``(tokens, shape, threads, commit) -> [(record, its per-thread results), ...]``."""
+    groups: dict = {}
+    for r in records:
+        b, t = map(int, r["results"]["shape"].split("x"))
+        for n, res in r["results"]["per_threads"].items():
+            key = (b * t, r["results"]["shape"], int(n), str(r["git"]["commit"])[:10])
+            groups.setdefault(key, []).append((r, res))
+    return dict(sorted(groups.items(), key=lambda kv: (kv[0][0], -kv[0][2], kv[0][3])))
+
+
+def _spread(values: list[float], target: float | None) -> str:
+    if not values:
+        return "-"
+    med = statistics.median(values)
+    cell = f"{med:.3f} [{min(values):.3f}-{max(values):.3f}] ({len(values)})"
+    if target is None or len(values) < MIN_INVOCATIONS:
+        return cell
+    return cell + (" met" if med <= target else " missed")
+
+
+def _threads_label(r, n: int) -> str:
+    default = r["config"].get("default_threads")
+    return f"{n} thread{'s' if n > 1 else ''}" + (" (torch default)" if default == n else "")
+
+
+def invocation_tables(records: list[dict]) -> str:
+    """Median over invocations, with the range, per shape, thread count and commit."""
+    if not records:
+        return "No invocations with several thread counts yet."
+    variants = [k for k, _ in COLUMNS if any(k in r["results"]["peak_rss_ratio_step_over_forward"] for r in records)]
+    labels = dict(COLUMNS)
+    lines = []
+    for key, title in (("ratio_step_over_2fwd", "wall-clock"), ("cpu_ratio_step_over_2fwd", "process CPU time")):
+        lines += [(f"Step / (2 x forward), {title}: median over invocations [min-max] (invocations); each "
+                   "invocation's figure is the median of its interleaved rounds:"), "",
+                  "| shape, threads | commit | forward (s) | " + " | ".join(labels[v] for v in variants)
+                  + " | target |", "|---|---|---|" + "---|" * len(variants) + "---|"]
+        for (_, shape, n, commit), members in _groups(records).items():
+            target = members[0][0]["results"]["targets"]["ratio"]
+            fwd = statistics.median(res["median_s"]["forward"] for _, res in members)
+            cells = [_spread([res[key][v] for _, res in members if v in res[key]], target) for v in variants]
+            lines.append(f"| {shape}, {_threads_label(members[0][0], n)} | {commit} | {fwd:.3f} | "
+                         + " | ".join(cells) + f" | <= {target:.2f} |")
+        lines.append("")
+    lines += ["Peak RSS during a step / during a plain forward (first thread count of each invocation):", "",
+              "| shape | commit | " + " | ".join(labels[v] for v in variants) + " | target |",
+              "|---|---|" + "---|" * len(variants) + "---|"]
+    by_shape: dict = {}
+    for r in records:
+        by_shape.setdefault((r["results"]["shape"], str(r["git"]["commit"])[:10]), []).append(r)
+    for (shape, commit), rs in by_shape.items():
+        target = rs[0]["results"]["targets"]["peak_rss_ratio"]
+        cells = [_spread([r["results"]["peak_rss_ratio_step_over_forward"][v] for r in rs
+                          if v in r["results"]["peak_rss_ratio_step_over_forward"]], target) for v in variants]
+        lines.append(f"| {shape} | {commit} | " + " | ".join(cells) + f" | <= {target:.2f} |")
+    lines += ["", "Invocations:", ""]
+    for r in records:
+        res, m = r["results"], r["machine"]
+        loads = [round(x[0], 1) for x in res["load_average_1_5_15min_per_round"]]
+        rounds = ", ".join(f"{n}: {v['timed_rounds']}" for n, v in res["per_threads"].items())
+        lines.append(f"* {r['created']}, {res['shape']}, timed rounds per thread count {rounds}, "
+                     f"{r['config']['model']}, {m.get('cpu_model', '?')} ({m.get('cpu_count')} cores), "
+                     f"1-min load average {min(loads)}-{max(loads)}, git {str(r['git']['commit'])[:10]}"
+                     f"{' (dirty)' if r['git']['dirty'] else ''}, torch {r['versions'].get('torch')}.")
+    return "\n".join(lines)
 
 
 def _label(r) -> str:
@@ -56,6 +143,7 @@ def _ratio_table(records, cols, key, seconds, title):
 
 
 def tables(records: list[dict]) -> str:
+    """The older records, one row per invocation."""
     cols = [(k, label) for k, label in COLUMNS if any(k in r["results"]["median_s"] for r in records)]
     lines = _ratio_table(records, cols, "cpu_ratio_step_over_2fwd", "median_cpu_s",
                          "Step / (2 x forward), process CPU time (the work done), medians of interleaved rounds:")
@@ -87,7 +175,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--write", action="store_true", help="replace the tables in README.md")
     args = ap.parse_args(argv)
-    text = tables(load())
+    text = (invocation_tables(load_invocations()) + "\n\n### Earlier records (one thread count per invocation, "
+            "before issue 18)\n\n" + tables(load()))
     print(text)
     if args.write:
         readme = HERE / "README.md"

@@ -87,30 +87,46 @@ def test_no_compiler_falls_back(monkeypatch, tmp_path):
         _native.reset()
 
 
-def test_hold_keeps_words_once_per_step_and_is_bounded():
+def test_hold_keeps_words_once_per_step_and_is_bounded(monkeypatch):
+    from forwardonly.optim.perturb import directions as _directions
+
     d = Directions(seed=4)
     p = torch.zeros(3 * CHUNK)
     calls = []
-    real = torch.Tensor.random_
+    real = _directions.random_words
 
-    def counting(self, *a, **k):
-        calls.append(self.numel())
-        return real(self, *a, **k)
+    def counting(out, seed):
+        calls.append(out.numel())
+        return real(out, seed)
 
-    torch.Tensor.random_ = counting
-    try:
-        with d.hold():
-            for _ in range(3):  # +eps, -eps, update
-                d.add_(p, 0, [(0, 1.0)], 0)
-        assert len(calls) == 3  # one draw per chunk, not one per pass
-        assert not d._recent  # released when the hold ends
-        calls.clear()
-        for _ in range(2):
+    monkeypatch.setattr(_directions, "random_words", counting)
+    with d.hold():
+        for _ in range(3):  # +eps, -eps, update
             d.add_(p, 0, [(0, 1.0)], 0)
-        assert len(calls) == 6  # without a hold every pass draws again
-    finally:
-        torch.Tensor.random_ = real
+    assert len(calls) == 3  # one draw per chunk, not one per pass
+    assert not d._recent  # released when the hold ends
+    calls.clear()
+    for _ in range(2):
+        d.add_(p, 0, [(0, 1.0)], 0)
+    assert len(calls) == 6  # without a hold every pass draws again
     assert HOLD_BYTES <= 64 << 20
+
+
+@needs_native
+def test_kernel_draws_torchs_random_words():
+    """The kernel's MT19937 gives the words of torch's CPU generator, bit for bit, for any seed and length."""
+    from forwardonly.optim.perturb.seeds import chunk_seed
+
+    assert _native.status()["words"]
+    seeds = [0, 1, 5489, 2**32 + 7, 2**63 - 1] + [chunk_seed(3, s, k, i, 0) for s in range(4) for k in range(2)
+                                                   for i in range(3)]
+    for seed in seeds:
+        for n in (1, 311, 312, 313, 16384):
+            gen = torch.Generator().manual_seed(seed)
+            ref = torch.empty(n, dtype=torch.int64).random_(-(2**63), None, generator=gen)
+            out = torch.empty(n, dtype=torch.int64)
+            assert _native.random_words(out, seed)
+            assert torch.equal(out, ref), (seed, n)
 
 
 def _tiny_llama(tied=True):
