@@ -1,5 +1,10 @@
 """The native Rademacher kernel and the step-level word hold: same values as the torch path, bit for bit."""
 
+import os
+import shutil
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -200,12 +205,19 @@ def test_defer_update_rejects_variants_that_cannot_defer():
 
 
 @needs_native
+@pytest.mark.parametrize("openmp", [True, False])
 @pytest.mark.parametrize("threads", [2, 3, 8])
-def test_kernel_split_over_threads_gives_the_same_values(threads):
-    n = 5 * _native.PIECE + 123
-    src = torch.randn(n, generator=torch.Generator().manual_seed(3))
-    words = torch.randint(-(2**63), 2**63 - 1, ((n + 7 + 63) // 64,), dtype=torch.int64,
-                          generator=torch.Generator().manual_seed(4))
+def test_kernel_split_over_threads_gives_the_same_values(threads, openmp, monkeypatch):
+    """Split in torch's OpenMP team or in the Python pool: the same values as one thread, bit for bit."""
+    if openmp and not _native.status()["openmp"]:
+        pytest.skip("the kernel does not share torch's OpenMP runtime here")
+    monkeypatch.setitem(_native._STATE, "openmp", openmp)
+    piece = _native.PIECE if openmp else _native.POOL_PIECE
+    n = 5 * piece + 123
+    g = torch.Generator().manual_seed(3)
+    src = torch.randn(n, generator=g)
+    words = torch.randint(-(2**63), 2**63 - 1, ((n + 7 + 63) // 64,), dtype=torch.int64, generator=g)
+    words_b = torch.randint(-(2**63), 2**63 - 1, ((n + 7 + 63) // 64,), dtype=torch.int64, generator=g)
     one, many = torch.empty(n), torch.empty(n)
     assert _native.sign_add_f32(one, src, words, 7, 0.25, threads=1)
     assert _native.sign_add_f32(many, src, words, 7, 0.25, threads=threads)
@@ -213,6 +225,25 @@ def test_kernel_split_over_threads_gives_the_same_values(threads):
     inplace = src.clone()
     _native.sign_add_f32(inplace, inplace, words, 7, 0.25, threads=threads)
     assert torch.equal(inplace, one)
+    # and the one-pass fold (w += a z_a; out = w + b z_b)
+    w1, w2, o1, o2 = src.clone(), src.clone(), torch.empty(n), torch.empty(n)
+    assert _native.sign_add2_f32(w1, o1, words, words_b, 7, -1e-3, 0.5, threads=1)
+    assert _native.sign_add2_f32(w2, o2, words, words_b, 7, -1e-3, 0.5, threads=threads)
+    assert torch.equal(w1, w2) and torch.equal(o1, o2) and not torch.equal(w1, src)
+
+
+@pytest.mark.skipif(not (sys.platform.startswith("linux") and torch.backends.openmp.is_available()),
+                    reason="the OpenMP runtime is looked up in /proc/self/maps, with torch built with OpenMP")
+@needs_native
+def test_kernel_runs_in_torchs_openmp_runtime():
+    """Built against the runtime torch loaded: no second OpenMP runtime in the process (whose threads
+    would compete with torch's for the cores)."""
+    st = _native.status()
+    runtimes = _native._openmp_runtimes()
+    assert len(runtimes) == 1, runtimes
+    if shutil.which("readelf") and st["openmp"]:
+        needed = subprocess.run(["readelf", "-d", st["path"]], capture_output=True, text=True, check=False).stdout
+        assert os.path.basename(runtimes[0]).split(".so")[0] in needed
 
 
 @needs_native

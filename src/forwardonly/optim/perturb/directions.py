@@ -396,9 +396,14 @@ class Directions:
                     flat[start:stop].add_(z, alpha=coef)
             return
         n = flat.numel()
-        for start in range(0, n, BLOCK):
-            block = flat[start : start + BLOCK]
-            self.perturb_range(block, block, step, terms, param_index, n, start)
+        if len(terms) == 1 and n <= CHUNK and self._uses_native(p, p):  # one kernel call, in place
+            (probe, coef), = terms
+            _native.sign_add_f32(p, p, self._chunk_values(chunk_seed(self.seed, step, probe, param_index, 0), n,
+                                                          _F32, _CPU), 0, coef)
+        else:
+            for start in range(0, n, BLOCK):
+                block = flat[start : start + BLOCK]
+                self.perturb_range(block, block, step, terms, param_index, n, start)
         self.release()
 
     def perturbed(self, p: torch.Tensor, step: int, terms: Sequence[tuple[int, float]], param_index: int,
@@ -406,6 +411,11 @@ class Directions:
         """``p + sum_k coef_k * z(step, probe_k)`` in a new tensor (or ``out``); ``p`` itself is not touched."""
         if out is None:
             out = torch.empty_like(p, memory_format=torch.contiguous_format)
+        if len(terms) == 1 and self.blockwise and p.numel() <= CHUNK and self._uses_native(out, p):
+            (probe, coef), = terms  # one kernel call (a norm's weight, a bias)
+            words = self._chunk_values(chunk_seed(self.seed, step, probe, param_index, 0), p.numel(), _F32, _CPU)
+            _native.sign_add_f32(out, p, words, 0, coef)
+            return out
         src, dst = p.reshape(-1), out.view(-1)
         if terms and self.blockwise:  # blockwise, reading held random words (the same values, bit for bit)
             n = src.numel()

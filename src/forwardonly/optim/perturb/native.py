@@ -85,10 +85,14 @@ def _openmp_runtimes() -> list[str]:
 
 
 def _torch_openmp() -> str | None:
-    """The OpenMP runtime torch runs its intra-op threads on, or None (torch built without OpenMP)."""
+    """The OpenMP runtime torch runs its intra-op threads on (its own copy where it ships one, else the
+    only one loaded), or None: torch built without OpenMP, or no way to tell which runtime it uses."""
     if not torch.backends.openmp.is_available():
         return None
     runtimes = _openmp_runtimes()
+    mine = [r for r in runtimes if r.startswith(os.path.realpath(os.path.dirname(torch.__file__)) + os.sep)]
+    if len(mine) == 1:
+        return mine[0]
     return runtimes[0] if len(runtimes) == 1 else None
 
 
@@ -145,6 +149,7 @@ def _load(cc: str):
     key = hashlib.sha256("\0".join([SOURCE.read_text(), cc, version, _cpu_flags(), str(runtime),
                                     str(ABI_VERSION)]).encode()).hexdigest()[:16]
     path = _cache_dir() / f"signs-{key}.so"
+    before = _openmp_runtimes()
     try:
         if not path.is_file() and (why := _build(cc, path, runtime)) is not None:
             return None, why
@@ -158,7 +163,7 @@ def _load(cc: str):
         f.restype, f.argtypes = None, argtypes
     # split calls run in torch's own OpenMP team only if loading the library did not bring in a
     # second runtime (which would have a team of its own); else the Python pool splits them
-    _STATE["openmp"] = bool(lib.fo_openmp()) and runtime is not None and _openmp_runtimes() == [runtime]
+    _STATE["openmp"] = bool(lib.fo_openmp()) and runtime is not None and _openmp_runtimes() == before
     _STATE["words"] = _same_words(lib)
     _STATE["path"], _STATE["simd"] = str(path), lib.fo_simd_width()
     return lib, None
