@@ -164,15 +164,27 @@ def _sub(live, name, fn):
     return wrapped
 
 
+def derived(fwd: tuple[float, float], parts: dict) -> dict:
+    """One round's parts plus, per pass, what it costs beyond a plain forward other than the kernel and the
+    words (``pass_k.rest``: Python dispatch, the matmuls on the perturbed scratch), and ``other``: the step
+    minus its parts."""
+    out = dict(parts)
+    top = [k for k in parts if "." not in k and k != "step"]
+    for k in top:
+        if k.startswith("pass_"):
+            out[f"{k}.rest"] = tuple(parts[k][i] - fwd[i] - parts.get(f"{k}.kernel", (0, 0))[i]
+                                     - parts.get(f"{k}.words", (0, 0))[i] for i in (0, 1))
+    out["other"] = tuple(parts["step"][i] - sum(parts[k][i] for k in top) for i in (0, 1))
+    return out
+
+
 def summarize(forward, rounds) -> dict:
-    """Medians (wall, CPU) of the forward and of every part of every variant."""
+    """Medians (wall, CPU) over the rounds of the forward and of every part of every variant."""
     med = {"forward": [statistics.median(f[i] for f in forward) for i in (0, 1)]}
     for name in VARIANTS:
-        keys = sorted({k for r in rounds for k in r[name]})
-        parts = {k: [statistics.median(r[name].get(k, (0.0, 0.0))[i] for r in rounds) for i in (0, 1)] for k in keys}
-        top = [k for k in keys if "." not in k and k != "step"]
-        parts["other"] = [parts["step"][i] - sum(parts[k][i] for k in top) for i in (0, 1)]
-        med[name] = parts
+        per = [derived(f, r[name]) for f, r in zip(forward, rounds)]
+        keys = sorted({k for r in per for k in r}, key=lambda k: (k != "step", k == "other", k))
+        med[name] = {k: [statistics.median(r.get(k, (0.0, 0.0))[i] for r in per) for i in (0, 1)] for k in keys}
     return {"median_wall_cpu_s": med, "all_forward_wall_cpu_s": forward, "all_parts_wall_cpu_s": rounds}
 
 

@@ -171,11 +171,40 @@ def tables(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def load_profiles(results_dir: Path = HERE / "results") -> list[dict]:
+    """The per-part profiles of ``parts.py``, oldest first."""
+    records = (json.loads(p.read_text()) for p in results_dir.glob("*.json"))
+    return sorted((r for r in records if r.get("name") == "step_overhead_profile"), key=lambda r: r["created"])
+
+
+def profile_tables(records: list[dict]) -> str:
+    """One table per profile: every part's median wall and CPU seconds, and wall against a plain forward."""
+    if not records:
+        return "No per-part profiles yet."
+    lines = []
+    for r in records:
+        cfg, med = r["config"], r["results"]["median_wall_cpu_s"]
+        fwd = med["forward"]
+        lines += [(f"{cfg['shape']}, {cfg['threads']} thread{'s' if cfg['threads'] > 1 else ''}, {cfg['rounds']} "
+                   f"timed rounds, git {str(r['git']['commit'])[:10]}{' (dirty)' if r['git']['dirty'] else ''}, "
+                   f"{r['created']}, 1-min load average {r['results']['load_average_1_5_15min'][0]:.1f}:"), "",
+                  "| variant | part | wall (s) | wall / forward | CPU (s) |", "|---|---|---|---|---|",
+                  f"| - | plain forward | {fwd[0]:.4f} | 1.000 | {fwd[1]:.4f} |"]
+        for name, parts in med.items():
+            if name == "forward":
+                continue
+            for part, (wall, cpu) in parts.items():
+                lines.append(f"| {name} | {part} | {wall:.4f} | {wall / fwd[0]:.3f} | {cpu:.4f} |")
+        lines.append("")
+    return "\n".join(lines).rstrip()
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--write", action="store_true", help="replace the tables in README.md")
     args = ap.parse_args(argv)
-    text = (invocation_tables(load_invocations()) + "\n\n### Earlier records (one thread count per invocation, "
+    text = (invocation_tables(load_invocations()) + "\n\n### Where a step's time goes (parts.py)\n\n"
+            + profile_tables(load_profiles()) + "\n\n### Earlier records (one thread count per invocation, "
             "before issue 18)\n\n" + tables(load()))
     print(text)
     if args.write:

@@ -7,7 +7,10 @@ forward pre-hook hands each module whose parameters it perturbs a *plan* for tha
 and the matching post-hook undoes it:
 
 * **fused** (plain ``nn.Linear``/``nn.Embedding``, :mod:`.fused`): the weight is perturbed block by
-  block inside the op, or only the looked-up rows, with the same values;
+  block inside the op, or only the looked-up rows, with the same values; a linear layer whose weight
+  fits one block (every SmolLM2 layer but the head) gets the perturbed matrix, built in a shared
+  scratch buffer, as its weight for the duration of its forward (``module._parameters`` is swapped
+  and put back), which costs a few dictionary writes instead of a function mode around its ops;
 * **sliced** (a batched evaluation, :mod:`.batched`): each slice of the stacked batch sees its own
   perturbed value;
 * **whole**: the module gets a temporary ``w + sum_k c_k z_k`` (``param.data`` points at it for the

@@ -13,7 +13,8 @@ tensors.
 * ``gaussian``: standard normal entries from ``torch.Tensor.normal_``.
 
 Values depend on the device type's generator (CPU and CUDA differ) but never on chunking, threads
-or the global RNG.
+or the global RNG. On the CPU the native kernel draws the random words itself (:mod:`.native`: the same
+MT19937 words as torch's generator, checked against it at load, three times faster).
 """
 
 from __future__ import annotations
