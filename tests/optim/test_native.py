@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from forwardonly.optim import ZOSGD
-from forwardonly.optim.perturb import native as _native
 from forwardonly.optim.perturb import CHUNK, HOLD_BYTES, Directions
+from forwardonly.optim.perturb import native as _native
 
 needs_native = pytest.mark.skipif(not _native.status()["available"],
                                   reason=f"native kernel unavailable: {_native.status()['reason']}")
