@@ -60,15 +60,17 @@ class SeedLog:
 
     @classmethod
     def load(cls, path) -> SeedLog:
+        from .io import read_json
+
         path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise UserError(f"seed log not found: {path}") from None
-        except ValueError as e:
-            raise UserError(f"{path}: not a seed log ({e})") from None
+        if not path.is_file():
+            raise UserError(f"seed log not found: {path}")
+        data = read_json(path, "seed log")
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise UserError(f"{path}: not a forwardonly seed log (format {FORMAT})")
+        missing = [k for k in ("optimizer", "model", "scheme", "entries") if k not in data]
+        if missing or not isinstance(data["entries"], list) or not isinstance(data["optimizer"], dict):
+            raise UserError(f"{path}: incomplete seed log (missing or malformed: {', '.join(missing) or 'entries'})")
         return cls(data["optimizer"], data["model"], data["scheme"], data["entries"])
 
 
@@ -86,16 +88,26 @@ def replay(log: SeedLog, model, optimizer) -> None:
 
 
 def trainable_state(model) -> dict[str, torch.Tensor]:
+    """The trainable parameters by name (what a fine-tuning checkpoint keeps)."""
     return {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def save(directory, model, optimizer, trainer: dict, seedlog: SeedLog | None = None) -> None:
-    """Write a checkpoint directory atomically (see the module docstring)."""
+def all_weights(model) -> dict[str, torch.Tensor]:
+    """Every parameter by name, each shared (tied) one once: a checkpoint that restores every weight of the
+    model, e.g. a distributed run's."""
+    return {n: p.detach() for n, p in model.named_parameters()}
+
+
+def save(directory, model, optimizer, trainer: dict, seedlog: SeedLog | None = None,
+         state: dict[str, torch.Tensor] | None = None) -> None:
+    """Write a checkpoint directory atomically (see the module docstring). ``state``: the trainable
+    weights by name when they do not live in the parameters (a streamed model's,
+    :meth:`forwardonly.lm.holders.Holder.trainable_state`); default :func:`trainable_state`."""
     from safetensors.torch import save_file
 
     with atomic_path(directory) as tmp:
         tmp.mkdir()
-        tensors = {n: t.contiguous().cpu() for n, t in trainable_state(model).items()}
+        tensors = {n: t.contiguous().cpu() for n, t in (state if state is not None else trainable_state(model)).items()}
         save_file(tensors, str(tmp / "trainable.safetensors"), metadata={"format": str(FORMAT)})
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         (tmp / "trainer.json").write_text(json.dumps(trainer, indent=1) + "\n")
@@ -103,37 +115,52 @@ def save(directory, model, optimizer, trainer: dict, seedlog: SeedLog | None = N
             (tmp / "seedlog.json").write_text(json.dumps(seedlog.to_dict()) + "\n")
 
 
-def load_trainable(directory, model) -> None:
-    """Load ``trainable.safetensors`` into ``model``; every saved name must exist with the same shape."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+def load_trainable(directory, model, write=None) -> None:
+    """Load ``trainable.safetensors`` into ``model``; every saved name must exist with the same shape.
+    ``write(model, saved, source)`` puts the tensors where they live instead (a streamed model's store)."""
+    from .io import load_safetensors
 
     path = Path(directory) / "trainable.safetensors"
-    try:
-        saved = load_file(str(path))
-    except FileNotFoundError:
-        raise UserError(f"no checkpoint weights at {path}") from None
-    except (SafetensorError, OSError) as e:
-        raise UserError(f"{path}: corrupt or truncated checkpoint ({e})") from None
+    if not path.is_file():
+        raise UserError(f"no checkpoint weights at {path}")
+    saved = load_safetensors(path, "checkpoint")
+    if write is not None:
+        write(model, saved, str(path))
+        return
+    copy_into(model, saved, str(path))
+
+
+def copy_into(model, saved: dict[str, torch.Tensor], source: str, target=None) -> None:
+    """Copy ``saved`` (by parameter name) into ``model``'s parameters, or into ``target(name, param)``; a
+    name the model lacks or a shape that differs is one line naming ``source``, before anything is written."""
     params = dict(model.named_parameters())
     for name, t in saved.items():
         p = params.get(name)
         if p is None or p.shape != t.shape:
-            raise UserError(f"{path}: tensor {name} {tuple(t.shape)} does not match the model "
+            raise UserError(f"{source}: tensor {name} {tuple(t.shape)} does not match the model "
                             f"({'missing' if p is None else tuple(p.shape)}); was it trained with another "
                             f"model or scheme?")
-        with torch.no_grad():
-            p.copy_(t)
+    with torch.no_grad():
+        for name, t in saved.items():
+            (params[name] if target is None else target(name, params[name])).copy_(t)
 
 
-def load(directory, model, optimizer) -> dict:
-    """Restore weights and optimizer state; returns ``trainer.json``."""
+def load(directory, model, optimizer=None, write=None) -> dict:
+    """Restore weights and (when given) optimizer state; returns ``trainer.json`` (``write``: see
+    :func:`load_trainable`)."""
     directory = Path(directory)
     trainer_path = directory / "trainer.json"
     if not trainer_path.is_file():
         raise UserError(f"no checkpoint in {directory} (missing trainer.json)")
-    trainer = json.loads(trainer_path.read_text())
-    load_trainable(directory, model)
-    state = torch.load(directory / "optimizer.pt", map_location="cpu", weights_only=True)
-    optimizer.load_state_dict(state)
+    from .io import load_torch, read_json_object
+
+    trainer = read_json_object(trainer_path, "checkpoint state")
+    load_trainable(directory, model, write)
+    if optimizer is None:
+        return trainer
+    state = load_torch(directory / "optimizer.pt", "optimizer state")
+    try:
+        optimizer.load_state_dict(state)
+    except (ValueError, KeyError, TypeError, RuntimeError) as e:
+        raise UserError(f"{directory / 'optimizer.pt'}: does not fit this run's optimizer ({e})") from None
     return trainer

@@ -128,11 +128,16 @@ def _build(cls, data: dict, lines: dict[str, int], source: str, prefix: str = ""
             valid = ", ".join(sorted(prefix + k for k in [*types_, *also]))
             where = f" of {owner}" if owner else ""
             raise UserError(f"{loc}: unknown key '{full}'{where}; valid keys: {valid}")
-        tp = types_[key]
-        if dataclasses.is_dataclass(tp):
-            kwargs[key] = _build(tp, value or {}, lines, source, full + ".")
+        tp, optional = _strip_optional(types_[key])
+        if dataclasses.is_dataclass(tp):  # a nested section (``None`` turns an optional one off)
+            if isinstance(value, str):
+                value = None if value.strip().lower() in ("none", "null", "") else yaml.safe_load(value)
+            if value is None and optional:
+                kwargs[key] = None
+            else:
+                kwargs[key] = _build(tp, value or {}, lines, source, full + ".")
         else:
-            kwargs[key] = _coerce(value, tp, full, loc)
+            kwargs[key] = _coerce(value, types_[key], full, loc)
     if section:  # the other keys are the typed section's, chosen by the values above (e.g. optim.name)
         try:
             sec_cls, what, fixed = cls.section_type(data)
@@ -145,7 +150,10 @@ def _build(cls, data: dict, lines: dict[str, int], source: str, prefix: str = ""
     try:
         return cls(**kwargs)
     except (ValueError, TypeError) as e:
-        raise UserError(f"{source}: {e}") from None
+        msg = str(e)
+        if prefix and msg.split("=", 1)[0] in types_:  # "bits=3 is not supported" -> "model.quant.bits=3 ..."
+            msg = prefix + msg
+        raise UserError(f"{source}: {msg}") from None
 
 
 def _set_dotted(tree: dict, key: str, value) -> None:
@@ -158,13 +166,40 @@ def _set_dotted(tree: dict, key: str, value) -> None:
     tree[parts[-1]] = value
 
 
-def parse_overrides(overrides: list[str]) -> dict:
+def _named_section(cls, key: str) -> bool:
+    """Whether dotted ``key`` of ``cls`` is a section (a nested dataclass) that has a ``name`` field."""
+    tp = cls
+    for part in key.split("."):
+        if not dataclasses.is_dataclass(tp):
+            return False
+        tp = _field_types(tp).get(part)
+    return dataclasses.is_dataclass(tp) and "name" in _field_types(tp)
+
+
+def _shorthand(cls, tree, prefix: str = ""):
+    """``model: NAME`` (or ``model=NAME``) as ``model: {name: NAME}`` for sections that have a name."""
+    if cls is None or not isinstance(tree, dict):
+        return tree
+    out = {}
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        if _named_section(cls, key):
+            v = {"name": v} if not isinstance(v, dict) and v is not None else _shorthand(cls, v, key + ".")
+        out[k] = v
+    return out
+
+
+def parse_overrides(overrides: list[str], cls=None) -> dict:
+    """``["a.b=1", "model=x"]`` as a nested dict; with ``cls``, ``section=NAME`` sets ``section.name``."""
     tree: dict = {}
     for item in overrides:
-        if "=" not in item:
+        if "=" not in item or item.startswith("-"):
             raise UserError(f"override {item!r} is not of the form key=value")
         key, value = item.split("=", 1)
-        _set_dotted(tree, key.strip(), value)
+        key = key.strip()
+        if cls is not None and _named_section(cls, key):
+            key += ".name"
+        _set_dotted(tree, key, value)
     return tree
 
 
@@ -189,7 +224,7 @@ def load_config(cls, path: str | Path | None = None, overrides: list[str] | None
         source = str(path)
         if not path.is_file():
             raise UserError(f"config file not found: {path}")
-        text = path.read_text()
+        text = read_text(path, "config")
         try:
             node = yaml.compose(text)
             loaded = yaml.safe_load(text) or {}
@@ -200,9 +235,9 @@ def load_config(cls, path: str | Path | None = None, overrides: list[str] | None
         if not isinstance(loaded, dict):
             raise UserError(f"{path}: a config must be a mapping of keys to values")
         lines = _lines(node)
-        data = _merge(data, loaded)
+        data = _merge(data, _shorthand(cls, loaded))
     if overrides:
-        over = parse_overrides(overrides)
+        over = parse_overrides(overrides, cls)
         data = _merge(data, over)
         for k in _flatten(over):
             lines[k] = lines.get(k, 0) or 0
@@ -214,6 +249,13 @@ def load_config(cls, path: str | Path | None = None, overrides: list[str] | None
                 raise UserError(str(e).replace(source, source_over, 1)) from None
             raise
     return _build(cls, data, lines, source)
+
+
+def read_text(path: str | Path, what: str = "file") -> str:
+    """A text file's content as UTF-8 (see :func:`forwardonly.io.read_text_file`)."""
+    from .io import read_text_file
+
+    return read_text_file(path, what)
 
 
 def _flatten(tree: dict, prefix: str = "") -> list[str]:

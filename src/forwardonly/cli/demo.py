@@ -12,7 +12,7 @@ accuracies, the time and the peak memory. Overrides work as for ``train``::
 
 from __future__ import annotations
 
-import sys
+import logging
 import time
 from pathlib import Path
 
@@ -25,20 +25,27 @@ class Demo:
     @staticmethod
     def add_arguments(p):
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
+        p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
         p.add_argument("overrides", nargs="*", metavar="key=value", help="overrides of the demo config")
 
     @staticmethod
     def run(args) -> int:
-        from ..models import zoo
         from ..lm.train import run
+        from ..models import zoo
+        from .main import show_progress
         from .train import load_train_config
 
         cfg = load_train_config(CONFIG, args.overrides)
+        if args.print_config:
+            from .common import print_config
+
+            return print_config(cfg)
         if cfg.model.name in zoo.ZOO and zoo.cached(cfg.model.name) is None:
-            print(f"fetching {cfg.model.name} into {zoo.model_dir(cfg.model.name)} (once) ...", file=sys.stderr)
-            zoo.fetch(cfg.model.name, log=lambda m: print(m, file=sys.stderr))
+            log = logging.getLogger("forwardonly")
+            log.info(f"fetching {cfg.model.name} into {zoo.model_dir(cfg.model.name)} (once) ...")
+            zoo.fetch(cfg.model.name, log=log.info)
         start = time.perf_counter()
-        s = run(cfg, progress=not args.no_progress and sys.stderr.isatty())
+        s = run(cfg, progress=show_progress(args))
         wall = time.perf_counter() - start
         before, after = s["test_before"], s["test_after"]
         metric = "accuracy" if "accuracy" in after else "f1"
@@ -61,4 +68,6 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("demo", help=Demo.help, description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     Demo.add_arguments(p)
-    p.set_defaults(func=Demo.run)
+    from .train import train_config_cls
+
+    p.set_defaults(func=Demo.run, config_cls=train_config_cls)

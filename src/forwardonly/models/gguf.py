@@ -12,7 +12,10 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from ..io import atomic_path
+from ..io import atomic_path, cache_root
+
+MANIFEST = "forwardonly.json"
+"""The file that marks a finished model directory in the cache."""
 
 
 def export_gguf(gguf: str | Path, out_dir: str | Path) -> None:
@@ -28,6 +31,11 @@ def export_gguf(gguf: str | Path, out_dir: str | Path) -> None:
     try:
         loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
         tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    except Exception as e:  # noqa: BLE001 - the GGUF reader fails on a corrupt file with many error types
+        from ..errors import UserError
+
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise UserError(f"{gguf}: not a readable GGUF file ({first})") from None
     finally:
         hf_logging.set_verbosity(verbosity)
     config = loaded.config
@@ -53,7 +61,6 @@ def _fingerprint(path: Path) -> str:
 
 def cached_gguf_dir(gguf: str | Path) -> Path:
     """The fp32 directory for an arbitrary GGUF file, converting it on first use."""
-    from .zoo import MANIFEST, cache_root
 
     gguf = Path(gguf).resolve()
     dest = cache_root() / "gguf" / f"{gguf.stem}-{_fingerprint(gguf)}"
