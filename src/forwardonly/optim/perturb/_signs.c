@@ -88,14 +88,14 @@ static inline __m256 fo_signs8(uint32_t byte, __m256 neg) {
 void fo_sign_add_f32(float *dst, const float *src, int64_t n, const uint8_t *bits, int64_t nbytes,
                      int64_t first, float coef) {
     int64_t i = 0;
-#if defined(__AVX512F__)
-    const __m512 pos = _mm512_set1_ps(coef);
-    const __m512 neg = _mm512_set1_ps(-coef);
     /* scalar head until the bit position is byte aligned */
     while (i < n && ((first + i) & 7) != 0) {
         dst[i] = src[i] + fo_sign(bits, first + i, coef);
         i++;
     }
+#if defined(__AVX512F__)
+    const __m512 pos = _mm512_set1_ps(coef);
+    const __m512 neg = _mm512_set1_ps(-coef);
     /* 64 elements per iteration: one 8-byte word of signs, four 16-lane blends */
     for (; i + 64 <= n && ((first + i) >> 3) + 8 <= nbytes; i += 64) {
         uint64_t w;
@@ -121,10 +121,6 @@ void fo_sign_add_f32(float *dst, const float *src, int64_t n, const uint8_t *bit
     }
 #elif defined(__AVX2__)
     const __m256 neg = _mm256_set1_ps(-coef);
-    while (i < n && ((first + i) & 7) != 0) {
-        dst[i] = src[i] + fo_sign(bits, first + i, coef);
-        i++;
-    }
     /* 32 elements per iteration: four random bytes, four 8-lane additions */
     for (; i + 32 <= n && ((first + i) >> 3) + 4 <= nbytes; i += 32) {
         uint32_t w;
@@ -143,10 +139,6 @@ void fo_sign_add_f32(float *dst, const float *src, int64_t n, const uint8_t *bit
     float table[256][8];
     for (int b = 0; b < 256; b++)
         for (int j = 0; j < 8; j++) table[b][j] = ((b >> j) & 1) ? coef : -coef;
-    while (i < n && ((first + i) & 7) != 0) {
-        dst[i] = src[i] + fo_sign(bits, first + i, coef);
-        i++;
-    }
     for (; i + 8 <= n; i += 8) {
         const float *t = table[bits[(first + i) >> 3]];
         for (int j = 0; j < 8; j++) dst[i + j] = src[i + j] + t[j];
@@ -159,14 +151,14 @@ void fo_sign_add_f32(float *dst, const float *src, int64_t n, const uint8_t *bit
 void fo_sign_add2_f32(float *w, float *out, int64_t n, const uint8_t *bits_a, const uint8_t *bits_b,
                       int64_t nbytes, int64_t first, float coef_a, float coef_b) {
     int64_t i = 0;
-#if defined(__AVX512F__)
-    const __m512 pa = _mm512_set1_ps(coef_a), na = _mm512_set1_ps(-coef_a);
-    const __m512 pb = _mm512_set1_ps(coef_b), nb = _mm512_set1_ps(-coef_b);
     while (i < n && ((first + i) & 7) != 0) {
         w[i] = w[i] + fo_sign(bits_a, first + i, coef_a);
         out[i] = w[i] + fo_sign(bits_b, first + i, coef_b);
         i++;
     }
+#if defined(__AVX512F__)
+    const __m512 pa = _mm512_set1_ps(coef_a), na = _mm512_set1_ps(-coef_a);
+    const __m512 pb = _mm512_set1_ps(coef_b), nb = _mm512_set1_ps(-coef_b);
     for (; i + 32 <= n && ((first + i) >> 3) + 4 <= nbytes; i += 32) {
         uint32_t ua, ub;
         memcpy(&ua, bits_a + ((first + i) >> 3), 4);
@@ -182,11 +174,6 @@ void fo_sign_add2_f32(float *w, float *out, int64_t n, const uint8_t *bits_a, co
     }
 #elif defined(__AVX2__)
     const __m256 na = _mm256_set1_ps(-coef_a), nb = _mm256_set1_ps(-coef_b);
-    while (i < n && ((first + i) & 7) != 0) {
-        w[i] = w[i] + fo_sign(bits_a, first + i, coef_a);
-        out[i] = w[i] + fo_sign(bits_b, first + i, coef_b);
-        i++;
-    }
     for (; i + 16 <= n && ((first + i) >> 3) + 2 <= nbytes; i += 16) {
         uint16_t ua, ub;
         memcpy(&ua, bits_a + ((first + i) >> 3), 2);
@@ -220,8 +207,19 @@ static inline int fo_team(int64_t n, int threads, int64_t piece) {
     return k < 1 ? 1 : (int)k;
 }
 
-void fo_sign_add_f32_mt(float *dst, const float *src, int64_t n, const uint8_t *bits, int64_t nbytes,
-                        int64_t first, float coef, int threads, int64_t piece) {
+/* One piece of either kernel: with bits_b NULL, dst = src + coef_a z_a (fo_sign_add_f32); else
+ * dst += coef_a z_a, then out = dst + coef_b z_b (fo_sign_add2_f32, dst being the weights). */
+static void fo_run(float *dst, const float *src, float *out, int64_t n, const uint8_t *bits_a,
+                   const uint8_t *bits_b, int64_t nbytes, int64_t first, float coef_a, float coef_b) {
+    if (bits_b)
+        fo_sign_add2_f32(dst, out, n, bits_a, bits_b, nbytes, first, coef_a, coef_b);
+    else
+        fo_sign_add_f32(dst, src, n, bits_a, nbytes, first, coef_a);
+}
+
+static void fo_split(float *dst, const float *src, float *out, int64_t n, const uint8_t *bits_a,
+                     const uint8_t *bits_b, int64_t nbytes, int64_t first, float coef_a, float coef_b,
+                     int threads, int64_t piece) {
     int k = fo_team(n, threads, piece);
 #ifdef _OPENMP
     if (k > 1) {
@@ -229,31 +227,25 @@ void fo_sign_add_f32_mt(float *dst, const float *src, int64_t n, const uint8_t *
         {
             int64_t a, b;
             fo_piece(n, omp_get_thread_num(), omp_get_num_threads(), &a, &b);
-            if (a < b) fo_sign_add_f32(dst + a, src + a, b - a, bits, nbytes, first + a, coef);
+            if (a < b)
+                fo_run(dst + a, src ? src + a : 0, out ? out + a : 0, b - a, bits_a, bits_b, nbytes, first + a,
+                       coef_a, coef_b);
         }
         return;
     }
 #endif
     (void)k;
-    fo_sign_add_f32(dst, src, n, bits, nbytes, first, coef);
+    fo_run(dst, src, out, n, bits_a, bits_b, nbytes, first, coef_a, coef_b);
+}
+
+void fo_sign_add_f32_mt(float *dst, const float *src, int64_t n, const uint8_t *bits, int64_t nbytes,
+                        int64_t first, float coef, int threads, int64_t piece) {
+    fo_split(dst, src, 0, n, bits, 0, nbytes, first, coef, 0.0f, threads, piece);
 }
 
 void fo_sign_add2_f32_mt(float *w, float *out, int64_t n, const uint8_t *bits_a, const uint8_t *bits_b,
                          int64_t nbytes, int64_t first, float coef_a, float coef_b, int threads, int64_t piece) {
-    int k = fo_team(n, threads, piece);
-#ifdef _OPENMP
-    if (k > 1) {
-#pragma omp parallel num_threads(k)
-        {
-            int64_t a, b;
-            fo_piece(n, omp_get_thread_num(), omp_get_num_threads(), &a, &b);
-            if (a < b) fo_sign_add2_f32(w + a, out + a, b - a, bits_a, bits_b, nbytes, first + a, coef_a, coef_b);
-        }
-        return;
-    }
-#endif
-    (void)k;
-    fo_sign_add2_f32(w, out, n, bits_a, bits_b, nbytes, first, coef_a, coef_b);
+    fo_split(w, 0, out, n, bits_a, bits_b, nbytes, first, coef_a, coef_b, threads, piece);
 }
 
 /* MT19937, as torch's CPU generator runs it (at::mt19937): the state is seeded from the low 32 bits of
