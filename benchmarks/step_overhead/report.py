@@ -35,8 +35,86 @@ def rows(rs) -> list[list[dict]]:
     """Records grouped by (shape, threads, UTC day), in that order; each group oldest first."""
     groups: dict[tuple, list] = {}
     for rec in rs.glob("results/*"):
-        groups.setdefault(_key(rec), []).append(rec)
+        if rec.get("name") == "step_overhead" and "per_threads" not in rec["results"]:
+            groups.setdefault(_key(rec), []).append(rec)
     return [sorted(groups[k], key=lambda r: r["created"]) for k in sorted(groups)]
+
+
+def load_invocations(rs) -> list[dict]:
+    """The records that measured several thread counts in the same rounds (issue 18), oldest first."""
+    return sorted((r for r in rs.glob("results/*") if r.get("name") == "step_overhead" and "per_threads" in r["results"]),
+                  key=lambda r: r["created"])
+
+
+MIN_INVOCATIONS = 3
+
+
+def _groups(records: list[dict]) -> dict:
+    """``(tokens, shape, threads, commit) -> [(record, its per-thread results), ...]``."""
+    groups: dict = {}
+    for r in records:
+        b, t = map(int, r["results"]["shape"].split("x"))
+        for n, res in r["results"]["per_threads"].items():
+            key = (b * t, r["results"]["shape"], int(n), str(r["git"]["commit"])[:10])
+            groups.setdefault(key, []).append((r, res))
+    return dict(sorted(groups.items(), key=lambda kv: (kv[0][0], -kv[0][2], kv[0][3])))
+
+
+def _spread(values: list[float], target: float | None) -> str:
+    if not values:
+        return "-"
+    med = statistics.median(values)
+    cell = f"{med:.3f} [{min(values):.3f}-{max(values):.3f}] ({len(values)})"
+    if target is None or len(values) < MIN_INVOCATIONS:
+        return cell
+    return cell + (" met" if med <= target else " missed")
+
+
+def _threads_label(r, n: int) -> str:
+    default = r["config"].get("default_threads")
+    return f"{n} thread{'s' if n > 1 else ''}" + (" (torch default)" if default == n else "")
+
+
+def invocation_tables(records: list[dict]) -> str:
+    """Median over invocations, with the range, per shape, thread count and commit."""
+    if not records:
+        return "No invocations with several thread counts yet."
+    variants = [k for k, _ in COLUMNS if any(k in r["results"]["peak_rss_ratio_step_over_forward"] for r in records)]
+    labels = dict(COLUMNS)
+    lines = []
+    for key, title in (("ratio_step_over_2fwd", "wall-clock"), ("cpu_ratio_step_over_2fwd", "process CPU time")):
+        lines += [(f"Step / (2 x forward), {title}: median over invocations [min-max] (invocations); each "
+                   "invocation's figure is the median of its interleaved rounds:"), "",
+                  "| shape, threads | commit | forward (s) | " + " | ".join(labels[v] for v in variants)
+                  + " | target |", "|---|---|---|" + "---|" * len(variants) + "---|"]
+        for (_, shape, n, commit), members in _groups(records).items():
+            target = members[0][0]["results"]["targets"]["ratio"]
+            fwd = statistics.median(res["median_s"]["forward"] for _, res in members)
+            cells = [_spread([res[key][v] for _, res in members if v in res[key]], target) for v in variants]
+            lines.append(f"| {shape}, {_threads_label(members[0][0], n)} | {commit} | {fwd:.3f} | "
+                         + " | ".join(cells) + f" | <= {target:.2f} |")
+        lines.append("")
+    lines += ["Peak RSS during a step / during a plain forward (first thread count of each invocation):", "",
+              "| shape | commit | " + " | ".join(labels[v] for v in variants) + " | target |",
+              "|---|---|" + "---|" * len(variants) + "---|"]
+    by_shape: dict = {}
+    for r in records:
+        by_shape.setdefault((r["results"]["shape"], str(r["git"]["commit"])[:10]), []).append(r)
+    for (shape, commit), rs in by_shape.items():
+        target = rs[0]["results"]["targets"]["peak_rss_ratio"]
+        cells = [_spread([r["results"]["peak_rss_ratio_step_over_forward"][v] for r in rs
+                          if v in r["results"]["peak_rss_ratio_step_over_forward"]], target) for v in variants]
+        lines.append(f"| {shape} | {commit} | " + " | ".join(cells) + f" | <= {target:.2f} |")
+    lines += ["", "Invocations:", ""]
+    for r in records:
+        res, m = r["results"], r["machine"]
+        loads = [round(x[0], 1) for x in res["load_average_1_5_15min_per_round"]]
+        rounds = ", ".join(f"{n}: {v['timed_rounds']}" for n, v in res["per_threads"].items())
+        lines.append(f"* {r['created']}, {res['shape']}, timed rounds per thread count {rounds}, "
+                     f"{r['config']['model']}, {m.get('cpu_model', '?')} ({m.get('cpu_count')} cores), "
+                     f"1-min load average {min(loads)}-{max(loads)}, git {str(r['git']['commit'])[:10]}"
+                     f"{' (dirty)' if r['git']['dirty'] else ''}, torch {r['versions'].get('torch')}.")
+    return "\n".join(lines)
 
 
 def _label(recs) -> str:
@@ -101,8 +179,38 @@ def tables(rs) -> str:
     return "\n".join(lines)
 
 
+def load_profiles(rs) -> list[dict]:
+    """The per-part profiles of ``parts.py``, oldest first."""
+    return sorted((r for r in rs.glob("results/*") if r.get("name") == "step_overhead_profile"),
+                  key=lambda r: r["created"])
+
+
+def profile_tables(records: list[dict]) -> str:
+    """One table per profile: every part's median wall and CPU seconds, and wall against a plain forward."""
+    if not records:
+        return "No per-part profiles yet."
+    lines = []
+    for r in records:
+        cfg, med = r["config"], r["results"]["median_wall_cpu_s"]
+        fwd = med["forward"]
+        lines += [(f"{cfg['shape']}, {cfg['threads']} thread{'s' if cfg['threads'] > 1 else ''}, {cfg['rounds']} "
+                   f"timed rounds, git {str(r['git']['commit'])[:10]}{' (dirty)' if r['git']['dirty'] else ''}, "
+                   f"{r['created']}, 1-min load average {r['results']['load_average_1_5_15min'][0]:.1f}:"), "",
+                  "| variant | part | wall (s) | wall / forward | CPU (s) |", "|---|---|---|---|---|",
+                  f"| - | plain forward | {fwd[0]:.4f} | 1.000 | {fwd[1]:.4f} |"]
+        for name, parts in med.items():
+            if name == "forward":
+                continue
+            for part, (wall, cpu) in parts.items():
+                lines.append(f"| {name} | {part} | {wall:.4f} | {wall / fwd[0]:.3f} | {cpu:.4f} |")
+        lines.append("")
+    return "\n".join(lines).rstrip()
+
+
 def blocks(rs) -> dict[str, str]:
-    return {"tables": tables(rs)}
+    return {"tables": invocation_tables(load_invocations(rs)) + "\n\n### Where a step's time goes (parts.py)\n\n"
+            + profile_tables(load_profiles(rs)) + "\n\n### Earlier records (one thread count per invocation, "
+            "before issue 18)\n\n" + tables(rs)}
 
 
 def main(argv=None) -> int:

@@ -92,9 +92,13 @@ class ZOSGD(ZOOptimizer):
     keeps its random bits, 1/8 byte per parameter (at most 64 MiB; 1/4 byte with
     ``defer_update``), so that the three passes of a step draw them once.
 
-    Speed: on the CPU, fp32 Rademacher perturbations and updates run through a small C kernel
-    (:mod:`forwardonly.optim.perturb.native`, compiled at first use) that reads the random bits
-    directly; without a compiler the torch path gives the same values, slower.
+    Speed: the defaults are the fast path. On the CPU, fp32 Rademacher perturbations and updates run
+    through a small C kernel (:mod:`forwardonly.optim.perturb.native`, compiled at first use) that
+    reads the random bits directly and is split over torch's own intra-op (OpenMP) threads, so every
+    part of a step uses the threads ``torch.set_num_threads`` gives it; without a compiler the torch
+    path gives the same values, slower. Two options trade something else for time and stay off by
+    default: ``defer_update`` (the parameters lag one update behind between steps) and ``paired``
+    (twice the activations; slower on the CPU at small batches).
 
     Deferred update (``defer_update=True``, plain ZO-SGD only): ``step`` records its
     update instead of writing it, and the next perturbed pass applies it to each

@@ -23,6 +23,8 @@ import torch
 from . import native as _native
 from .seeds import CHUNK, KINDS, chunk_seed, direction, fill_chunk, packed_sign_table, random_words
 
+_F32 = torch.float32
+_CPU = torch.device("cpu")
 HOLD_BYTES = 64 << 20
 """Most bytes of random words :meth:`Directions.hold` keeps (a step of a 512M-parameter model)."""
 BLOCK = 1 << 20
@@ -85,6 +87,7 @@ class Directions:
         self.seed, self.kind, self.mask = int(seed), kind, mask
         self.blockwise, self.native = bool(blockwise), bool(native)
         self.carry = False  # set before the outermost hold ends: keep its words one more step
+        self._native_ok: bool | None = None  # the settings' half of _uses_native, once known
         self._scratch: dict[tuple, torch.Tensor] = {}
         self._ranges: dict[tuple, torch.Tensor] = {}
         self._matrix_views: dict[tuple, tuple] = {}
@@ -137,7 +140,7 @@ class Directions:
         """One chunk's values, cached with the last few chunks asked for (until :meth:`release`):
         Gaussian values, or for Rademacher the chunk's random int64 words (bit ``k`` of the little-endian
         byte stream is the sign of element ``k``: bit ``k & 7`` of byte ``k >> 3``)."""
-        key = (seed, n, str(device), self.kind)
+        key = (seed, n, device)  # (a torch.device: every caller passes one; the kind never changes)
         vals = self._lru.get(key)
         if vals is None:
             vals = self._recent.get(key)
@@ -219,10 +222,14 @@ class Directions:
             yield c, clen, pos - base, end - base
             pos = end
 
-    def _uses_native(self, *tensors: torch.Tensor) -> bool:
-        return (self.native and self.kind == "rademacher" and self.mask is None
-                and all(t.dtype == torch.float32 and t.device.type == "cpu" and t.is_contiguous() for t in tensors)
-                and _native.library() is not None)
+    def _uses_native(self, a: torch.Tensor, b: torch.Tensor) -> bool:
+        """Whether ``a`` and ``b`` (a block and its source) go through the native kernel (called per block:
+        the checks that do not depend on the tensors are made once)."""
+        ok = self._native_ok
+        if ok is None:
+            ok = self._native_ok = self.native and self.kind == "rademacher" and self.mask is None
+        return (ok and a.dtype is _F32 and b.dtype is _F32 and a.is_cpu and b.is_cpu
+                and a.is_contiguous() and b.is_contiguous() and _native.library() is not None)
 
     def _range_values(self, vals, a: int, b: int, n: int, dtype, device, step: int, param_index: int,
                       c: int, clen: int) -> torch.Tensor:
@@ -324,6 +331,28 @@ class Directions:
         self._matrix_views[key] = (base, flat, flat.view(rows, cols))
         return flat, self._matrix_views[key][2]
 
+    def perturbed_matrix(self, w: torch.Tensor, step: int, terms: Sequence[tuple[int, float]], param_index: int,
+                         fold=None) -> torch.Tensor:
+        """``w + sum_k coef_k z_k`` for a 2-D ``w`` in the shared scratch matrix (valid until the next use
+        of the scratch); with ``fold = (step, terms)`` a deferred update is first written into ``w`` in the
+        same pass (:meth:`fold_perturb_range`). The values of :meth:`perturbed`, bit for bit."""
+        rows, cols = w.shape
+        n = rows * cols
+        flat, mat = self.matrix_scratch(rows, cols, w.dtype, w.device)
+        if (fold is None and len(terms) == 1 and n <= CHUNK and w.dtype is _F32 and w.is_cpu and w.is_contiguous()
+                and self._uses_native(flat, flat)):
+            # the common case straight to the kernel (one term, one chunk; raw pointers, no views made)
+            (probe, coef), = terms
+            words = self._chunk_values(chunk_seed(self.seed, step, probe, param_index, 0), n, _F32, _CPU)
+            _native.sign_add_f32(flat, w, words, 0, coef)
+            return mat
+        src = w.detach().view(-1)
+        if fold is None:
+            self.perturb_range(flat, src, step, terms, param_index, n, 0)
+        else:
+            self.fold_perturb_range(flat, src, fold[0], fold[1], step, terms, param_index, n, 0)
+        return mat
+
     def block_scratch(self, n: int, dtype, device, slot: str = "w") -> torch.Tensor:
         """A reused buffer of at least ``n`` elements for one block of a perturbed weight."""
         return self._range_scratch(n, dtype, device, slot=slot)
@@ -367,9 +396,14 @@ class Directions:
                     flat[start:stop].add_(z, alpha=coef)
             return
         n = flat.numel()
-        for start in range(0, n, BLOCK):
-            block = flat[start : start + BLOCK]
-            self.perturb_range(block, block, step, terms, param_index, n, start)
+        if len(terms) == 1 and n <= CHUNK and self._uses_native(p, p):  # one kernel call, in place
+            (probe, coef), = terms
+            _native.sign_add_f32(p, p, self._chunk_values(chunk_seed(self.seed, step, probe, param_index, 0), n,
+                                                          _F32, _CPU), 0, coef)
+        else:
+            for start in range(0, n, BLOCK):
+                block = flat[start : start + BLOCK]
+                self.perturb_range(block, block, step, terms, param_index, n, start)
         self.release()
 
     def perturbed(self, p: torch.Tensor, step: int, terms: Sequence[tuple[int, float]], param_index: int,
@@ -377,6 +411,11 @@ class Directions:
         """``p + sum_k coef_k * z(step, probe_k)`` in a new tensor (or ``out``); ``p`` itself is not touched."""
         if out is None:
             out = torch.empty_like(p, memory_format=torch.contiguous_format)
+        if len(terms) == 1 and self.blockwise and p.numel() <= CHUNK and self._uses_native(out, p):
+            (probe, coef), = terms  # one kernel call (a norm's weight, a bias)
+            words = self._chunk_values(chunk_seed(self.seed, step, probe, param_index, 0), p.numel(), _F32, _CPU)
+            _native.sign_add_f32(out, p, words, 0, coef)
+            return out
         src, dst = p.reshape(-1), out.view(-1)
         if terms and self.blockwise:  # blockwise, reading held random words (the same values, bit for bit)
             n = src.numel()

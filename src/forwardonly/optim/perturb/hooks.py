@@ -7,7 +7,10 @@ forward pre-hook hands each module whose parameters it perturbs a *plan* for tha
 and the matching post-hook undoes it:
 
 * **fused** (plain ``nn.Linear``/``nn.Embedding``, :mod:`.fused`): the weight is perturbed block by
-  block inside the op, or only the looked-up rows, with the same values;
+  block inside the op, or only the looked-up rows, with the same values; a linear layer whose weight
+  fits one block (every SmolLM2 layer but the head) gets the perturbed matrix, built in a shared
+  scratch buffer, as its weight for the duration of its forward (``module._parameters`` is swapped
+  and put back), which costs a few dictionary writes instead of a function mode around its ops;
 * **sliced** (a batched evaluation, :mod:`.batched`): each slice of the stacked batch sees its own
   perturbed value;
 * **whole**: the module gets a temporary ``w + sum_k c_k z_k`` (``param.data`` points at it for the
@@ -33,12 +36,13 @@ from torch.nn.modules import module as nn_module
 
 from .batched import SlicedOps, SliceState, Unpairable
 from .directions import Directions
-from .fused import FusedWeight, fusable
+from .fused import FusedWeight, fusable, one_block
 
 _LOCK = threading.Lock()
 _LOCAL = threading.local()
 _HANDLES: list = []
 _ACTIVE = [0]  # Perturbations entered, over all threads
+_NOTHING = ((), None, None, ())  # the frame of a module whose forward perturbs nothing
 
 
 def _current() -> Perturbation | None:
@@ -169,22 +173,30 @@ class Perturbation:
 
     # ------------------------------------------------------------------ plans
     def _pre(self, module, args):
-        frame, mode, values, duals = [], None, {}, []
         if self.state is not None:
             self.state.see_inputs(args)
+        if not module._parameters:  # most modules of a transformer (activations, attention, containers)
+            self._frames.append(_NOTHING)
+            return
+        frame, mode, values, swaps = [], None, {}, []
         for name, p in module._parameters.items():
             i = self.index.get(id(p)) if p is not None else None
             if i is None:
                 continue
             self.touched.add(i)
             if self.dual:
-                duals.append((name, p, self._dual_value(p, i)))
+                swaps.append((name, p, self._dual_value(p, i)))
             elif mode is None and self.fused and i not in self._swapped and fusable(module, p, self.directions):
                 fold = self.pending.fold(i) if type(module) is torch.nn.Linear else None
                 if fold is None:
                     self.pending.settle(i)
-                mode = FusedWeight(self.directions, self.step, self._scaled(self.terms, i), i, p, fold=fold,
-                                   state=self.state,
+                terms = self._scaled(self.terms, i)
+                if self.slices is None and one_block(module, p):
+                    # the whole perturbed weight fits one cache-sized block: build it in the shared scratch
+                    # and let the module's own F.linear read it (no function mode, no Python per op)
+                    swaps.append((name, p, self.directions.perturbed_matrix(p, self.step, terms, i, fold)))
+                    continue
+                mode = FusedWeight(self.directions, self.step, terms, i, p, fold=fold, state=self.state,
                                    slices=None if self.slices is None else [self._scaled(t, i) for t in self.slices])
             elif self.slices is not None:
                 self.pending.settle(i)
@@ -198,11 +210,11 @@ class Perturbation:
             idx = ", ".join(map(str, sorted(self.index[k] for k in values)))
             mode = SlicedOps(f"{type(module).__name__} (parameter {idx})", {k: v for k, (_, v) in values.items()},
                              self.state, args, module._buffers.values())
-        for name, _, dual in duals:
-            module._parameters[name] = dual
+        for name, _, value in swaps:
+            module._parameters[name] = value
         if mode is not None:
             mode.__enter__()
-        self._frames.append((frame, mode, module if duals else None, duals))
+        self._frames.append((frame, mode, module, swaps) if mode is not None or frame or swaps else _NOTHING)
 
     def _dual_value(self, p: torch.Tensor, i: int):
         import torch.autograd.forward_ad as fwad
@@ -211,6 +223,9 @@ class Perturbation:
         return fwad.make_dual(p.detach(), self.directions.full(p, self.step, probe, i))
 
     def _post(self, module, output):
+        if self._frames and self._frames[-1] is _NOTHING:
+            self._frames.pop()
+            return
         mode = self._frames[-1][1] if self._frames else None
         try:
             if mode is not None and hasattr(mode, "check_output"):
@@ -219,12 +234,12 @@ class Perturbation:
             self._pop_frame(output)
 
     def _pop_frame(self, output=None):
-        frame, mode, module, duals = self._frames.pop()
+        frame, mode, module, swaps = self._frames.pop()
         if mode is not None:
             mode.__exit__(None, None, None)
             if hasattr(mode, "settle"):
                 mode.settle()  # a fold the op never reached (the module did not call F.linear on it)
-        for name, p, _ in duals:
+        for name, p, _ in swaps:
             module._parameters[name] = p
         for i in frame:
             self.params[i].data = self._swapped.pop(i)
