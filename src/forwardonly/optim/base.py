@@ -196,8 +196,8 @@ class ZOOptimizer(torch.optim.Optimizer):
                                      f"it is an option of the whole step")
         for g in self.param_groups:
             _check(g["eps"] > 0.0 and math.isfinite(g["eps"]), f"Invalid eps (perturbation scale): {g['eps']}")
-        self.directions = Directions(seed, direction, mask=mask, blockwise=impl != "plain", native=impl == "auto")
         self.impl = impl
+        self.directions = self._make_directions(seed, direction, mask, impl)
         self.state[ZO_KEY] = {"step": 0, "skipped": 0, "forwards": 0, "seed": seed,
                               "direction": direction, "last_grads": []}
         self.evaluator = Evaluator()
@@ -205,8 +205,14 @@ class ZOOptimizer(torch.optim.Optimizer):
         self.deferral: Deferral | None = None
         self._unowned: set[int] | None = None
         self._in_step = False
+        self._scalars: dict = {}  # scalars of the current step's update beyond its projected gradients
+        self._probe_scalars: dict[str, list[float]] = {}  # per-probe scalars of an estimate (combined over ranks)
 
     _pairs_two_sided_only = True  # the base estimate pairs the two sides of a probe
+
+    def _make_directions(self, seed: int, kind: str, mask, impl: str) -> Directions:
+        """The run's directions (an optimizer with directions of another shape, LOZO's, overrides this)."""
+        return Directions(seed, kind, mask=mask, blockwise=impl != "plain", native=impl == "auto")
 
     # ------------------------------------------------------------- options
     def _option(self, key: str):
@@ -320,12 +326,18 @@ class ZOOptimizer(torch.optim.Optimizer):
         return self.parallel.probes(self.q) if self.parallel is not None else list(range(self.q))
 
     def estimate(self, closure: Callable, step: int) -> tuple[float, list[float]]:
-        """Loss and projected gradients ``[g_k]`` at the current point (every rank's, where distributed)."""
+        """Loss and projected gradients ``[g_k]`` at the current point (every rank's, where distributed).
+
+        An estimator that measures more per probe than ``g_k`` (HiZOO's curvature) puts it in
+        ``self._probe_scalars`` (``{name: [one value per probe]}``); it is combined over ranks like the
+        ``g_k`` and left in ``self._probe_scalars``."""
+        self._probe_scalars = {}
         if self.parallel is None:
             return self._estimate(closure, step, self.probes())
         with self.parallel.estimating():
             loss, grads = self._estimate(closure, step, self.probes())
-        return self.parallel.combine(loss, grads)
+        loss, grads, self._probe_scalars = self.parallel.combine(loss, grads, self._probe_scalars)
+        return loss, grads
 
     def _estimate(self, closure: Callable, step: int, probes: list[int]) -> tuple[float, list[float]]:
         eps, scales = self.eps, self._eps_scales()
@@ -356,16 +368,19 @@ class ZOOptimizer(torch.optim.Optimizer):
     def _step(self, closure: Callable, t: int):
         zs = self.zo_state
         loss, grads = self.estimate(closure, t)
-        if not (math.isfinite(loss) and all(math.isfinite(g) for g in grads)):
+        self._scalars = {k: list(v) for k, v in self._probe_scalars.items()}
+        finite = math.isfinite(loss) and all(math.isfinite(g) for g in grads)
+        if not (finite and all(math.isfinite(v) for vs in self._scalars.values() for v in vs)):
             zs["skipped"] += 1
             zs["step"] = t + 1
-            zs["last_grads"] = []
+            zs["last_grads"], zs["last_scalars"] = [], {}
             return torch.tensor(float("nan"))
         if self.clip is not None:
             grads = [max(-self.clip, min(self.clip, g)) for g in grads]
         self.apply_grads(t, grads, closure=closure, loss=loss)
         zs["step"] = t + 1
         zs["last_grads"] = grads
+        zs["last_scalars"] = dict(self._scalars)
         return torch.tensor(loss)
 
     # ------------------------------------------------------------------ update
@@ -376,7 +391,22 @@ class ZOOptimizer(torch.optim.Optimizer):
             self.flush()  # a replay: apply in order, immediately
         if self.parallel is not None:
             self.parallel.before_update(self)
-        self._apply(step, [g / self.q for g in grads])
+        self._apply(step, self._coefficients(step, grads))
+
+    def _coefficients(self, step: int, grads: list[float]) -> list[float]:
+        """The update's coefficient of each probe's direction from the projected gradients (``g_k / q``).
+        An optimizer whose coefficients need more (FZOO's loss spread) computes it here once, keeps it in
+        ``self._scalars`` (logged with the step) and reads it from there when the step is replayed."""
+        return [g / len(grads) for g in grads]  # len(grads) is q (all ranks' probes in probe-parallel runs)
+
+    @torch.no_grad()
+    def replay_update(self, step: int, grads: list[float], scalars: dict | None = None) -> None:
+        """Apply the logged update of ``step`` (a seed log entry: projected gradients and the step's
+        scalars), bitwise as the run applied it; the groups' ``lr`` must hold the logged values."""
+        self.flush()
+        self._scalars = {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in (scalars or {}).items()}
+        self._apply(step, self._coefficients(step, grads))
+        self.zo_state["step"] = step + 1
 
     def _apply(self, step: int, coeffs: list[float]) -> None:
         """Update every trainable parameter of ``step`` (or record the update, where it is deferred)."""

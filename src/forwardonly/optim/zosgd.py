@@ -35,7 +35,7 @@ def add_rounded_once(directions, p: torch.Tensor, step: int, terms, param_index:
         if decay != 1.0:
             a.mul_(decay)
         for probe, coef in terms:
-            directions.fill(zc, step, probe, param_index, c)
+            directions.fill(zc, step, probe, param_index, c, flat[start:stop])
             a.add_(zc.float(), alpha=coef)
         flat[start:stop].copy_(a)
 
@@ -139,7 +139,7 @@ class ZOSGD(ZOOptimizer):
         if closure is None:
             raise ValueError("the conservative variant needs the closure to compare candidate losses")
         # Candidates w - lr*g and w + lr*g, evaluated without touching w.
-        coeffs = [g / self.q for g in grads]
+        coeffs = self._coefficients(step, grads)
         scales = [group["lr"] for _, _, group in self.update_items(step)]
         l0 = self.evaluate(closure, step, [])
         l1 = self.evaluate(closure, step, [(k, -c) for k, c in enumerate(coeffs)], scales)
