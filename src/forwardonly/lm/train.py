@@ -311,7 +311,8 @@ def _zo_step(opt, model, objective, batches, seedlog, t: int) -> float:
             if choice == 0.0:
                 seedlog.record(t, [], None)
             else:
-                seedlog.record(t, [g["lr"] for g in opt.param_groups], [choice * g for g in grads])
+                seedlog.record(t, [g["lr"] for g in opt.param_groups], [choice * g for g in grads],
+                               opt.zo_state.get("last_scalars"))
     return loss
 
 
