@@ -34,13 +34,14 @@ if str(SRC) not in sys.path:  # the rank processes run this file as a script
     sys.path.insert(0, str(SRC))
 
 from forwardonly import distributed as fd
-from forwardonly.optim import build_optimizer
+from forwardonly.optim import build_optimizer, pair_batch, pair_losses
 
 WORLD = 2
 STEPS = 12
 BATCH = 32  # global batch; micro-batches are consecutive slices of it
 LR = {"zo-sgd": 2e-3, "zo-sgd-mmt": 2e-3, "zo-sgd-sign": 1e-2, "zo-sgd-cons": 2e-3, "zo-adam": 1e-2,
-      "forward-grad": 2e-3, "zo-sgd-block": 2e-3, "zo-sgd-sparse": 2e-3, "zo-sgd-hybrid": 2e-3}
+      "forward-grad": 2e-3, "zo-sgd-block": 2e-3, "zo-sgd-sparse": 2e-3, "zo-sgd-hybrid": 2e-3, "fzoo": 1e-5,
+      "hizoo": 1e-2, "sparse-mezo": 1e-2, "lozo": 1e-2, "lozo-m": 1e-2}
 
 # id: (optimizer, mode, reduce, local accum_steps, local q, extra kwargs, bitwise equal to one process)
 CASES = {
@@ -68,7 +69,19 @@ CASES = {
     "data-paired-losses": ("zo-sgd", "data", "losses", 1, 1, {"paired": True}, True),
     "data-paired-grads-accum2": ("zo-sgd", "data", "grads", 2, 1, {"paired": True}, False),
     "probe-paired": ("zo-adam", "probe", "grads", 1, 2, {"paired": True}, True),
+    # FZOO: the step divides by the spread of all probes' losses, computed from the agreed g_k
+    "probe-fzoo": ("fzoo", "probe", "grads", 1, 2, {}, True),
+    "data-fzoo-losses": ("fzoo", "data", "losses", 1, 2, {}, True),
+    "data-fzoo-paired-losses": ("fzoo", "data", "losses", 1, 2, {"paired": True}, True),
+    # HiZOO: the curvature of each probe travels with its g_k (gathered or averaged)
+    "probe-hizoo": ("hizoo", "probe", "grads", 1, 1, {"hessian_smooth": 1e-2, "eps": 1e-2}, True),
+    "data-hizoo-grads": ("hizoo", "data", "grads", 1, 1, {"hessian_smooth": 1e-2, "eps": 1e-2}, False),
+    "data-sparse-mezo-grads": ("sparse-mezo", "data", "grads", 1, 1, {"density": 0.5}, False),
+    "probe-sparse-mezo": ("sparse-mezo", "probe", "grads", 1, 2, {"density": 0.5, "refresh": 3}, True),
+    "data-lozo-losses": ("lozo", "data", "losses", 1, 1, {"rank": 1}, True),
+    "probe-lozo-m": ("lozo-m", "probe", "grads", 1, 1, {"rank": 1, "interval": 4}, True),
 }
+EXTRA_PER_PROBE = {"hizoo": 1}  # scalars sent per probe beside g_k (HiZOO's curvature)
 
 
 # --------------------------------------------------------------------------- the problem
@@ -89,8 +102,8 @@ def closure_for(model, x, y, n_micro, paired=False):
     def loss(xs, ys):
         if not paired:
             return torch.nn.functional.mse_loss(model(xs), ys)
-        per = torch.nn.functional.mse_loss(model(torch.cat([xs, xs])), torch.cat([ys, ys]), reduction="none")
-        return per.view(2, -1).mean(1)
+        x2, y2 = pair_batch(xs, ys)  # stacked once per slice the evaluation asks for (2, or FZOO's q + 1)
+        return pair_losses(torch.nn.functional.mse_loss(model(x2), y2, reduction="none").mean(1))
 
     def closure(i=None):
         if i is None:
@@ -243,10 +256,12 @@ def test_ranks_hold_identical_weights(parity, case):
 @pytest.mark.parametrize("case", [c for c, v in CASES.items()
                                   if v[2] == "grads" and "cons" not in c and "data-hybrid" not in c])
 def test_bytes_per_probe(parity, case):
-    """One float64 per local probe, plus one for the loss, per step; nothing else is sent."""
+    """One float64 per local probe (two for HiZOO: g and the curvature), plus one for the loss, per step;
+    nothing else is sent."""
     q_local = CASES[case][4]
+    per_probe = 1 + EXTRA_PER_PROBE.get(CASES[case][0], 0)
     for rank in range(WORLD):
-        assert parity[rank][case]["bytes_per_step"] == 8 * q_local + 8
+        assert parity[rank][case]["bytes_per_step"] == 8 * q_local * per_probe + 8
 
 
 def test_hybrid_bytes(parity):
