@@ -10,7 +10,7 @@ Examples::
 from __future__ import annotations
 
 import json
-import sys
+import logging
 from pathlib import Path
 
 from ..config import load_config
@@ -37,14 +37,15 @@ class Train:
     def run(args) -> int:
         from ..local.config import LocalConfig
         from ..local.trainer import train
+        from .main import show_progress
 
         flags = [f"{k}={v}" for k, v in (("algo", args.algo), ("data", args.data),
                                           ("data_dir", args.data_dir), ("out_dir", args.out)) if v]
         cfg = load_config(LocalConfig, args.config, [*flags, *args.overrides])
         if args.resume and not cfg.out_dir:
             raise UserError("--resume needs an output directory (--out DIR or out_dir=DIR)")
-        summary = train(cfg, progress=not args.no_progress and sys.stderr.isatty(), resume=args.resume,
-                        log=lambda line: print(line, file=sys.stderr))
+        summary = train(cfg, progress=show_progress(args), resume=args.resume,
+                        log=logging.getLogger("forwardonly").info)
         summary.pop("model")
         summary.pop("history")
         print(json.dumps(summary, indent=2))
