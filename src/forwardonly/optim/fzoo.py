@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass
+from typing import Literal
 
 from .base import _check
 from .zosgd import ZOSGD, ZOSGDConfig
@@ -18,7 +19,7 @@ class FZOOConfig(ZOSGDConfig):
         two_sided: must stay False (FZOO's estimate is one-sided).
     """
 
-    lr: float = 1e-6
+    lr: float | Literal["auto"] = 1e-6
     q: int = 8
     two_sided: bool = False
 
@@ -67,7 +68,7 @@ class FZOO(ZOSGD):
 
     _pairs_two_sided_only = False  # its points (w and the q probes) go into one forward
 
-    def __init__(self, params, lr: float = 1e-6, q: int = 8, two_sided: bool = False, **kw):
+    def __init__(self, params, lr: float | str = 1e-6, q: int = 8, two_sided: bool = False, **kw):
         _check(isinstance(q, int) and not isinstance(q, bool) and q >= 2,
                f"Invalid number of probes q: {q} (FZOO divides its step by the standard deviation of the q "
                f"probe losses, which needs q >= 2)")

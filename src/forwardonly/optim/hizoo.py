@@ -27,7 +27,7 @@ class HiZOOConfig(ZOConfig):
         direction: must be ``gaussian`` (Rademacher entries square to one: no per-entry curvature).
     """
 
-    lr: float = 1e-6
+    lr: float | Literal["auto"] = 1e-6
     hessian_smooth: float = 1e-8
     weight_decay: float = 0.0
     low_rank: bool = False
@@ -98,7 +98,7 @@ class HiZOO(ZOOptimizer):
 
     _state_keys = ("low_rank",)
 
-    def __init__(self, params, lr: float = 1e-6, hessian_smooth: float = 1e-8, weight_decay: float = 0.0,
+    def __init__(self, params, lr: float | str = 1e-6, hessian_smooth: float = 1e-8, weight_decay: float = 0.0,
                  low_rank: bool = False, direction: str = "gaussian", two_sided: bool = True, **zo):
         _check(0.0 <= hessian_smooth < 1.0 and math.isfinite(hessian_smooth),
                f"Invalid hessian_smooth (alpha of the Hessian's moving average): {hessian_smooth}")
@@ -142,6 +142,9 @@ class HiZOO(ZOOptimizer):
         n = p.shape[1]
         row, col = st["hessian_row"], st["hessian_col"]
         return row[flat_index // n] * col[flat_index % n] / row.sum()
+
+    def _loss_is_exact(self) -> bool:
+        return True  # a step returns l_0
 
     # ------------------------------------------------------------- estimate
     def _estimate(self, closure, step: int, probes: list[int]):

@@ -74,7 +74,7 @@ class LOZO(ZOSGD):
 
     _state_keys = ("rank", "interval")
 
-    def __init__(self, params, lr: float = 1e-6, rank: int = 2, interval: int = 50, momentum: float = 0.0,
+    def __init__(self, params, lr: float | str = 1e-6, rank: int = 2, interval: int = 50, momentum: float = 0.0,
                  direction: str = "gaussian", **kw):
         _check(isinstance(rank, int) and not isinstance(rank, bool) and rank >= 1, f"Invalid rank: {rank}")
         _check(isinstance(interval, int) and not isinstance(interval, bool) and interval >= 1,

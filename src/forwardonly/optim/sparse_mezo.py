@@ -62,9 +62,12 @@ class SparseMeZO(ZOSGD):
 
     _state_keys = ("density", "refresh")
 
-    def __init__(self, params, lr: float = 1e-6, density: float = 0.25, refresh: int = 0, **kw):
+    def __init__(self, params, lr: float | str = 1e-6, density: float = 0.25, refresh: int = 0, **kw):
         _check(isinstance(refresh, int) and not isinstance(refresh, bool) and refresh >= 0,
                f"Invalid refresh (steps between threshold recomputations): {refresh}")
+        _check(not (refresh and lr == "auto"), f"Invalid refresh={refresh} with lr='auto': a threshold "
+                                                 f"recomputed from the weights would read them before the guard "
+                                                 f"has verified the last update (use refresh=0)")
         super().__init__(params, lr=lr, mask=MagnitudeMask(density), **kw)
         self.density, self.refresh = self.directions.mask.density, refresh
         self.zo_state.update(density=self.density, refresh=refresh, thresholds={})
