@@ -80,6 +80,10 @@ CASES = {
     "probe-sparse-mezo": ("sparse-mezo", "probe", "grads", 1, 2, {"density": 0.5, "refresh": 3}, True),
     "data-lozo-losses": ("lozo", "data", "losses", 1, 1, {"rank": 1}, True),
     "probe-lozo-m": ("lozo-m", "probe", "grads", 1, 1, {"rank": 1, "interval": 4}, True),
+    # lr="auto": calibrations and the guard read reduced losses, so every rank decides alike
+    "data-auto-losses": ("zo-sgd", "data", "losses", 1, 1, {"lr": "auto"}, True),
+    "data-auto-grads": ("zo-adam", "data", "grads", 1, 1, {"lr": "auto"}, False),
+    "probe-auto-fzoo": ("fzoo", "probe", "grads", 1, 2, {"lr": "auto"}, True),
 }
 EXTRA_PER_PROBE = {"hizoo": 1}  # scalars sent per probe beside g_k (HiZOO's curvature)
 
@@ -116,7 +120,7 @@ def closure_for(model, x, y, n_micro, paired=False):
 
 
 def make_opt(model, name, accum, q, extra):
-    return build_optimizer(name, model.parameters(), lr=LR[name], seed=5, q=q, accum_steps=accum, **extra)
+    return build_optimizer(name, model.parameters(), **{"lr": LR[name], **extra}, seed=5, q=q, accum_steps=accum)
 
 
 def train_case(case: str, comm):
@@ -130,7 +134,9 @@ def train_case(case: str, comm):
     sent = comm.bytes_sent
     for _ in range(STEPS):
         opt.step(closure)
-    return [p.detach().clone() for p in model.parameters()], (comm.bytes_sent - sent) / STEPS
+    per_step = (comm.bytes_sent - sent) / STEPS  # (before flush: lr="auto" writes its last update then)
+    opt.flush()
+    return [p.detach().clone() for p in model.parameters()], per_step
 
 
 def single_process(case: str):
@@ -145,6 +151,7 @@ def single_process(case: str):
     closure = closure_for(model, x, y, accum, extra.get("paired", False))
     for _ in range(STEPS):
         opt.step(closure)
+    opt.flush()
     return [p.detach().clone() for p in model.parameters()]
 
 
@@ -254,7 +261,8 @@ def test_ranks_hold_identical_weights(parity, case):
 
 
 @pytest.mark.parametrize("case", [c for c, v in CASES.items()
-                                  if v[2] == "grads" and "cons" not in c and "data-hybrid" not in c])
+                                  if v[2] == "grads" and "cons" not in c and "data-hybrid" not in c
+                                  and v[5].get("lr") != "auto"])
 def test_bytes_per_probe(parity, case):
     """One float64 per local probe (two for HiZOO: g and the curvature), plus one for the loss, per step;
     nothing else is sent."""

@@ -97,3 +97,58 @@ def test_a_rank_larger_than_a_matrix_stops_before_anything_is_written(cfg_of, tm
         run(cfg_of("steps=2", "optim.name=lozo", "optim.rank=1000", *QUIET, f"out_dir={out}"), progress=False)
     assert "\n" not in str(e.value)
     assert not out.exists()
+
+
+# ----------------------------------------------------------------------------- lr: auto
+@pytest.mark.parametrize("name", ["zo-sgd", "fzoo", "hizoo"])
+def test_lr_auto_trains_and_its_seed_log_replays_bitwise(cfg_of, tmp_path, name):
+    options = {"fzoo": ("optim.q=3",), "hizoo": ("optim.hessian_smooth=1e-6",)}.get(name, ())
+    out = tmp_path / name
+    s = run(cfg_of("steps=12", f"optim.name={name}", "optim.lr=auto", *options, *QUIET, "task.max_train=8",
+                   "batch_size=8", "log_every=4", f"out_dir={out}"), progress=False)
+    auto = s["auto_lr"]
+    assert auto["scale"] > 0 and auto["calibrations"] >= 1
+    assert all(row["lr"] > 0 for row in s["history"])
+    log = SeedLog.load(out / "seedlog.json")
+    assert [e["step"] for e in log.entries] == list(range(12))  # the last, tentative update written at the end
+    from safetensors.torch import load_file
+
+    trained = load_file(str(out / "checkpoint" / "trainable.safetensors"))
+    replayed, _ = replay_seedlog(out / "seedlog.json")
+    got = _weights(replayed)
+    assert all(torch.equal(trained[n], got[n]) for n in trained)
+
+
+def test_lr_auto_resumes_bitwise_through_a_checkpoint_with_a_tentative_update(cfg_of, tmp_path, monkeypatch):
+    import forwardonly.lm.train as train_mod
+
+    common = ("steps=8", "optim.lr=auto", "optim.schedule=cosine", *QUIET, "task.max_train=8", "batch_size=8",
+              "save_every=4")
+    full = run(cfg_of(*common, f"out_dir={tmp_path / 'a'}"), progress=False)
+    real = train_mod._zo_step
+
+    def crash_at_5(opt, model, objective, batches, seedlog, t):
+        if t == 5:
+            raise KeyboardInterrupt
+        return real(opt, model, objective, batches, seedlog, t)
+
+    monkeypatch.setattr(train_mod, "_zo_step", crash_at_5)
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg_of(*common, f"out_dir={tmp_path / 'b'}"), progress=False)
+    monkeypatch.setattr(train_mod, "_zo_step", real)
+    resumed = run(cfg_of(*common, f"out_dir={tmp_path / 'b'}"), resume=True, progress=False)
+    a, b = _weights(full["model"]), _weights(resumed["model"])
+    assert all(torch.equal(a[n], b[n]) for n in a)
+    assert SeedLog.load(tmp_path / "a" / "seedlog.json").entries == SeedLog.load(tmp_path / "b" / "seedlog.json").entries
+
+
+@pytest.mark.parametrize("override, msg", [
+    (["optim.lr=fast"], r"optim.lr='fast' is not a valid float or 'auto'"),
+    (["optim.name=fo-adam", "optim.lr=auto"], r"optim.lr='auto' is not a valid float"),
+    (["optim.name=zo-sgd-hybrid", "optim.lr=auto"], r"optim \(zo-sgd-hybrid\): Invalid lr='auto'"),
+    (["optim.lr=auto", "optim.defer_update=true"], r"optim \(zo-sgd\): Invalid defer_update=True with lr='auto'"),
+])
+def test_lr_auto_config_errors(override, msg):
+    with pytest.raises(UserError, match=msg) as e:
+        load_config(TrainConfig, None, override)
+    assert "\n" not in str(e.value)
