@@ -42,7 +42,8 @@ class SeedLog:
         self.optimizer, self.model, self.scheme = optimizer, model, scheme
         self.entries: list[dict] = list(entries or [])
 
-    def record(self, step: int, lrs: list[float], grads: list[float] | None, scalars: dict | None = None) -> None:
+    def record(self, step: int, lrs: list[float], grads: list[float] | None,
+               scalars: dict | None = None) -> None:
         if grads is None:
             self.entries.append({"step": step, "skip": True})
             return

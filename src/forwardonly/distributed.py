@@ -270,7 +270,8 @@ class Parallel:
         if self.mode == "probe":
             rows = self.comm.all_gather([loss, *grads, *flat])
             # rank-major order == global probe order k = rank * q_local + j
-            merged = {k: [v for r in rows for v in r[1 + q + i * q : 1 + q + (i + 1) * q]] for i, k in enumerate(keys)}
+            merged = {k: [v for r in rows for v in r[1 + q + i * q : 1 + q + (i + 1) * q]]
+                      for i, k in enumerate(keys)}
             return sum(r[0] for r in rows) / len(rows), [g for r in rows for g in r[1 : 1 + q]], merged
         if self.reduce == "losses":
             return loss, grads, extra  # every evaluation was already reduced

@@ -17,8 +17,17 @@ from .hybrid import ZOFOHybrid
 from .hybrid_reference import ZOFOHybridReference
 from .lozo import LOZO
 from .lozo_reference import LOZOReference
-from .perturb import (CHUNK, Directions, MagnitudeMask, Perturbation, RandomMask, Unpairable, direction, pair_batch,
-                      pair_losses)
+from .perturb import (
+    CHUNK,
+    Directions,
+    MagnitudeMask,
+    Perturbation,
+    RandomMask,
+    Unpairable,
+    direction,
+    pair_batch,
+    pair_losses,
+)
 from .registry import OPTIMIZERS, OptimizerInfo, build_optimizer, info, takes_names
 from .sparse_mezo import SparseMeZO
 from .sparse_mezo_reference import SparseMeZOReference
@@ -32,10 +41,10 @@ from .zosgd_sparse import ZOSGDSparse
 from .zosgd_sparse_reference import ZOSGDSparseReference
 
 __all__ = [
-    "CHUNK", "Capabilities", "Directions", "FZOO", "FZOOReference", "ForwardGrad", "ForwardGradReference", "HiZOO",
-    "HiZOOReference", "LOZO", "LOZOReference", "MagnitudeMask", "OPTIMIZERS", "OptimizerInfo", "Perturbation",
-    "RandomMask", "SparseMeZO", "SparseMeZOReference", "Unpairable", "ZOAdam", "ZOAdamReference", "ZOConfig",
-    "ZOFOHybrid", "ZOFOHybridReference", "ZOOptimizer", "ZOSGD", "ZOSGDBlock", "ZOSGDBlockReference",
-    "ZOSGDReference", "ZOSGDSparse", "ZOSGDSparseReference", "build_optimizer", "direction", "info", "pair_batch",
-    "pair_losses", "takes_names",
+    "CHUNK", "FZOO", "LOZO", "OPTIMIZERS", "ZOSGD", "Capabilities", "Directions", "FZOOReference",
+    "ForwardGrad", "ForwardGradReference", "HiZOO", "HiZOOReference", "LOZOReference", "MagnitudeMask",
+    "OptimizerInfo", "Perturbation", "RandomMask", "SparseMeZO", "SparseMeZOReference", "Unpairable",
+    "ZOAdam", "ZOAdamReference", "ZOConfig", "ZOFOHybrid", "ZOFOHybridReference", "ZOOptimizer", "ZOSGDBlock",
+    "ZOSGDBlockReference", "ZOSGDReference", "ZOSGDSparse", "ZOSGDSparseReference", "build_optimizer",
+    "direction", "info", "pair_batch", "pair_losses", "takes_names",
 ]

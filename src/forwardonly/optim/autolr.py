@@ -86,7 +86,7 @@ class Tentative:
         self.data.update(step=step, log=None, scalars=copy.deepcopy(scalars), entries={})
 
     def add(self, index: int, entry: tuple) -> None:
-        step, coeffs, hyper, _ = entry
+        _, coeffs, hyper, _ = entry
         self.data["entries"][index] = [list(coeffs), dict(hyper)]
 
     def value(self, index: int, p: torch.Tensor) -> torch.Tensor:

@@ -438,7 +438,8 @@ class ZOOptimizer(torch.optim.Optimizer):
         return None
 
     @torch.no_grad()
-    def _candidate(self, index: int, p: torch.Tensor, group: dict, step: int, coeffs: list[float]) -> torch.Tensor:
+    def _candidate(self, index: int, p: torch.Tensor, group: dict, step: int,
+                   coeffs: list[float]) -> torch.Tensor:
         """What ``_update`` would make of ``p``, on a copy: ``p`` and its optimizer state are untouched (the
         update runs on the parameter object, with its data and state swapped for copies meanwhile)."""
         had = p in self.state

@@ -104,7 +104,7 @@ class HiZOO(ZOOptimizer):
                f"Invalid hessian_smooth (alpha of the Hessian's moving average): {hessian_smooth}")
         _check(two_sided, f"Invalid two_sided={two_sided!r}: HiZOO measures L(w) and L(w +- eps z)")
         _check(direction == "gaussian", f"Invalid direction: {direction!r} (HiZOO needs Gaussian entries: "
-                                        f"Rademacher ones square to 1, so the diagonal cannot tell entries apart)")
+                                        f"Rademacher ones square to 1, so the diagonal cannot tell them apart)")
         defaults = dict(lr=lr, hessian_smooth=hessian_smooth, weight_decay=weight_decay)
         super().__init__(params, defaults, direction=direction, two_sided=True, mask=_InvSqrtDiagonal(self), **zo)
         self.low_rank = bool(low_rank)
@@ -161,7 +161,7 @@ class HiZOO(ZOOptimizer):
 
     # --------------------------------------------------------------- update
     def _raw(self, p, step: int, probe: int, index: int, c: int, n: int, buf: torch.Tensor) -> torch.Tensor:
-        """Chunk ``c`` of the unscaled direction, in the parameter's dtype (the perturbation's values), as fp32."""
+        """Chunk ``c`` of the unscaled direction in the parameter's dtype (the perturbation's values), as fp32."""
         z = buf[:n]
         fill_chunk(z, self.directions.kind, chunk_seed(self.directions.seed, step, probe, index, c))
         return z.float()
