@@ -34,13 +34,14 @@ if str(SRC) not in sys.path:  # the rank processes run this file as a script
     sys.path.insert(0, str(SRC))
 
 from forwardonly import distributed as fd
-from forwardonly.optim import build_optimizer
+from forwardonly.optim import build_optimizer, pair_batch, pair_losses
 
 WORLD = 2
 STEPS = 12
 BATCH = 32  # global batch; micro-batches are consecutive slices of it
 LR = {"zo-sgd": 2e-3, "zo-sgd-mmt": 2e-3, "zo-sgd-sign": 1e-2, "zo-sgd-cons": 2e-3, "zo-adam": 1e-2,
-      "forward-grad": 2e-3, "zo-sgd-block": 2e-3, "zo-sgd-sparse": 2e-3, "zo-sgd-hybrid": 2e-3}
+      "forward-grad": 2e-3, "zo-sgd-block": 2e-3, "zo-sgd-sparse": 2e-3, "zo-sgd-hybrid": 2e-3, "fzoo": 1e-5,
+      "hizoo": 1e-2, "sparse-mezo": 1e-2, "lozo": 1e-2, "lozo-m": 1e-2}
 
 # id: (optimizer, mode, reduce, local accum_steps, local q, extra kwargs, bitwise equal to one process)
 CASES = {
@@ -70,7 +71,23 @@ CASES = {
     "data-paired-losses": ("zo-sgd", "data", "losses", 1, 1, {"paired": True}, True),
     "data-paired-grads-accum2": ("zo-sgd", "data", "grads", 2, 1, {"paired": True}, False),
     "probe-paired": ("zo-adam", "probe", "grads", 1, 2, {"paired": True}, True),
+    # FZOO: the step divides by the spread of all probes' losses, computed from the agreed g_k
+    "probe-fzoo": ("fzoo", "probe", "grads", 1, 2, {}, True),
+    "data-fzoo-losses": ("fzoo", "data", "losses", 1, 2, {}, True),
+    "data-fzoo-paired-losses": ("fzoo", "data", "losses", 1, 2, {"paired": True}, True),
+    # HiZOO: the curvature of each probe travels with its g_k (gathered or averaged)
+    "probe-hizoo": ("hizoo", "probe", "grads", 1, 1, {"hessian_smooth": 1e-2, "eps": 1e-2}, True),
+    "data-hizoo-grads": ("hizoo", "data", "grads", 1, 1, {"hessian_smooth": 1e-2, "eps": 1e-2}, False),
+    "data-sparse-mezo-grads": ("sparse-mezo", "data", "grads", 1, 1, {"density": 0.5}, False),
+    "probe-sparse-mezo": ("sparse-mezo", "probe", "grads", 1, 2, {"density": 0.5, "refresh": 3}, True),
+    "data-lozo-losses": ("lozo", "data", "losses", 1, 1, {"rank": 1}, True),
+    "probe-lozo-m": ("lozo-m", "probe", "grads", 1, 1, {"rank": 1, "interval": 4}, True),
+    # lr="auto": calibrations and the guard read reduced losses, so every rank decides alike
+    "data-auto-losses": ("zo-sgd", "data", "losses", 1, 1, {"lr": "auto"}, True),
+    "data-auto-grads": ("zo-adam", "data", "grads", 1, 1, {"lr": "auto"}, False),
+    "probe-auto-fzoo": ("fzoo", "probe", "grads", 1, 2, {"lr": "auto"}, True),
 }
+EXTRA_PER_PROBE = {"hizoo": 1}  # scalars sent per probe beside g_k (HiZOO's curvature)
 
 
 # --------------------------------------------------------------------------- the problem
@@ -91,8 +108,8 @@ def closure_for(model, x, y, n_micro, paired=False):
     def loss(xs, ys):
         if not paired:
             return torch.nn.functional.mse_loss(model(xs), ys)
-        per = torch.nn.functional.mse_loss(model(torch.cat([xs, xs])), torch.cat([ys, ys]), reduction="none")
-        return per.view(2, -1).mean(1)
+        x2, y2 = pair_batch(xs, ys)  # stacked once per slice the evaluation asks for (2, or FZOO's q + 1)
+        return pair_losses(torch.nn.functional.mse_loss(model(x2), y2, reduction="none").mean(1))
 
     def closure(i=None):
         if i is None:
@@ -105,7 +122,7 @@ def closure_for(model, x, y, n_micro, paired=False):
 
 
 def make_opt(model, name, accum, q, extra):
-    return build_optimizer(name, model.parameters(), lr=LR[name], seed=5, q=q, accum_steps=accum, **extra)
+    return build_optimizer(name, model.parameters(), **{"lr": LR[name], **extra}, seed=5, q=q, accum_steps=accum)
 
 
 def train_case(case: str, comm):
@@ -119,8 +136,10 @@ def train_case(case: str, comm):
     sent = comm.bytes_sent
     for _ in range(STEPS):
         opt.step(closure)
+    per_step = (comm.bytes_sent - sent) / STEPS  # (before flush: lr="auto" writes its last update then)
     forwards = opt.zo_state["forwards"]
-    return [p.detach().clone() for p in model.parameters()], (comm.bytes_sent - sent) / STEPS, forwards
+    opt.flush()
+    return [p.detach().clone() for p in model.parameters()], per_step, forwards
 
 
 def single_process(case: str):
@@ -135,6 +154,7 @@ def single_process(case: str):
     closure = closure_for(model, x, y, accum, extra.get("paired", False))
     for _ in range(STEPS):
         opt.step(closure)
+    opt.flush()
     return [p.detach().clone() for p in model.parameters()]
 
 
@@ -259,15 +279,24 @@ def test_ranks_hold_identical_weights(parity, case):
 FO_VALUES = 17  # the hybrid's first-order part on problem()'s model: the last Linear(16, 1)
 
 
+def two_sided(name, extra) -> bool:
+    """Whether ``name`` with ``extra`` evaluates two points per probe (its own default when not given)."""
+    model = problem()[0]
+    return bool(make_opt(model, name, 1, 1, extra).param_groups[0].get("two_sided", True))
+
+
 def expected_bytes(name, mode, reduce, q, extra, candidates_per_step=0.0):
     """Payload one rank hands to collectives per step (float64 scalars; the hybrid's fp32 gradients)."""
+    per_probe = 1 + EXTRA_PER_PROBE.get(name, 0)  # HiZOO's curvature travels with each g_k
     if mode == "probe":
-        return 8 * (q + 1)  # one all-gather of the local probes' g_k and the loss
+        return 8 * (per_probe * q + 1)  # one all-gather of the local probes' scalars and the loss
     if name == "forward-grad":
         reduce = "grads"  # its g_k are means of per-batch tangents: always reduced as such
     if reduce == "grads":
-        scalars = 8 * (q + 1)  # one all-reduce of [loss, g_1..g_q]
-    elif extra.get("two_sided", True):
+        scalars = 8 * (per_probe * q + 1)  # one all-reduce of [loss, g_1..g_q] (and HiZOO's curvatures)
+    elif name == "hizoo":
+        scalars = 8 * (2 * q + 1)  # the unperturbed loss and two per probe
+    elif two_sided(name, extra):
         scalars = 16 * q  # every evaluation's loss: two per probe (paired: one pair of losses)
     else:
         scalars = 8 * (q + 1)  # the unperturbed loss and one per probe
@@ -290,7 +319,7 @@ def candidates(name, mode, q, extra, forwards, steps):
     return c
 
 
-@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("case", [c for c, v in CASES.items() if v[5].get("lr") != "auto"])
 def test_bytes_per_step_on_two_gloo_ranks(parity, case):
     """Every case of the real 2-rank launch sends what the table says; nothing else."""
     name, mode, reduce, accum, q, extra, _ = CASES[case]

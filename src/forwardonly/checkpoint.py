@@ -14,10 +14,11 @@ The seed log
 A zeroth-order update is a pure function of (run seed, step, projected
 gradients, learning rate): the directions are regenerated from their seeds
 (:mod:`forwardonly.optim.perturb`). The log keeps, per step, the learning rate
-and the projected gradients actually applied, a few dozen bytes a step, and
-:func:`replay` rebuilds the fine-tuned weights from the base model with it,
-bitwise equal to the trained ones (same device type and dtype). A 200-step
-run of a 135M-parameter model fits in ~20 KB instead of 540 MB.
+and the projected gradients actually applied, plus the few scalars an optimizer's
+update reads beyond them (FZOO's loss spread, HiZOO's curvature), a few dozen
+bytes a step, and :func:`replay` rebuilds the fine-tuned weights from the base
+model with it, bitwise equal to the trained ones (same device type and dtype). A
+200-step run of a 135M-parameter model fits in ~20 KB instead of 540 MB.
 """
 
 from __future__ import annotations
@@ -34,17 +35,23 @@ FORMAT = 1
 
 
 class SeedLog:
-    """The per-step record of a ZO run: ``[{"step", "lr", "grads"} | {"step", "skip"}]`` plus the optimizer."""
+    """The per-step record of a ZO run: ``[{"step", "lr", "grads"[, "scalars"]} | {"step", "skip"}]`` plus the
+    optimizer."""
 
     def __init__(self, optimizer: dict, model: dict, scheme: dict, entries: list | None = None):
         self.optimizer, self.model, self.scheme = optimizer, model, scheme
         self.entries: list[dict] = list(entries or [])
 
-    def record(self, step: int, lrs: list[float], grads: list[float] | None) -> None:
+    def record(self, step: int, lrs: list[float], grads: list[float] | None,
+               scalars: dict | None = None) -> None:
         if grads is None:
             self.entries.append({"step": step, "skip": True})
-        else:
-            self.entries.append({"step": step, "lr": lrs, "grads": [float(g) for g in grads]})
+            return
+        entry = {"step": step, "lr": lrs, "grads": [float(g) for g in grads]}
+        if scalars:
+            entry["scalars"] = {k: [float(x) for x in v] if isinstance(v, (list, tuple)) else float(v)
+                                for k, v in scalars.items()}
+        self.entries.append(entry)
 
     def truncate(self, step: int) -> None:
         """Forget entries of steps >= ``step`` (for a resumed run)."""
@@ -83,8 +90,7 @@ def replay(log: SeedLog, model, optimizer) -> None:
             continue
         for g, lr in zip(groups, e["lr"]):
             g["lr"] = lr
-        optimizer._apply(e["step"], [c / optimizer.q for c in e["grads"]])
-        optimizer.zo_state["step"] = e["step"] + 1
+        optimizer.replay_update(e["step"], e["grads"], e.get("scalars"))
 
 
 def trainable_state(model) -> dict[str, torch.Tensor]:

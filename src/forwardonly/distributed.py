@@ -279,16 +279,22 @@ class Parallel:
             return means
         return [v / self.comm.world_size for v in self.comm.all_reduce_sum(means)]
 
-    def combine(self, loss: float, grads: list[float]) -> tuple[float, list[float]]:
-        """The step's loss and projected gradients over every rank."""
+    def combine(self, loss: float, grads: list[float], extra: dict[str, list[float]] | None = None):
+        """The step's loss, projected gradients and per-probe scalars (``extra``, e.g. HiZOO's curvature:
+        ``{name: [one value per probe]}``) over every rank: ``(loss, grads, extra)``."""
+        extra = extra or {}
+        keys, q = sorted(extra), len(grads)
+        flat = [v for k in keys for v in extra[k]]
         if self.mode == "probe":
-            rows = self.comm.all_gather([loss, *grads])
+            rows = self.comm.all_gather([loss, *grads, *flat])
             # rank-major order == global probe order k = rank * q_local + j
-            return sum(r[0] for r in rows) / len(rows), [g for r in rows for g in r[1:]]
+            merged = {k: [v for r in rows for v in r[1 + q + i * q : 1 + q + (i + 1) * q]]
+                      for i, k in enumerate(keys)}
+            return sum(r[0] for r in rows) / len(rows), [g for r in rows for g in r[1 : 1 + q]], merged
         if self.reduce == "losses":
-            return loss, grads  # every evaluation was already reduced
-        loss, *grads = self.comm.all_reduce_mean([loss, *grads])
-        return loss, grads
+            return loss, grads, extra  # every evaluation was already reduced
+        loss, *rest = self.comm.all_reduce_mean([loss, *grads, *flat])
+        return loss, rest[:q], {k: rest[q + i * q : q + (i + 1) * q] for i, k in enumerate(keys)}
 
     def before_update(self, optimizer) -> None:
         """Data-parallel hybrid ZO/FO: average the first-order part's gradients over ranks."""

@@ -155,7 +155,9 @@ class OptimConfig:
     and an option that does not belong to the chosen optimizer is an error naming it. Options left out
     take the optimizer's own defaults. ``lr`` follows ``schedule`` after ``warmup_steps`` of linear
     warm-up: ``constant``, ``linear`` (to ``min_lr_ratio * lr`` at the last step) or ``cosine``
-    (likewise). ``cfg.optim.lr`` and the like read the section.
+    (likewise). ``lr: auto`` (zeroth-order optimizers) lets the optimizer measure its step size and eps
+    (:mod:`forwardonly.optim.autolr`); the schedule then multiplies it. ``cfg.optim.lr`` and the like read
+    the section.
     """
 
     name: str = "zo-sgd"
@@ -186,8 +188,9 @@ class OptimConfig:
         if self.options is None:
             section, _, fixed = self.section_type({"name": self.name})
             self.options = section(**fixed)
-        if not self.options.lr >= 0:
-            raise ValueError(f"optim.lr={self.options.lr} must be >= 0")
+        lr = self.options.lr
+        if not (lr == "auto" and self.zeroth_order or isinstance(lr, (int, float)) and lr >= 0):
+            raise ValueError(f"optim.lr={lr!r} must be >= 0" + (" or 'auto'" if self.zeroth_order else ""))
         if self.warmup_steps < 0:
             raise ValueError(f"optim.warmup_steps={self.warmup_steps} must be >= 0")
         if not 0.0 <= self.min_lr_ratio <= 1.0:

@@ -190,9 +190,13 @@ class _Run:
         micro = len(examples) // cfg.accum_steps
         batches = [self.objective.batch(examples[i * micro:(i + 1) * micro], cfg.device)
                    for i in range(cfg.accum_steps)]
-        lr = lr_at(cfg, t, cfg.steps)
-        for g in opt.param_groups:  # a hybrid's first-order blocks follow the schedule from their own fo_lr
-            g["lr"] = lr if "fo_lr" not in g else lr_at(cfg, t, cfg.steps, base=g["fo_lr"])
+        auto = getattr(opt, "auto", None)
+        if auto is not None:  # lr: auto sets the step size itself; the schedule scales it
+            auto.factor = lr_at(cfg, t, cfg.steps, base=1.0)
+        else:
+            lr = lr_at(cfg, t, cfg.steps)
+            for g in opt.param_groups:  # a hybrid's first-order blocks follow the schedule from their own fo_lr
+                g["lr"] = lr if "fo_lr" not in g else lr_at(cfg, t, cfg.steps, base=g["fo_lr"])
         t0 = time.perf_counter()
         if self.zo:
             loss = _zo_step(opt, self.model, self.objective, batches, self.seedlog, t)
@@ -204,7 +208,7 @@ class _Run:
             state["backwards"] += len(batches)
         state["train_time_s"] += time.perf_counter() - t0
         state["step"] = t + 1
-        return loss, lr
+        return loss, opt.param_groups[0]["lr"] if auto is not None else lr
 
     def log_row(self, recent: list[float], lr: float) -> None:
         state, zs = self.state, self.opt.zo_state if self.zo else {}
@@ -272,6 +276,9 @@ class _Run:
         from ..distributed import shutdown
 
         out, state, summary = self.out, self.state, self.summary
+        if self.zo and getattr(self.opt, "auto", None) is not None:  # lr: auto: write the last, tentative update
+            self.opt.flush()
+            _record_settled(self.opt, self.seedlog)
         if out is not None and self.main_rank:
             self.save()
             if self.seedlog is not None:
@@ -283,6 +290,10 @@ class _Run:
         summary["peak_rss_bytes"] = peak_rss_bytes()
         if self.zo:
             summary["skipped_steps"] = int(self.opt.zo_state["skipped"])
+            if getattr(self.opt, "auto", None) is not None:
+                auto = self.opt.zo_state["auto"]
+                summary["auto_lr"] = {k: auto[k] for k in ("scale", "beta", "rejected", "calibrations",
+                                                           "extra_forwards", "calib_every")}
         if self.comm is not None:
             summary["world_size"] = self.comm.world_size
             summary["bytes_sent_per_rank"] = self.comm.bytes_sent
@@ -302,7 +313,9 @@ def _zo_step(opt, model, objective, batches, seedlog, t: int) -> float:
         loss = float(opt.step(lambda: lossf(model, b)))
     else:
         loss = float(opt.step(lambda i: lossf(model, batches[i])))
-    if seedlog is not None:
+    if seedlog is not None and getattr(opt, "auto", None) is not None:
+        _record_settled(opt, seedlog)  # lr: auto: the updates this step verified (or rejected)
+    elif seedlog is not None:
         if opt.zo_state["skipped"] != skipped:
             seedlog.record(t, [], None)
         else:
@@ -311,8 +324,19 @@ def _zo_step(opt, model, objective, batches, seedlog, t: int) -> float:
             if choice == 0.0:
                 seedlog.record(t, [], None)
             else:
-                seedlog.record(t, [g["lr"] for g in opt.param_groups], [choice * g for g in grads])
+                seedlog.record(t, [g["lr"] for g in opt.param_groups], [choice * g for g in grads],
+                               opt.zo_state.get("last_scalars"))
     return loss
+
+
+def _record_settled(opt, seedlog) -> None:
+    if seedlog is None:
+        return
+    for e in opt.zo_state.pop("settled", []):
+        if e.get("skip"):
+            seedlog.record(e["step"], [], None)
+        else:
+            seedlog.record(e["step"], e["lr"], e["grads"], e.get("scalars"))
 
 
 def _fo_step(opt, model, objective, batches) -> float:

@@ -85,14 +85,18 @@ class FusedWeight(TorchFunctionMode):
         fold: ``(step, terms)``: a deferred update to write into the weight on the way.
         slices: batched evaluation: the terms of every slice (``slices[0]`` is ``terms``); ``state``
             is the evaluation's :class:`~forwardonly.optim.perturb.batched.SliceState`.
+        base: the values to perturb instead of the weight's own (a tentative update's candidate); the
+            weight is then only recognised, never read.
     """
 
     def __init__(self, directions: Directions, step: int, terms: Sequence[tuple[int, float]], index: int,
                  param: torch.Tensor, fold: tuple[int, Sequence[tuple[int, float]]] | None = None,
-                 slices: Sequence[Sequence[tuple[int, float]]] | None = None, state=None):
+                 slices: Sequence[Sequence[tuple[int, float]]] | None = None, state=None,
+                 base: torch.Tensor | None = None):
         super().__init__()
         self.directions, self.step, self.terms, self.index = directions, step, list(terms), index
         self.param = param
+        self.values = param if base is None else base  # what the perturbation is added to
         self.slices = None if slices is None else [list(t) for t in slices]
         self.state = state
         self.others: dict = {}  # id(param) -> (param, per-slice values): the module's other parameters
@@ -125,14 +129,14 @@ class FusedWeight(TorchFunctionMode):
 
     def whole(self, terms=None) -> torch.Tensor:
         self.settle()
-        return self.directions.perturbed(self.param.detach(), self.step, self.terms if terms is None else terms,
+        return self.directions.perturbed(self.values.detach(), self.step, self.terms if terms is None else terms,
                                          self.index)
 
     def _slice_rows(self, n: int, what: str) -> int:
         return self.state.check(n, f"{what} {tuple(self.param.shape)}")
 
     def linear(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        w = self.param
+        w = self.values
         out_f, in_f = w.shape
         sliced = self.slices is not None
         w = w.detach()
@@ -162,7 +166,7 @@ class FusedWeight(TorchFunctionMode):
 
     def _sides(self, x2, y, rows: int, in_f: int) -> list[tuple]:
         """(input rows, output rows, terms, block buffer) per slice of a batched forward, or the whole batch."""
-        d, w = self.directions, self.param
+        d, w = self.directions, self.values
         n = min(rows, w.shape[0]) * in_f
         if self.slices is None:
             return [(x2, y, self.terms, d.block_scratch(n, w.dtype, w.device))]
@@ -225,7 +229,7 @@ class FusedWeight(TorchFunctionMode):
                           for j, t in enumerate(self.slices)])
 
     def _embed(self, func, ids, rest, kwargs, terms) -> torch.Tensor:
-        w = self.param.detach()
+        w = self.values.detach()
         num, dim = w.shape
         flat = ids.reshape(-1)
         if (flat.numel() == 0 or ids.dtype not in (torch.int32, torch.int64)

@@ -117,6 +117,12 @@ class Perturbation:
             of ``terms``'s single probe (``coef`` is ignored).
         pool: ``{key: buffer}`` reused for whole perturbed copies (a thread that allocates its own
             would pay for fresh pages every step).
+        source: a tentative update (``lr: auto``'s, :mod:`forwardonly.optim.autolr`): an object with
+            ``indices`` and ``value(index, param)``, the value a parameter would have after it (a new
+            tensor, computed when the parameter's module runs and dropped after); the perturbation is
+            added to that value instead of the weight, which is never written.
+        bare: indices in ``params`` that only take the source's value (no terms): parameters a tentative
+            update changes that this evaluation does not perturb.
 
     After the context, :attr:`touched` holds the indices of the parameters that some module's
     forward used.
@@ -131,8 +137,10 @@ class Perturbation:
                  terms: Sequence[tuple[int, float]], scales: Sequence[float] | None = None,
                  whole: Iterable[int] = (), fused: bool = True, pending=None,
                  slices: Sequence[Sequence[tuple[int, float]]] | None = None, dual: bool = False,
-                 pool: dict | None = None):
+                 pool: dict | None = None, source=None, bare: Iterable[int] = ()):
         self.params = {i: p for i, p in params}
+        self.source, self.bare = source, set(bare)
+        self._bases: dict[int, torch.Tensor] = {}  # source values of the parameters being used now
         self.index = {id(p): i for i, p in params}
         self.directions, self.step, self.terms = directions, step, list(terms)
         self.scales = dict(zip(self.params, scales)) if scales is not None else dict.fromkeys(self.params, 1.0)
@@ -147,8 +155,22 @@ class Perturbation:
 
     # ------------------------------------------------------------------ values
     def _scaled(self, terms, i: int) -> list[tuple[int, float]]:
+        if i in self.bare:
+            return []
         s = self.scales[i]
         return [(k, c * s) for k, c in terms]
+
+    def _base(self, i: int, p: torch.Tensor) -> torch.Tensor | None:
+        """The source's value of parameter ``i`` (computed once while it is in use), or None."""
+        if self.source is None or i not in self.source.indices:
+            return None
+        if i not in self._bases:
+            self._bases[i] = self.source.value(i, p)
+        return self._bases[i]
+
+    def _values(self, i: int, p: torch.Tensor) -> torch.Tensor:
+        base = self._base(i, p)
+        return p.data if base is None else base
 
     def _copy(self, p: torch.Tensor, i: int, terms, k: int) -> torch.Tensor:
         """A perturbed copy of ``p`` (into pool buffer ``k`` when there is a pool)."""
@@ -166,7 +188,9 @@ class Perturbation:
             return False
         self.pending.settle(i)
         p = self.params[i]
-        tmp = self._copy(p.data, i, self.terms, len(self._swapped))
+        base = self._base(i, p)
+        tmp = base if base is not None and i in self.bare else \
+            self._copy(p.data if base is None else base, i, self.terms, len(self._swapped))
         self._swapped[i] = p.data
         p.data = tmp
         return True
@@ -179,6 +203,7 @@ class Perturbation:
             self._frames.append(_NOTHING)
             return
         frame, mode, values, swaps = [], None, {}, []
+        had = set(self._bases)
         for name, p in module._parameters.items():
             i = self.index.get(id(p)) if p is not None else None
             if i is None:
@@ -190,17 +215,17 @@ class Perturbation:
                 fold = self.pending.fold(i) if type(module) is torch.nn.Linear else None
                 if fold is None:
                     self.pending.settle(i)
-                terms = self._scaled(self.terms, i)
-                if self.slices is None and one_block(module, p):
+                terms, base = self._scaled(self.terms, i), self._base(i, p)
+                if self.slices is None and base is None and one_block(module, p):
                     # the whole perturbed weight fits one cache-sized block: build it in the shared scratch
                     # and let the module's own F.linear read it (no function mode, no Python per op)
                     swaps.append((name, p, self.directions.perturbed_matrix(p, self.step, terms, i, fold)))
                     continue
-                mode = FusedWeight(self.directions, self.step, terms, i, p, fold=fold, state=self.state,
+                mode = FusedWeight(self.directions, self.step, terms, i, p, fold=fold, state=self.state, base=base,
                                    slices=None if self.slices is None else [self._scaled(t, i) for t in self.slices])
             elif self.slices is not None:
                 self.pending.settle(i)
-                values[id(p)] = (p, [self._copy(p.data, i, t, len(values) * len(self.slices) + j)
+                values[id(p)] = (p, [self._copy(self._values(i, p), i, t, len(values) * len(self.slices) + j)
                                      for j, t in enumerate(self.slices)])
             elif self._swap_in(i):
                 frame.append(i)
@@ -214,13 +239,18 @@ class Perturbation:
             module._parameters[name] = value
         if mode is not None:
             mode.__enter__()
-        self._frames.append((frame, mode, module, swaps) if mode is not None or frame or swaps else _NOTHING)
+        made = set(self._bases) - had  # source values made for this module live as long as its forward
+        self._frames.append((frame, mode, module, swaps, made) if mode is not None or frame or swaps or made
+                            else _NOTHING)
 
     def _dual_value(self, p: torch.Tensor, i: int):
         import torch.autograd.forward_ad as fwad
 
         (probe, _), = self.terms
-        return fwad.make_dual(p.detach(), self.directions.full(p, self.step, probe, i))
+        w = self._values(i, p).detach()
+        if i in self.bare:
+            return fwad.make_dual(w, torch.zeros_like(w))
+        return fwad.make_dual(w, self.directions.full(w, self.step, probe, i))
 
     def _post(self, module, output):
         if self._frames and self._frames[-1] is _NOTHING:
@@ -234,7 +264,7 @@ class Perturbation:
             self._pop_frame(output)
 
     def _pop_frame(self, output=None):
-        frame, mode, module, swaps = self._frames.pop()
+        frame, mode, module, swaps, made = self._frames.pop()
         if mode is not None:
             mode.__exit__(None, None, None)
             if hasattr(mode, "settle"):
@@ -243,6 +273,8 @@ class Perturbation:
             module._parameters[name] = p
         for i in frame:
             self.params[i].data = self._swapped.pop(i)
+        for i in made:
+            self._bases.pop(i, None)
         if frame and self.pool is not None and output is not None:
             # a module that returned a view of its (perturbed) weight keeps that buffer
             outs = output if isinstance(output, (tuple, list)) else (output,)
@@ -275,6 +307,7 @@ class Perturbation:
             self._pop_frame()
         for i in list(self._swapped):
             self.params[i].data = self._swapped.pop(i)
+        self._bases.clear()
         self.pending.settle_all()  # parameters the forward never used (or an exception stopped it)
         self.directions.release()
         return False
