@@ -367,10 +367,15 @@ def check_holding(model_cfg, scheme: str, optim_name: str) -> None:
     """Reject combinations a holder cannot serve, before anything is loaded (one line naming the keys)."""
     if model_cfg.quant is not None and model_cfg.offload is not None:
         raise ValueError("model.quant and model.offload cannot be combined yet: choose one")
+    if model_cfg.quant is not None and model_cfg.quant.shadow and model_cfg.precision == "mixed":
+        raise ValueError("model.quant.shadow=true keeps its shadow weights in model.dtype: set model.precision=pure")
     if model_cfg.quant is not None and model_cfg.kind == "classifier":
         raise ValueError("model.quant loads causal language models; model.kind=classifier is not supported")
     if scheme == "scales" and model_cfg.quant is None:
         raise ValueError("scheme.name=scales trains the quantization scales: set model.quant (e.g. model.quant.bits=4)")
+    if scheme == "scales" and model_cfg.quant.shadow:
+        raise ValueError("scheme.name=scales trains stored scales; model.quant.shadow=true derives them from the "
+                         "shadow weights: train those with scheme.name=full, or set model.quant.shadow=false")
     if model_cfg.offload is not None:
         if optim_name not in ("zo-sgd", "zo-sgd-sign"):
             raise ValueError(f"model.offload streams plain or sign ZO-SGD steps (optim.name=zo-sgd or zo-sgd-sign); "

@@ -9,7 +9,9 @@ Every ``forwardonly train`` run with an ``out_dir`` ends by writing ``final/``:
   load it with ``AutoModelForCausalLM.from_pretrained("RUN/final")`` (or
   ``AutoModelForSequenceClassification`` for a classifier run). A streamed run's weights are read from
   its store; a quantized run's layers are written dequantized (the trained scales applied), in
-  ``model.dtype``.
+  ``model.dtype``. A quantized run (``model.quant``, shadow weights or trained scales) also writes
+  ``quantized.safetensors``, its integer layout with the activation settings
+  (:func:`forwardonly.quant.export_quantized`); :func:`forwardonly.quant.load_exported` reads it back.
 
 :func:`export_run` (``forwardonly export --run RUN --out DIR [--merge]``) writes the same from
 a run's checkpoint, and with ``merge`` folds LoRA adapters into the base weights
@@ -31,6 +33,7 @@ from ..errors import UserError
 from ..io import atomic_path
 
 ADAPTER_SCHEMES = ("lora", "prefix", "prompt")
+QUANTIZED = "quantized.safetensors"  # a quantized run's integer layout, beside the dequantized model
 MERGEABLE = ("lora",)
 
 log = logging.getLogger("forwardonly.export")
@@ -51,6 +54,10 @@ def save_final(model, tokenizer, dest, state_dict: dict | None = None) -> Path:
         with atomic_path(dest) as tmp:
             model.save_pretrained(tmp, state_dict=state_dict)
             tokenizer.save_pretrained(tmp)
+            if getattr(model, "quant_config", None) is not None and not hasattr(model, "peft_config"):
+                from ..quant import export_quantized
+
+                export_quantized(model, Path(tmp) / QUANTIZED)
     finally:
         if bars:
             hf_logging.enable_progress_bar()

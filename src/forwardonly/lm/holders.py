@@ -71,6 +71,13 @@ class Holder:
         """``(model, tokenizer)`` held as configured."""
         cfg = self.cfg
         dtype = DTYPES[cfg.dtype]
+        if cfg.quant is not None and cfg.quant.shadow:  # ZeroQAT: fp shadow weights, fake-quantized in the forward
+            from ..models import load_model
+            from ..quant import fake_quantize_model
+
+            model, tok = load_model(cfg.name, dtype=dtype, device=self.device, kind="causal",
+                                    attn_implementation=attn_implementation)
+            return fake_quantize_model(model, cfg.quant), tok
         if cfg.quant is not None:
             from ..quant import load_pretrained_quantized
 
@@ -171,12 +178,12 @@ class Holder:
         if self.cfg.quant is None:
             out.update(self.all_weights(model))
             return out
-        from ..quant import QuantEmbedding, QuantLinear
+        from ..quant import FakeQuantEmbedding, FakeQuantLinear, QuantEmbedding, QuantLinear
 
         dtype = DTYPES[self.cfg.dtype]
         quantized = {}
-        for name, m in model.named_modules():
-            if isinstance(m, (QuantLinear, QuantEmbedding)):
+        for name, m in model.named_modules():  # a shadow-weight model is written as its forward sees it
+            if isinstance(m, (QuantLinear, QuantEmbedding, FakeQuantLinear, FakeQuantEmbedding)):
                 quantized[name] = m
                 if not getattr(m, "_tied", False):  # a tied head is the embedding again (the config ties them)
                     out[f"{name}.weight"] = m.dequantized(dtype)

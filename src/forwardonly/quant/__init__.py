@@ -20,8 +20,12 @@ A pretrained causal LM can also be read straight into quantized layers, without
 ever holding its floating-point weights (same codes and scales, bit for bit)::
 
     model, tok = load_pretrained_quantized("smollm2-135m", bits=4, group_size=64)
+
+Quantization-aware ZO (W4A8, W8A8: fake-quantized activations, shadow weights or trained scales, export to
+the integer layout) is :mod:`forwardonly.quant.fake`.
 """
 
+from .fake import FakeQuantEmbedding, FakeQuantLinear, export_quantized, fake_quantize_model, unwrap_fake
 from .layers import QuantEmbedding, QuantLinear
 from .loading import load_pretrained_quantized
 from .model import (
@@ -35,10 +39,30 @@ from .model import (
     save_quantized,
     scale_parameters,
 )
-from .packing import dequantize, pack_int4, quantize, unpack_int4
+from .packing import dequantize, fake_quant_activations, fake_quant_weight, pack_int4, quantize, unpack_int4
 
 __all__ = [
-    "QuantConfig", "QuantEmbedding", "QuantLinear", "QuantizationError", "dequantize", "load_pretrained_quantized", "load_quantized",
-    "offset_parameters", "pack_int4", "plan", "quantize", "quantize_model", "quantized_bytes", "save_quantized",
-    "scale_parameters", "unpack_int4",
+    "FakeQuantEmbedding",
+    "FakeQuantLinear",
+    "QuantConfig",
+    "QuantEmbedding",
+    "QuantLinear",
+    "QuantizationError",
+    "dequantize",
+    "export_quantized",
+    "fake_quant_activations",
+    "fake_quant_weight",
+    "fake_quantize_model",
+    "load_pretrained_quantized",
+    "load_quantized",
+    "offset_parameters",
+    "pack_int4",
+    "plan",
+    "quantize",
+    "quantize_model",
+    "quantized_bytes",
+    "save_quantized",
+    "scale_parameters",
+    "unpack_int4",
+    "unwrap_fake",
 ]

@@ -126,6 +126,10 @@ class QuantLinear(_Quantized):
         float_min: with ``offsets``, start them at each group's minimum, zero points 0 (Q4_1's layout).
         offsets_dtype: dtype of the offsets (default fp32; ``torch.float16`` halves them and is exact
             for minimums read from a Q4_1 checkpoint, whose minimums are fp16; for minimums left frozen).
+        act_bits: fake-quantize the input to symmetric int8 (8) or int4 (4) before the product (default
+            None: the input as it comes); W4A8 is ``bits=4, act_bits=8``
+            (:func:`forwardonly.quant.packing.fake_quant_activations`).
+        act_scope: one activation scale per ``"token"`` (default) or per ``"tensor"``.
 
     Use :meth:`from_linear` (or :func:`forwardonly.quant.quantize_model`) to build one
     from a trained layer, :meth:`tie_to` to share an embedding's table. Example::
@@ -137,10 +141,14 @@ class QuantLinear(_Quantized):
     def __init__(self, in_features: int, out_features: int, bits: int = 4, group_size: int = 64,
                  bias: bool = True, log_scales: bool = True, train_scales: bool = True,
                  chunk_rows: int = 4096, dtype=None, device=None, offsets: bool = False, float_min: bool = False,
-                 offsets_dtype=torch.float32):
+                 offsets_dtype=torch.float32, act_bits: int | None = None, act_scope: str = "token"):
         super().__init__()
         if chunk_rows < 1:
             raise ValueError(f"Invalid chunk_rows: {chunk_rows}")
+        why = packing.check_activations(act_bits, act_scope)
+        if why:
+            raise ValueError(why)
+        self.act_bits, self.act_scope = act_bits, act_scope
         self.in_features, self.out_features, self.chunk_rows = in_features, out_features, chunk_rows
         self._init_quant(out_features, in_features, bits, group_size, log_scales, train_scales, device, offsets,
                          float_min, offsets_dtype)
@@ -170,6 +178,8 @@ class QuantLinear(_Quantized):
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.act_bits:
+            x = packing.fake_quant_activations(x, self.act_bits, self.act_scope)
         bias = None if self.bias is None else self.bias.to(x.dtype)
         n, step = self.out_features, self.chunk_rows
         if n <= step:
@@ -179,8 +189,9 @@ class QuantLinear(_Quantized):
         return torch.cat(outs, dim=-1)
 
     def extra_repr(self) -> str:
+        act = f", act_bits={self.act_bits} per {self.act_scope}" if self.act_bits else ""
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"bias={self.bias is not None}, {self._quant_repr()}")
+                f"bias={self.bias is not None}, {self._quant_repr()}{act}")
 
 
 class QuantEmbedding(_Quantized):

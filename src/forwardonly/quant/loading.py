@@ -13,7 +13,11 @@ it, stays in the process. :func:`load_pretrained_quantized` instead
 3. reads each weight from the checkpoint's safetensors file(s) ``block_rows``
    rows at a time and quantizes the block into its rows of codes and scales
    (:meth:`~forwardonly.quant.layers._Quantized.fill_rows`), so the largest
-   temporary is one block, not one matrix;
+   temporary is one block, not one matrix. The rows are read with ``pread`` into
+   a buffer of their own (:class:`RowReader`), not through a memory map: a mapped
+   checkpoint's pages count in the process's resident set once touched and stay
+   there until it is unmapped, so mapping the 538 MB fp32 file would put it whole
+   into the run's peak RSS;
 4. loads the remaining tensors (norms, biases) in the model's dtype.
 
 Groups never span rows, so the codes and scales are bitwise those of loading
@@ -24,8 +28,10 @@ checked against the file before any weight is read.
 from __future__ import annotations
 
 import json
+import os
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Self
 
 import torch
 from torch import nn
@@ -33,6 +39,70 @@ from torch import nn
 from ..errors import UserError
 from .layers import QuantEmbedding, _Quantized
 from .model import QuantConfig, plan, quantize_model
+
+_ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+              "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+              "BOOL": torch.bool}
+
+
+class RowReader:
+    """Row ranges of the tensors of one safetensors file, read with ``pread`` into fresh buffers.
+
+    Nothing is memory-mapped, so the file's pages live in the page cache, not in this process's
+    resident set: reading a checkpoint block by block costs one block of memory. Example::
+
+        with RowReader("model.safetensors") as f:
+            block = f.rows("model.embed_tokens.weight", 0, 1024)
+    """
+
+    def __init__(self, path: str | Path):
+        import struct
+
+        self.path = Path(path)
+        self._file = open(self.path, "rb")  # noqa: SIM115 - held open for the reader's lifetime (close/__exit__)
+        try:
+            (n,) = struct.unpack("<Q", self._file.read(8))
+            header = json.loads(self._file.read(n))
+        except (struct.error, ValueError, UnicodeDecodeError) as e:
+            self._file.close()
+            raise UserError(f"{self.path}: not a safetensors file ({e})") from None
+        header.pop("__metadata__", None)
+        self._base, self.header = 8 + n, header
+
+    def keys(self) -> list[str]:
+        return list(self.header)
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return tuple(self.header[key]["shape"])
+
+    def rows(self, key: str, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        """Rows ``start:stop`` of ``key`` (a 0-d or 1-d tensor: its elements) as a tensor of its own."""
+        info = self.header[key]
+        dtype, shape = _ST_DTYPES[info["dtype"]], info["shape"]
+        if not shape:
+            start, stop, shape = 0, 1, [1]
+        stop = shape[0] if stop is None else min(stop, shape[0])
+        row = dtype.itemsize
+        for d in shape[1:]:
+            row *= d
+        buf = bytearray(max(stop - start, 0) * row)
+        offset, view = self._base + info["data_offsets"][0] + start * row, memoryview(buf)
+        while view:  # pread may return fewer bytes than asked
+            got = os.preadv(self._file.fileno(), [view], offset)
+            if got <= 0:
+                raise UserError(f"{self.path}: truncated while reading {key}")
+            view, offset = view[got:], offset + got
+        out = torch.frombuffer(buf, dtype=dtype) if buf else torch.empty(0, dtype=dtype)
+        return out.reshape(stop - start, *shape[1:]) if info["shape"] else out.reshape(())
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def _checkpoint_files(where: Path) -> dict[str, Path]:
@@ -44,9 +114,7 @@ def _checkpoint_files(where: Path) -> dict[str, Path]:
     single = where / "model.safetensors"
     if not single.is_file():
         raise UserError(f"{where}: no model.safetensors (or index) to load quantized weights from")
-    from safetensors import safe_open
-
-    with safe_open(str(single), framework="pt") as f:
+    with RowReader(single) as f:
         return dict.fromkeys(f.keys(), single)
 
 
@@ -118,34 +186,32 @@ def _fill(model: nn.Module, steps, config: QuantConfig, where: Path, block_rows:
     owners, expect = _expected(model, steps)
     files = _checkpoint_files(where)
     with ExitStack() as stack:
-        from safetensors import safe_open
-
         opened = {}
 
-        def tensor(key):
+        def reader(key) -> RowReader:
             path = files[key]
             if path not in opened:
-                opened[path] = stack.enter_context(safe_open(str(path), framework="pt"))
-            return opened[path].get_slice(key)
+                opened[path] = stack.enter_context(RowReader(path))
+            return opened[path]
 
         missing = [k for k in expect if k not in files]
         if missing:
             raise UserError(f"{where}: the checkpoint lacks {len(missing)} tensor(s) the model needs, "
                             f"e.g. {missing[:3]} (load it with load_model and quantize it instead)")
-        wrong = [f"{k} {tuple(tensor(k).get_shape())} (model: {shape})" for k, shape in expect.items()
-                 if tuple(tensor(k).get_shape()) != shape]
+        wrong = [f"{k} {reader(k).shape(k)} (model: {shape})" for k, shape in expect.items()
+                 if reader(k).shape(k) != shape]
         if wrong:
             raise UserError(f"{where}: shapes differ from the model's: {'; '.join(wrong[:3])}")
         # every check passed: build the quantized layers and fill them
         quantize_model(model, config, fill=False, device="cpu")
         for name in owners:
-            layer, src = model.get_submodule(name), tensor(name + ".weight")
-            for r in range(0, expect[name + ".weight"][0], block_rows):
+            layer, key = model.get_submodule(name), name + ".weight"
+            for r in range(0, expect[key][0], block_rows):
                 kind = "embedding" if isinstance(layer, QuantEmbedding) else "linear"
-                layer.fill_rows(r, src[r:r + block_rows], config.for_kind(kind).symmetric)
+                layer.fill_rows(r, reader(key).rows(key, r, r + block_rows), config.for_kind(kind).symmetric)
         for key, t in _rest_keys(model, set()).items():
             if key in files:
-                _assign(model, key, tensor(key)[:].to(t.dtype))
+                _assign(model, key, reader(key).rows(key).to(t.dtype))
 
 
 def _rest_keys(model: nn.Module, skip_modules: set[str]) -> dict[str, torch.Tensor]:

@@ -61,6 +61,14 @@ class QuantConfig:
             SmolLM2's shipped GGUF, reproduced exactly: ``QuantConfig(bits=4, group_size=32,
             float_min=True, offsets_dtype="float16", embedding={"bits": 8, "group_size": 32,
             "symmetric": True, "float_min": False})``.
+        activations: fake-quantize the input of every quantized linear layer to symmetric int8 (``8``) or
+            int4 (``4``) (default None: unquantized activations). W4A8: ``bits=4, activations=8``
+            (:mod:`forwardonly.quant.fake`). ``embedding={"activations": None}`` leaves the tied head's input alone.
+        activation_scope: one activation scale per ``"token"`` (default) or per ``"tensor"``.
+        shadow: keep full-precision shadow weights and fake-quantize them in the forward
+            (:func:`forwardonly.quant.fake_quantize_model`; ZeroQAT proper, trained with scheme ``full``)
+            instead of holding integer codes whose scales are trained (default False; see
+            :mod:`forwardonly.quant.fake` for what each costs).
     """
 
     bits: int = 4
@@ -75,11 +83,17 @@ class QuantConfig:
     float_min: bool = False
     offsets_dtype: str = "float32"
     embedding: dict | None = None
+    activations: int | None = None
+    activation_scope: str = "token"
+    shadow: bool = False
 
     def __post_init__(self):
+        why = packing.check_activations(self.activations, self.activation_scope)
+        if why:
+            raise QuantizationError(why)
         if self.embedding is not None:
             allowed = {"bits", "group_size", "symmetric", "log_scales", "train_scales", "offsets", "float_min",
-                       "offsets_dtype"}
+                       "offsets_dtype", "activations", "activation_scope"}
             odd = sorted(set(self.embedding) - allowed)
             if odd:
                 raise QuantizationError(f"embedding={self.embedding}: keys {odd} cannot differ for embeddings "
@@ -203,6 +217,7 @@ def _build(m: nn.Module, step: _Step, config: QuantConfig, made: dict, fill: boo
         scale = getattr(m, "embed_scale", None)
         return QuantEmbedding(m.num_embeddings, m.embedding_dim, padding_idx=m.padding_idx, dtype=w.dtype,
                               device=device, embed_scale=None if scale is None else float(scale), **kw)
+    kw.update(act_bits=config.activations, act_scope=config.activation_scope)
     if step.tied_to is None and fill:
         return QuantLinear.from_linear(m, symmetric=config.symmetric, chunk_rows=config.chunk_rows, **kw)
     new = QuantLinear(m.in_features, m.out_features, bias=m.bias is not None, chunk_rows=config.chunk_rows,

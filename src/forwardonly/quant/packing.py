@@ -125,3 +125,64 @@ def dequantize(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor 
     if offsets is not None:
         g.add_(offsets.float().unsqueeze(-1))
     return w if dtype == torch.float32 else w.to(dtype)
+
+
+ACT_SCOPES = ("token", "tensor")
+
+
+def check_activations(bits, scope: str = "token") -> str | None:
+    """Why these activation settings are invalid, or None."""
+    if bits is not None and (isinstance(bits, bool) or bits not in BITS):
+        return f"activations={bits} is not supported (choose from {BITS}, or null for none)"
+    if scope not in ACT_SCOPES:
+        return f"activation_scope={scope!r} is not one of {ACT_SCOPES}"
+    return None
+
+
+def fake_quant_activations(x: torch.Tensor, bits: int = 8, scope: str = "token") -> torch.Tensor:
+    """``x`` rounded to a symmetric ``bits``-bit grid (codes ``-(2**(bits-1)-1) .. 2**(bits-1)-1``) and scaled back.
+
+    One absmax scale per token (the last dimension, ``scope="token"``) or for the whole tensor
+    (``"tensor"``), computed in fp32; the result has ``x``'s dtype. Every element moves by at most half its
+    scale. An all-zero token stays zero.
+    """
+    why = check_activations(bits, scope)
+    if why:
+        raise ValueError(why)
+    qmax = 2 ** (bits - 1) - 1
+    xf = x.float()
+    amax = xf.abs().amax(-1, keepdim=True) if scope == "token" else xf.abs().amax()
+    scale = (amax / qmax).clamp_min(_TINY)
+    out = (xf / scale).round_().clamp_(-qmax, qmax).mul_(scale)
+    return out if x.dtype == torch.float32 else out.to(x.dtype)
+
+
+def fake_quant_weight(w: torch.Tensor, bits: int = 4, group_size: int = 64, symmetric: bool = False,
+                      float_min: bool = False, min_dtype=torch.float32) -> torch.Tensor:
+    """``w`` (2-D) on the group-wise grid of :func:`forwardonly.quant.quantize`, scaled back (fp32 arithmetic, ``w``'s dtype).
+
+    Equals ``dequantize(*quantize(w, ...))`` up to fp32 rounding, without packing codes: the grid is
+    recomputed from ``w`` itself, so a perturbed or updated shadow weight is fake-quantized afresh.
+    """
+    rows, cols = w.shape
+    why = check_shape(rows, cols, bits, group_size)
+    if why:
+        raise ValueError(why)
+    qmax = 2**bits - 1
+    g = w.float().reshape(rows, cols // group_size, group_size)
+    if float_min:
+        lo = g.amin(-1, keepdim=True).to(min_dtype).float()
+        s = ((g.amax(-1, keepdim=True) - lo) / qmax).clamp_min(_TINY)
+        out = (g - lo).div_(s).round_().clamp_(0, qmax).mul_(s).add_(lo)
+    else:
+        if symmetric:
+            half = 2 ** (bits - 1)
+            s = (g.abs().amax(-1, keepdim=True) / (half - 1)).clamp_min(_TINY)
+            z = torch.full_like(s, half)
+        else:
+            lo = g.amin(-1, keepdim=True).clamp_max(0.0)
+            s = ((g.amax(-1, keepdim=True).clamp_min(0.0) - lo) / qmax).clamp_min(_TINY)
+            z = (-lo / s).round().clamp(0, qmax)
+        out = (g / s).round_().add_(z).clamp_(0, qmax).sub_(z).mul_(s)
+    out = out.reshape(rows, cols)
+    return out if w.dtype == torch.float32 else out.to(w.dtype)
