@@ -11,7 +11,7 @@ Every ``forwardonly train`` run with an ``out_dir`` ends by writing ``final/``:
   its store; a quantized run's layers are written dequantized (the trained scales applied), in
   ``model.dtype``. A quantized run (``model.quant``, shadow weights or trained scales) also writes
   ``quantized.safetensors``, its integer layout with the activation settings
-  (:func:`forwardonly.quant.export_quantized`); :func:`forwardonly.quant.load_exported` reads it back.
+  (:func:`forwardonly.quant.export_quantized`); :func:`forwardonly.quant.load_quantized` reads it back into the architecture.
 
 :func:`export_run` (``forwardonly export --run RUN --out DIR [--merge]``) writes the same from
 a run's checkpoint, and with ``merge`` folds LoRA adapters into the base weights

@@ -193,13 +193,15 @@ def unwrap_fake(model: nn.Module) -> nn.Module:
 def export_quantized(model: nn.Module, path) -> None:
     """Write a quantization-aware-trained model in the integer layout (:func:`forwardonly.quant.save_quantized`).
 
-    A model of fake-quantized shadow weights is quantized onto the grid its forward used: for the write its
-    layers are swapped for :class:`~forwardonly.quant.QuantLinear` / ``QuantEmbedding`` (0.5-1 B/weight more,
-    for the moment of the write) and then put back, so the model trains on unchanged. A model already held in
-    integer layers is written as it is. The file records the activation settings, so
-    :func:`forwardonly.quant.load_quantized` or :func:`forwardonly.quant.load_exported` gives back a model whose
-    outputs equal this one's to fp32 rounding (``exp(log s)`` is within a few ulp of ``s``; the tests hold
-    a relative tolerance of 1e-5).
+    A model of fake-quantized shadow weights is quantized onto the grid its forward used, with linear (not
+    log) scales, so the integer model computes what the forward computed, bit for bit: with activations
+    quantized, a scale off by one ulp (``exp(log s)``) could move an activation across a rounding boundary
+    and its output by a whole activation step. For the write its layers are swapped for
+    :class:`~forwardonly.quant.QuantLinear` / ``QuantEmbedding`` (0.5-1 B/weight more, for the moment of
+    the write) and then put back, so the model trains on unchanged. A model already held in integer layers
+    is written as it is (bitwise). The file records the activation settings, so
+    :func:`forwardonly.quant.load_quantized` gives back a model with the same outputs (the tests hold them
+    equal, shadow and scales alike).
     """
     config = getattr(model, "quant_config", None)
     if config is None or not config.shadow:
@@ -207,7 +209,7 @@ def export_quantized(model: nn.Module, path) -> None:
         return
     fakes = [(name, m) for name, m in model.named_modules(remove_duplicate=False) if isinstance(m, FAKE)]
     try:
-        quantize_model(unwrap_fake(model), dataclasses.replace(config, shadow=False))
+        quantize_model(unwrap_fake(model), dataclasses.replace(config, shadow=False, log_scales=False))
         save_quantized(model, path)
     finally:
         for name, m in fakes:
