@@ -112,3 +112,24 @@ def test_streamed_load_with_embedding_settings_of_their_own_is_bitwise_the_quant
     a, b = ref.state_dict(), model.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert model.model.embed_tokens.bits == 8 and model.model.layers[0].mlp.up_proj.bits == 4
+
+
+def test_row_reader_reads_what_safetensors_reads_without_mapping_the_file(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from forwardonly.quant.loading import RowReader
+
+    g = torch.Generator().manual_seed(0)
+    tensors = {"w": torch.randn(37, 5, generator=g).bfloat16(), "b": torch.randn(11, generator=g),
+               "s": torch.tensor(2.5, dtype=torch.float16), "i": torch.arange(12, dtype=torch.int64).reshape(3, 4)}
+    save_file(tensors, tmp_path / "x.safetensors")
+    ref = load_file(tmp_path / "x.safetensors")
+    with RowReader(tmp_path / "x.safetensors") as f:
+        assert sorted(f.keys()) == sorted(tensors) and f.shape("w") == (37, 5)
+        assert torch.equal(f.rows("w", 3, 20), ref["w"][3:20]) and f.rows("w", 3, 20).dtype == torch.bfloat16
+        assert torch.equal(f.rows("w", 30, 99), ref["w"][30:])  # a block past the end is cut at the end
+        assert torch.equal(f.rows("b"), ref["b"]) and torch.equal(f.rows("i", 1, 3), ref["i"][1:3])
+        assert f.rows("s").shape == () and float(f.rows("s")) == 2.5
+    (tmp_path / "bad.safetensors").write_bytes(b"\x05\x00\x00\x00\x00\x00\x00\x00{nope")
+    with pytest.raises(UserError, match=r"bad.safetensors: not a safetensors file"):
+        RowReader(tmp_path / "bad.safetensors")

@@ -122,3 +122,24 @@ def test_quantized_and_streamed_runs_end_with_a_standard_final_directory(cfg_of,
     again = AutoModelForCausalLM.from_pretrained(tmp_path / "x")
     for (n, a), (_, b) in zip(loaded.state_dict().items(), again.state_dict().items()):
         assert torch.equal(a, b), n
+
+
+@pytest.mark.parametrize("shadow", [True, False])
+def test_a_w4a8_run_exports_its_integer_layout_and_it_loads_back_with_the_same_outputs(cfg_of, tiny_dir, tmp_path,
+                                                                                       shadow):
+    """model.quant.activations=8: shadow weights (ZeroQAT, scheme full) or trained scales (QZO, scheme scales); the
+    run's final/quantized.safetensors loads into the architecture with the trained model's logits, bit for bit."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from forwardonly.quant import FakeQuantLinear, QuantLinear, load_quantized
+
+    quant = ("model.quant.bits=4", "model.quant.group_size=16", "model.quant.activations=8",
+             f"model.quant.shadow={str(shadow).lower()}", f"scheme.name={'full' if shadow else 'scales'}")
+    out, summary = _train(cfg_of, tmp_path, *quant, "optim.lr=1e-3")
+    model = summary["model"]
+    layer = model.model.layers[0].mlp.up_proj
+    assert isinstance(layer, FakeQuantLinear if shadow else QuantLinear) and layer.act_bits == 8
+    tok = AutoTokenizer.from_pretrained(out / "final")
+    fresh = load_quantized(AutoModelForCausalLM.from_pretrained(tiny_dir), out / "final" / "quantized.safetensors")
+    assert isinstance(fresh.model.layers[0].mlp.up_proj, QuantLinear)
+    assert torch.equal(_logits(fresh, tok), _logits(model, tok))

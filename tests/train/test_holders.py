@@ -87,6 +87,11 @@ def test_mixed_precision_run_keeps_bf16_weights_and_learns(cfg_of):
     (["model.offload.tier=tape"], "model.offload.tier='tape' is not one of"),
     (["model.precision=mixed"], "model.precision=mixed keeps bfloat16/float16 weights"),
     (["model.quant.bits=4", "model.offload.tier=disk"], "model.quant and model.offload cannot be combined"),
+    (["model.quant.activations=6"], r"model.quant.activations=6 is not supported \(choose from \(4, 8\)"),
+    (["model.quant.activation_scope=row"], "model.quant.activation_scope='row' is not one of"),
+    (["model.quant.shadow=true", "scheme.name=scales"], "model.quant.shadow=true derives them from the shadow weights"),
+    (["model.quant.shadow=true", "model.dtype=bfloat16", "model.precision=mixed"],
+     "model.quant.shadow=true keeps its shadow weights in model.dtype"),
 ])
 def test_holder_config_errors_are_one_line(cfg_of, override, msg):
     with pytest.raises(UserError, match=msg) as e:

@@ -54,7 +54,10 @@ class ModelConfig:
             (:mod:`forwardonly.models.chunking`); 0 = off.
         quant: quantize the weights (QZO): the fields of :class:`forwardonly.quant.QuantConfig`, e.g.
             ``{bits: 4, group_size: 64}``; the checkpoint is read straight into quantized layers. Train
-            the scales with ``scheme.name=scales``.
+            the scales with ``scheme.name=scales``. ``activations: 8`` fake-quantizes the input of every
+            quantized linear layer to int8 (W4A8); ``shadow: true`` keeps full-precision shadow weights
+            fake-quantized in the forward instead, trained with ``scheme.name=full`` (ZeroQAT;
+            :mod:`forwardonly.quant.fake`).
         offload: stream the blocks from a slower tier (:class:`OffloadConfig`:
             ``{tier: disk}``), ZO2-style; ZO-SGD only.
         precision: ``pure`` (arithmetic in ``dtype``) or ``mixed`` (``bfloat16``/``float16`` weights, fp32
