@@ -38,14 +38,9 @@ def _peak(rec) -> float:
     return rec["results"]["memory"]["peak_rss"] / MiB
 
 
-def _spread(values, digits: int) -> str:
-    f = f"{{:.{digits}f}}"
-    med = f.format(statistics.median(values))
-    lo, hi = f.format(min(values)), f.format(max(values))
-    return med if lo == hi else f"{med} [{lo}-{hi}]"
-
-
 def runs_table(rs) -> str:
+    from forwardonly.bench.report import spread
+
     rows = ["| experiment | seeds | test accuracy after % (median [min-max]) | per seed | "
             "**whole-run peak RSS (MiB)** | trained entries | forward passes | commit |",
             "|---|---|---|---|---|---:|---:|---|"]
@@ -53,8 +48,8 @@ def runs_table(rs) -> str:
         recs = sorted(recs, key=lambda r: r["seed"])
         commits = sorted({r["git"]["commit"][:7] + ("+diff" if r["git"].get("dirty") else "") for r in recs})
         rows.append(f"| `{name}` | {', '.join(str(r['seed']) for r in recs)} | "
-                    f"{_spread([_acc(r) for r in recs], 2)} | {', '.join(f'{_acc(r):.1f}' for r in recs)} | "
-                    f"**{_spread([_peak(r) for r in recs], 0)}** | {recs[0]['results']['trainable_parameters']:,} | "
+                    f"{spread([_acc(r) for r in recs], digits=2)} | {', '.join(f'{_acc(r):.1f}' for r in recs)} | "
+                    f"**{spread([_peak(r) for r in recs], digits=0)}** | {recs[0]['results']['trainable_parameters']:,} | "
                     f"{recs[0]['results']['forwards']} | {', '.join(commits)} |")
     return "\n".join(rows)
 
