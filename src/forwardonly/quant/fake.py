@@ -25,8 +25,8 @@ Quantized Neural Networks with Zeroth-order Optimization", 2025), and what each 
   rounding boundary, so it is noisier than on unquantized weights.
 * **quantization parameters** (``QuantConfig(shadow=False)``, the default, scheme ``scales``): the layers
   hold integer codes (:class:`~forwardonly.quant.QuantLinear`, 0.5 B/weight at 4 bits + 4 B per group
-  for the scale, 2-4 more for a float minimum) and ZO moves only the scales (and, with
-  ``scheme.offsets``, the group offsets). Memory: the integer model, plus one layer's dequantized weight at
+  for the scale, 2-4 more for a float minimum) and ZO moves only the scales (scheme ``scales``;
+  a ``float_min`` layout's minimums stay frozen). Memory: the integer model, plus one layer's dequantized weight at
   a time; the only layout that stores less than the unquantized model.
 
 Either result exports to the integer layout (:func:`export_quantized`, a file
