@@ -26,7 +26,7 @@ class Train:
     def add_arguments(p):
         p.add_argument("--config", help="YAML config (a LocalConfig); keys may be overridden after it")
         p.add_argument("--algo", help="ff, mf, cafo, dfa, drtp, fg or bp (same as algo=...)")
-        p.add_argument("--data", help="fashion-mnist, mnist, digits or cifar10 (same as data=...)")
+        p.add_argument("--data", help="fashion-mnist, mnist, digits, cifar10 or cifar100 (same as data=...)")
         p.add_argument("--data-dir", help="directory with the raw data files (same as data_dir=...)")
         p.add_argument("--out", help="output directory for checkpoint/metrics (same as out_dir=...)")
         p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")

@@ -124,7 +124,7 @@ class LocalConfig:
     """One forward-only (or backprop baseline) training run on a flat image data set."""
 
     algo: Literal["ff", "mf", "cafo", "dfa", "drtp", "fg", "bp"] = "mf"
-    data: Literal["fashion-mnist", "mnist", "digits", "cifar10"] = "fashion-mnist"
+    data: Literal["fashion-mnist", "mnist", "digits", "cifar10", "cifar100"] = "fashion-mnist"
     data_dir: str | None = None
     hidden: list[int] = field(default_factory=lambda: [500, 500])
     activation: Literal["relu", "tanh"] = "relu"

@@ -3,7 +3,8 @@
 One early-stopping rule for all methods: after each epoch the model is scored on
 the validation split; the best-scoring weights are kept; training stops after
 ``patience`` epochs without improvement or at ``epochs``. The test set is scored
-once, with the best weights. Time counts training steps only (not evaluation);
+once, with the best weights, and not at all with ``score_test=False`` (screens:
+choices are made on validation, and the test split is never read). Time counts training steps only (not evaluation);
 ``time_to_target`` is the training time until validation accuracy first reaches
 ``target_acc``.
 
@@ -106,13 +107,14 @@ def load_checkpoint(path: Path, model, shuffle: torch.Generator, cfg, ema: _EMA 
 
 
 def train(cfg: LocalConfig, data: Dataset | None = None, progress: bool = False, resume: bool = False,
-          log=None) -> dict:
+          log=None, score_test: bool = True) -> dict:
     """Train ``cfg.algo`` on ``cfg.data``; return a summary (test accuracy of the best epoch, timings).
 
     Args:
         cfg: the run's config. data: preloaded data (skips :func:`load_dataset`).
         progress: show a tqdm bar per epoch. resume: continue from ``out_dir/checkpoint``.
         log: optional ``callable(str)`` for one line per epoch.
+        score_test: score the best weights on the test split (default); False never touches it.
     """
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -173,10 +175,10 @@ def train(cfg: LocalConfig, data: Dataset | None = None, progress: bool = False,
             atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in prog["history"]))
 
     model.load_state_dict(best)
-    test = model.evaluate(data.x_test, data.y_test, cfg.eval_batch_size)
+    test = model.evaluate(data.x_test, data.y_test, cfg.eval_batch_size) if score_test else {}
     epoch_times = [r["epoch_seconds"] for r in prog["history"]]
     summary = {
-        "algo": cfg.algo, "data": cfg.data,
+        "algo": cfg.algo, "data": cfg.data, "test_scored": score_test,
         **{f"test_{k}": v for k, v in test.items()},
         "best_val_acc": prog["best_val"], "best_epoch": prog["best_epoch"], "epochs_run": prog["epoch"],
         "seconds_per_epoch": statistics.median(epoch_times) if epoch_times else None,
