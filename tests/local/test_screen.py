@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from forwardonly.errors import UserError
 from forwardonly.local import LocalConfig

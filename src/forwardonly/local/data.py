@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
-import os
 import io
+import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
