@@ -43,7 +43,7 @@ def measure(path: str, hidden: list[int]) -> dict:
 
     torch.set_num_threads(1)
     cfg = load_config(LocalConfig, path, [f"hidden={hidden}"])
-    model = build_model(cfg, 784, 10)
+    model = build_model(cfg, 784, 10, (1, 28, 28))
     gen = torch.Generator().manual_seed(0)
     x, y = torch.randn(BATCH, 784, generator=gen), torch.randint(0, 10, (BATCH,), generator=gen)
     model.train_step(x, y)

@@ -101,7 +101,7 @@ def test_resume_with_weight_average_matches_uninterrupted_run(tmp_path, capsys):
     keys = [*SMALL, "patience=0", "ema=0.9"]
     assert run(capsys, *common, "--out", str(tmp_path / "a"), *keys, "epochs=3")[0] == 0
     assert run(capsys, *common, "--out", str(tmp_path / "b"), *keys, "epochs=1")[0] == 0
-    code, out, _ = run(capsys, *common, "--out", str(tmp_path / "b"), "--resume", *keys, "epochs=3")
+    code, _out, _ = run(capsys, *common, "--out", str(tmp_path / "b"), "--resume", *keys, "epochs=3")
     assert code == 0
     for name in ("model.safetensors", "best.safetensors", "ema.safetensors"):
         a = load_file(str(tmp_path / "a" / "checkpoint" / name))

@@ -25,7 +25,7 @@ class Train:
     @staticmethod
     def add_arguments(p):
         p.add_argument("--config", help="YAML config (a LocalConfig); keys may be overridden after it")
-        p.add_argument("--algo", help="ff, mf, cafo, dfa, drtp, fg or bp (same as algo=...)")
+        p.add_argument("--algo", help="ff, mf, cafo, dfa, drtp, fg, bp, tpsgd or noprop (same as algo=...)")
         p.add_argument("--data", help="fashion-mnist, mnist, digits, cifar10 or cifar100 (same as data=...)")
         p.add_argument("--data-dir", help="directory with the raw data files (same as data_dir=...)")
         p.add_argument("--out", help="output directory for checkpoint/metrics (same as out_dir=...)")
@@ -78,7 +78,7 @@ class Eval:
             saved["data_dir"] = args.data_dir
         cfg = load_config(LocalConfig, None, None, base=saved)
         data = load_dataset(cfg.data, cfg.data_dir, cfg.val_fraction, cfg.limit_train)
-        model = build_model(cfg, data.n_features, data.n_classes)
+        model = build_model(cfg, data.n_features, data.n_classes, data.shape)
         model.load_state_dict(load_file(str(ckpt / "best.safetensors")))
         print(json.dumps({"algo": cfg.algo, "data": cfg.data,
                           **{f"test_{k}": v for k, v in model.evaluate(data.x_test, data.y_test).items()}}))

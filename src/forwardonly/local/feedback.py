@@ -33,8 +33,8 @@ from .base import LocalModel, linear_flops, local_step, make_optimizer, one_hot
 
 
 class _RandomFeedback(LocalModel):
-    def __init__(self, n_in, n_classes, cfg):
-        super().__init__(n_in, n_classes, cfg)
+    def __init__(self, n_in, n_classes, cfg, shape=None):
+        super().__init__(n_in, n_classes, cfg, shape)
         d = [*self.dims, n_classes]
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in pairwise(d))
         for k, width in enumerate(self.dims[1:]):

@@ -37,8 +37,8 @@ class ForwardGradient(LocalModel):
 
     name = "fg"
 
-    def __init__(self, n_in, n_classes, cfg):
-        super().__init__(n_in, n_classes, cfg)
+    def __init__(self, n_in, n_classes, cfg, shape=None):
+        super().__init__(n_in, n_classes, cfg, shape)
         d = [*self.dims, n_classes]
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in pairwise(d))
         self.local = cfg.fg.mode == "local"

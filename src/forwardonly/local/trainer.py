@@ -120,7 +120,7 @@ def train(cfg: LocalConfig, data: Dataset | None = None, progress: bool = False,
         torch.set_num_threads(cfg.threads)
     if data is None:
         data = load_dataset(cfg.data, cfg.data_dir, cfg.val_fraction, cfg.limit_train)
-    model = build_model(cfg, data.n_features, data.n_classes)
+    model = build_model(cfg, data.n_features, data.n_classes, data.shape)
     shuffle = torch.Generator().manual_seed(cfg.seed)
     out = Path(cfg.out_dir) if cfg.out_dir else None
     best = _clone_state(model)
