@@ -5,6 +5,7 @@ Examples::
     forwardonly local train --algo mf --data fashion-mnist out_dir=runs/mf epochs=20
     forwardonly local train --config configs/local/ff-fashion-mnist.yaml --resume
     forwardonly local eval runs/mf
+    forwardonly local graph --algo sf --data cora --data-dir DIR layer=sage
 """
 
 from __future__ import annotations
@@ -85,12 +86,38 @@ class Eval:
         return 0
 
 
-COMMANDS = {"train": Train, "eval": Eval}
+class GraphTrain:
+    """Node classification on a citation graph: ForwardGNN (``ff``, ``sf``) or the backprop twin (``bp``)."""
+
+    help = "train a GCN/GraphSAGE forward-only (ForwardGNN) or by backprop on a citation graph"
+
+    @staticmethod
+    def add_arguments(p):
+        p.add_argument("--config", help="YAML config (a GraphConfig); keys may be overridden after it")
+        p.add_argument("--algo", help="ff, sf or bp (same as algo=...)")
+        p.add_argument("--data", help="cora, citeseer, pubmed or csbm (same as data=...)")
+        p.add_argument("--data-dir", help="directory with <name>.content and <name>.cites (same as data_dir=...)")
+        p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. layer=sage top_down=true")
+
+    @staticmethod
+    def run(args) -> int:
+        from ..local.graph import GraphConfig, train_graph
+
+        flags = [f"{k}={v}" for k, v in (("algo", args.algo), ("data", args.data), ("data_dir", args.data_dir)) if v]
+        cfg = load_config(GraphConfig, args.config, [*flags, *args.overrides])
+        summary = train_graph(cfg)
+        summary.pop("model")
+        summary.pop("history")
+        print(json.dumps(summary, indent=2))
+        return 0
+
+
+COMMANDS = {"train": Train, "eval": Eval, "graph": GraphTrain}
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("local", help="forward-only learning: FF, MF, CaFo, DFA, DRTP, forward gradient")
-    sub = parser.add_subparsers(dest="local_command", metavar="{train,eval}")
+    parser = subparsers.add_parser("local", help="forward-only learning: FF, MF, CaFo, DFA, DRTP, tpSGD, NoProp, forward gradient, ForwardGNN")
+    sub = parser.add_subparsers(dest="local_command", metavar="{train,eval,graph}")
     for name, cmd in COMMANDS.items():
         p = sub.add_parser(name, help=cmd.help, description=cmd.__doc__)
         cmd.add_arguments(p)
