@@ -5,7 +5,9 @@ Usage (from the repository root)::
     python benchmarks/local_learning/report.py
 
 Reads ``results/*.json`` only; never trains or measures anything. Writes
-``results/*.png`` and the block of README.md between the ``RESULTS`` markers.
+``results/*.png`` and the blocks of README.md between the ``RESULTS`` and ``ROUND2``
+markers. The second round (conv nets, tpSGD, CaFo as published, NoProp) is reported
+as the median over seeds with the range, each method beside its backprop twin.
 """
 
 from __future__ import annotations
@@ -182,6 +184,97 @@ def plots(runs: dict, mem: dict | None) -> list[str]:
     return out
 
 
+# second round: experiment -> its backprop twin (same data, protocol and architecture where the method has one)
+ROUND2 = {"cnv-bp": None, "cnv-mf": "cnv-bp", "cnv-ff": "cnv-bp", "cnv-cafo-dfa": "cnv-bp", "cnv-cafo-rand": "cnv-bp",
+          "cnv-noprop": "cnv-bp", "cnv-bp-tanh": None, "cnv-tpsgd": "cnv-bp-tanh", "bp-tanh-e30": None,
+          "tpsgd": "bp-tanh-e30"}
+ROUND2_LABELS = {"cnv-bp": "Backprop (conv)", "cnv-mf": "Mono-Forward (conv)", "cnv-ff": "Forward-Forward (conv)",
+                 "cnv-cafo-dfa": "CaFo, DFA blocks, CE predictors (conv)",
+                 "cnv-cafo-rand": "CaFo, random blocks, CE predictors (conv)", "cnv-noprop": "NoProp-DT, 10 blocks (conv)",
+                 "cnv-bp-tanh": "Backprop, tanh (conv)", "cnv-tpsgd": "tpSGD, mse, tanh (conv)",
+                 "bp-tanh-e30": "Backprop, tanh, 784-500-500", "tpsgd": "tpSGD, mse, tanh, 784-500-500"}
+MEMORY_FILES = ("memory-round2.json",)
+
+
+def _median_range(vals: list[float]) -> str:
+    import statistics
+
+    v = [x * 100 for x in vals]
+    return f"{statistics.median(v):.2f} [{min(v):.2f}-{max(v):.2f}]"
+
+
+def round2_table(runs: dict, mems: list[dict]) -> str:
+    import statistics
+
+    head = ("| method | test acc. %, median [range] | seeds | twin | gap to twin, points (median) | epochs run "
+            "| s / epoch (median) | MFLOP / train ex. | autograd-saved peak MiB @1024, shallow / deep | "
+            "peak RSS above start MiB, shallow / deep |")
+    lines = [head, "|" + "---|" * 10]
+    for name, twin in ROUND2.items():
+        if name not in runs:
+            lines.append(f"| {ROUND2_LABELS[name]} | not run | 0 | {twin or '-'} | - | - | - | - | - | - |")
+            continue
+        res = runs[name]["results"]
+        accs = [r["test_acc"] for r in res["runs"]]
+        gap = "-"
+        if twin and twin in runs:
+            gap = f"{(statistics.median(accs) - statistics.median([r['test_acc'] for r in runs[twin]['results']['runs']])) * 100:+.2f}"
+        elif twin:
+            gap = "twin not run"
+        epochs = statistics.median([r["epochs_run"] for r in res["runs"]])
+        sec = statistics.median([r["seconds_per_epoch"] for r in res["runs"]])
+        flops = res["runs"][0]["flops_per_example"]["train"] / 1e6
+        saved = rss = "-"
+        for mem in mems:
+            parts = [mem["results"].get(a, {}).get(name) for a in ("mlp-2x1000", "mlp-6x2000")]
+            if all(parts):
+                saved = " / ".join(f"{p['autograd_saved_peak_bytes'] / 2**20:.1f}" for p in parts)
+                rss = " / ".join(f"{p['peak_rss_above_start'] / 2**20:.0f}" for p in parts)
+        lines.append(f"| {ROUND2_LABELS[name]} | {_median_range(accs)} | {len(accs)} | {twin or '-'} | {gap} "
+                     f"| {epochs:g} | {sec:.1f} | {flops:.2f} | {saved} | {rss} |")
+    return "\n".join(lines)
+
+
+def round2_plots(runs: dict) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [n for n in ROUND2 if n in runs]
+    if not names:
+        return []
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 0.9 + 0.42 * len(names)), gridspec_kw={"width_ratios": [1, 1.1]})
+    ys = list(range(len(names)))[::-1]
+    for y, n in zip(ys, names):
+        accs = [r["test_acc"] * 100 for r in runs[n]["results"]["runs"]]
+        colour = "C0" if runs[n]["config"]["algo"] == "bp" else "C1"
+        ax.scatter(accs, [y] * len(accs), color=colour, s=22, zorder=3)
+        med = sorted(accs)[len(accs) // 2]
+        ax.vlines(med, y - 0.3, y + 0.3, color=colour, lw=2)
+        ax.text(max(accs) + 0.4, y, f"{med:.1f}" + ("" if len(accs) >= 3 else f" ({len(accs)} seed)"),
+                va="center", fontsize=9)
+    ax.set_yticks(ys, [ROUND2_LABELS[n] for n in names], fontsize=9)
+    ax.set_xlabel("test accuracy %, each seed (dots) and the median (bar)")
+    ax.set_title("Fashion-MNIST; conv: 5,000 training images", fontsize=10)
+    ax.grid(axis="x", alpha=0.3)
+    lo = min(r["test_acc"] * 100 for n in names for r in runs[n]["results"]["runs"])
+    ax.set_xlim(lo - 2, 95)
+    for i, n in enumerate(names):
+        hist = runs[n]["results"]["runs"][0]["history"]
+        bx.plot([h["epoch"] for h in hist], [h["val_acc"] * 100 for h in hist], marker="o", ms=3,
+                color=f"C{i % 10}", ls="-" if i < 10 else "--", label=n)
+    bx.set_xlabel("epoch (seed 0)")
+    bx.set_ylabel("validation accuracy %")
+    bx.set_title("Validation curves: flat by the end?", fontsize=10)
+    bx.legend(fontsize=8, loc="lower right")
+    bx.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(RESULTS / "round2.png", dpi=100)
+    plt.close(fig)
+    return ["results/round2.png"]
+
+
 def main() -> int:
     runs, mem = load()
     if not runs:
@@ -190,8 +283,13 @@ def main() -> int:
     readme = HERE / "README.md"
     text = readme.read_text()
     new = re.sub(r"(<!-- RESULTS -->\n).*?(\n<!-- /RESULTS -->)", lambda m: m[1] + block + m[2], text, flags=re.DOTALL)
+    r2 = {n: json.loads((RESULTS / f"{n}.json").read_text()) for n in ROUND2 if (RESULTS / f"{n}.json").is_file()}
+    mems = [json.loads((RESULTS / f).read_text()) for f in MEMORY_FILES if (RESULTS / f).is_file()]
+    block2 = round2_table(r2, mems) + "\n\n" + "\n".join(f"![{Path(p).stem}]({p})" for p in round2_plots(r2))
+    new = re.sub(r"(<!-- ROUND2 -->\n).*?(\n<!-- /ROUND2 -->)", lambda m: m[1] + block2 + m[2], new, flags=re.DOTALL)
     readme.write_text(new)
     print(block)
+    print(block2)
     return 0
 
 

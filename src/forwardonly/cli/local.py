@@ -18,6 +18,12 @@ from ..config import load_config
 from ..errors import UserError
 
 
+def _flags(args, **more) -> list[str]:
+    """``key=value`` overrides from the ``--algo/--data/--data-dir`` options (and ``more``: config key -> option)."""
+    names = {"algo": "algo", "data": "data", "data_dir": "data_dir", **more}
+    return [f"{key}={getattr(args, opt)}" for key, opt in names.items() if getattr(args, opt)]
+
+
 class Train:
     """Train one method; config from ``--config`` YAML, then ``--algo/--data/--data-dir``, then ``key=value``."""
 
@@ -39,9 +45,7 @@ class Train:
         from ..local.config import LocalConfig
         from ..local.trainer import train
 
-        flags = [f"{k}={v}" for k, v in (("algo", args.algo), ("data", args.data),
-                                          ("data_dir", args.data_dir), ("out_dir", args.out)) if v]
-        cfg = load_config(LocalConfig, args.config, [*flags, *args.overrides])
+        cfg = load_config(LocalConfig, args.config, [*_flags(args, out_dir="out"), *args.overrides])
         if args.resume and not cfg.out_dir:
             raise UserError("--resume needs an output directory (--out DIR or out_dir=DIR)")
         summary = train(cfg, progress=not args.no_progress and sys.stderr.isatty(), resume=args.resume,
@@ -103,8 +107,7 @@ class GraphTrain:
     def run(args) -> int:
         from ..local.graph import GraphConfig, train_graph
 
-        flags = [f"{k}={v}" for k, v in (("algo", args.algo), ("data", args.data), ("data_dir", args.data_dir)) if v]
-        cfg = load_config(GraphConfig, args.config, [*flags, *args.overrides])
+        cfg = load_config(GraphConfig, args.config, [*_flags(args), *args.overrides])
         summary = train_graph(cfg)
         summary.pop("model")
         summary.pop("history")

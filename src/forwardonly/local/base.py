@@ -109,6 +109,7 @@ class LocalModel(nn.Module):
         self.act = ACTIVATIONS[cfg.activation]
         self.gen = torch.Generator().manual_seed(cfg.seed + 7919)
         self.optimizers: list[torch.optim.Optimizer] = []
+        self.convs = nn.ModuleList()  # conv blocks before the dense layers; methods with conv nets fill it
 
     @property
     def dims(self) -> list[int]:
@@ -123,6 +124,16 @@ class LocalModel(nn.Module):
         """The conv blocks of ``cfg.conv``; the first takes ``extra_in`` more input channels."""
         chans = [self.shape[0] + extra_in, *self.cfg.conv] if self.cfg.conv else []
         return nn.ModuleList(ConvBlock(a, b) for a, b in pairwise(chans))
+
+    def feedforward(self, x: torch.Tensor) -> torch.Tensor:
+        """The plain network: conv blocks, then ``self.layers`` with the activation between, the last one linear."""
+        x = self.image(x)
+        for conv in self.convs:
+            x = self.act(conv(x))
+        x = x.flatten(1)
+        for layer in self.layers[:-1]:
+            x = self.act(layer(x))
+        return self.layers[-1](x)
 
     def conv_flops(self) -> list[int]:
         return conv_flops(self.shape, self.cfg.conv) if self.cfg.conv else []

@@ -46,9 +46,7 @@ class _RandomFeedback(LocalModel):
         return getattr(self, f"feedback_{k}")
 
     def scores(self, x):
-        for layer in self.layers[:-1]:
-            x = self.act(layer(x))
-        return self.layers[-1](x)
+        return self.feedforward(x)
 
     def _hidden_update(self, k: int, h: torch.Tensor, signal: torch.Tensor) -> torch.Tensor:
         """Forward layer ``k`` on detached ``h``, update it from ``signal @ B_k``, return its output."""

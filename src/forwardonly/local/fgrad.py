@@ -51,9 +51,7 @@ class ForwardGradient(LocalModel):
             self.optimizers = [make_optimizer(self.parameters(), cfg)]
 
     def scores(self, x):
-        for layer in self.layers[:-1]:
-            x = self.act(layer(x))
-        return self.layers[-1](x)
+        return self.feedforward(x)
 
     def _tail_loss(self, k: int, h: torch.Tensor, y: torch.Tensor, weight, bias) -> torch.Tensor:
         """Global loss as a function of layer ``k``'s weights, from its (detached) input ``h``."""

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import LocalModel, conv_flops, conv_shapes, local_step, make_optimizer, numel
+from .base import ConvBlock, LocalModel, conv_flops, conv_shapes, local_step, make_optimizer, numel
 
 
 def cosine_levels(T: int, eps: float = 1e-3) -> torch.Tensor:
@@ -53,8 +53,6 @@ class _Block(nn.Module):
         super().__init__()
         self.act = {"relu": torch.relu, "tanh": torch.tanh}[cfg.activation]
         chans = [shape[0], *cfg.conv] if cfg.conv else []
-        from .base import ConvBlock
-
         self.convs = nn.ModuleList(ConvBlock(a, b) for a, b in pairwise(chans))
         width_in = numel(conv_shapes(shape, cfg.conv)[-1]) if cfg.conv else n_in
         hidden = cfg.hidden or [width_in]

@@ -81,13 +81,7 @@ class Backprop(LocalModel):
         self.optimizers = [make_optimizer(self.parameters(), cfg)]
 
     def scores(self, x):
-        x = self.image(x)
-        for conv in self.convs:
-            x = self.act(conv(x))
-        x = x.flatten(1)
-        for layer in self.layers[:-1]:
-            x = self.act(layer(x))
-        return self.layers[-1](x)
+        return self.feedforward(x)
 
     def train_step(self, x, y):
         return local_step(self.optimizers[0], F.cross_entropy(self.scores(x), y))

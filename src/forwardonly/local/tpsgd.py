@@ -70,13 +70,7 @@ class TargetProjection(LocalModel):
         return sum(losses) / len(losses)
 
     def scores(self, x):
-        x = self.image(x)
-        for conv in self.convs:
-            x = self.act(conv(x))
-        x = x.flatten(1)
-        for layer in self.layers[:-1]:
-            x = self.act(layer(x))
-        return self.layers[-1](x)
+        return self.feedforward(x)
 
     def flops_per_example(self):
         d = [*self.dims, self.n_classes]
