@@ -88,7 +88,9 @@ class LocalModel(nn.Module):
     """Base class: an MLP ``n_in -> hidden... -> (n_classes)`` trained by its own rule.
 
     Args:
-        n_in: input features; n_classes: classes; cfg: the run's :class:`LocalConfig`.
+        n_in: input features; n_classes: classes; cfg: the run's :class:`LocalConfig`;
+        shape: ``(channels, height, width)`` of an input row, needed with ``cfg.conv``
+        (rows stay flat in the data; :meth:`image` reshapes them for the conv blocks).
 
     Subclasses set ``self.optimizers`` (a list) and implement ``train_step`` and
     ``scores``; ``gen`` is the method's own random generator (negative labels,

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from ..config import to_dict
+from ..config import load_config, to_dict
 from ..errors import UserError
 from ..io import atomic_path, atomic_write_json, atomic_write_text
 from . import build_model
@@ -96,7 +96,8 @@ def load_checkpoint(path: Path, model, shuffle: torch.Generator, cfg, ema: _EMA 
             ema.state = load_file(str(path / "ema.safetensors"))
     except (OSError, RuntimeError, KeyError) as e:
         raise UserError(f"{path}: cannot resume from this checkpoint: {e}") from None
-    saved = json.loads(state["config"])
+    # keys added to LocalConfig since the checkpoint was written take their defaults (the old behaviour)
+    saved = to_dict(load_config(LocalConfig, base=json.loads(state["config"])))
     mine = to_dict(cfg)
     diff = sorted(k for k in mine if k not in ("epochs", "out_dir", "threads") and saved.get(k) != mine[k])
     if diff:
