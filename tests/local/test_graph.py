@@ -70,6 +70,16 @@ def test_linqs_reader(tmp_path):
     assert sorted(map(tuple, ei.T.tolist())) == [(0, 1), (1, 0), (1, 2), (2, 1)]
 
 
+def test_splits_are_seeded_and_disjoint():
+    g = load_graph("csbm", seed=3)
+    assert int(g.train_mask.sum()) == 384 and int(g.val_mask.sum()) == 96 and int(g.test_mask.sum()) == 120
+    assert not (g.train_mask & g.val_mask).any() and not (g.val_mask & g.test_mask).any()
+    p = load_graph("csbm", seed=3, split="planetoid")
+    assert int(p.train_mask.sum()) == 60 and torch.equal(p.train_mask, load_graph("csbm", seed=3, split="planetoid").train_mask)
+    with pytest.raises(UserError, match="split='half'"):
+        load_graph("csbm", split="half")
+
+
 def test_linqs_errors_name_file_and_line(tmp_path):
     _write_linqs(tmp_path, ["1 0 1 A", "2 0 A"], ["1 2"])
     with pytest.raises(UserError, match=r"cora.content:2: 1 features, the first line has 2"):

@@ -52,6 +52,7 @@ class GraphConfig:
     layer: Literal["gcn", "sage"] = "gcn"
     data: Literal["cora", "citeseer", "pubmed", "csbm"] = "cora"
     data_dir: str | None = None
+    split: Literal["random", "planetoid"] = "random"  # random: ForwardGNN's 64/16/20 % of the nodes
     hidden: list[int] = field(default_factory=lambda: [64])
     epochs: int = 200
     lr: float = 0.01
@@ -238,7 +239,7 @@ GRAPH_METHODS = {"bp": GraphBackprop, "sf": GraphSingleForward, "ff": GraphForwa
 
 def train_graph(cfg: GraphConfig, graph: Graph | None = None, log=None) -> dict:
     """Full-batch training with early stopping on validation accuracy; test scored once, at the best epoch."""
-    g = graph if graph is not None else load_graph(cfg.data, cfg.data_dir, cfg.seed)
+    g = graph if graph is not None else load_graph(cfg.data, cfg.data_dir, cfg.seed, cfg.split)
     adj = {"gcn": gcn_adjacency(g.edge_index, g.n_nodes), "mean": mean_adjacency(g.edge_index, g.n_nodes)}
     torch.manual_seed(cfg.seed)
     model = GRAPH_METHODS[cfg.algo](g.x.shape[1], g.n_classes, cfg)

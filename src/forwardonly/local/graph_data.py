@@ -7,8 +7,9 @@ Cora, CiteSeer and PubMed are not shipped by any package registry this project c
 * ``<name>.cites``: one edge a line, ``<cited id> <citing id>``.
 
 Edges are made undirected; edges to ids without a content line are dropped (CiteSeer has some).
-The split is Planetoid's shape, seeded: 20 training nodes per class, 500 validation and 1,000
-test nodes drawn from the rest. ``csbm`` is a generated contextual stochastic block model,
+Splits, seeded: ``random`` (ForwardGNN's: 64 % / 16 % / 20 % of the nodes for training,
+validation and test) or ``planetoid`` (20 training nodes per class, 500 validation and
+1,000 test nodes from the rest). ``csbm`` is a generated contextual stochastic block model,
 for plumbing tests only.
 
 Example::
@@ -75,6 +76,15 @@ def planetoid_split(y: torch.Tensor, n_classes: int, seed: int, per_class: int =
     return tuple(masks)
 
 
+def random_split(n: int, seed: int, fractions=(0.64, 0.16)) -> tuple[torch.Tensor, ...]:
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    a, b = round(fractions[0] * n), round((fractions[0] + fractions[1]) * n)
+    masks = [torch.zeros(n, dtype=torch.bool) for _ in range(3)]
+    for m, idx in zip(masks, (perm[:a], perm[a:b], perm[b:])):
+        m[idx] = True
+    return tuple(masks)
+
+
 def read_linqs(root: Path, name: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(features, undirected edge_index, labels) from ``<name>.content`` and ``<name>.cites``."""
     content, cites = root / f"{name}.content", root / f"{name}.cites"
@@ -127,19 +137,22 @@ def csbm(n: int = 600, n_classes: int = 3, n_features: int = 32, p_in: float = 0
     return x, torch.cat([ei, ei.flip(0)], 1), y
 
 
-def load_graph(name: str, data_dir: str | None = None, seed: int = 0) -> Graph:
-    """Load ``name`` (one of :data:`GRAPHS`) with row-normalised features and a seeded Planetoid split."""
+def load_graph(name: str, data_dir: str | None = None, seed: int = 0, split: str = "random") -> Graph:
+    """Load ``name`` (one of :data:`GRAPHS`) with row-normalised features and a seeded ``split``."""
+    if split not in ("random", "planetoid"):
+        raise UserError(f"split={split!r}: choose 'random' or 'planetoid'")
     if name == "csbm":
         x, ei, y = csbm(seed=seed)
         n_classes = int(y.max()) + 1
-        masks = planetoid_split(y, n_classes, seed, per_class=20, n_val=150, n_test=300)
+        masks = planetoid_split(y, n_classes, seed, per_class=20, n_val=150, n_test=300) if split == "planetoid" \
+            else random_split(len(y), seed)
     elif name in GRAPHS:
         if not data_dir:
             raise UserError(f"{name}: no package registry ships the citation graphs; pass --data-dir DIR "
                             f"holding the LINQS text release ({name}.content, {name}.cites)")
         x, ei, y = read_linqs(Path(data_dir), name)
         n_classes = int(y.max()) + 1
-        masks = planetoid_split(y, n_classes, seed)
+        masks = planetoid_split(y, n_classes, seed) if split == "planetoid" else random_split(len(y), seed)
     else:
         raise UserError(f"unknown graph {name!r}; choose from {list(GRAPHS)}")
     x = x / x.sum(1, keepdim=True).clamp_min(1e-12) if name != "csbm" else x  # bag-of-words rows sum to 1
