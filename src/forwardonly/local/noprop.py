@@ -12,7 +12,10 @@ Each block has its own optimizer and its graph is freed before the next block ru
 gradient and no activation crosses blocks. The classifier ``p(y | z_T)`` (and, with learned
 embeddings, ``U``) learns by cross-entropy on ``z_T`` drawn from the label. The paper weighs
 block ``t``'s loss by ``SNR(t) - SNR(t-1)``; with one Adam per block a constant factor per
-block is normalised away, so it is left out.
+block is normalised away, so it is left out. The classifier starts as ``z @ U^T`` (the
+nearest class embedding) and is trained from there: from a random start, a 10 x 10 linear
+layer on inputs of unit scale takes far longer to learn than the blocks (on digits, blocks
+read 97-99 % right after 6 epochs while a randomly started classifier read 49 % of the chain).
 
 Inference runs the chain: ``z_0 ~ N(0, I)`` (drawn from a generator seeded per call, so
 predictions are reproducible), then for each block the mean of the Gaussian posterior
@@ -90,6 +93,9 @@ class NoProp(LocalModel):
         self.register_buffer("levels", cosine_levels(self.T).float())
         self.blocks = nn.ModuleList(_Block(cfg, shape, n_in, n_classes, d) for _ in range(self.T))
         self.classifier = nn.Linear(d, n_classes)
+        with torch.no_grad():  # start as the nearest class embedding: a block's clean prediction is already read right
+            self.classifier.weight.copy_(self.embed)
+            self.classifier.bias.zero_()
         self.optimizers = [make_optimizer(b.parameters(), cfg) for b in self.blocks]
         head = [*self.classifier.parameters(), *([self.embed] if self.learned else [])]
         self.optimizers.append(make_optimizer(head, cfg))
