@@ -282,6 +282,12 @@ def test_tpsgd_conv_targets_have_the_block_shape():
     y = torch.tensor([3, 3, 5])
     t = model.target(1, y)
     assert t.shape == (3, 6, 2, 2) and torch.equal(t[0], t[1]) and not torch.equal(t[0], t[2])
+    assert not torch.equal(t[0, :, 0, 0], t[0, :, 1, 1])  # a random map
+    per_channel = build_model(_cfg("tpsgd", conv=[4, 6], hidden=[8], tp=TPConfig(conv_target="channel")), 64, 10,
+                              (1, 8, 8))
+    t = per_channel.target(1, y)
+    assert t.shape == (3, 6, 2, 2) and torch.equal(t[0, :, 0, 0], t[0, :, 1, 1])  # the same at every pixel
+    assert per_channel.projection_1.shape == (10, 6) and per_channel.target(2, y).shape == (3, 8)
 
 
 def test_noprop_posterior_mean_keeps_the_marginal():

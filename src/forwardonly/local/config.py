@@ -116,10 +116,14 @@ class TPConfig:
     block's whole C x H x W map); the layer minimises ``loss`` between its output and that
     target with its own optimizer. The output layer learns by cross-entropy.
     loss: ``mse``, ``l1`` (the paper's sign variant) or ``smooth_l1``.
+    conv_target: a conv block's target is a random ``map`` (one value per channel and pixel)
+    or one value per ``channel``, the same at every pixel (a target a translation-equivariant
+    layer can meet everywhere).
     """
 
     loss: Literal["mse", "l1", "smooth_l1"] = "mse"
     scale: float = 1.0
+    conv_target: Literal["map", "channel"] = "map"
 
     def __post_init__(self):
         if self.scale <= 0:

@@ -42,8 +42,10 @@ class TargetProjection(LocalModel):
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in pairwise(d))
         scale = cfg.tp.scale
         outs = [*self.conv_out, *((w,) for w in cfg.hidden)]
+        self.per_channel = cfg.tp.conv_target == "channel"
         for k, out in enumerate(outs):
-            p = (torch.rand(n_classes, numel(out)) * 2 - 1) * scale
+            width = out[0] if self.per_channel and len(out) == 3 else numel(out)
+            p = (torch.rand(n_classes, width) * 2 - 1) * scale
             self.register_buffer(f"projection_{k}", p)  # fixed: saved with the weights, never trained
         self.out_shapes = outs
         self.optimizers = [make_optimizer(m.parameters(), cfg) for m in [*self.convs, *self.layers]]
@@ -51,7 +53,10 @@ class TargetProjection(LocalModel):
     def target(self, k: int, y: torch.Tensor) -> torch.Tensor:
         """Layer ``k``'s target for labels ``y``: ``onehot(y) P_k``, shaped like the layer's output."""
         t = one_hot(y, self.n_classes) @ getattr(self, f"projection_{k}")
-        return t.view(len(y), *self.out_shapes[k])
+        shape = self.out_shapes[k]
+        if self.per_channel and len(shape) == 3:  # one value per channel, at every pixel
+            return t[:, :, None, None].expand(len(y), *shape)
+        return t.view(len(y), *shape)
 
     def _hidden(self):
         return [*self.convs, *self.layers[:-1]]
@@ -75,6 +80,7 @@ class TargetProjection(LocalModel):
     def flops_per_example(self):
         d = [*self.dims, self.n_classes]
         fwd = sum(self.conv_flops()) + sum(2 * a * b for a, b in pairwise(d))
-        targets = sum(2 * self.n_classes * numel(s) for s in self.out_shapes)
+        targets = sum(2 * self.n_classes * (s[0] if self.per_channel and len(s) == 3 else numel(s))
+                      for s in self.out_shapes)
         # forward and weight gradient of every layer (no input gradients), and the targets
         return {"train": 2 * fwd + targets, "predict": fwd}
