@@ -154,7 +154,7 @@ def worker(task: dict, out: Path) -> None:
         closure = closure_for(model, x, y, 1)
         for _ in range(3):
             opt.step(closure)
-        fd.save_checkpoint(comm, out / "ckpt.pt", model, opt, step=3)
+        fd.save_checkpoint(comm, out / "ckpt", model, opt, step=3)
         for _ in range(3):
             opt.step(closure)
         torch.save([p.detach() for p in model.parameters()], out / f"rank{rank}.pt")
@@ -256,22 +256,23 @@ def test_hybrid_bytes(parity):
         assert parity[rank]["data-hybrid"]["bytes_per_step"] == 8 * 1 + 8 + 4 * 17
 
 
-def test_probe_offset_keeps_masked_directions():
-    """Probe-parallel ranks read probe offset + j of the run's own directions, masks included."""
-    from forwardonly.optim.zosgd_sparse import MaskedDirections
+def test_probe_parallel_ranks_evaluate_their_global_probes_masks_included():
+    """Rank r of a probe-parallel run evaluates global probes r * q_local + j of the run's own (masked)
+    directions: the projected gradients one process computes for those probes."""
+    from forwardonly.optim import ZOSGDSparse
 
-    d = MaskedDirections(3, "rademacher", 0.25)
-    p = torch.zeros(3000)
-    shifted = fd._ProbeOffset(d, 2)
-    for j in range(2):
-        want = d.full(p, 7, 2 + j, 1)
-        assert torch.equal(shifted.full(p, 7, j, 1), want)
-        got = torch.cat([z.clone() for _, _, z in shifted.chunks(p, 7, j, 1)])
-        assert torch.equal(got, want.view(-1))
-        z = torch.empty(3000)
-        shifted.fill(z, 7, j, 1, 0)
-        assert torch.equal(z, want)
-    assert 0.15 < float((want != 0).float().mean()) < 0.35
+    class RankOne:
+        rank, world_size = 1, 2
+
+    model, x, y = problem()
+    closure = closure_for(model, x, y, 1)
+    single = ZOSGDSparse(model.parameters(), lr=0.0, q=4, density=0.25, seed=3)
+    _, every = single._estimate(closure, 0, list(range(4)))
+    par = fd.Parallel(RankOne(), "probe", q_local=2)
+    assert par.probes(4) == [2, 3]
+    ranked = ZOSGDSparse(model.parameters(), lr=0.0, q=2, density=0.25, seed=3)
+    _, mine = ranked._estimate(closure, 0, par.probes(4))
+    assert mine == every[2:] and mine != every[:2]
 
 
 def test_checkpoint_from_two_ranks_resumes_in_one_process(tmp_path):
@@ -279,7 +280,7 @@ def test_checkpoint_from_two_ranks_resumes_in_one_process(tmp_path):
     assert all(code == 0 for code, _ in results), results
     model, x, y = problem()
     opt = make_opt(model, "zo-adam", WORLD, 1, {})
-    extra = fd.load_checkpoint(tmp_path / "ckpt.pt", model, opt)
+    extra = fd.load_checkpoint(tmp_path / "ckpt", model, opt)
     assert extra == {"step": 3} and opt.zo_state["step"] == 3
     closure = closure_for(model, x, y, WORLD)
     for _ in range(3):
@@ -324,7 +325,7 @@ def test_single_process_comm_is_a_no_op():
     assert comm.shard([1, 2, 3]) == [1, 2, 3]
     model = problem()[0]
     opt = fd.distribute(make_opt(model, "zo-sgd", 1, 1, {}), comm, mode="probe")
-    assert opt.q == 1 and type(opt).__name__ == "ProbeParallelZOSGD"
+    assert opt.q == 1 and type(opt).__name__ == "ZOSGD" and opt.parallel.mode == "probe"
 
 
 def test_arguments_are_validated():

@@ -355,7 +355,7 @@ def cmd_memory(args):
 
     torch.set_num_threads(args.threads)
     if args.hold_bytes is not None:  # a diagnostic: the cap on one step's held random words (ZOSGD's hold)
-        from forwardonly.optim import _perturb
+        from forwardonly.optim.perturb import directions as _perturb
 
         _perturb.HOLD_BYTES = args.hold_bytes
     if args.mmap_threshold and not fix_mmap_threshold(args.mmap_threshold):

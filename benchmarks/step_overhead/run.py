@@ -20,9 +20,9 @@ discarded; medians are reported):
   forwards of the step as one forward over the batch stacked twice, whose halves see ``w + eps z``
   and ``w - eps z``; the closure computes each row's causal-LM loss itself and returns the two
   halves' means (the same loss as ``labels=ids``);
-* ``zosgd_rademacher_torch``: ``zosgd_rademacher`` with the native kernel switched
-  off (the torch fallback used where no C compiler is available);
-* ``zosgd_rademacher_unfused``: the same step with ``opt.fused = False`` (every
+* ``zosgd_rademacher_torch``: ``zosgd_rademacher`` with ``impl="torch"`` (the native
+  kernel off: the torch fallback used where no C compiler is available);
+* ``zosgd_rademacher_unfused``: the same step with ``impl="plain"`` (every
   module gets a whole perturbed copy of its parameters: the path before the fused
   linear/embedding);
 * ``mezo_reference_gaussian``: the ``ZOSGDReference`` twin, MeZO as published
@@ -53,7 +53,8 @@ import torch.nn.functional as F
 
 from forwardonly.bench.measure import PeakMemory
 from forwardonly.bench.record import make_record, write_record
-from forwardonly.optim import ZOSGD, ZOSGDReference, _native, pair_batch, pair_losses
+from forwardonly.optim import ZOSGD, ZOSGDReference, pair_batch, pair_losses
+from forwardonly.optim.perturb import native as _native
 
 SMOLLM2 = {"vocab_size": 49152, "hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30,
            "num_attention_heads": 9, "num_key_value_heads": 3, "head_dim": 64, "tie_word_embeddings": True,
@@ -81,26 +82,15 @@ def load_model():
 def make_optimizer(name: str, params):
     if name == "mezo_reference_gaussian":
         return ZOSGDReference(params, lr=LR, eps=EPS, seed=0, direction="gaussian")
-    opt = ZOSGD(params, lr=LR, eps=EPS, seed=0, direction="gaussian" if "gaussian" in name else "rademacher",
-                defer_update=name.endswith("_deferred"), paired="_paired" in name)
-    opt.fused = not name.endswith("_unfused")
-    return opt
+    impl = "plain" if name.endswith("_unfused") else "torch" if name.endswith("_torch") else "auto"
+    return ZOSGD(params, lr=LR, eps=EPS, seed=0, direction="gaussian" if "gaussian" in name else "rademacher",
+                 defer_update=name.endswith("_deferred"), paired="_paired" in name, impl=impl)
 
 
 def make_step(name: str, opt, loss, paired_loss):
     if "_paired" in name:
         return lambda: opt.step(paired_loss)
-    if not name.endswith("_torch"):
-        return lambda: opt.step(loss)
-
-    def torch_path():  # the same step with the native kernel switched off (the fallback without a compiler)
-        lib = _native.library()
-        _native._STATE["lib"] = None
-        try:
-            opt.step(loss)
-        finally:
-            _native._STATE["lib"] = lib
-    return torch_path
+    return lambda: opt.step(loss)
 
 
 def timed(fn) -> tuple[float, float]:

@@ -95,7 +95,7 @@ def measure(method: str, batch: int, seq: int) -> dict:
     if optim is not None:
         cfg = load_config(TrainConfig, None, None, base={"model": {"name": MODEL}, "scheme": {"name": scheme},
                                                          "optim": {"name": optim, "lr": 1e-6, **extra}})
-        if cfg.optim.grad_checkpointing:
+        if getattr(cfg.optim.options, "grad_checkpointing", False):
             model.gradient_checkpointing_enable()
             model.config.use_cache = False
         params = [p for _, p in trainable_parameters(model)]

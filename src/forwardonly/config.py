@@ -113,26 +113,47 @@ def _lines(node, prefix="") -> dict[str, int]:
     return out
 
 
-def _build(cls, data: dict, lines: dict[str, int], source: str, prefix: str = ""):
+def _build(cls, data: dict, lines: dict[str, int], source: str, prefix: str = "", owner: str = "",
+           also: list[str] = ()):
     if not isinstance(data, dict):
         raise UserError(f"{source}: {prefix.rstrip('.') or 'config'} must be a mapping, got {data!r}")
     types_ = _field_types(cls)
+    section = getattr(cls, "SECTION", None)
+    own = {k: v for k, v in data.items() if k in types_ and k != section} if section else data
     kwargs = {}
-    for key, value in data.items():
+    for key, value in own.items():
         full = f"{prefix}{key}"
         loc = f"{source}:{lines[full]}" if full in lines else source
         if key not in types_:
-            valid = ", ".join(sorted(prefix + k for k in types_))
-            raise UserError(f"{loc}: unknown key '{full}'; valid keys: {valid}")
-        tp = types_[key]
-        if dataclasses.is_dataclass(tp):
-            kwargs[key] = _build(tp, value or {}, lines, source, full + ".")
+            valid = ", ".join(sorted(prefix + k for k in [*types_, *also]))
+            where = f" of {owner}" if owner else ""
+            raise UserError(f"{loc}: unknown key '{full}'{where}; valid keys: {valid}")
+        tp, optional = _strip_optional(types_[key])
+        if dataclasses.is_dataclass(tp):  # a nested section (``None`` turns an optional one off)
+            if isinstance(value, str):
+                value = None if value.strip().lower() in ("none", "null", "") else yaml.safe_load(value)
+            if value is None and optional:
+                kwargs[key] = None
+            else:
+                kwargs[key] = _build(tp, value or {}, lines, source, full + ".")
         else:
-            kwargs[key] = _coerce(value, tp, full, loc)
+            kwargs[key] = _coerce(value, types_[key], full, loc)
+    if section:  # the other keys are the typed section's, chosen by the values above (e.g. optim.name)
+        try:
+            sec_cls, what, fixed = cls.section_type(data)
+        except ValueError as e:
+            key = f"{prefix}name"
+            raise UserError(f"{source}:{lines[key]}: {e}" if key in lines else f"{source}: {e}") from None
+        rest = {k: v for k, v in data.items() if k not in own}
+        kwargs[section] = _build(sec_cls, {**fixed, **rest}, lines, source, prefix, owner=what,
+                                 also=[k for k in types_ if k != section])
     try:
         return cls(**kwargs)
     except (ValueError, TypeError) as e:
-        raise UserError(f"{source}: {e}") from None
+        msg = str(e)
+        if prefix and msg.split("=", 1)[0] in types_:  # "bits=3 is not supported" -> "model.quant.bits=3 ..."
+            msg = prefix + msg
+        raise UserError(f"{source}: {msg}") from None
 
 
 def _set_dotted(tree: dict, key: str, value) -> None:
@@ -214,8 +235,20 @@ def _flatten(tree: dict, prefix: str = "") -> list[str]:
 
 
 def to_dict(cfg) -> dict:
-    """A config as plain data (for result JSON and checkpoints)."""
-    return dataclasses.asdict(cfg)
+    """A config as plain data (for result JSON and checkpoints); a typed section's keys sit beside its
+    owner's, as in YAML, so that the result loads back with :func:`load_config`."""
+    out = {}
+    section = getattr(type(cfg), "SECTION", None)
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if f.name == section and value is not None:
+            out.update(to_dict(value))
+        elif dataclasses.is_dataclass(value):
+            out[f.name] = to_dict(value)
+        else:
+            out[f.name] = [list(v) if isinstance(v, tuple) else v for v in value] if isinstance(value, list) \
+                else (list(value) if isinstance(value, tuple) else value)
+    return out
 
 
 def dump_yaml(cfg) -> str:

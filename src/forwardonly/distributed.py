@@ -2,7 +2,7 @@
 
 A ZO step is a function of the run seed, the step number and the projected
 gradients ``g_k`` (one float per probe): the directions ``z(seed, step, probe,
-param_index)`` are regenerated wherever they are needed (:mod:`forwardonly.optim._perturb`).
+param_index)`` are regenerated wherever they are needed (:mod:`forwardonly.optim.perturb`).
 Ranks that start from the same weights therefore never exchange parameters or
 gradients; they agree on the ``g_k`` and every rank applies the same update.
 
@@ -28,8 +28,8 @@ Modes
 
 Both work with every optimizer of :mod:`forwardonly.optim`, with
 ``accum_steps`` and with any choice of trainable parameters (PEFT schemes):
-they only wrap :meth:`~forwardonly.optim.base.ZOOptimizer.estimate` and the loss
-of one evaluation.
+they are a plug-in (:class:`Parallel`) that the optimizer's step calls where it
+meets the other ranks.
 
 Example (run with ``torchrun --nproc-per-node 2 script.py``)::
 
@@ -55,6 +55,7 @@ calls :func:`init_from_env`.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import sys
@@ -64,8 +65,6 @@ from collections.abc import Sequence
 import torch
 
 from .errors import UserError
-from .io import atomic_save_torch
-from .optim._perturb import Directions
 from .optim.base import ZOOptimizer
 
 MODES = ("data", "probe")
@@ -212,140 +211,109 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
-# --------------------------------------------------------------------------- optimizer mixins
-class _ProbeOffset(Directions):
-    """The run's directions with probe ``j`` read as probe ``offset + j`` (scratch buffers shared).
+# --------------------------------------------------------------------------- agreement between ranks
+class Parallel:
+    """How the ranks of a distributed ZO run agree: a plug-in of :class:`~forwardonly.optim.ZOOptimizer`.
 
-    Every generating method delegates to the run's own :class:`Directions` object, so a subclass
-    that changes the directions (e.g. the sparse optimizer's masked directions) keeps doing so.
+    Made by :func:`distribute` and kept in ``optimizer.parallel``; the optimizer calls it where its step
+    meets the other ranks: which probes this rank evaluates (:meth:`probes`), the losses of one
+    evaluation (:meth:`reduce_sum`, :meth:`reduce_losses`), the estimate of the step (:meth:`combine`)
+    and, for the hybrid ZO/FO optimizer, its first-order gradients (:meth:`before_update`).
+
+    Args:
+        comm: the communicator.
+        mode: ``"data"`` (same probes, own data) or ``"probe"`` (same data, own probes).
+        reduce: data mode: ``"grads"`` (reduce the step's estimate once) or ``"losses"`` (every evaluation).
+        q_local: probe mode: the probes of one rank.
     """
 
-    def __init__(self, parent: Directions, offset: int):
-        self.parent = parent
-        self.seed, self.kind, self._scratch = parent.seed, parent.kind, parent._scratch
-        self.offset = offset
+    def __init__(self, comm: Comm, mode: str, reduce: str = "grads", q_local: int = 1):
+        self.comm, self.mode, self.reduce, self.q_local = comm, mode, reduce, q_local
+        self._local = False  # inside the estimate of a step whose estimate is reduced as a whole
 
-    @property
-    def ranged(self) -> bool:  # the range paths read chunk seeds directly, without the offset
-        return False
+    def probes(self, q: int) -> list[int]:
+        if self.mode == "probe":
+            # global probe index k = rank * q_local + j: seeds never collide, and the gathered
+            # estimates are in the probe order of one process with q = N * q_local
+            start = self.comm.rank * self.q_local
+            return list(range(start, start + self.q_local))
+        return list(range(q))
 
-    def chunks(self, p, step, probe, param_index, dtype=None):
-        return self.parent.chunks(p, step, self.offset + probe, param_index, dtype)
-
-    def full(self, p, step, probe, param_index, dtype=None):
-        return self.parent.full(p, step, self.offset + probe, param_index, dtype)
-
-    def fill(self, z, step, probe, param_index, chunk):
-        return self.parent.fill(z, step, self.offset + probe, param_index, chunk)
-
-
-class DataParallel:
-    """Mixin over a :class:`ZOOptimizer`: same directions on every rank, each on its own data.
-
-    Made by :func:`distribute`; reads ``self.comm`` and ``self.dp_reduce``.
-    """
-
-    comm: Comm
-    dp_reduce: str
-    _dp_local = False
-
-    def estimate(self, closure, step):
-        if self.dp_reduce == "losses":
-            return super().estimate(closure, step)  # every evaluation already reduced in _call
-        self._dp_local = True
+    @contextlib.contextmanager
+    def estimating(self):
+        self._local = self.mode == "probe" or self.reduce == "grads"
         try:
-            loss, grads = super().estimate(closure, step)
+            yield
         finally:
-            self._dp_local = False
+            self._local = False
+
+    def reduce_sum(self, total: float, micro: int) -> float:
+        """The loss of one evaluation from this rank's sum over ``micro`` micro-batch losses."""
+        if self._local or self.mode == "probe":
+            return total / micro
+        # sum then divide, as one process averages its N * a micro-batch losses
+        reduced, = self.comm.all_reduce_sum([total])
+        return reduced / (micro * self.comm.world_size)
+
+    def reduce_losses(self, means: list[float], micro: int) -> list[float]:
+        """The losses of one batched evaluation (this rank's means over its micro-batches)."""
+        if self._local or self.mode == "probe":
+            return means
+        return [v / self.comm.world_size for v in self.comm.all_reduce_sum(means)]
+
+    def combine(self, loss: float, grads: list[float]) -> tuple[float, list[float]]:
+        """The step's loss and projected gradients over every rank."""
+        if self.mode == "probe":
+            rows = self.comm.all_gather([loss, *grads])
+            # rank-major order == global probe order k = rank * q_local + j
+            return sum(r[0] for r in rows) / len(rows), [g for r in rows for g in r[1:]]
+        if self.reduce == "losses":
+            return loss, grads  # every evaluation was already reduced
         loss, *grads = self.comm.all_reduce_mean([loss, *grads])
         return loss, grads
 
-    def apply_grads(self, step, grads, closure=None, loss=None):
-        if getattr(self, "has_first_order", False):  # hybrid ZO/FO: average the first-order part's gradients
-            fo = [p for p, _ in self.fo_params() if p.grad is not None]
+    def before_update(self, optimizer) -> None:
+        """Data-parallel hybrid ZO/FO: average the first-order part's gradients over ranks."""
+        if self.mode == "data" and optimizer.capabilities.first_order:
+            fo = [p for p, _ in optimizer.fo_params() if p.grad is not None]
             if fo:
                 self.comm.all_reduce_mean_(fo)
-        return super().apply_grads(step, grads, closure=closure, loss=loss)
-
-    def _call(self, closure):
-        if self._dp_local:
-            return super()._call(closure)
-        a = self.accum_steps
-        losses = [closure()] if a == 1 else [closure(i) for i in range(a)]
-        self.zo_state["forwards"] += len(losses)
-        # Sum then divide, as one process averages its N * a micro-batch losses.
-        total, = self.comm.all_reduce_sum([sum(float(v) for v in losses)])
-        return total / (a * self.comm.world_size)
-
-    def _call_pair(self, closure):
-        a, b = super()._call_pair(closure)  # the means of this rank's micro-batches (paired=True)
-        if self._dp_local:
-            return a, b
-        ta, tb = self.comm.all_reduce_sum([a, b])
-        return ta / self.comm.world_size, tb / self.comm.world_size
-
-
-class ProbeParallel:
-    """Mixin over a :class:`ZOOptimizer`: each rank evaluates ``q_local`` probes of its own.
-
-    Made by :func:`distribute`; ``self.q`` is the global probe count ``N * q_local``.
-    """
-
-    comm: Comm
-    q_local: int
-
-    def estimate(self, closure, step):
-        full_q, full_dirs = self.q, self.directions
-        self.q, self.directions = self.q_local, _ProbeOffset(full_dirs, self.comm.rank * self.q_local)
-        try:
-            loss, grads = super().estimate(closure, step)
-        finally:
-            self.q, self.directions = full_q, full_dirs
-        rows = self.comm.all_gather([loss, *grads])
-        # rank-major order == global probe order k = rank * q_local + j
-        return sum(r[0] for r in rows) / len(rows), [g for r in rows for g in r[1:]]
 
 
 def distribute(optimizer: ZOOptimizer, comm: Comm, mode: str = "data", reduce: str = "grads") -> ZOOptimizer:
     """Make ``optimizer`` (any :class:`ZOOptimizer`) agree with the other ranks of ``comm``.
 
-    The object is kept (its state, parameter groups and ``state_dict`` are
-    unchanged); its class becomes a subclass with the :class:`DataParallel` or
-    :class:`ProbeParallel` mixin. In probe mode the optimizer's ``q`` is the
-    probes per rank and becomes ``q * world_size`` overall.
+    The object is kept (its class, state, parameter groups and ``state_dict`` are unchanged); its
+    ``parallel`` plug-in is set (:class:`Parallel`). In probe mode the optimizer's ``q`` is the probes
+    per rank and becomes ``q * world_size`` overall.
 
     Args:
         optimizer: a ZO optimizer built with the same arguments on every rank.
         comm: from :func:`init_from_env`.
         mode: ``"data"`` (default) or ``"probe"``.
-        reduce: data mode only: ``"grads"`` (default; one all-reduce of q+1
-            float64 per step) or ``"losses"`` (one 8-byte all-reduce per
-            evaluation; the single process's arithmetic).
+        reduce: data mode only: ``"grads"`` (default; one all-reduce of q+1 float64 per step) or
+            ``"losses"`` (one all-reduce per evaluation; the single process's arithmetic).
 
-    Every optimizer of :data:`forwardonly.optim.OPTIMIZERS` works in both modes. The hybrid
-    ZO/FO optimizer (``zo-sgd-hybrid``) is the one that sends more than scalars: in data mode
-    its first-order part's gradients are averaged over ranks too (one all-reduce of those
-    parameters' size per step); in probe mode every rank computes the same first-order
-    gradient on the shared batch and nothing extra is sent.
+    Every optimizer of :data:`forwardonly.optim.OPTIMIZERS` works in both modes. The hybrid ZO/FO
+    optimizer (``zo-sgd-hybrid``) is the one that sends more than scalars: in data mode its
+    first-order part's gradients are averaged over ranks too (one all-reduce of those parameters'
+    size per step); in probe mode every rank computes the same first-order gradient on the shared
+    batch and nothing extra is sent.
     """
     from .optim.forward_grad import ForwardGrad
 
     if not isinstance(optimizer, ZOOptimizer):
         raise TypeError(f"distribute needs a ZOOptimizer, got {type(optimizer).__name__}")
-    if isinstance(optimizer, (DataParallel, ProbeParallel)):
+    if optimizer.parallel is not None:
         raise ValueError("optimizer is already distributed")
     if mode not in MODES:
         raise ValueError(f"Invalid mode: {mode!r} (expected one of {MODES})")
     if reduce not in REDUCTIONS:
         raise ValueError(f"Invalid reduce: {reduce!r} (expected one of {REDUCTIONS})")
-    cls = type(optimizer)
-    if mode == "data":
-        optimizer.__class__ = type(f"DataParallel{cls.__name__}", (DataParallel, cls), {})
-        # ForwardGrad's g_k are means of per-batch tangents: reducing them is the single process's arithmetic.
-        optimizer.dp_reduce = "grads" if isinstance(optimizer, ForwardGrad) else reduce
-    else:
-        optimizer.__class__ = type(f"ProbeParallel{cls.__name__}", (ProbeParallel, cls), {})
-        optimizer.q_local = optimizer.q
+    if mode == "data" and isinstance(optimizer, ForwardGrad):
+        reduce = "grads"  # ForwardGrad's g_k are means of per-batch tangents: reducing them is exact
+    optimizer.parallel = Parallel(comm, mode, reduce, q_local=optimizer.q)
+    if mode == "probe":
         optimizer.q = optimizer.q * comm.world_size
     optimizer.comm = comm
     return optimizer
@@ -353,7 +321,8 @@ def distribute(optimizer: ZOOptimizer, comm: Comm, mode: str = "data", reduce: s
 
 # --------------------------------------------------------------------------- checkpoints
 def save_checkpoint(comm: Comm, path, model: torch.nn.Module, optimizer: ZOOptimizer, **extra) -> None:
-    """Rank 0 writes ``{model, optimizer, extra}`` atomically; every rank waits until it is on disk.
+    """Rank 0 writes a checkpoint directory (:mod:`forwardonly.checkpoint`, atomically: every weight of the
+    model, the optimizer state and ``extra``); every rank waits until it is on disk.
 
     Weights and optimizer state are replicated on every rank, so one copy
     resumes on any world size. Data-parallel: N ranks with accumulation ``a``
@@ -361,19 +330,20 @@ def save_checkpoint(comm: Comm, path, model: torch.nn.Module, optimizer: ZOOptim
     total probe count is ``N * q_local``; keep it when changing N to continue
     the same trajectory.
     """
+    from . import checkpoint
+
     if comm.rank == 0:
-        atomic_save_torch({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                           "world_size": comm.world_size, "extra": extra}, path)
+        checkpoint.save(path, model, optimizer, {"world_size": comm.world_size, "extra": extra},
+                        state=checkpoint.all_weights(model))
     comm.barrier()
 
 
 def load_checkpoint(path, model: torch.nn.Module, optimizer: ZOOptimizer | None = None) -> dict:
     """Load a checkpoint of :func:`save_checkpoint` on any rank; returns its ``extra``."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    model.load_state_dict(ckpt["model"])
-    if optimizer is not None:
-        optimizer.load_state_dict(ckpt["optimizer"])
-    return ckpt["extra"]
+    from . import checkpoint
+
+    trainer = checkpoint.load(path, model, optimizer)
+    return trainer["extra"]
 
 
 # --------------------------------------------------------------------------- launcher

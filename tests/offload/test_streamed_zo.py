@@ -46,20 +46,18 @@ def lm_closure(model, ids, accum=1):
 def run_pair(tmp_path, config, steps=3, tier="disk", mode=None, opt_kw=None, groups=None, batch=2, fused=None):
     """``steps`` ZO steps in memory and streamed from the same file and seed."""
     opt_kw = dict(lr=1e-2, eps=1e-3, seed=7, **(opt_kw or {}))
+    if fused is not None:  # the optimizer's fused perturbation path, or whole copies
+        opt_kw["impl"] = "auto" if fused else "plain"
     accum = opt_kw.get("accum_steps", 1)
     ids = ids_for(config, batch=batch)
     ref = build(config)
     src = write(ref, tmp_path / "model.safetensors")
     ropt = ZOSGD(groups(ref) if groups else ref.parameters(), **opt_kw)
-    if fused is not None:  # the optimizer's fused perturbation path, where it has one
-        ropt.fused = fused
     ref_losses = [ropt.step(lm_closure(ref, ids, accum)).item() for _ in range(steps)]
 
     model = empty_model(lambda: AutoModelForCausalLM.from_config(config)).eval()
     store = WeightStore(src, workdir=tmp_path / "work", tier=tier)
     opt = ZOSGD(groups(model) if groups else model.parameters(), **opt_kw)
-    if fused is not None:
-        opt.fused = fused
     zo = StreamedZO(model, opt, store, mode=mode)
     losses = [zo.step(lm_closure(model, ids, accum)).item() for _ in range(steps)]
     return ref, ropt, ref_losses, model, opt, zo, losses

@@ -3,8 +3,9 @@
 import pytest
 import torch
 
-from forwardonly.optim import ZOSGD, _native
-from forwardonly.optim._perturb import CHUNK, HOLD_BYTES, Directions
+from forwardonly.optim import ZOSGD
+from forwardonly.optim.perturb import native as _native
+from forwardonly.optim.perturb import CHUNK, HOLD_BYTES, Directions
 
 needs_native = pytest.mark.skipif(not _native.status()["available"],
                                   reason=f"native kernel unavailable: {_native.status()['reason']}")
@@ -102,7 +103,7 @@ def test_hold_keeps_words_once_per_step_and_is_bounded():
             for _ in range(3):  # +eps, -eps, update
                 d.add_(p, 0, [(0, 1.0)], 0)
         assert len(calls) == 3  # one draw per chunk, not one per pass
-        assert "_recent" not in d.__dict__  # released when the hold ends
+        assert not d._recent  # released when the hold ends
         calls.clear()
         for _ in range(2):
             d.add_(p, 0, [(0, 1.0)], 0)
@@ -137,10 +138,10 @@ def test_deferred_update_is_bitwise_the_immediate_one(kw):
     m2, o2, l2, _ = _run(True, tied=tied, **kw)
     assert l1 == l2
     # before flush the deferred model lags one update behind; after it, bitwise equal
-    assert o2._pending
+    assert o2.pending
     assert not all(torch.equal(a, b) for a, b in zip(m1.parameters(), m2.parameters()))
     o2.flush()
-    assert not o2._pending
+    assert not o2.pending
     assert all(torch.equal(a, b) for a, b in zip(m1.parameters(), m2.parameters()))
 
 
@@ -148,7 +149,7 @@ def test_deferred_state_dict_flushes_and_resume_is_exact():
     m1, o1, _, ids = _run(False, steps=4)
     m2, o2, _, _ = _run(True, steps=4)
     sd = o2.state_dict()  # flushes
-    assert not o2._pending
+    assert not o2.pending
     assert all(torch.equal(a, b) for a, b in zip(m1.parameters(), m2.parameters()))
     m3 = _tiny_llama()
     m3.load_state_dict(m2.state_dict())
@@ -171,7 +172,7 @@ def test_deferred_update_survives_a_failing_forward():
 
     with pytest.raises(RuntimeError, match="closure failed"):
         o2.step(boom)
-    assert not o2._pending  # every pending update was applied on the way out, once
+    assert not o2.pending  # every pending update was applied on the way out, once
     assert all(torch.equal(a, b) for a, b in zip(m1.parameters(), m2.parameters()))
 
 

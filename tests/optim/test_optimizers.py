@@ -9,8 +9,7 @@ import torch
 from forwardonly.optim import OPTIMIZERS, ZOSGD, ForwardGrad, ZOAdam, build_optimizer
 
 NAMES = list(OPTIMIZERS)
-LR = {"zo-sgd": 2e-3, "zo-sgd-mmt": 2e-3, "zo-sgd-cons": 2e-3, "zo-sgd-sign": 1e-2, "zo-adam": 1e-2,
-      "forward-grad": 2e-3, "zo-sgd-block": 1e-2, "zo-sgd-sparse": 1e-2, "zo-sgd-hybrid": 2e-3}
+LR = {name: row.test["lr"] for name, row in OPTIMIZERS.items()}
 
 
 def problem(seed=0, dtype=torch.float32):
@@ -43,7 +42,8 @@ def test_loss_goes_down(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_fast_matches_reference(name):
-    cls, ref, fixed = OPTIMIZERS[name]
+    row = OPTIMIZERS[name]
+    cls, ref, fixed = row.cls, row.reference, row.fixed
     model, x, y = problem()
     model_ref = copy.deepcopy(model)
     opt = cls(model.parameters(), lr=LR[name], seed=3, **fixed)

@@ -111,7 +111,7 @@ def test_paired_follows_the_sequential_trajectory(name):
 def test_paired_losses_are_the_two_perturbed_losses():
     """Each half of the paired forward sees exactly one side: compare with separately perturbed forwards."""
     from forwardonly.optim import Perturbation
-    from forwardonly.optim._perturb import Directions
+    from forwardonly.optim.perturb import Directions
 
     torch.manual_seed(0)
     model = Net()
@@ -124,7 +124,7 @@ def test_paired_losses_are_the_two_perturbed_losses():
             lp = float(plain())
         with Perturbation(items, d, 3, [(0, -1e-2)]):
             lm = float(plain())
-        with Perturbation(items, d, 3, [(0, 1e-2)], pair_terms=[(0, -1e-2)]):
+        with Perturbation(items, d, 3, [(0, 1e-2)], slices=[[(0, 1e-2)], [(0, -1e-2)]]):
             a, b = pair().tolist()
     assert lp != lm
     assert a == pytest.approx(lp, rel=1e-6) and b == pytest.approx(lm, rel=1e-6)

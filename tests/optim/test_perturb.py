@@ -93,7 +93,7 @@ class _TiedLM(torch.nn.Module):
 def test_fused_perturbation_matches_whole_copies(kind, monkeypatch):
     """Blockwise linear and row-wise embedding give the forward of the whole perturbed copies,
     over chunk borders (the embedding spans two chunks) and with several terms; weights untouched."""
-    from forwardonly.optim import _fused
+    from forwardonly.optim.perturb import fused as _fused
 
     monkeypatch.setattr(_fused, "LINEAR_BLOCK", 3000)  # many row blocks, borders inside chunks
     torch.manual_seed(0)
@@ -121,7 +121,7 @@ def test_fused_perturbation_matches_whole_copies(kind, monkeypatch):
 
 def test_fused_path_is_skipped_where_it_does_not_apply():
     """Autograd on, or a module with its own hook: the plain whole-copy path."""
-    from forwardonly.optim._fused import fusable
+    from forwardonly.optim.perturb.fused import fusable
 
     lin = torch.nn.Linear(4, 3)
     d = Directions(0)

@@ -2,7 +2,7 @@
 
 import torch
 
-from forwardonly.optim._perturb import CHUNK, Directions
+from forwardonly.optim.perturb import CHUNK, Directions
 
 
 def test_scratch_grows_to_the_largest_tensor_and_never_past_a_chunk():

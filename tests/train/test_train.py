@@ -197,9 +197,9 @@ def test_paired_training_follows_the_sequential_run(cfg_of, extra):
 
 
 @pytest.mark.parametrize("override,msg", [
-    (["optim.name=fo-adam", "optim.paired=true"], "fo-adam has none to pair"),
-    (["optim.two_sided=false", "optim.paired=true"], "zo-sgd with two_sided=false has none to pair"),
-    (["optim.name=zo-sgd-cons", "optim.paired=true"], "zo-sgd-cons has none to pair"),
+    (["optim.name=fo-adam", "optim.paired=true"], "unknown key 'optim.paired' of optimizer fo-adam"),
+    (["optim.two_sided=false", "optim.paired=true"], r"optim \(zo-sgd\): Invalid paired=True: pairing evaluates the two"),
+    (["optim.name=zo-sgd-cons", "optim.paired=true"], r"optim \(zo-sgd-cons\): .*conservative variant compares"),
     (["scheme.name=prompt", "optim.paired=true"], "repeats it over the batch"),
 ])
 def test_paired_config_errors(override, msg):

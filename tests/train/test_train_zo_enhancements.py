@@ -114,9 +114,10 @@ def test_seed_log_replays_block_and_sparse_runs_bitwise(cfg_of, tmp_path, optim)
 
 
 @pytest.mark.parametrize("override, msg", [
-    (["optim.name=zo-sgd", "optim.density=0.5"], "optim.density is an option of zo-sgd-sparse, not of zo-sgd"),
-    (["optim.name=zo-sgd-sparse", "optim.density=0"], "optim.density=0.0 must be in (0, 1]"),
-    (["optim.name=zo-sgd-hybrid", "optim.fo_blocks=0"], "optim.fo_blocks=0 must be at least 1"),
+    (["optim.name=zo-sgd", "optim.density=0.5"], "unknown key 'optim.density' of optimizer zo-sgd"),
+    (["optim.name=zo-sgd-sparse", "optim.density=0"], "zo-sgd-sparse.: Invalid density .fraction of entries "
+                                                      "perturbed.: 0.0"),
+    (["optim.name=zo-sgd-hybrid", "optim.fo_blocks=0"], "zo-sgd-hybrid.: Invalid fo_blocks: 0"),
     (["optim.name=zo-sgd-hybrid", "optim.fo_optim=lion"], "fo_optim"),
 ])
 def test_bad_enhancement_options(override, msg):

@@ -21,7 +21,7 @@ def versions() -> dict:
         except metadata.PackageNotFoundError:
             pass
     try:  # whether ZO perturbations ran through the native CPU kernel (built now if it was not yet)
-        from ..optim import _native
+        from ..optim.perturb import native as _native
 
         out["forwardonly_native_kernel"] = _native.status()["available"]
     except Exception:  # noqa: BLE001 - a record must never fail over this

@@ -16,23 +16,41 @@ Example (``configs/sentiment-smollm2-zo.yaml``)::
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
-FO_OPTIMIZERS = ("fo-sgd", "fo-adam")
-"""First-order baselines (backpropagation), for comparisons only."""
+from ..quant.model import QuantConfig
+from .holders import OffloadConfig
 
 
 @dataclass
 class ModelConfig:
-    """Which model: a zoo name, a Hugging Face directory, a ``.gguf`` file or a hub id."""
+    """Which model, and how the run holds it (:mod:`forwardonly.lm.holders`).
+
+    Args:
+        name: a zoo name, a Hugging Face directory, a ``.gguf`` file or a hub id.
+        dtype: the weights' storage dtype.
+        kind: ``causal`` LM, sequence ``classifier`` (a new head), or ``auto`` (from the model).
+        chunk_feedforward: run feed-forward blocks on at most this many tokens at a time in no-grad
+            forwards (ZO steps, evaluation): the same results with less activation memory
+            (:mod:`forwardonly.models.chunking`); 0 = off.
+        quant: quantize the weights (QZO): the fields of :class:`forwardonly.quant.QuantConfig`, e.g.
+            ``{bits: 4, group_size: 64}``; the checkpoint is read straight into quantized layers. Train
+            the scales with ``scheme.name=scales``.
+        offload: stream the blocks from a slower tier (:class:`forwardonly.lm.holders.OffloadConfig`:
+            ``{tier: disk}``), ZO2-style; ZO-SGD only.
+        precision: ``pure`` (arithmetic in ``dtype``) or ``mixed`` (``bfloat16``/``float16`` weights, fp32
+            arithmetic: :class:`forwardonly.quant.mixed.MixedPrecision`).
+    """
 
     name: str = "smollm2-135m"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     kind: Literal["auto", "causal", "classifier"] = "auto"
-    # Run feed-forward blocks on at most this many tokens at a time in no-grad forwards (ZO steps,
-    # evaluation): the same results with less activation memory (forwardonly.models.chunking). 0 = off.
     chunk_feedforward: int = 0
+    quant: QuantConfig | None = None
+    offload: OffloadConfig | None = None
+    precision: Literal["pure", "mixed"] = "pure"
 
     def __post_init__(self):
         if self.chunk_feedforward < 0:
@@ -41,96 +59,136 @@ class ModelConfig:
 
 @dataclass
 class SchemeConfig:
-    """What to train: ``full``, ``lora``, ``prefix``, ``prompt``, ``head`` or ``bitfit``, and its options.
+    """What to train: ``full``, ``lora``, ``prefix``, ``prompt``, ``head``, ``bitfit`` or ``scales`` (the
+    quantization scales of a ``model.quant`` model: QZO), and its options.
 
     Options left at ``None`` take the scheme's defaults (LoRA ``r=8``,
-    ``alpha=2r``; ``num_virtual_tokens=10``; BitFit ``norm=false``).
+    ``alpha=2r``; ``num_virtual_tokens=10``; BitFit ``norm=false``). ``freeze``: ``fnmatch`` patterns
+    of parameter names kept frozen whatever the scheme (e.g. ``["model.embed_tokens.*"]``).
     """
 
-    name: Literal["full", "lora", "prefix", "prompt", "head", "bitfit"] = "full"
+    name: Literal["full", "lora", "prefix", "prompt", "head", "bitfit", "scales"] = "full"
     r: int | None = None
     alpha: float | None = None
     dropout: float | None = None
     target_modules: list[str] | None = None
     num_virtual_tokens: int | None = None
     norm: bool | None = None
+    freeze: list[str] | None = None
 
     def options(self) -> dict:
-        keys = ("r", "alpha", "dropout", "target_modules", "num_virtual_tokens", "norm")
+        keys = ("r", "alpha", "dropout", "target_modules", "num_virtual_tokens", "norm", "freeze")
         return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
 
 
 @dataclass
+class FOSGDConfig:
+    """``fo-sgd``: backpropagation with ``torch.optim.SGD`` (a baseline).
+
+    Args:
+        lr: learning rate.
+        momentum: SGD momentum.
+        weight_decay: L2 penalty.
+        grad_checkpointing: recompute activations in the backward pass (less memory).
+    """
+
+    lr: float = 1e-3
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    grad_checkpointing: bool = False
+
+
+@dataclass
+class FOAdamConfig:
+    """``fo-adam``: backpropagation with ``torch.optim.AdamW`` (a baseline).
+
+    Args:
+        lr: learning rate.
+        betas: Adam's moment decays.
+        weight_decay: decoupled weight decay.
+        grad_checkpointing: recompute activations in the backward pass (less memory).
+    """
+
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+    grad_checkpointing: bool = False
+
+
+FO_OPTIMIZERS = {"fo-sgd": FOSGDConfig, "fo-adam": FOAdamConfig}
+"""First-order baselines (backpropagation), for comparisons only: name -> options."""
+
+
+def optimizer_names() -> list[str]:
+    from ..optim import OPTIMIZERS
+
+    return [*OPTIMIZERS, *FO_OPTIMIZERS]
+
+
+@dataclass
 class OptimConfig:
-    """The optimizer (``forwardonly.optim.OPTIMIZERS`` or ``fo-sgd``/``fo-adam``) and its schedule.
+    """The optimizer, its schedule, and that optimizer's own options.
 
-    ``lr`` follows ``schedule`` after ``warmup_steps`` of linear warm-up:
-    ``constant``, ``linear`` (to ``min_lr_ratio * lr`` at the last step) or
-    ``cosine`` (likewise). Options left at ``None`` take the optimizer's default.
+    ``name`` is a row of ``forwardonly.optim.OPTIMIZERS`` or a first-order baseline (``fo-sgd``,
+    ``fo-adam``). The optimizer's own options (its typed section: ``ZOSGDConfig``, ``ZOAdamConfig``,
+    ...; ``forwardonly.optim.info(name).config``) are written beside ``name`` in the same mapping::
 
-    ZO-Bench's enhancements take their own options: ``density`` (``zo-sgd-sparse``:
-    fraction of each tensor's entries perturbed per step), ``fo_blocks``, ``fo_lr`` and
-    ``fo_optim`` (``zo-sgd-hybrid``: how many trailing blocks are trained first-order,
-    their learning rate - scheduled like ``lr`` - and ``adam`` or ``sgd``).
-    ``zo-sgd-block`` has none: its blocks come from the parameter names.
-    ``paired`` (two-sided ZO) evaluates both perturbed points of a probe in one forward over the
-    batch stacked twice (see ``forwardonly.optim.base.ZOOptimizer``): the same estimate, twice the
-    activations.
+        optim: {name: zo-sgd-sparse, lr: 1e-6, eps: 1e-3, density: 0.2, schedule: cosine}
+
+    and an option that does not belong to the chosen optimizer is an error naming it. Options left out
+    take the optimizer's own defaults. ``lr`` follows ``schedule`` after ``warmup_steps`` of linear
+    warm-up: ``constant``, ``linear`` (to ``min_lr_ratio * lr`` at the last step) or ``cosine``
+    (likewise). ``cfg.optim.lr`` and the like read the section.
     """
 
     name: str = "zo-sgd"
-    lr: float = 1e-6
-    eps: float = 1e-3
-    q: int = 1
-    two_sided: bool = True
-    direction: Literal["rademacher", "gaussian"] = "rademacher"
-    momentum: float | None = None
-    weight_decay: float = 0.0
-    betas: list[float] | None = None
-    clip: float | None = None
     schedule: Literal["constant", "linear", "cosine"] = "constant"
     warmup_steps: int = 0
     min_lr_ratio: float = 0.0
-    grad_checkpointing: bool = False
-    density: float | None = None
-    fo_blocks: int | None = None
-    fo_lr: float | None = None
-    fo_optim: Literal["adam", "sgd"] | None = None
-    paired: bool = False
+    options: Any = None
+    """The optimizer's typed section (built from the keys beside ``name``)."""
 
-    def __post_init__(self):
+    SECTION = "options"  # config.py: a field whose keys sit beside the others, typed by ``section_type``
+
+    @classmethod
+    def section_type(cls, data: dict) -> tuple[type, str, dict]:
+        """The dataclass of the options of the optimizer ``data`` names, how to call it in errors, and
+        the values its name fixes (``zo-sgd-mmt``: ``momentum=0.9``)."""
+        name = data.get("name", cls.name)
+        if name in FO_OPTIMIZERS:
+            return FO_OPTIMIZERS[name], f"optimizer {name}", {}
         from ..optim import OPTIMIZERS
 
-        known = (*OPTIMIZERS, *FO_OPTIMIZERS)
-        if self.name not in known:
-            raise ValueError(f"optim.name={self.name!r} is not one of {list(known)}")
-        if not self.lr >= 0:
-            raise ValueError(f"optim.lr={self.lr} must be >= 0")
-        if not self.eps > 0:
-            raise ValueError(f"optim.eps={self.eps} must be > 0")
-        if self.q < 1:
-            raise ValueError(f"optim.q={self.q} must be at least 1")
+        if name not in OPTIMIZERS:
+            raise ValueError(f"optim.name={name!r} is not one of {optimizer_names()}")
+        return OPTIMIZERS[name].config, f"optimizer {name}", dict(OPTIMIZERS[name].fixed)
+
+    def __post_init__(self):
+        if self.name not in optimizer_names():
+            raise ValueError(f"optim.name={self.name!r} is not one of {optimizer_names()}")
+        if self.options is None:
+            section, _, fixed = self.section_type({"name": self.name})
+            self.options = section(**fixed)
+        if not self.options.lr >= 0:
+            raise ValueError(f"optim.lr={self.options.lr} must be >= 0")
         if self.warmup_steps < 0:
             raise ValueError(f"optim.warmup_steps={self.warmup_steps} must be >= 0")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ValueError(f"optim.min_lr_ratio={self.min_lr_ratio} must be in [0, 1]")
-        if self.betas is not None and len(self.betas) != 2:
-            raise ValueError(f"optim.betas={self.betas} must be two numbers")
-        if self.density is not None and not 0.0 < self.density <= 1.0:
-            raise ValueError(f"optim.density={self.density} must be in (0, 1]")
-        if self.fo_blocks is not None and self.fo_blocks < 1:
-            raise ValueError(f"optim.fo_blocks={self.fo_blocks} must be at least 1")
-        if self.fo_lr is not None and not self.fo_lr >= 0:
-            raise ValueError(f"optim.fo_lr={self.fo_lr} must be >= 0")
-        if self.paired and (self.name in FO_OPTIMIZERS or self.name in ("forward-grad", "zo-sgd-hybrid",
-                                                                         "zo-sgd-cons") or not self.two_sided):
-            raise ValueError(f"optim.paired=true pairs the two sides of a two-sided ZO estimate; "
-                             f"{self.name}{'' if self.two_sided else ' with two_sided=false'} has none to pair")
-        only = {"density": "zo-sgd-sparse", "fo_blocks": "zo-sgd-hybrid", "fo_lr": "zo-sgd-hybrid",
-                "fo_optim": "zo-sgd-hybrid"}
-        for key, owner in only.items():
-            if getattr(self, key) is not None and self.name != owner:
-                raise ValueError(f"optim.{key} is an option of {owner}, not of {self.name}")
+        if self.zeroth_order:
+            from ..optim import info
+
+            info(self.name).validate(self.kwargs())
+
+    def __getattr__(self, key):
+        options = self.__dict__.get("options")
+        if options is not None and key in {f.name for f in dataclasses.fields(options)}:
+            return getattr(options, key)
+        raise AttributeError(f"{type(self).__name__} ({self.__dict__.get('name')}) has no option {key!r}")
+
+    def kwargs(self) -> dict:
+        """The options as keyword arguments of the optimizer."""
+        return dataclasses.asdict(self.options)
 
     @property
     def zeroth_order(self) -> bool:
@@ -215,10 +273,15 @@ class TrainConfig:
             raise ValueError(f"budget_forwards={self.budget_forwards} must be at least 1")
         if self.save_every and not self.out_dir:
             raise ValueError(f"save_every={self.save_every} needs out_dir")
-        if self.optim.paired and self.scheme.name == "prompt":
+        if self.optim.zeroth_order and self.optim.paired and self.scheme.name == "prompt":
             raise ValueError("optim.paired=true with scheme.name=prompt: PEFT's prompt tuning looks up one copy of "
                              "the prompt and repeats it over the batch, so the two halves of a paired forward "
                              "cannot see different prompts; set optim.paired=false")
+        from .holders import check
+
+        check(self.model, self.scheme.name, self.optim.name)
+        if self.model.offload is not None and self.nproc > 1:
+            raise ValueError("model.offload streams one process's model: nproc must be 1")
         if self.nproc > 1 and not self.optim.zeroth_order:
             raise ValueError(f"nproc={self.nproc}: distributed training is for zeroth-order optimizers, "
                              f"not {self.optim.name}")

@@ -37,8 +37,8 @@ from ..config import to_dict
 from ..errors import UserError
 from ..io import atomic_write_text
 from .config import TrainConfig
+from .holders import Holder
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 # ----------------------------------------------------------------------------- building blocks
@@ -89,35 +89,27 @@ def build_optimizer(cfg: TrainConfig, params: list, names: list[str] | None = No
     """
     o = cfg.optim
     if o.name == "fo-sgd":
-        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum or 0.0, weight_decay=o.weight_decay)
+        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
     if o.name == "fo-adam":
-        return torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas or (0.9, 0.999)),
-                                 weight_decay=o.weight_decay)
-    from ..optim import build_optimizer as build_zo
-    from ..optim import takes_names
+        return torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+    from ..optim import info
 
-    kw = dict(lr=o.lr, q=o.q, direction=o.direction, seed=cfg.seed, accum_steps=cfg.accum_steps,
-              clip=o.clip, weight_decay=o.weight_decay)
-    if o.name != "forward-grad":
-        kw.update(eps=o.eps, two_sided=o.two_sided)
-    if o.paired:
-        kw["paired"] = True
-    if o.momentum is not None:
-        kw["momentum"] = o.momentum
-    if o.betas is not None:
-        kw["betas"] = tuple(o.betas)
-    kw.update({k: getattr(o, k) for k in ("density", "fo_blocks", "fo_lr", "fo_optim") if getattr(o, k) is not None})
-    if names is not None and takes_names(o.name):
+    row = info(o.name)
+    if names is not None and row.capabilities.takes_names:
         params = list(zip(names, params))
     try:
-        return build_zo(o.name, params, **kw)
+        return row.build(params, **o.kwargs(), seed=cfg.seed, accum_steps=cfg.accum_steps)
     except (ValueError, TypeError) as e:
         raise UserError(f"optim: {e}") from None
 
 
-def setup(cfg: TrainConfig, log=lambda msg: None):
-    """Model (with the scheme applied), tokenizer, task, objective, trainable parameters."""
-    from ..models import apply_scheme, load_model, trainable_parameters
+def setup(cfg: TrainConfig, log=lambda msg: None, holder: Holder | None = None):
+    """Model (with the scheme applied), tokenizer, task, objective, trainable parameters.
+
+    ``holder`` (default: a new :class:`~forwardonly.lm.holders.Holder` of ``cfg.model``) loads the
+    model as configured (quantized, streamed, ...); attach it before running the model.
+    """
+    from ..models import apply_scheme, trainable_parameters
     from ..tasks import get_task, make_objective
 
     task = get_task(cfg.task.name)
@@ -126,15 +118,14 @@ def setup(cfg: TrainConfig, log=lambda msg: None):
             raise UserError(f"task '{task.name}' has no split {split!r}; it has {sorted(task.splits)}")
     log(f"loading {cfg.model.name} ({cfg.model.dtype}) ...")
     torch.manual_seed(cfg.seed)  # a newly initialised head (classifiers) is part of the base model: seed it
-    model, tok = load_model(cfg.model.name, dtype=DTYPES[cfg.model.dtype], device=cfg.device,
-                            kind=cfg.model.kind, num_labels=max(2, len(task.label_names)),
-                            attn_implementation=_attention(cfg))
+    holder = holder or Holder(cfg.model, cfg.out_dir, cfg.device)
+    model, tok = holder.load(num_labels=max(2, len(task.label_names)), attn_implementation=_attention(cfg))
     if cfg.model.chunk_feedforward:
         from ..models.chunking import chunk_feedforward
 
         chunk_feedforward(model, tokens=cfg.model.chunk_feedforward)
     model = apply_scheme(model, cfg.scheme.name, **cfg.scheme.options())
-    if cfg.optim.grad_checkpointing:
+    if getattr(cfg.optim.options, "grad_checkpointing", False):
         model.gradient_checkpointing_enable()
         model.config.use_cache = False
     objective = make_objective(task, tok, cfg.task.objective, cfg.task.max_length, model=model)
@@ -173,23 +164,26 @@ def run(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, log=No
     main_rank = comm is None or comm.rank == 0
     say = log if main_rank else (lambda msg: None)
 
-    model, tok, task, objective, params = setup(cfg, say)
+    holder = Holder(cfg.model, out, cfg.device)
+    model, tok, task, objective, params = setup(cfg, say, holder)
     n_train = sum(p.numel() for p in params)
     say(f"{type(model).__name__}: {n_train:,} trainable of {sum(p.numel() for p in model.parameters()):,} "
         f"parameters (scheme {cfg.scheme.name})")
     opt = build_optimizer(cfg, params, _names(model))
     zo = cfg.optim.zeroth_order
-    if getattr(opt, "blocks", None):
+    caps = opt.capabilities if zo else None
+    if caps is not None and caps.takes_names:
         say(f"{len(opt.blocks)} blocks: {', '.join(opt.blocks[:3])}, ..., {opt.blocks[-1]}"
-            + (f"; first-order: {', '.join(opt.fo_blocks)}" if getattr(opt, "fo_blocks", None) else ""))
+            + (f"; first-order: {', '.join(opt.fo_blocks)}" if caps.first_order else ""))
     if comm is not None and comm.world_size > 1:
         if cfg.dist_mode == "data" and (cfg.batch_size * cfg.accum_steps) % comm.world_size:
             raise UserError(f"batch_size*accum_steps={cfg.batch_size * cfg.accum_steps} is not divisible by "
                             f"the {comm.world_size} ranks of data-parallel training")
         opt = distribute(opt, comm, mode=cfg.dist_mode)
+    holder.attach(model, opt if zo else None)  # streaming, mixed precision: from here on
     seedlog = checkpoint.SeedLog(to_dict(cfg.optim) | {"seed": cfg.seed, "accum_steps": cfg.accum_steps},
                                  to_dict(cfg.model) | {"num_labels": max(2, len(task.label_names))},
-                                 to_dict(cfg.scheme)) if zo and not getattr(opt, "has_first_order", False) else None
+                                 to_dict(cfg.scheme)) if zo and caps.replay else None
 
     train = task.splits[cfg.task.train_split][: cfg.task.max_train]
     if not train:
@@ -201,7 +195,7 @@ def run(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, log=No
 
     state = {"step": 0, "forwards": 0, "backwards": 0, "train_time_s": 0.0, "history": [], "evals": []}
     if resume:
-        saved = checkpoint.load(ckpt_dir, model, opt)
+        saved = checkpoint.load(ckpt_dir, model, opt, write=holder.load_trainable)
         state.update({k: saved[k] for k in state if k in saved})
         if seedlog is not None and (ckpt_dir / "seedlog.json").is_file():
             seedlog.entries = checkpoint.SeedLog.load(ckpt_dir / "seedlog.json").entries
@@ -276,7 +270,8 @@ def run(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, log=No
                 state["evals"].append({"step": state["step"], **score(cfg.task.eval_split, cfg.task.max_eval)})
                 say(f"step {state['step']}: {cfg.task.eval_split} {_fmt(state['evals'][-1])}")
             if cfg.save_every and state["step"] % cfg.save_every == 0 and main_rank:
-                checkpoint.save(ckpt_dir, model, opt, _trainer_json(cfg, state), seedlog)
+                checkpoint.save(ckpt_dir, model, opt, _trainer_json(cfg, state), seedlog,
+                                state=holder.trainable_state(model))
     finally:
         if bar is not None:
             bar.close()
@@ -288,7 +283,7 @@ def run(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, log=No
         summary["test_after"] = score(cfg.task.test_split, cfg.task.max_test)
         say(f"after: {cfg.task.test_split} {_fmt(summary['test_after'])}")
     if out is not None and main_rank:
-        checkpoint.save(ckpt_dir, model, opt, _trainer_json(cfg, state), seedlog)
+        checkpoint.save(ckpt_dir, model, opt, _trainer_json(cfg, state), seedlog, state=holder.trainable_state(model))
         if seedlog is not None:
             seedlog.save(out / "seedlog.json")
     summary.update({k: state[k] for k in ("step", "forwards", "backwards", "train_time_s", "history", "evals")})
@@ -301,13 +296,14 @@ def run(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, log=No
         shutdown()
     if out is not None and main_rank:
         atomic_write_text(out / "summary.json", json.dumps(summary, indent=1) + "\n")
+    holder.detach()
     summary["model"], summary["tokenizer"] = model, tok
     return summary
 
 
 def _zo_step(opt, model, objective, batches, seedlog, t: int) -> float:
     skipped = opt.zo_state["skipped"]
-    lossf = objective.paired_loss if getattr(opt, "paired", False) else objective.loss
+    lossf = objective.paired_loss if opt.paired else objective.loss
     if len(batches) == 1:
         (b,) = batches
         loss = float(opt.step(lambda: lossf(model, b)))
@@ -318,7 +314,7 @@ def _zo_step(opt, model, objective, batches, seedlog, t: int) -> float:
             seedlog.record(t, [], None)
         else:
             grads = list(opt.zo_state["last_grads"])
-            choice = opt.zo_state.get("cons_choice", 1.0) if getattr(opt, "conservative", False) else 1.0
+            choice = opt.zo_state.get("cons_choice", 1.0)  # ZO-SGD-Cons: which candidate it kept
             if choice == 0.0:
                 seedlog.record(t, [], None)
             else:
@@ -351,19 +347,35 @@ def _read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def _known_options(optim: dict) -> dict:
+    """``optim`` without keys its optimizer does not take (a seed log written before typed sections kept
+    every optimizer's options, e.g. ``paired: false`` for a forward-gradient run)."""
+    from .config import OptimConfig
+
+    try:
+        section = OptimConfig.section_type(optim)[0]
+    except ValueError:
+        return optim  # an unknown name: let the loader say so
+    keep = {f.name for f in dataclasses.fields(OptimConfig)} | {f.name for f in dataclasses.fields(section)}
+    return {k: v for k, v in optim.items() if k in keep}
+
+
 def replay_seedlog(path, device: str = "cpu"):
     """Rebuild the fine-tuned ``(model, tokenizer)`` from a seed log and its base model."""
     from ..config import load_config
-    from ..models import apply_scheme, load_model, trainable_parameters
+    from ..models import apply_scheme, trainable_parameters
 
     log = checkpoint.SeedLog.load(path)
-    optim = {k: v for k, v in log.optimizer.items() if k not in ("seed", "accum_steps")}
+    # None meant "the optimizer's default" in logs written before optimizers had typed sections
+    optim = {k: v for k, v in log.optimizer.items() if k not in ("seed", "accum_steps") and v is not None}
+    optim = _known_options(optim)
     model_cfg = {k: v for k, v in log.model.items() if k != "num_labels"}
     cfg = load_config(TrainConfig, None, None, base={"model": model_cfg, "scheme": log.scheme, "optim": optim,
                                                       "seed": log.optimizer["seed"]})
     torch.manual_seed(cfg.seed)  # as in setup(): the same newly initialised head, if any
-    model, tok = load_model(cfg.model.name, dtype=DTYPES[cfg.model.dtype], device=device, kind=cfg.model.kind,
-                            num_labels=int(log.model.get("num_labels", 2)), attn_implementation=_attention(cfg))
+    # the updates are replayed in memory (a streamed run's base model is loaded whole)
+    holder = Holder(dataclasses.replace(cfg.model, offload=None), None, device)
+    model, tok = holder.load(num_labels=int(log.model.get("num_labels", 2)), attn_implementation=_attention(cfg))
     model = apply_scheme(model, cfg.scheme.name, **cfg.scheme.options())
     named = trainable_parameters(model)
     opt = build_optimizer(dataclasses.replace(cfg, accum_steps=1), [p for _, p in named], [n for n, _ in named])

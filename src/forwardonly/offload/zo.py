@@ -4,22 +4,26 @@ Where the in-memory :class:`~forwardonly.optim.ZOSGD` step runs the model twice
 (at ``w + eps z`` and ``w - eps z``) and then updates every weight,
 :class:`StreamedZO` makes each block travel once per step:
 
-* **Dual forward.** The two perturbed evaluations run as two threads that take
+* **Dual forward** (:class:`DualEvaluator`, the optimizer's evaluator while
+  streaming). The two perturbed evaluations run as two threads that take
   turns at block boundaries: the ``+eps`` one (the leader) enters block ``i``,
   which makes it resident, runs it and hands over; the ``-eps`` one runs up to
   and through the same block, releases it and hands back. Only one thread runs
   at a time, so the model's own forward (any Hugging Face decoder, masks,
-  rotary embeddings, caches and all) is used unchanged, and each thread sees
-  its own perturbation (:mod:`forwardonly.offload.perturb`), which makes the
-  choices :class:`~forwardonly.optim._perturb.Perturbation` makes and never
-  writes to a weight.
-* **Deferred update.** The update of step ``t`` for parameter ``i`` is a
-  function of ``(seed, t, probe, i)`` and step ``t``'s projected gradients, so
-  it need not happen at step ``t``: a block applies the pending updates when it
-  is next made resident, before its forwards. Resident parameters (embeddings,
-  head) are updated at the end of the step. The arithmetic is the optimizer's
-  own ``_apply`` restricted to those parameters, so a streamed run and an
-  in-memory run end with bit-identical weights.
+  rotary embeddings, caches and all) is used unchanged, and each thread enters
+  its own :class:`~forwardonly.optim.perturb.Perturbation` (the engine's hooks
+  dispatch per thread), which never writes to a weight.
+* **Deferred update** (:class:`BlockDeferral`, the optimizer's deferral while
+  streaming). The update of step ``t`` for parameter ``i`` is a function of
+  ``(seed, t, probe, i)``, step ``t``'s projected gradients and the group's
+  hyperparameters at ``t``, so it need not happen at step ``t``: a block
+  applies its pending updates when it is next made resident, before its
+  forwards. Resident parameters (embeddings, head) are updated at the end of
+  the step. The arithmetic is the optimizer's own per-parameter update, so a
+  streamed run and an in-memory run end with bit-identical weights.
+
+The optimizer's own ``step`` runs the step: streaming only supplies the evaluator
+and the deferral, and takes them back on :meth:`StreamedZO.close`.
 
 Supported: ZOSGD with the two-sided estimate, any ``q``, ``accum_steps``,
 ``sign``, ``weight_decay``, per-group learning rates. Not supported: momentum
@@ -29,14 +33,15 @@ variant (it evaluates candidate updates, i.e. more trips per step).
 
 from __future__ import annotations
 
-import math
 import threading
 
 import torch
 from torch import nn
 
+from ..optim.base import Deferral
+from ..optim.evaluate import Evaluator
+from ..optim.perturb import Perturbation
 from ..optim.zosgd import ZOSGD
-from .perturb import PerThread, ThreadPerturbation
 from .store import WeightStore
 from .stream import BlockStreamer
 
@@ -102,12 +107,106 @@ class _Turns:
             self.cond.notify_all()
 
 
+class DualEvaluator(Evaluator):
+    """The evaluator of a streamed model: a step's two points as two threads through each block once.
+
+    Points come in pairs (a two-sided probe); anything else is evaluated one point at a time, each
+    block travelling once per point.
+    """
+
+    def __init__(self, zo: StreamedZO):
+        self.zo = zo
+        self._pools: tuple[dict, dict] = ({}, {})  # perturbed-weight buffers of the +eps and -eps threads
+
+    def losses(self, opt, closure, step, points, scales=None) -> list[float]:
+        if len(points) != 2:
+            return [self._single(opt, closure, step, terms, scales) for terms in points]
+        return list(self._dual(opt, closure, step, points, scales))
+
+    def _single(self, opt, closure, step, terms, scales) -> float:
+        with Perturbation(opt.perturbed_items(), opt.directions, step, terms, scales,
+                          fused=opt.directions.blockwise, pool=self._pools[0]):
+            return opt._call(closure)
+
+    def _dual(self, opt, closure, step: int, points, scales) -> tuple[float, float]:
+        """Losses at ``w + points[0]`` and ``w + points[1]``, every block resident once for both."""
+        turns = _Turns()
+        out: list[float | None] = [None, None]
+        items = opt.perturbed_items()
+
+        def run(role: int) -> None:
+            turns.local.role = role
+            err = None
+            try:
+                if role == 1:
+                    turns.start(1)
+                with torch.no_grad(), Perturbation(items, opt.directions, step, points[role], scales,
+                                                   fused=opt.directions.blockwise, pool=self._pools[role]):
+                    out[role] = opt._call(closure)
+            except _Aborted:
+                pass
+            except BaseException as e:  # noqa: BLE001 - handed to the main thread, raised there
+                err = e
+            finally:
+                turns.local.role = None
+                turns.finish(role, err)
+
+        follower = threading.Thread(target=run, args=(1,), name="forwardonly-minus-eps")
+        streamer = self.zo.streamer
+        streamer.gate = turns
+        try:
+            follower.start()
+            run(0)
+            follower.join()
+        finally:
+            streamer.gate = None
+            opt.directions.release()  # cached chunks of the fused path
+        if turns.error is not None or turns.owed is not None:
+            streamer.release_all()
+            if turns.error is not None:
+                raise turns.error
+            raise RuntimeError(f"the -eps forward never reached block {turns.owed}: the closure must run the "
+                               "same computation for every evaluation")
+        return out[0], out[1]
+
+
+class BlockDeferral(Deferral):
+    """The deferral of a streamed model: block parameters' updates wait for the block's next residency."""
+
+    def __init__(self, opt, zo: StreamedZO):
+        super().__init__(opt, lambda index: index in zo._block_of)
+        self.zo = zo
+
+    def fold(self, index: int):
+        return None  # settled on arrival (``on_load``), before any forward reads the block
+
+    def add(self, index: int, entry: tuple) -> None:
+        if index in self.entries:  # the block was not used since its last update: bring it, settle, go on
+            b = self.zo._block_of[index]
+            self.zo.streamer.acquire(b)
+            self.zo.streamer.release(b)
+        self.entries[index] = entry
+
+    def settle_all(self) -> None:
+        """Bring every block with pending updates, settle them there (one trip per such block)."""
+        zo = self.zo
+        for b in zo.streamer.blocks:
+            if any(zo._block_of[i] == b.index for i in self.entries):
+                zo.streamer.acquire(b.index)  # on_load settles the block's updates
+                zo.streamer.release(b.index)
+        zo.streamer.release_all()
+        zo.streamer.sync()
+
+
 class StreamedZO:
     """ZO-SGD steps on a model whose blocks stream from a :class:`WeightStore`.
 
     Implements the block streaming with offloading of ZO2 (Wang et al., "ZO2:
     Scalable Zeroth-Order Fine-Tuning for Extremely Large Language Models with
     Limited GPU Memory", 2025), generalised to any model with a stack of blocks.
+    A hook object with a reversible lifecycle: constructing it attaches the streamer
+    and gives the optimizer its streamed evaluator and deferral; :meth:`close` takes
+    them back.
 
     Args:
         model: the model (its parameters may be :func:`~forwardonly.offload.empty_model`
@@ -117,10 +216,9 @@ class StreamedZO:
         store: the tier holding the weights.
         device, mode, prefetch, drop_pages, capacity: see :class:`BlockStreamer`.
 
-    ``step(closure)`` returns what ``optimizer.step(closure)`` would, and leaves
-    the optimizer's state (``step``, ``forwards``, ``last_grads``, ...) as it would.
-    Updates of the last step wait in :attr:`pending` until the blocks are next
-    used or :meth:`flush` is called; :meth:`save` flushes first.
+    ``step(closure)`` is ``optimizer.step(closure)``. Updates of the last step wait in
+    the optimizer's deferral until the blocks are next used or :meth:`flush` is called;
+    :meth:`save` flushes first.
 
     Example::
 
@@ -136,12 +234,15 @@ class StreamedZO:
     def __init__(self, model: nn.Module, optimizer: ZOSGD, store: WeightStore, device=None,
                  mode: str | None = None, prefetch: bool = True, drop_pages: bool = True,
                  capacity: int | None = None):
-        if not isinstance(optimizer, ZOSGD):
+        if not (isinstance(optimizer, ZOSGD) and optimizer.capabilities.streams):
             raise TypeError(f"StreamedZO needs a ZOSGD optimizer, got {type(optimizer).__name__}")
         if not optimizer.two_sided:
             raise ValueError("StreamedZO needs the two-sided estimate (two_sided=True)")
         if optimizer.conservative:
             raise ValueError("StreamedZO does not support the conservative variant (conservative=True)")
+        if optimizer.paired or optimizer.defer_update or optimizer.parallel is not None:
+            raise ValueError("StreamedZO runs its own dual forward and deferred update: build the optimizer "
+                             "without paired, defer_update or distribute")
         for g in optimizer.param_groups:
             if g["momentum"]:
                 raise ValueError(f"StreamedZO does not support momentum (got momentum={g['momentum']}): "
@@ -153,147 +254,45 @@ class StreamedZO:
         for i, p, _ in items:
             if id(p) not in owned:
                 raise ValueError(f"optimizer parameter {i} does not belong to the model")
-        self._params = {i: p for i, p, _ in items}
-        self._index = {id(p): i for i, p, _ in items}
         block_of = {id(p): b.index for b in self.streamer.blocks for _, p in b.params}
-        self._block_items: list[list] = [[] for _ in self.streamer.blocks]
-        self._resident_items = []
-        for it in items:
-            b = block_of.get(id(it[1]))
-            (self._resident_items if b is None else self._block_items[b]).append(it)
-        self._group_index = {id(g): k for k, g in enumerate(optimizer.param_groups)}
-        # (step, coeffs, hyperparameters of each group at that step) not yet applied to every block
-        self.pending: list[tuple[int, list[float], list[dict]]] = []
-        self._applied = [-1] * len(self.streamer.blocks)  # last step whose update each block holds
-        self._pools: tuple[dict, dict] = ({}, {})  # perturbed-weight buffers of the +eps and -eps threads
+        self._block_of = {i: block_of[id(p)] for i, p, _ in items if id(p) in block_of}
+        self._block_params = [[i for i, b in self._block_of.items() if b == blk.index] for blk in self.streamer.blocks]
         for b in self.streamer.blocks:
             if any(p is not None for p in b.module._parameters.values()):
                 raise ValueError(f"block {b.index} ({type(b.module).__name__}) holds parameters directly; "
                                  "StreamedZO streams blocks whose parameters live in submodules")
         self.streamer.on_load = self._catch_up
-        self.streamer.written = {b for b, items in enumerate(self._block_items) if items}
+        self.streamer.written = {b for b, params in enumerate(self._block_params) if params}
         self.streamer.attach()
-
-    # ------------------------------------------------------------------ update
-    def _apply(self, items, step: int, coeffs: list[float]) -> None:
-        # The optimizer's own update, restricted to ``items``: ZOSGD._apply walks
-        # indexed_params(), so shadowing it on the instance selects the parameters
-        # while the arithmetic (and hence every bit of the result) stays the optimizer's.
-        self.opt.indexed_params = lambda: iter(items)
-        try:
-            self.opt._apply(step, coeffs)
-        finally:
-            del self.opt.indexed_params
+        self._saved = (optimizer.evaluator, optimizer.deferral)
+        optimizer.evaluator, optimizer.deferral = DualEvaluator(self), BlockDeferral(optimizer, self)
 
     def _catch_up(self, block) -> bool:
-        """``on_load``: apply the updates this block has not seen yet, with the learning rate
-        (and other group settings) of the step that made them, not today's."""
-        todo = [u for u in self.pending if u[0] > self._applied[block.index]]
-        items = self._block_items[block.index]
-        for t, coeffs, groups in todo:
-            if items:
-                self._apply([(i, p, groups[self._group_index[id(g)]]) for i, p, g in items], t, coeffs)
-            self._applied[block.index] = t
-        if todo:
-            done = min(self._applied)
-            self.pending = [u for u in self.pending if u[0] > done]
-        return bool(todo and items)
+        """``on_load``: apply the updates this block has not seen yet (with the hyperparameters of the
+        step that made them), before any forward uses it."""
+        deferral = self.opt.deferral
+        todo = [i for i in self._block_params[block.index] if i in deferral]
+        for i in todo:
+            deferral.settle(i)
+        return bool(todo)
 
-    # -------------------------------------------------------------------- step
-    def _call(self, closure) -> float:
-        if self.opt.accum_steps == 1:
-            losses = [closure()]
-        else:
-            losses = [closure(i) for i in range(self.opt.accum_steps)]
-        return sum(float(v) for v in losses) / len(losses)
-
-    def _dual(self, closure, step: int, plus, minus) -> tuple[float, float]:
-        """Losses at ``w + plus`` and ``w + minus``, every block resident once for both."""
-        turns = _Turns()
-        out: list[float | None] = [None, None]
-        fused = bool(getattr(self.opt, "fused", False))
-        hooks = PerThread()
-
-        def run(role: int) -> None:
-            turns.local.role = role
-            pert = ThreadPerturbation(self.opt.directions, step, plus if role == 0 else minus, self._params,
-                                      self._index, self._pools[role], fused)
-            hooks.set(pert)
-            err = None
-            try:
-                if role == 1:
-                    turns.start(1)
-                with torch.no_grad():
-                    out[role] = self._call(closure)
-            except _Aborted:
-                pass
-            except BaseException as e:  # noqa: BLE001 - handed to the main thread, raised there
-                err = e
-            finally:
-                pert.close()
-                hooks.set(None)
-                turns.local.role = None
-                turns.finish(role, err)
-
-        follower = threading.Thread(target=run, args=(1,), name="forwardonly-minus-eps")
-        self.streamer.gate = turns
-        try:
-            with hooks:
-                follower.start()
-                run(0)
-                follower.join()
-        finally:
-            self.streamer.gate = None
-            release = getattr(self.opt.directions, "release", None)
-            if release is not None:  # cached chunks of the fused path
-                release()
-        if turns.error is not None or turns.owed is not None:
-            self.streamer.release_all()
-            if turns.error is not None:
-                raise turns.error
-            raise RuntimeError(f"the -eps forward never reached block {turns.owed}: the closure must run the "
-                               "same computation for every evaluation")
-        return out[0], out[1]
+    @property
+    def pending(self) -> BlockDeferral:
+        """The updates waiting for their block's next trip (empty, hence false, when there are none)."""
+        return self.opt.deferral
 
     @torch.no_grad()
     def step(self, closure):
         """One ZO-SGD step (see :meth:`forwardonly.optim.ZOOptimizer.step`); returns the loss."""
         if closure is None:
             raise ValueError("StreamedZO.step needs a closure that runs the forward pass and returns the loss")
-        opt, zs = self.opt, self.opt.zo_state
-        t, eps = zs["step"], opt.eps
-        grads, total = [], 0.0
-        for k in range(opt.q):
-            lp, lm = self._dual(closure, t, [(k, eps)], [(k, -eps)])
-            zs["forwards"] += 2 * opt.accum_steps
-            grads.append((lp - lm) / (2 * eps))
-            total += (lp + lm) / 2
-        loss = total / opt.q
-        if not (math.isfinite(loss) and all(math.isfinite(g) for g in grads)):
-            zs["skipped"] += 1
-            zs["step"] = t + 1
-            zs["last_grads"] = []
-            return torch.tensor(float("nan"))
-        if opt.clip is not None:
-            grads = [max(-opt.clip, min(opt.clip, g)) for g in grads]
-        coeffs = [g / opt.q for g in grads]
-        if self._resident_items:
-            self._apply(self._resident_items, t, coeffs)
-        self.pending.append((t, coeffs, [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]))
-        zs["step"] = t + 1
-        zs["last_grads"] = grads
-        return torch.tensor(loss)
+        return self.opt.step(closure)
 
     # ------------------------------------------------------------- lifecycle
     @torch.no_grad()
     def flush(self) -> None:
         """Apply pending updates to every block now (one trip per block that has some)."""
-        for b in self.streamer.blocks:
-            if any(u[0] > self._applied[b.index] for u in self.pending):
-                self.streamer.acquire(b.index)
-                self.streamer.release(b.index)
-        self.streamer.release_all()
-        self.streamer.sync()
+        self.opt.flush()
 
     def save(self, dest) -> None:
         """Write the current weights as a safetensors file at ``dest`` (atomic; streams tensor by tensor)."""
@@ -301,11 +300,14 @@ class StreamedZO:
         self.store.save(dest, self.streamer.current())
 
     def close(self, materialize: bool = True) -> None:
-        """Flush, remove every hook; with ``materialize`` the model holds its weights in memory again."""
+        """Flush, remove every hook, give the optimizer its own evaluator and deferral back; with
+        ``materialize`` the model holds its weights in memory again."""
         if self.streamer._handles:
             self.flush()
             self.streamer.detach(materialize)
-        self._pools = ({}, {})
+        if self._saved is not None:
+            self.opt.evaluator, self.opt.deferral = self._saved
+            self._saved = None
 
     def __enter__(self) -> StreamedZO:
         return self

@@ -1,10 +1,8 @@
 """The zeroth-order step shared by every ZO optimizer.
 
-A ZO optimizer never calls ``backward``. Each step it evaluates the loss at
-perturbed points ``w +- eps * z_k`` (``k < q`` probes), turns the differences
-into projected gradients ``g_k`` (scalars), and hands ``c_k = g_k / q`` to the
-subclass's :meth:`ZOOptimizer._apply`, which updates the weights from the
-directions regenerated from their seeds.
+A ZO optimizer never calls ``backward``. Each step it evaluates the loss at perturbed points
+``w +- eps * z_k`` (``k < q`` probes), turns the differences into projected gradients ``g_k``
+(scalars), and updates the weights from the directions regenerated from their seeds.
 
 Estimators (Spall 1992; Nesterov & Spokoiny 2017; MeZO, Malladi et al. 2023):
 
@@ -12,19 +10,34 @@ Estimators (Spall 1992; Nesterov & Spokoiny 2017; MeZO, Malladi et al. 2023):
 * one-sided: ``g_k = (L(w + eps z_k) - L(w)) / eps``, q + 1 forwards.
 
 ``E[g_k z_k] -> grad L`` as ``eps -> 0`` for Gaussian and Rademacher ``z``.
+
+:meth:`ZOOptimizer.step` is a template: hold the step's random words, :meth:`~ZOOptimizer.estimate`
+(its evaluation of a point is the one overridable piece, :mod:`forwardonly.optim.evaluate`), skip a
+non-finite step, clip, :meth:`~ZOOptimizer.apply_grads`. A subclass supplies the update of one
+parameter (:meth:`~ZOOptimizer._update`) and, where it has one, its own estimate. Plug-ins, all
+optional: an ``evaluator`` (block streaming), a ``parallel`` agreement between ranks
+(:func:`forwardonly.distributed.distribute`) and a ``deferral`` of updates (``defer_update``, streaming).
 """
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
-from ._perturb import KINDS, Directions, Perturbation
+from .evaluate import Evaluator, as_loss, call_closure, check_closure, slice_losses
+from .perturb import KINDS, Directions
 
 ZO_KEY = "zo"
+IMPLS = ("auto", "torch", "plain")
+STEP_OPTIONS = ("q", "two_sided", "accum_steps", "clip", "paired")
+"""Hyperparameters of the step as a whole: kept in every parameter group, equal in all of them."""
+CALLING = ("accum_steps", "paired")
+"""Options that say how the closure is called: a loaded state keeps the live optimizer's (a checkpoint
+resumes on any world size and accumulation)."""
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -32,38 +45,132 @@ def _check(cond: bool, msg: str) -> None:
         raise ValueError(msg)
 
 
-class ZOOptimizer(torch.optim.Optimizer):
-    _pairs = True  # whether ``paired=True`` is honoured (subclasses with their own estimate say no)
+@dataclass(frozen=True)
+class Capabilities:
+    """What an optimizer class can do, for the training loop and the registry (no ``getattr`` probing).
 
+    Args:
+        takes_names: forms blocks from parameter names (pass ``(name, param)`` pairs).
+        first_order: part of the model is trained by backpropagation (the loop must allow autograd).
+        pairs: honours ``paired=True``.
+        replay: a run can be rebuilt from its seed log.
+        streams: can run over a streamed model (:class:`forwardonly.offload.StreamedZO`).
+    """
+
+    takes_names: bool = False
+    first_order: bool = False
+    pairs: bool = True
+    replay: bool = True
+    streams: bool = False
+
+
+@dataclass
+class ZOConfig:
+    """Estimator options shared by every ZO optimizer (the typed section of ``optim`` in a config).
+
+    Args:
+        eps: perturbation scale.
+        q: probes (directions) per step.
+        two_sided: two-sided differences (else one-sided).
+        direction: ``rademacher`` or ``gaussian`` entries.
+        clip: clip projected gradients to ``[-clip, clip]`` (none by default).
+        paired: evaluate a step's points in one forward over the batch stacked once per point.
+        impl: ``auto`` (native kernel and fused layers where they apply), ``torch`` (fused layers, no
+            native kernel) or ``plain`` (whole perturbed copies); the values are the same.
+    """
+
+    eps: float = 1e-3
+    q: int = 1
+    two_sided: bool = True
+    direction: Literal["rademacher", "gaussian"] = "rademacher"
+    clip: float | None = None
+    paired: bool = False
+    impl: Literal["auto", "torch", "plain"] = "auto"
+
+
+class Deferral:
+    """Updates recorded by a step and written by the next pass over each parameter.
+
+    ``wants(index)`` says which parameters defer; an entry is ``(step, coeffs, hyper, terms)``:
+    the group's hyperparameters at that step, and the update as plain ``terms`` when the optimizer
+    can fold it into a perturbed linear layer (:meth:`ZOOptimizer._fold_terms`). This object is also
+    the ``pending`` a :class:`~forwardonly.optim.perturb.Perturbation` settles.
+    """
+
+    def __init__(self, opt: ZOOptimizer, wants: Callable[[int], bool]):
+        self.opt, self.wants = opt, wants
+        self.entries: dict[int, tuple] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self.entries)
+
+    def __contains__(self, index: int) -> bool:
+        return index in self.entries
+
+    def add(self, index: int, entry: tuple) -> None:
+        if index in self.entries:  # one pending update per parameter: apply the older one first
+            self.settle(index)
+        self.entries[index] = entry
+
+    def fold(self, index: int):
+        """``(step, terms)`` of the pending update of ``index`` when it is a plain sum of directions."""
+        entry = self.entries.get(index)
+        if entry is None or entry[3] is None:
+            return None
+        del self.entries[index]
+        return entry[0], entry[3]
+
+    def settle(self, index: int) -> None:
+        entry = self.entries.pop(index, None)
+        if entry is not None:
+            step, coeffs, hyper, _ = entry
+            self.opt._update(index, self.opt.param_at(index), hyper, step, coeffs)
+
+    def settle_all(self) -> None:
+        for i in sorted(self.entries):
+            self.settle(i)
+
+
+class ZOOptimizer(torch.optim.Optimizer):
     """Base class of the zeroth-order optimizers (see :mod:`forwardonly.optim.base`).
 
-    Args (estimator options, shared by all subclasses):
-        eps: perturbation scale (default 1e-3).
+    Args (estimator options, shared by all subclasses; see :class:`ZOConfig`):
+        eps: perturbation scale (default 1e-3); per parameter group.
         q: probes (directions) per step (default 1).
         two_sided: two-sided (default) or one-sided differences.
         direction: ``"rademacher"`` (default) or ``"gaussian"``.
         seed: run seed; directions are a pure function of (seed, step, probe, parameter).
-        accum_steps: micro-batches per step sharing the same directions; the
-            closure is then called as ``closure(i)`` for ``i < accum_steps`` and
-            the losses are averaged (default 1: ``closure()``).
+        accum_steps: micro-batches per step sharing the same directions; the closure is then called
+            as ``closure(i)`` for ``i < accum_steps`` and the losses are averaged (default 1: ``closure()``).
         clip: if set, projected gradients are clipped to ``[-clip, clip]``.
-        paired: evaluate each probe's two perturbed points in one closure call (two-sided only):
-            the closure runs the model on its batch stacked twice along dim 0 and returns the two
-            halves' losses, ``L(w + eps z)`` for the first half and ``L(w - eps z)`` for the second
-            (see :mod:`forwardonly.optim._paired`; :func:`forwardonly.optim.pair_batch` and
-            :func:`forwardonly.optim.pair_losses` help). The estimate is the same; a step reads the
-            weights once less per probe and pays the forward's fixed costs once, for activations of
-            twice the batch (default False). A paired call counts as two forwards.
+        paired: evaluate the points of a call in one closure call: the closure runs the model on its
+            batch stacked once per point (:func:`forwardonly.optim.pair_batch`) and returns each
+            slice's loss (:func:`forwardonly.optim.pair_losses`). For a two-sided probe: ``L(w + eps z)``
+            for the first half and ``L(w - eps z)`` for the second. The estimate is the same; a step reads
+            the weights once less per probe and pays the forward's fixed costs once, for the activations
+            of the stacked batch (default False; trades memory for time). A call counts one forward per point.
+        impl: ``"auto"`` (default: the native kernel and the fused linear/embedding paths where they
+            apply), ``"torch"`` (fused paths, torch kernels only) or ``"plain"`` (every module gets a whole
+            perturbed copy). The values are the same in all three; ``FORWARDONLY_NATIVE=0`` in the
+            environment also keeps ``"auto"`` off the native kernel.
 
-    ``step(closure)`` runs forwards only and returns the loss at the unperturbed
-    point (two-sided: the mean of the two perturbed losses). A non-finite loss
-    skips the step: the weights stay exactly as they were and
-    ``state["zo"]["skipped"]`` counts it.
+    Hyperparameters live in the parameter groups and round-trip through ``state_dict``; the step-level
+    ones (``q``, ``two_sided``, ``accum_steps``, ``clip``, ``paired``) must be equal in every group.
+    ``accum_steps`` and ``paired`` say how the closure is called, so loading a state keeps this
+    optimizer's own (a checkpoint resumes on any world size and accumulation).
+    ``eps`` may differ per group: each group is perturbed by its own ``eps``, the projected gradient is
+    measured in units of the first group's, and each group's update is rescaled to its own.
+
+    ``step(closure)`` runs forwards only and returns the loss at the unperturbed point (two-sided: the
+    mean of the two perturbed losses). A non-finite loss skips the step: the weights stay exactly as they
+    were and ``state["zo"]["skipped"]`` counts it.
     """
+
+    capabilities = Capabilities()
 
     def __init__(self, params, defaults: dict, *, eps: float = 1e-3, q: int = 1, two_sided: bool = True,
                  direction: str = "rademacher", seed: int = 0, accum_steps: int = 1,
-                 clip: float | None = None, paired: bool = False):
+                 clip: float | None = None, paired: bool = False, impl: str = "auto", mask=None):
         lr = defaults.get("lr")
         _check(lr is not None and lr >= 0.0, f"Invalid learning rate: {lr}")
         wd = defaults.get("weight_decay", 0.0)
@@ -74,22 +181,76 @@ class ZOOptimizer(torch.optim.Optimizer):
         _check(isinstance(accum_steps, int) and accum_steps >= 1, f"Invalid accum_steps: {accum_steps}")
         _check(clip is None or clip > 0.0, f"Invalid clip: {clip}")
         _check(isinstance(seed, int), f"Invalid seed: {seed!r}")
-        _check(not paired or two_sided, f"Invalid paired={paired!r}: pairing evaluates the two sides of a "
-                                        f"two-sided estimate together (two_sided=False)")
-        _check(not paired or self._pairs, f"Invalid paired={paired!r}: {type(self).__name__} does not pair its "
-                                          f"evaluations")
+        _check(impl in IMPLS, f"Invalid impl: {impl!r} (expected one of {IMPLS})")
+        _check(not paired or two_sided or not self._pairs_two_sided_only,
+               f"Invalid paired={paired!r}: pairing evaluates the two sides of a two-sided estimate together "
+               f"(two_sided=False)")
+        _check(not paired or self.capabilities.pairs,
+               f"Invalid paired={paired!r}: {type(self).__name__} does not pair its evaluations")
+        defaults = {**defaults, "eps": float(eps), "q": q, "two_sided": bool(two_sided),
+                    "accum_steps": accum_steps, "clip": clip, "paired": bool(paired)}
         super().__init__(params, defaults)
-        self.eps, self.q, self.two_sided = float(eps), q, bool(two_sided)
-        self.accum_steps, self.clip = accum_steps, clip
-        self.paired = bool(paired)
-        self.directions = Directions(seed, direction)
+        for key in STEP_OPTIONS:
+            values = {repr(g[key]) for g in self.param_groups}
+            _check(len(values) == 1, f"Invalid {key}: parameter groups disagree ({', '.join(sorted(values))}); "
+                                     f"it is an option of the whole step")
+        for g in self.param_groups:
+            _check(g["eps"] > 0.0 and math.isfinite(g["eps"]), f"Invalid eps (perturbation scale): {g['eps']}")
+        self.directions = Directions(seed, direction, mask=mask, blockwise=impl != "plain", native=impl == "auto")
+        self.impl = impl
         self.state[ZO_KEY] = {"step": 0, "skipped": 0, "forwards": 0, "seed": seed,
                               "direction": direction, "last_grads": []}
+        self.evaluator = Evaluator()
+        self.parallel = None  # forwardonly.distributed.distribute sets it
+        self.deferral: Deferral | None = None
         self._unowned: set[int] | None = None
-        self._pending: dict[int, tuple[int, list]] = {}  # param index -> (step, terms): deferred updates
-        self.fused = True  # blockwise perturbation inside nn.Linear / nn.Embedding (same values; see _fused.py)
+        self._in_step = False
 
-    # ------------------------------------------------------------------ helpers
+    _pairs_two_sided_only = True  # the base estimate pairs the two sides of a probe
+
+    # ------------------------------------------------------------- options
+    def _option(self, key: str):
+        return self.param_groups[0][key]
+
+    @property
+    def eps(self) -> float:
+        return self._option("eps")
+
+    @property
+    def q(self) -> int:
+        return self._option("q")
+
+    @q.setter
+    def q(self, value: int) -> None:
+        for g in self.param_groups:
+            g["q"] = value
+
+    @property
+    def two_sided(self) -> bool:
+        return self._option("two_sided")
+
+    @property
+    def accum_steps(self) -> int:
+        return self._option("accum_steps")
+
+    @property
+    def clip(self) -> float | None:
+        return self._option("clip")
+
+    @property
+    def paired(self) -> bool:
+        return self._option("paired")
+
+    @property
+    def zo_state(self) -> dict:
+        return self.state[ZO_KEY]
+
+    @property
+    def pending(self):
+        """The deferred updates a perturbed pass settles (None when nothing is deferred in memory)."""
+        return self.deferral
+
+    # ------------------------------------------------------------- parameters
     def indexed_params(self):
         """``(param_index, param, group)`` for trainable parameters; the index counts all parameters."""
         i = 0
@@ -99,126 +260,97 @@ class ZOOptimizer(torch.optim.Optimizer):
                     yield i, p, group
                 i += 1
 
-    @property
-    def zo_state(self) -> dict:
-        return self.state[ZO_KEY]
+    def update_items(self, step: int):
+        """``(param_index, param, group)`` of what step ``step`` perturbs and updates (by default every
+        trainable parameter; block-wise and hybrid optimizers narrow it)."""
+        return self.indexed_params()
+
+    def perturbed_items(self) -> list[tuple[int, torch.Tensor]]:
+        """``(param_index, param)`` of what the current step's perturbed evaluations perturb."""
+        return [(i, p) for i, p, _ in self.update_items(self.zo_state["step"])]
+
+    def param_at(self, index: int) -> torch.Tensor:
+        i = 0
+        for group in self.param_groups:
+            for p in group["params"]:
+                if i == index:
+                    return p
+                i += 1
+        raise IndexError(f"no parameter {index}")
+
+    def _eps_scales(self) -> list[float] | None:
+        """Per-parameter perturbation scales relative to the first group's eps (None when all equal)."""
+        eps0 = self.eps
+        if all(g["eps"] == eps0 for g in self.param_groups):
+            return None
+        return [g["eps"] / eps0 for _, _, g in self.update_items(self.zo_state["step"])]
+
+    # ------------------------------------------------------------- evaluation
+    def _reduce(self, values: list[float], micro: int) -> list[float]:
+        """Losses of one evaluation as the step uses them (other ranks' averaged in, where distributed)."""
+        if self.parallel is not None:
+            return self.parallel.reduce_losses(values, micro)
+        return values
 
     def _call(self, closure: Callable) -> float:
-        if self.accum_steps == 1:
-            losses = [closure()]
-        else:
-            losses = [closure(i) for i in range(self.accum_steps)]
-        self.zo_state["forwards"] += len(losses)
-        return sum(float(v) for v in losses) / len(losses)
+        outs = call_closure(closure, self.accum_steps)
+        self.zo_state["forwards"] += len(outs)
+        total = sum(as_loss(v) for v in outs)
+        if self.parallel is not None:
+            return self.parallel.reduce_sum(total, len(outs))
+        return total / len(outs)
 
-    def _call_pair(self, closure: Callable) -> tuple[float, float]:
-        if self.accum_steps == 1:
-            outs = [closure()]
-        else:
-            outs = [closure(i) for i in range(self.accum_steps)]
-        pairs = []
-        for out in outs:
-            vals = [float(v) for v in out] if isinstance(out, (tuple, list)) else (
-                out.detach().reshape(-1).tolist() if isinstance(out, torch.Tensor) else None)
-            if vals is None or len(vals) != 2:
-                shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-                raise ValueError(f"with paired=True the closure must return the two halves' losses (a tensor of "
-                                 f"shape (2,)), got {shape}; see forwardonly.optim.pair_losses")
-            pairs.append(vals)
-        self.zo_state["forwards"] += 2 * len(pairs)
-        return (sum(a for a, _ in pairs) / len(pairs), sum(b for _, b in pairs) / len(pairs))
+    def _call_sliced(self, closure: Callable, k: int) -> list[float]:
+        outs = [slice_losses(o, k) for o in call_closure(closure, self.accum_steps)]
+        self.zo_state["forwards"] += k * len(outs)
+        means = [sum(o[j] for o in outs) / len(outs) for j in range(k)]
+        return self._reduce(means, len(outs))
 
-    def evaluate_pair(self, closure: Callable, step: int, terms, pair_terms, scales=None) -> tuple[float, float]:
-        """The losses at ``w + sum_k coef_k z_k`` (first half of the batch) and at the same with
-        ``pair_terms`` (second half), from one closure call over the doubled batch (``paired=True``)."""
-        items = [(i, p) for i, p, _ in self.indexed_params()]
-        pending = self._pending if self._pending else None
-        self._pending = {}
-        with Perturbation(items, self.directions, step, terms, scales, fused=self.fused, pending=pending,
-                          pair_terms=pair_terms) as pert:
-            losses = self._call_pair(closure)
-        unowned = {i for i, _ in items} - pert.touched
-        if unowned:
-            from ._paired import Unpairable
-
-            raise Unpairable(f"paired evaluation: parameters {sorted(unowned)} were not used by any module's "
-                             f"forward, so they cannot see two values in one forward; use paired=False")
-        return losses
-
-    # ------------------------------------------------------- deferred updates
-    def _defer(self, step: int, index: int, terms: list) -> None:
-        """Record ``p += sum_k coef_k z_k(step)`` for parameter ``index``, applied by the next pass."""
-        if index in self._pending:  # one pending update per parameter: apply the older one first
-            self._apply_pending(index)
-        self._pending[index] = (step, list(terms))
-
-    def _apply_pending(self, index: int) -> None:
-        pstep, terms = self._pending.pop(index)
-        for i, p, _ in self.indexed_params():
-            if i == index:
-                self.directions.add_(p, pstep, terms, i)
-                return
-
-    @torch.no_grad()
-    def flush(self) -> None:
-        """Apply every deferred update now (``defer_update``; a no-op otherwise)."""
-        if not self._pending:
-            return
-        params = {i: p for i, p, _ in self.indexed_params()}
-        for i in sorted(self._pending):
-            pstep, terms = self._pending.pop(i)
-            self.directions.add_(params[i], pstep, terms, i)
+    def losses(self, closure: Callable, step: int, points, scales=None) -> list[float]:
+        """The losses at ``points`` (each ``[(probe, coef), ...]``), through the optimizer's evaluator."""
+        return self.evaluator.losses(self, closure, step, points, scales)
 
     def evaluate(self, closure: Callable, step: int, terms, scales=None) -> float:
-        """The loss at ``w + sum_k coef_k z_k(step)`` (times per-parameter ``scales``); ``w`` is untouched
-        (deferred updates of the previous step are applied on the way, see ``ZOSGD(defer_update=True)``)."""
-        if not terms:
-            self.flush()
-            return self._call(closure)
-        items = [(i, p) for i, p, _ in self.indexed_params()]
-        first = self._unowned is None
-        pending = self._pending if self._pending else None
-        self._pending = {}
-        with Perturbation(items, self.directions, step, terms, scales, whole=self._unowned or (),
-                          fused=self.fused, pending=pending) as pert:
-            loss = self._call(closure)
-        if first:
-            self._unowned = {i for i, _ in items} - pert.touched
-            if self._unowned:  # some parameters live outside any module: evaluate again with them swapped
-                with Perturbation(items, self.directions, step, terms, scales, whole=self._unowned,
-                                  fused=self.fused):
-                    loss = self._call(closure)
-        return loss
+        """The loss at ``w + sum_k coef_k z_k(step)`` (times per-parameter ``scales``); ``w`` is untouched."""
+        return self.losses(closure, step, [terms], scales)[0]
 
     # --------------------------------------------------------------------- step
+    def probes(self) -> list[int]:
+        """The probe indices this process evaluates (all of them, unless probes are split over ranks)."""
+        return self.parallel.probes(self.q) if self.parallel is not None else list(range(self.q))
+
     def estimate(self, closure: Callable, step: int) -> tuple[float, list[float]]:
-        """Loss and projected gradients ``[g_k]`` at the current point."""
-        eps = self.eps
+        """Loss and projected gradients ``[g_k]`` at the current point (every rank's, where distributed)."""
+        if self.parallel is None:
+            return self._estimate(closure, step, self.probes())
+        with self.parallel.estimating():
+            loss, grads = self._estimate(closure, step, self.probes())
+        return self.parallel.combine(loss, grads)
+
+    def _estimate(self, closure: Callable, step: int, probes: list[int]) -> tuple[float, list[float]]:
+        eps, scales = self.eps, self._eps_scales()
         if self.two_sided:
             grads, total = [], 0.0
-            for k in range(self.q):
-                if self.paired:
-                    lp, lm = self.evaluate_pair(closure, step, [(k, eps)], [(k, -eps)])
-                else:
-                    lp = self.evaluate(closure, step, [(k, eps)])
-                    lm = self.evaluate(closure, step, [(k, -eps)])
+            for k in probes:
+                lp, lm = self.losses(closure, step, [[(k, eps)], [(k, -eps)]], scales)
                 grads.append((lp - lm) / (2 * eps))
                 total += (lp + lm) / 2
-            return total / self.q, grads
+            return total / len(probes), grads
         l0 = self.evaluate(closure, step, [])
-        grads = [(self.evaluate(closure, step, [(k, eps)]) - l0) / eps for k in range(self.q)]
+        grads = [(self.evaluate(closure, step, [(k, eps)], scales) - l0) / eps for k in probes]
         return l0, grads
 
     @torch.no_grad()
     def step(self, closure: Callable | None = None):
-        if closure is None:
-            raise ValueError(f"{type(self).__name__} needs a closure that runs the forward pass and returns the loss")
-        _check_closure(closure, self.accum_steps)
-        zs = self.zo_state
-        t = zs["step"]
+        check_closure(closure, self.accum_steps, type(self).__name__)
+        t = self.zo_state["step"]
         with self.directions.hold():  # draw each direction's random words once per step
-            out = self._step(closure, t)
-            self.directions.carry = bool(self._pending)  # the deferred update reads them next step
+            self._in_step = True
+            try:
+                out = self._step(closure, t)
+            finally:
+                self._in_step = False
+            self.directions.carry = bool(self.deferral)  # the deferred update reads them next step
         return out
 
     def _step(self, closure: Callable, t: int):
@@ -236,35 +368,64 @@ class ZOOptimizer(torch.optim.Optimizer):
         zs["last_grads"] = grads
         return torch.tensor(loss)
 
+    # ------------------------------------------------------------------ update
     @torch.no_grad()
     def apply_grads(self, step: int, grads: list[float], closure: Callable | None = None, loss: float | None = None):
         """Apply the update of ``step`` from its projected gradients (also used to replay a seed log)."""
+        if not self._in_step:
+            self.flush()  # a replay: apply in order, immediately
+        if self.parallel is not None:
+            self.parallel.before_update(self)
         self._apply(step, [g / self.q for g in grads])
 
-    def _apply(self, step: int, coeffs: list[float]) -> None:  # pragma: no cover - abstract
-        raise NotImplementedError
+    def _apply(self, step: int, coeffs: list[float]) -> None:
+        """Update every trainable parameter of ``step`` (or record the update, where it is deferred)."""
+        eps0 = self.eps
+        for i, p, group in self.update_items(step):
+            if group["lr"] == 0.0:
+                continue
+            cs = coeffs if group["eps"] == eps0 else [c * eps0 / group["eps"] for c in coeffs]
+            if self.deferral is not None and self._in_step and self.deferral.wants(i):
+                hyper = {k: v for k, v in group.items() if k != "params"}
+                self.deferral.add(i, (step, cs, hyper, self._fold_terms(p, hyper, cs)))
+                continue
+            self._update(i, p, group, step, cs)
+
+    def _update(self, index: int, p: torch.Tensor, group: dict, step: int, coeffs: list[float]) -> None:
+        raise NotImplementedError  # pragma: no cover - every optimizer has its own
+
+    def _fold_terms(self, p: torch.Tensor, group: dict, coeffs: list[float]):
+        """The update as ``[(probe, coef)]`` to add to ``p`` when it is exactly that, else None."""
+        return None
+
+    @torch.no_grad()
+    def flush(self) -> None:
+        """Apply every deferred update now (``defer_update``; a no-op otherwise)."""
+        if self.deferral is not None:
+            self.deferral.settle_all()
 
     # ------------------------------------------------------------- state dict
+    def state_dict(self):
+        self.flush()
+        return super().state_dict()
+
     def load_state_dict(self, state_dict: dict) -> None:
+        self.flush()
         zs = state_dict["state"].get(ZO_KEY)
         if zs is not None:
             mine = self.zo_state
-            for key in ("seed", "direction"):
-                if zs.get(key) != mine.get(key):
+            for key in ("seed", "direction", *self._state_keys):
+                if (key in zs or key in ("seed", "direction")) and zs.get(key) != mine.get(key):
                     raise ValueError(
                         f"optimizer state was saved with {key}={zs.get(key)!r}, this optimizer has {mine.get(key)!r}"
                     )
+        before = [{k: v for k, v in g.items() if k != "params"} for g in self.param_groups]
         super().load_state_dict(state_dict)
+        for group, old in zip(self.param_groups, before):
+            for key, value in old.items():  # options a checkpoint from an older version did not store
+                group.setdefault(key, value)
+            for key in CALLING:
+                group[key] = old[key]
         self.state[ZO_KEY] = dict(self.state[ZO_KEY])
 
-
-def _check_closure(closure: Callable, accum_steps: int) -> None:
-    if accum_steps == 1:
-        return
-    try:
-        n = len([p for p in inspect.signature(closure).parameters.values()
-                 if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)])
-    except (TypeError, ValueError):
-        return
-    if n != 1:
-        raise ValueError(f"with accum_steps={accum_steps} the closure must take the micro-batch index: closure(i)")
+    _state_keys: tuple[str, ...] = ()  # further zo_state entries a checkpoint must agree on

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from .evaluate import call_closure
 from .zosgd_reference import ZOSGDReference
 
 
@@ -19,10 +20,7 @@ class ForwardGradReference(ZOSGDReference):
         with torch.enable_grad():
             for _, p in params:
                 p.grad = None
-            if self.accum_steps == 1:
-                losses = [closure()]
-            else:
-                losses = [closure(j) for j in range(self.accum_steps)]
+            losses = call_closure(closure, self.accum_steps)
             self.state["zo"]["forwards"] += len(losses)
             total = sum(losses) / len(losses)
             total.backward()

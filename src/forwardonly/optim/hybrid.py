@@ -3,14 +3,34 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
-from .base import _check
-from .blocks import block_groups
-from .zosgd import ZOSGD
+from .base import Capabilities, _check
+from ..blocks import block_groups
+from .zosgd import ZOSGD, ZOSGDConfig
 
 FO_OPTIMS = ("sgd", "adam")
+
+
+@dataclass
+class ZOFOHybridConfig(ZOSGDConfig):
+    """The hybrid's options: ZO-SGD's (no ``conservative``), plus its first-order part's.
+
+    Args:
+        fo_blocks: trailing blocks trained first-order.
+        fo_lr: their learning rate (default: ``lr``), scheduled like ``lr``.
+        fo_optim: ``adam`` (AdamW) or ``sgd``.
+        betas, adam_eps: AdamW's.
+    """
+
+    fo_blocks: int = 2
+    fo_lr: float | None = None
+    fo_optim: Literal["adam", "sgd"] = "adam"
+    betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = 1e-8
 
 
 class ZOFOHybrid(ZOSGD):
@@ -18,7 +38,7 @@ class ZOFOHybrid(ZOSGD):
 
     Zhang et al., "Revisiting Zeroth-Order Optimization for Memory-Efficient LLM
     Fine-Tuning: A Benchmark" (ICML 2024), sec. 5. Blocks are formed as in
-    :mod:`forwardonly.optim.blocks` (pass ``model.named_parameters()``); the trailing
+    :mod:`forwardonly.blocks` (pass ``model.named_parameters()``); the trailing
     ``fo_blocks`` of them form the first-order (FO) part - for a decoder
     ``[embeddings, layer 0..L-1, final norm, (untied head)]``, ``fo_blocks=2`` is the last
     layer and the final norm (and the head, when it is not tied to the embeddings, needs 3).
@@ -40,7 +60,7 @@ class ZOFOHybrid(ZOSGD):
     seed log (the FO part's updates are not a function of seeds).
 
     Args:
-        params: named parameters (or groups / tensors, see :mod:`forwardonly.optim.blocks`).
+        params: named parameters (or groups / tensors, see :mod:`forwardonly.blocks`).
         lr: ZO learning rate (default 1e-6).
         fo_blocks: trailing blocks trained first-order (default 2); at least one block must
             stay ZO.
@@ -59,10 +79,7 @@ class ZOFOHybrid(ZOSGD):
         loss = opt.step(lambda: loss_fn(model(x), y))   # the closure returns the loss tensor
     """
 
-    _pairs = False  # its own estimate
-
-    takes_names = True
-    has_first_order = True
+    capabilities = Capabilities(takes_names=True, first_order=True, pairs=False, replay=False)
 
     def __init__(self, params, lr: float = 1e-6, fo_blocks: int = 2, fo_lr: float | None = None,
                  fo_optim: str = "adam", betas=(0.9, 0.999), adam_eps: float = 1e-8, **kw):
@@ -89,14 +106,9 @@ class ZOFOHybrid(ZOSGD):
         self.zo_state["backwards"] = 0
 
     # ------------------------------------------------------------------ parts
-    def indexed_params(self):
+    def update_items(self, step: int):
         """The ZO part (what the estimator perturbs and ZO-SGD updates)."""
-        i = 0
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.requires_grad and not group["fo"]:
-                    yield i, p, group
-                i += 1
+        return ((i, p, g) for i, p, g in self.indexed_params() if not g["fo"])
 
     def fo_params(self):
         return [(p, g) for g in self.param_groups if g["fo"] for p in g["params"] if p.requires_grad]
@@ -104,7 +116,7 @@ class ZOFOHybrid(ZOSGD):
     # ------------------------------------------------------------------- step
     def _first_order(self, closure) -> float:
         """Loss at ``w``; FO gradients into ``p.grad`` by a backward through the FO part only."""
-        zo = [p for _, p, _ in self.indexed_params()]
+        zo = [p for _, p, _ in self.update_items(self.zo_state["step"])]
         for p in zo:
             p.requires_grad_(False)
         try:
@@ -113,6 +125,7 @@ class ZOFOHybrid(ZOSGD):
                 total = 0.0
                 for call in calls:
                     loss = call()
+                    loss = loss.loss if hasattr(loss, "loss") and not isinstance(loss, torch.Tensor) else loss
                     if not (isinstance(loss, torch.Tensor) and loss.requires_grad):
                         raise ValueError("ZOFOHybrid: the closure's loss does not depend on the first-order "
                                          "parameters (return the loss tensor, with autograd allowed)")
@@ -126,14 +139,14 @@ class ZOFOHybrid(ZOSGD):
         self.zo_state["backwards"] += len(calls)
         return total / len(calls)
 
-    def estimate(self, closure, step: int):
+    def _estimate(self, closure, step: int, probes: list[int]):
         l0 = self._first_order(closure)
         if not math.isfinite(l0) or not all(p.grad is None or bool(torch.isfinite(p.grad).all())
                                             for p, _ in self.fo_params()):
-            return float("nan"), [float("nan")] * self.q
+            return float("nan"), [float("nan")] * len(probes)
         if self.two_sided:
-            return super().estimate(closure, step)
-        return l0, [(self.evaluate(closure, step, [(k, self.eps)]) - l0) / self.eps for k in range(self.q)]
+            return super()._estimate(closure, step, probes)
+        return l0, [(self.evaluate(closure, step, [(k, self.eps)]) - l0) / self.eps for k in probes]
 
     @torch.no_grad()
     def step(self, closure=None):

@@ -15,7 +15,8 @@ import math
 
 import torch
 
-from ._perturb import KINDS, direction
+from .evaluate import as_loss, call_closure
+from .perturb import KINDS, direction
 
 ZO_KEY = "zo"
 
@@ -45,12 +46,9 @@ class _ReferenceZO(torch.optim.Optimizer):
         return direction(p.shape, self.kind, self.seed, step, probe, i, dtype=p.dtype, device=p.device)
 
     def _loss(self, closure):
-        if self.accum_steps == 1:
-            vals = [closure()]
-        else:
-            vals = [closure(j) for j in range(self.accum_steps)]
+        vals = call_closure(closure, self.accum_steps)
         self.state[ZO_KEY]["forwards"] += len(vals)
-        return sum(float(v) for v in vals) / len(vals)
+        return sum(as_loss(v) for v in vals) / len(vals)
 
     def _perturb(self, step, probe, scale):
         for i, p, _ in self._params():

@@ -3,11 +3,32 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
-from ._perturb import accumulate
-from .base import ZOOptimizer, _check
+from .base import ZOConfig, ZOOptimizer, _check
+from .perturb.directions import accumulate
+
+
+@dataclass
+class ZOAdamConfig(ZOConfig):
+    """ZO-Adam's options (see :class:`ZOAdam`).
+
+    Args:
+        lr: learning rate.
+        betas: Adam's moment decays.
+        adam_eps: Adam's denominator term.
+        weight_decay: decoupled weight decay.
+        second_moment: ``scalar`` (one per tensor) or ``full`` (one per entry).
+    """
+
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = 1e-8
+    weight_decay: float = 0.0
+    second_moment: Literal["scalar", "full"] = "scalar"
 
 
 class ZOAdam(ZOOptimizer):
@@ -49,44 +70,40 @@ class ZOAdam(ZOOptimizer):
         super().__init__(params, defaults, **zo)
 
     @torch.no_grad()
-    def _apply(self, step: int, coeffs: list[float]) -> None:
-        d = self.directions
-        terms = list(enumerate(coeffs))
-        for i, p, group in self.indexed_params():
-            lr, wd = group["lr"], group["weight_decay"]
-            b1, b2 = group["betas"]
-            if lr == 0.0:
-                continue
-            state = self.state[p]
-            if not state:
-                state["step"] = torch.tensor(0.0)
-                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.contiguous_format)
-                full = group["second_moment"] == "full"
-                state["exp_avg_sq"] = (torch.zeros_like(p, memory_format=torch.contiguous_format) if full
-                                       else torch.zeros((), dtype=torch.float32, device=p.device))
-            state["step"] += 1
-            n = float(state["step"])
-            m, v = state["exp_avg"], state["exp_avg_sq"]
-            mflat = m.view(-1)
-            m.mul_(b1)
-            if v.dim() == 0:
-                sq = 0.0
-                for start, stop, g in accumulate(d, p, step, terms, i, dtype=torch.float32):
-                    sq += float(torch.dot(g, g))
-                    mflat[start:stop].add_(g, alpha=1 - b1)
-                v.mul_(b2).add_(sq / p.numel(), alpha=1 - b2)
-            else:
-                vflat = v.view(-1)
-                v.mul_(b2)
-                for start, stop, g in accumulate(d, p, step, terms, i, dtype=torch.float32):
-                    mflat[start:stop].add_(g, alpha=1 - b1)
-                    vflat[start:stop].addcmul_(g, g, value=1 - b2)
-            bc1, bc2 = 1 - b1**n, 1 - b2**n
-            if wd:
-                p.mul_(1.0 - lr * wd)
-            if v.dim() == 0:
-                denom = math.sqrt(float(v) / bc2) + group["adam_eps"]
-                p.add_(m, alpha=-lr / (bc1 * denom))
-            else:
-                denom = (v / bc2).sqrt_().add_(group["adam_eps"])
-                p.addcdiv_(m, denom, value=-lr / bc1)
+    def _update(self, index: int, p: torch.Tensor, group: dict, step: int, coeffs: list[float]) -> None:
+        d, terms = self.directions, list(enumerate(coeffs))
+        lr, wd = group["lr"], group["weight_decay"]
+        b1, b2 = group["betas"]
+        state = self.state[p]
+        if not state:
+            state["step"] = torch.tensor(0.0)
+            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.contiguous_format)
+            full = group["second_moment"] == "full"
+            state["exp_avg_sq"] = (torch.zeros_like(p, memory_format=torch.contiguous_format) if full
+                                   else torch.zeros((), dtype=torch.float32, device=p.device))
+        state["step"] += 1
+        n = float(state["step"])
+        m, v = state["exp_avg"], state["exp_avg_sq"]
+        mflat = m.view(-1)
+        m.mul_(b1)
+        if v.dim() == 0:
+            sq = 0.0
+            for start, stop, g in accumulate(d, p, step, terms, index, dtype=torch.float32):
+                sq += float(torch.dot(g, g))
+                mflat[start:stop].add_(g, alpha=1 - b1)
+            v.mul_(b2).add_(sq / p.numel(), alpha=1 - b2)
+        else:
+            vflat = v.view(-1)
+            v.mul_(b2)
+            for start, stop, g in accumulate(d, p, step, terms, index, dtype=torch.float32):
+                mflat[start:stop].add_(g, alpha=1 - b1)
+                vflat[start:stop].addcmul_(g, g, value=1 - b2)
+        bc1, bc2 = 1 - b1**n, 1 - b2**n
+        if wd:
+            p.mul_(1.0 - lr * wd)
+        if v.dim() == 0:
+            denom = math.sqrt(float(v) / bc2) + group["adam_eps"]
+            p.add_(m, alpha=-lr / (bc1 * denom))
+        else:
+            denom = (v / bc2).sqrt_().add_(group["adam_eps"])
+            p.addcdiv_(m, denom, value=-lr / bc1)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
-from ._perturb import CHUNK, accumulate
-from .base import ZOOptimizer, _check
+from .base import Capabilities, Deferral, ZOConfig, ZOOptimizer, _check
+from .perturb import CHUNK
+from .perturb.directions import accumulate
 
 _LOW = (torch.bfloat16, torch.float16)
 
@@ -38,6 +40,27 @@ def add_rounded_once(directions, p: torch.Tensor, step: int, terms, param_index:
         flat[start:stop].copy_(a)
 
 
+@dataclass
+class ZOSGDConfig(ZOConfig):
+    """ZO-SGD's options (see :class:`ZOSGD`).
+
+    Args:
+        lr: learning rate.
+        momentum: heavy-ball momentum (one parameter-sized buffer).
+        sign: step along the sign of the estimate.
+        conservative: keep the best of ``w``, ``w - lr g`` and ``w + lr g`` (2-3 extra forwards).
+        weight_decay: L2 penalty.
+        defer_update: write each update during the next step's first pass (plain ZO-SGD only).
+    """
+
+    lr: float = 1e-6
+    momentum: float = 0.0
+    sign: bool = False
+    conservative: bool = False
+    weight_decay: float = 0.0
+    defer_update: bool = False
+
+
 class ZOSGD(ZOOptimizer):
     """Zeroth-order SGD: MeZO's two-sided estimate, applied in place.
 
@@ -56,7 +79,7 @@ class ZOSGD(ZOOptimizer):
             forwards per step (default False).
         weight_decay: L2 penalty (default 0).
         **zo: estimator options of :class:`~forwardonly.optim.base.ZOOptimizer`
-            (eps, q, two_sided, direction, seed, accum_steps, clip, paired).
+            (eps, q, two_sided, direction, seed, accum_steps, clip, paired, impl).
 
     Mixed precision: for bf16/fp16 weights the plain update is computed in fp32
     (all probes and the weight decay) and rounded to the weight's dtype once
@@ -70,7 +93,7 @@ class ZOSGD(ZOOptimizer):
     ``defer_update``), so that the three passes of a step draw them once.
 
     Speed: on the CPU, fp32 Rademacher perturbations and updates run through a small C kernel
-    (:mod:`forwardonly.optim._native`, compiled at first use) that reads the random bits
+    (:mod:`forwardonly.optim.perturb.native`, compiled at first use) that reads the random bits
     directly; without a compiler the torch path gives the same values, slower.
 
     Deferred update (``defer_update=True``, plain ZO-SGD only): ``step`` records its
@@ -91,6 +114,8 @@ class ZOSGD(ZOOptimizer):
         loss = opt.step(closure)
     """
 
+    capabilities = Capabilities(streams=True)
+
     def __init__(self, params, lr: float = 1e-6, momentum: float = 0.0, sign: bool = False,
                  conservative: bool = False, weight_decay: float = 0.0, defer_update: bool = False, **zo):
         _check(0.0 <= momentum < 1.0, f"Invalid momentum value: {momentum}")
@@ -103,88 +128,66 @@ class ZOSGD(ZOOptimizer):
         super().__init__(params, defaults, **zo)
         self.conservative = bool(conservative)
         self.defer_update = bool(defer_update)
-        self._in_step = False
-
-    def _step(self, closure, t):
-        self._in_step = True
-        try:
-            return super()._step(closure, t)
-        finally:
-            self._in_step = False
-
-    def state_dict(self):
-        self.flush()
-        return super().state_dict()
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        self.flush()
-        super().load_state_dict(state_dict)
+        if self.defer_update:
+            self.deferral = Deferral(self, lambda index: True)
 
     def apply_grads(self, step: int, grads: list[float], closure: Callable | None = None, loss=None):
-        if not self._in_step:
-            self.flush()  # a replay: apply in order, immediately
-        coeffs = [g / self.q for g in grads]
         if not self.conservative:
-            self._apply(step, coeffs)
-            return
+            return super().apply_grads(step, grads, closure=closure, loss=loss)
+        if not self._in_step:
+            self.flush()
         if closure is None:
             raise ValueError("the conservative variant needs the closure to compare candidate losses")
         # Candidates w - lr*g and w + lr*g, evaluated without touching w.
-        zs = self.zo_state
-        scales = [group["lr"] for _, _, group in self.indexed_params()]
+        coeffs = [g / self.q for g in grads]
+        scales = [group["lr"] for _, _, group in self.update_items(step)]
         l0 = self.evaluate(closure, step, [])
-        down = [(k, -c) for k, c in enumerate(coeffs)]
-        l1 = self.evaluate(closure, step, down, scales)
+        l1 = self.evaluate(closure, step, [(k, -c) for k, c in enumerate(coeffs)], scales)
         if l1 <= l0:
             choice = 1.0
         else:
             l2 = self.evaluate(closure, step, [(k, c) for k, c in enumerate(coeffs)], scales)
             choice = -1.0 if l2 < l0 else 0.0
-        zs["cons_choice"] = choice
+        self.zo_state["cons_choice"] = choice
         if choice:
             self._apply(step, [choice * c for c in coeffs])
 
+    def _fold_terms(self, p, group, coeffs):
+        if group["momentum"] or group["sign"] or group["weight_decay"] or p.dtype in _LOW or not p.is_contiguous():
+            return None
+        return [(k, -group["lr"] * c) for k, c in enumerate(coeffs)]
+
     @torch.no_grad()
-    def _apply(self, step: int, coeffs: list[float]) -> None:
+    def _update(self, index: int, p: torch.Tensor, group: dict, step: int, coeffs: list[float]) -> None:
         d = self.directions
-        for i, p, group in self.indexed_params():
-            lr, wd, mu = group["lr"], group["weight_decay"], group["momentum"]
-            if lr == 0.0:
-                continue
-            flat = p.view(-1)
-            if mu == 0.0 and not group["sign"]:
-                if p.dtype in _LOW:  # mixed precision: fp32 arithmetic, one rounding
-                    add_rounded_once(d, p, step, [(k, -lr * c) for k, c in enumerate(coeffs) if c != 0.0], i,
-                                     1.0 - lr * wd)
-                    continue
-                terms = [(k, -lr * c) for k, c in enumerate(coeffs)]
-                if self.defer_update and self._in_step and not wd and p.is_contiguous():
-                    self._defer(step, i, terms)
-                    continue
-                if wd:
-                    p.mul_(1.0 - lr * wd)
-                d.add_(p, step, terms, i)
-                continue
-            if mu:
-                state = self.state[p]
-                buf = state.get("momentum_buffer")
-                if buf is None:
-                    # fp32 for bf16/fp16 weights: the buffer sums many small terms
-                    buf = state["momentum_buffer"] = torch.zeros_like(
-                        p, dtype=torch.float32 if p.dtype in _LOW else p.dtype, memory_format=torch.contiguous_format)
-                else:
-                    buf.mul_(mu)
-                bflat = buf.view(-1)
-                for start, stop, g in accumulate(d, p, step, list(enumerate(coeffs)), i):
-                    bflat[start:stop].add_(g)  # (low precision: g is in p.dtype, the sum in fp32)
-                if wd:
-                    buf.add_(p, alpha=wd)
-                if group["sign"]:
-                    p.add_(buf.sign(), alpha=-lr)
-                else:
-                    p.add_(buf, alpha=-lr)
-            else:  # sign without momentum
-                if wd:
-                    p.mul_(1.0 - lr * wd)
-                for start, stop, g in accumulate(d, p, step, list(enumerate(coeffs)), i):
-                    flat[start:stop].add_(g.sign_(), alpha=-lr)
+        lr, wd, mu = group["lr"], group["weight_decay"], group["momentum"]
+        flat = p.view(-1)
+        if mu == 0.0 and not group["sign"]:
+            if p.dtype in _LOW:  # mixed precision: fp32 arithmetic, one rounding
+                add_rounded_once(d, p, step, [(k, -lr * c) for k, c in enumerate(coeffs) if c != 0.0], index,
+                                 1.0 - lr * wd)
+                return
+            if wd:
+                p.mul_(1.0 - lr * wd)
+            d.add_(p, step, [(k, -lr * c) for k, c in enumerate(coeffs)], index)
+            return
+        if mu:
+            state = self.state[p]
+            buf = state.get("momentum_buffer")
+            if buf is None:
+                # fp32 for bf16/fp16 weights: the buffer sums many small terms
+                buf = state["momentum_buffer"] = torch.zeros_like(
+                    p, dtype=torch.float32 if p.dtype in _LOW else p.dtype, memory_format=torch.contiguous_format)
+            else:
+                buf.mul_(mu)
+            bflat = buf.view(-1)
+            for start, stop, g in accumulate(d, p, step, list(enumerate(coeffs)), index):
+                bflat[start:stop].add_(g)  # (low precision: g is in p.dtype, the sum in fp32)
+            if wd:
+                buf.add_(p, alpha=wd)
+            p.add_(buf.sign() if group["sign"] else buf, alpha=-lr)
+            return
+        if wd:  # sign without momentum
+            p.mul_(1.0 - lr * wd)
+        for start, stop, g in accumulate(d, p, step, list(enumerate(coeffs)), index):
+            flat[start:stop].add_(g.sign_(), alpha=-lr)

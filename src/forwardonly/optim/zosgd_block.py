@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from .blocks import block_groups
+from ..blocks import block_groups
+from .base import Capabilities
 from .zosgd import ZOSGD
 
 
@@ -19,7 +20,7 @@ class ZOSGDBlock(ZOSGD):
     weight decay are left exactly as they are), so every block is visited once every
     ``B`` steps. Forwards per step are those of :class:`ZOSGD` (2 two-sided, q=1).
 
-    Blocks (:mod:`forwardonly.optim.blocks`): pass ``model.named_parameters()`` (or
+    Blocks (:mod:`forwardonly.blocks`): pass ``model.named_parameters()`` (or
     ``(name, tensor)`` pairs) to get one block per transformer layer plus one per other
     module (embeddings, final norm, head); several parameter groups are one block each;
     plain tensors are one block each. ``self.blocks`` lists the block names in order.
@@ -34,42 +35,32 @@ class ZOSGDBlock(ZOSGD):
         loss = opt.step(lambda: loss_fn(model(x), y))   # updates block 0, then 1, ...
     """
 
-    takes_names = True
+    capabilities = Capabilities(takes_names=True)
 
     def __init__(self, params, lr: float = 1e-6, **kw):
         groups = block_groups(params)
         super().__init__(groups, lr=lr, **kw)
         self.blocks = [g["block"] for g in self.param_groups]
-        self._active: int | None = None
         self._unowned_of: dict[int, set[int] | None] = {}
 
     def block_at(self, step: int) -> int:
         """The index (in :attr:`blocks`) of the block that ``step`` perturbs and updates."""
         return step % len(self.param_groups)
 
-    def indexed_params(self):
-        i = 0
-        for b, group in enumerate(self.param_groups):
+    def update_items(self, step: int):
+        # also what a seed-log replay updates: the block follows from the step alone
+        b, i = self.block_at(step), 0
+        for k, group in enumerate(self.param_groups):
             for p in group["params"]:
-                if p.requires_grad and (self._active is None or b == self._active):
+                if p.requires_grad and k == b:
                     yield i, p, group
                 i += 1
 
     @torch.no_grad()
     def step(self, closure=None):
         b = self.block_at(self.zo_state["step"])
-        self._active, self._unowned = b, self._unowned_of.get(b)  # unowned parameters differ per block
+        self._unowned = self._unowned_of.get(b)  # unowned parameters differ per block
         try:
             return super().step(closure)
         finally:
             self._unowned_of[b] = self._unowned
-            self._active = None
-
-    @torch.no_grad()
-    def _apply(self, step: int, coeffs: list[float]) -> None:
-        # also the seed-log replay entry point: the block follows from the step alone
-        outer, self._active = self._active, self.block_at(step)
-        try:
-            super()._apply(step, coeffs)
-        finally:
-            self._active = outer

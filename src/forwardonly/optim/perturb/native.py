@@ -3,7 +3,7 @@
 ``w + c z`` with ``z = +-1`` from a chunk's random bits is, in torch, three memory-bound
 ops (sign-table lookup, widening copy, add) with two temporaries. ``_signs.c`` does it in
 one pass over the weights, reading the random bits directly, with the same values bit for bit
-(``tests/test_native.py`` holds it equal to the torch path). It is plain C called through
+(``tests/optim/test_native.py`` holds it equal to the torch path). It is plain C called through
 :mod:`ctypes`: no Python or torch headers, so building it takes about a second.
 
 The shared library is compiled with the machine's C compiler (``$CC`` or ``cc``,
@@ -33,8 +33,9 @@ _STATE: dict = {}
 
 
 def _cache_dir() -> Path:
-    root = os.environ.get("FORWARDONLY_CACHE") or Path.home() / ".cache" / "forwardonly"
-    return Path(root) / "kernels"
+    from ...io import cache_root
+
+    return cache_root() / "kernels"
 
 
 def _cpu_flags() -> str:

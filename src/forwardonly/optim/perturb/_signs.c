@@ -3,7 +3,7 @@
  *     dst[i] = src[i] + (bit(first + i) ? coef : -coef)     for 0 <= i < n
  *
  * where bit(k) is bit (k & 7) of byte (k >> 3) of `bits`, the random bytes of one
- * direction chunk (forwardonly.optim._perturb). This is the value that the torch path
+ * direction chunk (forwardonly.optim.perturb.seeds). This is the value that the torch path
  * computes as `torch.add(src, z, alpha=coef)` with z = +-1 from the sign table: coef * z
  * is exact, so both round the same single addition and agree bit for bit. One pass, no
  * sign tensor in memory. `dst == src` (in place) is allowed; partial overlap is not.
@@ -16,7 +16,7 @@
  *
  * with the same two roundings as two calls of fo_sign_add_f32, so the same values bit for bit.
  *
- * Built at first use by forwardonly.optim._native with the machine's compiler
+ * Built at first use by forwardonly.optim.perturb.native with the machine's compiler
  * (-O3 -march=native); without one, the torch path is used. Plain C, no Python or torch
  * headers: called through ctypes with raw pointers.
  */

@@ -1,12 +1,12 @@
 """Perturbed ``F.linear`` and ``F.embedding`` that never materialise a perturbed weight.
 
-:class:`~forwardonly.optim._perturb.Perturbation` hands most modules a whole
+:class:`~forwardonly.optim.perturb.Perturbation` hands most modules a whole
 perturbed copy of their parameters. The two module types that hold nearly all of
 a transformer's weights get a cheaper path, :class:`FusedWeight`, a
 ``TorchFunctionMode`` active only inside that module's forward:
 
 * ``nn.Linear``: the output is computed in row blocks of about
-  :data:`~forwardonly.optim._perturb.BLOCK` elements. Each block of
+  :data:`~forwardonly.optim.perturb.directions.BLOCK` elements. Each block of
   ``w + sum_k c_k z_k`` is built in one reused, cache-sized buffer and multiplied
   straight away, so the weights stream through memory once, as in a plain
   forward, and no weight-sized temporary is allocated (for SmolLM2 the tied
@@ -15,8 +15,9 @@ a transformer's weights get a cheaper path, :class:`FusedWeight`, a
   rows are perturbed; a Rademacher entry is one bit of its chunk's random words.
 
 The perturbed weight values are bitwise those of
-:meth:`~forwardonly.optim._perturb.Directions.perturbed`; only the matmul's
-summation order can differ (blocked versus whole), within fp rounding.
+:meth:`~forwardonly.optim.perturb.Directions.perturbed`; only the matmul's
+summation order can differ (blocked versus whole), within fp rounding. In a batched evaluation
+(:mod:`.batched`) each slice of the rows is multiplied by its own perturbed block.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from ._perturb import BLOCK, Directions
+from .batched import Unpairable
+from .directions import BLOCK, Directions
 
 LINEAR_BLOCK = BLOCK
 """Weight elements per row block of the fused linear (whole rows; SmolLM2's layers fit in one block)."""
@@ -37,7 +39,7 @@ def fusable(module: torch.nn.Module, param: torch.Tensor, directions: Directions
     """Whether ``module``'s forward is exactly ``F.linear``/``F.embedding`` on ``param`` and may be fused.
 
     Anything unusual (a subclass, a hook or replaced forward on the module, autograd or
-    autocast on, remapped directions) keeps the plain whole-tensor path.
+    autocast on, plain directions) keeps the whole-tensor path.
     """
     kind = type(module)
     if kind is torch.nn.Linear:
@@ -49,14 +51,12 @@ def fusable(module: torch.nn.Module, param: torch.Tensor, directions: Directions
     return (ok and module._parameters.get("weight") is param and param.dim() == 2 and param.is_contiguous()
             and not module._forward_pre_hooks and not module._forward_hooks and "forward" not in module.__dict__
             and not torch.is_grad_enabled() and not torch.is_autocast_enabled(param.device.type)
-            and directions.ranged)
+            and directions.blockwise)
 
 
 def _unpairable(msg: str):
-    from ._paired import Unpairable
-
     return Unpairable(f"paired evaluation: {msg}; with paired=True the closure must run the model on its batch "
-                      f"twice, torch.cat([x, x])")
+                      f"stacked once per slice, torch.cat([x] * k)")
 
 
 def _arg(args, kwargs, pos: int, name: str):
@@ -71,20 +71,22 @@ class FusedWeight(TorchFunctionMode):
         step: step number of the directions.
         terms: ``[(probe, coef), ...]``, already scaled for this parameter.
         index: the parameter's index (keys its directions).
-        param: the weight; it is only read.
+        param: the weight; it is only read (but see ``fold``).
+        fold: ``(step, terms)``: a deferred update to write into the weight on the way.
+        slices: batched evaluation: the terms of every slice (``slices[0]`` is ``terms``); ``state``
+            is the evaluation's :class:`~forwardonly.optim.perturb.batched.SliceState`.
     """
 
     def __init__(self, directions: Directions, step: int, terms: Sequence[tuple[int, float]], index: int,
                  param: torch.Tensor, fold: tuple[int, Sequence[tuple[int, float]]] | None = None,
-                 pair_terms: Sequence[tuple[int, float]] | None = None, pair_state=None):
+                 slices: Sequence[Sequence[tuple[int, float]]] | None = None, state=None):
         super().__init__()
         self.directions, self.step, self.terms, self.index = directions, step, list(terms), index
         self.param = param
-        # paired evaluation (see _paired.py): the second half of the batch sees ``pair_terms``
-        self.pair_terms = None if pair_terms is None else list(pair_terms)
-        self.pair_state = pair_state
-        self.pairs: dict = {}  # id(param) -> (param, first half, second half): the module's other parameters
-        self.fold = fold  # (step, terms): a deferred update to write into the weight on the way
+        self.slices = None if slices is None else [list(t) for t in slices]
+        self.state = state
+        self.others: dict = {}  # id(param) -> (param, per-slice values): the module's other parameters
+        self.fold = fold
         self._folded_to = 0  # weight elements the fold has been applied to
 
     def settle(self, upto: int | None = None) -> None:
@@ -116,101 +118,109 @@ class FusedWeight(TorchFunctionMode):
         return self.directions.perturbed(self.param.detach(), self.step, self.terms if terms is None else terms,
                                          self.index)
 
-    def _half(self, n: int, what: str) -> int:
-        return self.pair_state.check(n, f"{what} {tuple(self.param.shape)}")
+    def _slice_rows(self, n: int, what: str) -> int:
+        return self.state.check(n, f"{what} {tuple(self.param.shape)}")
 
     def linear(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         w = self.param
         out_f, in_f = w.shape
-        paired = self.pair_terms is not None
-        if (not paired and self.fold is None and LINEAR_BLOCK // in_f >= out_f and x.shape[-1] == in_f
+        sliced = self.slices is not None
+        if (not sliced and self.fold is None and LINEAR_BLOCK // in_f >= out_f and x.shape[-1] == in_f
                 and x.dtype == w.dtype):
             # the common case in as few Python steps as it takes: the whole perturbed weight in one
             # cache-sized block, then one F.linear on it (no reshapes, no output allocation here)
             d = self.directions
-            flat, mat = d._matrix_scratch(out_f, in_f, w.dtype, w.device)
+            flat, mat = d.matrix_scratch(out_f, in_f, w.dtype, w.device)
             d.perturb_range(flat, w.detach().view(-1), self.step, self.terms, self.index, out_f * in_f, 0)
             return F.linear(x, mat, bias)
         w = w.detach()
-        if paired and bias is not None and id(bias) in self.pairs:
-            _, ba, bb = self.pairs[id(bias)]
+        if sliced and bias is not None and id(bias) in self.others:
+            values = self.others[id(bias)][1]
             y = self.linear(x, None)
-            h = y.shape[0] // 2
-            y[:h].add_(ba)
-            y[h:].add_(bb)
+            h = y.shape[0] // len(values)
+            for j, b in enumerate(values):
+                y[j * h : (j + 1) * h].add_(b)
             return y
-        if paired:
+        if sliced:
             if x.dim() < 2:
                 raise _unpairable(f"a linear layer {tuple(w.shape)} got an unbatched input of shape {tuple(x.shape)}")
-            self._half(x.shape[0], "a linear layer")
+            self._slice_rows(x.shape[0], "a linear layer")
         if x.shape[-1] != in_f or x.dtype != w.dtype:  # let F.linear raise its own error
-            if paired:
-                h = x.shape[0] // 2
-                return torch.cat([F.linear(x[:h], self.whole(), bias),
-                                  F.linear(x[h:], self.whole(self.pair_terms), bias)])
+            if sliced:
+                h = x.shape[0] // len(self.slices)
+                return torch.cat([F.linear(x[j * h : (j + 1) * h], self.whole(t), bias)
+                                  for j, t in enumerate(self.slices)])
             return F.linear(x, self.whole(), bias)
         x2 = x.reshape(-1, in_f)
         y = torch.empty(x2.shape[0], out_f, dtype=x.dtype, device=x.device)
+        self._blocks(w, x2, y)
+        if bias is not None:
+            y.add_(bias)
+        return y.view(*x.shape[:-1], out_f)
+
+    def _sides(self, x2, y, rows: int, in_f: int) -> list[tuple]:
+        """(input rows, output rows, terms, block buffer) per slice of a batched forward, or the whole batch."""
+        d, w = self.directions, self.param
+        n = min(rows, w.shape[0]) * in_f
+        if self.slices is None:
+            return [(x2, y, self.terms, d.block_scratch(n, w.dtype, w.device))]
+        h = x2.shape[0] // len(self.slices)
+        return [(x2[j * h : (j + 1) * h], y[j * h : (j + 1) * h], t,
+                 d.block_scratch(n, w.dtype, w.device, slot="w" if j == 0 else f"w{j}"))
+                for j, t in enumerate(self.slices)]
+
+    def _blocks(self, w, x2, y) -> None:
+        """``y = x2 @ (w + perturbation).T`` in row blocks of the weight, each built once per side."""
+        out_f, in_f = w.shape
         rows = max(1, LINEAR_BLOCK // in_f)
-        d = self.directions
-        buf = d._range_scratch(min(rows, out_f) * in_f, w.dtype, w.device, slot="w")
-        # (input rows, output rows, terms) per half of a paired batch; the whole batch otherwise
-        if paired:
-            h = x2.shape[0] // 2
-            buf2 = d._range_scratch(min(rows, out_f) * in_f, w.dtype, w.device, slot="w2")
-            sides = [(x2[:h], y[:h], self.terms, buf), (x2[h:], y[h:], self.pair_terms, buf2)]
-        else:
-            sides = [(x2, y, self.terms, buf)]
-        wflat = w.view(-1)
+        d, wflat = self.directions, w.view(-1)
+        sides = self._sides(x2, y, rows, in_f)
         if rows >= out_f and self.fold is None:  # one block (every SmolLM2 layer but the head)
             for xs, ys, terms, b in sides:
                 wb = b[: out_f * in_f]
                 d.perturb_range(wb, wflat, self.step, terms, self.index, w.numel(), 0)
                 torch.mm(xs, wb.view(out_f, in_f).t(), out=ys)
-        else:
-            try:
-                for r0 in range(0, out_f, rows):
-                    r1 = min(out_f, r0 + rows)
-                    if self.fold is not None and self._folded_to == r0 * in_f and not paired:
-                        # the deferred update of these rows and their perturbation, in one pass
-                        (xs, ys, terms, b), = sides
-                        wb = b[: (r1 - r0) * in_f]
-                        pstep, pterms = self.fold
-                        d.fold_perturb_range(wb, wflat[r0 * in_f : r1 * in_f], pstep, pterms, self.step, terms,
-                                             self.index, w.numel(), r0 * in_f)
-                        self._folded_to = r1 * in_f
-                        if self._folded_to >= w.numel():
-                            self.fold = None
-                        torch.mm(xs, wb.view(r1 - r0, in_f).t(), out=ys[:, r0:r1])
-                        continue
-                    self.settle(r1 * in_f)  # the deferred update of these rows, while they are in cache
-                    for xs, ys, terms, b in sides:
-                        wb = b[: (r1 - r0) * in_f]
-                        d.perturb_range(wb, wflat[r0 * in_f : r1 * in_f], self.step, terms, self.index,
-                                        w.numel(), r0 * in_f)
-                        torch.mm(xs, wb.view(r1 - r0, in_f).t(), out=ys[:, r0:r1])
-            finally:
-                self.settle()
-        if bias is not None:
-            y.add_(bias)
-        return y.view(*x.shape[:-1], out_f)
+            return
+        try:
+            for r0 in range(0, out_f, rows):
+                r1 = min(out_f, r0 + rows)
+                if self.fold is not None and self._folded_to == r0 * in_f and self.slices is None:
+                    # the deferred update of these rows and their perturbation, in one pass
+                    (xs, ys, terms, b), = sides
+                    wb = b[: (r1 - r0) * in_f]
+                    pstep, pterms = self.fold
+                    d.fold_perturb_range(wb, wflat[r0 * in_f : r1 * in_f], pstep, pterms, self.step, terms,
+                                         self.index, w.numel(), r0 * in_f)
+                    self._folded_to = r1 * in_f
+                    if self._folded_to >= w.numel():
+                        self.fold = None
+                    torch.mm(xs, wb.view(r1 - r0, in_f).t(), out=ys[:, r0:r1])
+                    continue
+                self.settle(r1 * in_f)  # the deferred update of these rows, while they are in cache
+                for xs, ys, terms, b in sides:
+                    wb = b[: (r1 - r0) * in_f]
+                    d.perturb_range(wb, wflat[r0 * in_f : r1 * in_f], self.step, terms, self.index,
+                                    w.numel(), r0 * in_f)
+                    torch.mm(xs, wb.view(r1 - r0, in_f).t(), out=ys[:, r0:r1])
+        finally:
+            self.settle()
 
     def embedding(self, func, args, kwargs) -> torch.Tensor:
         self.settle()
         ids = _arg(args, kwargs, 0, "input")
-        if self.pair_terms is not None:
-            if ids.dim() < 1:
-                raise _unpairable(f"an embedding {tuple(self.param.shape)} got a single id")
-            rows = self.pair_state.rows
-            if ids.shape[0] == 1 and rows is not None and rows > 1:
-                # ids shared by the whole batch (positions broadcast over it): each half needs its own
-                # vectors, so the lookup is made per row of the doubled batch
-                ids = ids.expand(rows, *ids.shape[1:])
-            h = self._half(ids.shape[0], "an embedding")
-            rest = args[1:] if len(args) > 1 else ()
-            return torch.cat([self._embed(func, ids[:h], rest, kwargs, self.terms),
-                              self._embed(func, ids[h:], rest, kwargs, self.pair_terms)])
-        return self._embed(func, ids, args[1:], kwargs, self.terms)
+        rest = args[1:] if len(args) > 1 else ()
+        if self.slices is None:
+            return self._embed(func, ids, rest, kwargs, self.terms)
+        if ids.dim() < 1:
+            raise _unpairable(f"an embedding {tuple(self.param.shape)} got a single id")
+        rows = self.state.rows
+        if ids.shape[0] == 1 and rows is not None and rows > 1:
+            # ids shared by the whole batch (positions broadcast over it): each slice needs its own
+            # vectors, so the lookup is made per row of the stacked batch
+            ids = ids.expand(rows, *ids.shape[1:])
+        h = self._slice_rows(ids.shape[0], "an embedding")
+        return torch.cat([self._embed(func, ids[j * h : (j + 1) * h], rest, kwargs, t)
+                          for j, t in enumerate(self.slices)])
 
     def _embed(self, func, ids, rest, kwargs, terms) -> torch.Tensor:
         w = self.param.detach()

@@ -1,0 +1,19 @@
+"""The perturbation engine of every zeroth-order optimizer.
+
+* :mod:`.seeds`: what a direction is, a pure function of ``(seed, step, probe, param_index)``;
+* :mod:`.masks`: which entries of a direction are live (sparse ZO);
+* :mod:`.directions`: :class:`Directions`, generating and adding directions blockwise;
+* :mod:`.native`: the optional C kernel of the fp32 Rademacher perturbation;
+* :mod:`.fused`: perturbed ``F.linear``/``F.embedding`` that never build a whole perturbed weight;
+* :mod:`.batched`: several perturbed points in one forward over a stacked batch;
+* :mod:`.hooks`: :class:`Perturbation`, the one hook pair that applies a plan per module.
+"""
+
+from .batched import Unpairable, current_slices, pair_batch, pair_losses, slicing
+from .directions import BLOCK, HOLD_BYTES, Directions
+from .hooks import Perturbation
+from .masks import RandomMask
+from .seeds import CHUNK, KINDS, chunk_seed, direction
+
+__all__ = ["BLOCK", "CHUNK", "HOLD_BYTES", "KINDS", "Directions", "Perturbation", "RandomMask", "Unpairable",
+           "chunk_seed", "current_slices", "direction", "pair_batch", "pair_losses", "slicing"]

@@ -1,0 +1,120 @@
+"""The table of optimizers: the one source of truth for names, classes, twins, configs and tests.
+
+A row is an :class:`OptimizerInfo`: the name users type, the fast class, its reference twin (the
+test oracle), the typed config section of ``optim`` in a training config, keyword arguments the name
+fixes (``zo-sgd-mmt`` is ZO-SGD with ``momentum=0.9``) and the settings the generic tests use.
+What a class can do is declared on the class (:class:`~forwardonly.optim.base.Capabilities`).
+
+Adding an optimizer is one file (the class, its config dataclass, its reference twin) and one row.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import torch
+
+from .base import Capabilities
+from .forward_grad import ForwardGrad, ForwardGradConfig
+from .forward_grad_reference import ForwardGradReference
+from .hybrid import ZOFOHybrid, ZOFOHybridConfig
+from .hybrid_reference import ZOFOHybridReference
+from .zoadam import ZOAdam, ZOAdamConfig
+from .zoadam_reference import ZOAdamReference
+from .zosgd import ZOSGD, ZOSGDConfig
+from .zosgd_block import ZOSGDBlock
+from .zosgd_block_reference import ZOSGDBlockReference
+from .zosgd_reference import ZOSGDReference
+from .zosgd_sparse import ZOSGDSparse, ZOSGDSparseConfig
+from .zosgd_sparse_reference import ZOSGDSparseReference
+
+
+@dataclass(frozen=True)
+class OptimizerInfo:
+    """One row of :data:`OPTIMIZERS`.
+
+    Args:
+        name: what users type (``optim.name`` in a config, ``build_optimizer(name, ...)``).
+        cls: the optimizer class.
+        reference: its plain reference twin.
+        config: the dataclass of its options (``optim``'s typed section).
+        fixed: keyword arguments the name implies (defaults of the section too).
+        test: settings of the generic tests (``lr``: a learning rate that learns the test problem).
+        summary: one line for listings.
+    """
+
+    name: str
+    cls: type
+    reference: type
+    config: type
+    fixed: dict = field(default_factory=dict)
+    test: dict = field(default_factory=dict)
+    summary: str = ""
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return self.cls.capabilities
+
+    def defaults(self) -> dict:
+        """The section's default values, with what the name fixes."""
+        return {**{f.name: f.default for f in dataclasses.fields(self.config)
+                   if f.default is not dataclasses.MISSING}, **self.fixed}
+
+    def build(self, params, **kwargs):
+        return self.cls(params, **{**self.fixed, **kwargs})
+
+    def validate(self, kwargs: dict) -> None:
+        """Raise ``ValueError`` (the constructor's own message) if ``kwargs`` make no sense for this
+        optimizer: it is built over a few stand-in parameters, before any model is loaded."""
+        stand_ins = [torch.zeros(2, requires_grad=True) for _ in range(8)]
+        params = ([(f"layers.{k}.weight", p) for k, p in enumerate(stand_ins)] if self.capabilities.takes_names
+                  else stand_ins)
+        try:
+            self.build(params, **kwargs)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"optim ({self.name}): {e}") from None
+
+
+_ROWS = [
+    OptimizerInfo("zo-sgd", ZOSGD, ZOSGDReference, ZOSGDConfig, test={"lr": 2e-3},
+                  summary="MeZO: two-sided ZO-SGD in place, the memory of inference"),
+    OptimizerInfo("zo-sgd-mmt", ZOSGD, ZOSGDReference, ZOSGDConfig, {"momentum": 0.9}, {"lr": 2e-3},
+                  "ZO-SGD with heavy-ball momentum (one parameter-sized buffer)"),
+    OptimizerInfo("zo-sgd-sign", ZOSGD, ZOSGDReference, ZOSGDConfig, {"sign": True}, {"lr": 1e-2},
+                  "ZO-SGD along the sign of the estimate"),
+    OptimizerInfo("zo-sgd-cons", ZOSGD, ZOSGDReference, ZOSGDConfig, {"conservative": True}, {"lr": 2e-3},
+                  "conservative ZO-SGD: keep the best of w, w - lr g, w + lr g"),
+    OptimizerInfo("zo-adam", ZOAdam, ZOAdamReference, ZOAdamConfig, test={"lr": 1e-2},
+                  summary="Adam on ZO estimates, scalar second moment (4 B/param)"),
+    OptimizerInfo("forward-grad", ForwardGrad, ForwardGradReference, ForwardGradConfig, test={"lr": 2e-3},
+                  summary="SGD on forward gradients (forward-mode AD, exact directional derivatives)"),
+    # ZO-Bench's enhancements (sec. 5): one block per step, sparse directions, first-order top blocks
+    OptimizerInfo("zo-sgd-block", ZOSGDBlock, ZOSGDBlockReference, ZOSGDConfig, test={"lr": 1e-2},
+                  summary="ZO-SGD on one transformer block per step"),
+    OptimizerInfo("zo-sgd-sparse", ZOSGDSparse, ZOSGDSparseReference, ZOSGDSparseConfig, test={"lr": 1e-2},
+                  summary="ZO-SGD on a seeded random fraction of every tensor"),
+    OptimizerInfo("zo-sgd-hybrid", ZOFOHybrid, ZOFOHybridReference, ZOFOHybridConfig, test={"lr": 2e-3},
+                  summary="backprop for the top blocks, ZO-SGD below"),
+]
+
+OPTIMIZERS: dict[str, OptimizerInfo] = {row.name: row for row in _ROWS}
+"""name -> :class:`OptimizerInfo`; one row per algorithm."""
+
+
+def info(name: str) -> OptimizerInfo:
+    """The row of optimizer ``name``; an unknown name raises ``ValueError`` listing the known ones."""
+    try:
+        return OPTIMIZERS[name]
+    except KeyError:
+        raise ValueError(f"Unknown optimizer {name!r}; known: {', '.join(OPTIMIZERS)}") from None
+
+
+def build_optimizer(name: str, params, **kwargs):
+    """Make the optimizer registered as ``name`` (see :data:`OPTIMIZERS`)."""
+    return info(name).build(params, **kwargs)
+
+
+def takes_names(name: str) -> bool:
+    """Whether optimizer ``name`` forms blocks from parameter names (pass ``(name, param)`` pairs)."""
+    return info(name).capabilities.takes_names
