@@ -129,15 +129,22 @@ def load_trainable(directory, model, write=None) -> None:
     if write is not None:
         write(model, saved, str(path))
         return
+    copy_into(model, saved, str(path))
+
+
+def copy_into(model, saved: dict[str, torch.Tensor], source: str, target=None) -> None:
+    """Copy ``saved`` (by parameter name) into ``model``'s parameters, or into ``target(name, param)``; a
+    name the model lacks or a shape that differs is one line naming ``source``, before anything is written."""
     params = dict(model.named_parameters())
     for name, t in saved.items():
         p = params.get(name)
         if p is None or p.shape != t.shape:
-            raise UserError(f"{path}: tensor {name} {tuple(t.shape)} does not match the model "
+            raise UserError(f"{source}: tensor {name} {tuple(t.shape)} does not match the model "
                             f"({'missing' if p is None else tuple(p.shape)}); was it trained with another "
                             f"model or scheme?")
-        with torch.no_grad():
-            p.copy_(t)
+    with torch.no_grad():
+        for name, t in saved.items():
+            (params[name] if target is None else target(name, params[name])).copy_(t)
 
 
 def load(directory, model, optimizer=None, write=None) -> dict:

@@ -15,3 +15,38 @@ class UserError(Exception):
 def where(path, line: int | None = None) -> str:
     """Format a location as ``file:line`` for error messages."""
     return f"{path}:{line}" if line is not None else str(path)
+
+
+# The optional dependencies, by top-level module, and the extra that installs each.
+EXTRAS = {"transformers": "lm", "peft": "lm", "accelerate": "lm", "tokenizers": "lm", "gguf": "lm",
+          "datasets": "lm", "matplotlib": "plot", "sklearn": "local", "tensorboard": "tensorboard",
+          "wandb": "wandb", "mlflow": "mlflow"}
+
+
+class MissingExtra(UserError, ImportError):
+    """An optional dependency is not installed; the message is one line naming the ``pip install``."""
+
+
+def missing_extra(module: str, purpose: str = "") -> MissingExtra:
+    """The one-line error for a missing optional ``module`` (its top-level name, e.g. ``"transformers"``)."""
+    top = module.split(".")[0]
+    extra = EXTRAS.get(top, "all")
+    what = f"{purpose} needs {top}" if purpose else f"{top} is not installed"
+    return MissingExtra(f"{what}: pip install 'forwardonly[{extra}]'", name=top)
+
+
+def require(module: str, purpose: str = ""):
+    """Import and return ``module`` (an optional dependency), or raise :class:`MissingExtra`.
+
+    Example::
+
+        transformers = require("transformers", "loading a model")
+    """
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name is None or e.name.split(".")[0] != module.split(".")[0]:
+            raise  # something else is missing inside an installed package: not ours to explain
+        raise missing_extra(module, purpose) from None

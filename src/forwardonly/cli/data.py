@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import sys
+import logging
 
 
 def _list(args) -> int:
@@ -23,10 +23,10 @@ def _fetch(args) -> int:
 
     if args.source != "bigbench":
         raise UserError(f"unknown data source {args.source!r}; available: bigbench")
-    sizes = bigbench.extract(args.sdist, args.out, log=lambda m: print(m, file=sys.stderr))
+    sizes = bigbench.extract(args.sdist, args.out, log=logging.getLogger("forwardonly").info)
     out = args.out or bigbench.data_dir()
     print(out)
-    print("use them as: " + ", ".join(f"task=bigbench/{n}" for n in sizes), file=sys.stderr)
+    logging.getLogger("forwardonly").info("use them as: " + ", ".join(f"task=bigbench/{n}" for n in sizes))
     return 0
 
 

@@ -12,7 +12,7 @@ accuracies, the time and the peak memory. Overrides work as for ``train``::
 
 from __future__ import annotations
 
-import sys
+import logging
 import time
 from pathlib import Path
 
@@ -31,14 +31,16 @@ class Demo:
     def run(args) -> int:
         from ..models import zoo
         from ..lm.train import run
+        from .main import show_progress
         from .train import load_train_config
 
         cfg = load_train_config(CONFIG, args.overrides)
         if cfg.model.name in zoo.ZOO and zoo.cached(cfg.model.name) is None:
-            print(f"fetching {cfg.model.name} into {zoo.model_dir(cfg.model.name)} (once) ...", file=sys.stderr)
-            zoo.fetch(cfg.model.name, log=lambda m: print(m, file=sys.stderr))
+            log = logging.getLogger("forwardonly")
+            log.info(f"fetching {cfg.model.name} into {zoo.model_dir(cfg.model.name)} (once) ...")
+            zoo.fetch(cfg.model.name, log=log.info)
         start = time.perf_counter()
-        s = run(cfg, progress=not args.no_progress and sys.stderr.isatty())
+        s = run(cfg, progress=show_progress(args))
         wall = time.perf_counter() - start
         before, after = s["test_before"], s["test_after"]
         metric = "accuracy" if "accuracy" in after else "f1"

@@ -10,7 +10,7 @@ Examples::
 from __future__ import annotations
 
 import json
-import sys
+import logging
 from pathlib import Path
 
 
@@ -35,8 +35,9 @@ class Eval:
         from ..errors import UserError
         from ..tasks import evaluate, get_task
         from ..lm.holders import Holder
-        from ..lm.train import replay_seedlog, setup
+        from ..lm.setup import replay_seedlog, setup
         from ..lm.config import TrainConfig
+        from .main import show_progress
 
         base = None
         if args.run:
@@ -48,22 +49,25 @@ class Eval:
         split = args.split or cfg.task.test_split
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
+        model_name = cfg.model.name
         if args.seedlog:
             model, tok = replay_seedlog(args.seedlog, device=cfg.device)
+            # the model the run was made on, not the config's default
+            model_name = checkpoint.SeedLog.load(args.seedlog).model.get("name", model_name)
             task = get_task(cfg.task.name)
             holder = None
         else:
             holder = Holder(cfg.model, None, cfg.device)
-            model, tok, task, _, _ = setup(cfg, lambda m: print(m, file=sys.stderr), holder)
+            model, tok, task, _, _ = setup(cfg, logging.getLogger("forwardonly").info, holder)
             holder.attach(model)  # quantized, streamed, mixed precision: as the run held it
             if args.run:
                 checkpoint.load_trainable(Path(args.run) / "checkpoint", model, write=holder.load_trainable)
         metrics = evaluate(model, tok, task, split, batch_size=cfg.eval_batch_size, max_examples=cfg.task.max_test,
-                           device=cfg.device, progress=not args.no_progress and sys.stderr.isatty(),
+                           device=cfg.device, progress=show_progress(args),
                            max_length=cfg.task.max_length)
         if holder is not None:
             holder.detach()
-        print(json.dumps({"model": cfg.model.name, "task": task.name, "split": split, **metrics}, indent=1))
+        print(json.dumps({"model": model_name, "task": task.name, "split": split, **metrics}, indent=1))
         return 0
 
 

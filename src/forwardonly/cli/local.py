@@ -11,7 +11,7 @@ Examples::
 from __future__ import annotations
 
 import json
-import sys
+import logging
 from pathlib import Path
 
 from ..config import load_config
@@ -44,12 +44,13 @@ class Train:
     def run(args) -> int:
         from ..local.config import LocalConfig
         from ..local.trainer import train
+        from .main import show_progress
 
         cfg = load_config(LocalConfig, args.config, [*_flags(args, out_dir="out"), *args.overrides])
         if args.resume and not cfg.out_dir:
             raise UserError("--resume needs an output directory (--out DIR or out_dir=DIR)")
-        summary = train(cfg, progress=not args.no_progress and sys.stderr.isatty(), resume=args.resume,
-                        log=lambda line: print(line, file=sys.stderr))
+        summary = train(cfg, progress=show_progress(args), resume=args.resume,
+                        log=logging.getLogger("forwardonly").info)
         summary.pop("model")
         summary.pop("history")
         print(json.dumps(summary, indent=2))

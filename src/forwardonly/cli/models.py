@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import sys
+import logging
 
 
 def _list(args) -> int:
@@ -21,7 +21,7 @@ def _fetch(args) -> int:
     from ..models import zoo
 
     def log(msg):
-        print(msg, file=sys.stderr)
+        logging.getLogger("forwardonly").info(msg)
 
     path = zoo.fetch(args.name, force=args.force, install=not args.no_install, log=log)
     print(path)

@@ -13,8 +13,8 @@ its content: training runs, memory sweeps, local-learning results.
 
 from __future__ import annotations
 
+import logging
 import os
-import sys
 from pathlib import Path
 
 MARK_BEGIN, MARK_END = "<!-- report -->", "<!-- /report -->"
@@ -41,7 +41,7 @@ class Report:
 
         loaded = load_results(args.results_dir, strict=args.strict)
         for path, why in loaded.bad:
-            print(f"forwardonly report: skipped {path}: {why}", file=sys.stderr)
+            logging.getLogger("forwardonly").warning(f"forwardonly report: skipped {path}: {why}")
         out = Path(args.out or args.results_dir)
         out.mkdir(parents=True, exist_ok=True)
         plots = []

@@ -11,7 +11,6 @@ Examples::
 from __future__ import annotations
 
 import json
-import sys
 
 
 def load_train_config(path, overrides):
@@ -46,6 +45,7 @@ class Train:
         from .. import distributed
         from ..errors import UserError
         from ..lm.train import run
+        from .main import show_progress
 
         cfg = load_train_config(args.config, args.overrides)
         nproc = args.nproc if args.nproc is not None else cfg.nproc
@@ -53,7 +53,7 @@ class Train:
             raise UserError(f"Invalid --nproc: {nproc} (expected a positive integer)")
         if nproc > 1:
             distributed.launch(nproc, args.argv)  # returns only inside a torchrun rank
-        summary = run(cfg, resume=args.resume, progress=not args.no_progress and sys.stderr.isatty())
+        summary = run(cfg, resume=args.resume, progress=show_progress(args))
         if summary.get("world_size", 1) == 1 or distributed_rank() == 0:
             print_summary(summary)
         return 0

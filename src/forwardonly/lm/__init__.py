@@ -14,7 +14,8 @@ Example::
 """
 
 from .config import ModelConfig, OptimConfig, SchemeConfig, TaskConfig, TrainConfig
-from .train import replay_seedlog, run, setup
+from .setup import replay_seedlog, setup
+from .train import run
 
 __all__ = ["ModelConfig", "OptimConfig", "SchemeConfig", "TaskConfig", "TrainConfig", "replay_seedlog", "run",
            "setup"]

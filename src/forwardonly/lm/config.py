@@ -21,7 +21,24 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ..quant.model import QuantConfig
-from .holders import OffloadConfig
+
+
+@dataclass
+class OffloadConfig:
+    """``model.offload``: stream the model's blocks from a slower tier (ZO2-style; :mod:`forwardonly.offload`).
+
+    Args:
+        tier: ``disk`` (a memory-mapped working copy of the weights file) or ``memory`` (host memory).
+        device: where blocks compute (default: the run's ``device``).
+        prefetch: bring the next block in the background.
+        workdir: where the disk tier's working copy goes (default: ``out_dir/offload``, else a temporary
+            directory).
+    """
+
+    tier: Literal["disk", "memory"] = "disk"
+    device: str | None = None
+    prefetch: bool = True
+    workdir: str | None = None
 
 
 @dataclass
@@ -38,7 +55,7 @@ class ModelConfig:
         quant: quantize the weights (QZO): the fields of :class:`forwardonly.quant.QuantConfig`, e.g.
             ``{bits: 4, group_size: 64}``; the checkpoint is read straight into quantized layers. Train
             the scales with ``scheme.name=scales``.
-        offload: stream the blocks from a slower tier (:class:`forwardonly.lm.holders.OffloadConfig`:
+        offload: stream the blocks from a slower tier (:class:`OffloadConfig`:
             ``{tier: disk}``), ZO2-style; ZO-SGD only.
         precision: ``pure`` (arithmetic in ``dtype``) or ``mixed`` (``bfloat16``/``float16`` weights, fp32
             arithmetic: :class:`forwardonly.quant.mixed.MixedPrecision`).
@@ -236,6 +253,8 @@ class TrainConfig:
         threads: torch intra-op threads (default: torch's choice).
         nproc: processes for distributed ZO (``torchrun`` is started for you); ``dist_mode``
             ``data`` shards each batch over ranks, ``probe`` gives each rank its own probes.
+        report_to: tracking backends, any of ``tensorboard``, ``wandb``, ``mlflow`` (each an extra;
+            see :mod:`forwardonly.tracking`); needs ``out_dir``.
     """
 
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -260,8 +279,17 @@ class TrainConfig:
     threads: int | None = None
     nproc: int = 1
     dist_mode: Literal["data", "probe"] = "data"
+    report_to: list[str] = field(default_factory=list)
 
     def __post_init__(self):
+        from ..tracking import BACKENDS
+
+        for name in self.report_to:
+            if name not in BACKENDS:
+                raise ValueError(f"report_to={name!r} is not one of {list(BACKENDS)}")
+        if self.report_to and not self.out_dir:
+            raise ValueError(f"report_to={','.join(self.report_to)} needs out_dir (tracking files go into "
+                             f"the run)")
         checks = {"steps": 0, "batch_size": 1, "bucket": 0, "accum_steps": 1, "eval_batch_size": 1, "log_every": 1,
                   "eval_every": 0, "save_every": 0, "nproc": 1}
         for key, low in checks.items():
@@ -277,9 +305,7 @@ class TrainConfig:
             raise ValueError("optim.paired=true with scheme.name=prompt: PEFT's prompt tuning looks up one copy of "
                              "the prompt and repeats it over the batch, so the two halves of a paired forward "
                              "cannot see different prompts; set optim.paired=false")
-        from .holders import check
-
-        check(self.model, self.scheme.name, self.optim.name)
+        check_holding(self.model, self.scheme.name, self.optim.name)
         if self.model.offload is not None and self.nproc > 1:
             raise ValueError("model.offload streams one process's model: nproc must be 1")
         if self.nproc > 1 and not self.optim.zeroth_order:
@@ -288,3 +314,28 @@ class TrainConfig:
         if self.nproc > 1 and self.dist_mode == "data" and (self.batch_size * self.accum_steps) % self.nproc:
             raise ValueError(f"batch_size*accum_steps={self.batch_size * self.accum_steps} must be divisible "
                              f"by nproc={self.nproc} in data-parallel mode")
+
+
+def check_holding(model_cfg, scheme: str, optim_name: str) -> None:
+    """Reject combinations a holder cannot serve, before anything is loaded (one line naming the keys)."""
+    if model_cfg.quant is not None and model_cfg.offload is not None:
+        raise ValueError("model.quant and model.offload cannot be combined yet: choose one")
+    if model_cfg.quant is not None and model_cfg.kind == "classifier":
+        raise ValueError("model.quant loads causal language models; model.kind=classifier is not supported")
+    if scheme == "scales" and model_cfg.quant is None:
+        raise ValueError("scheme.name=scales trains the quantization scales: set model.quant (e.g. model.quant.bits=4)")
+    if model_cfg.offload is not None:
+        if optim_name not in ("zo-sgd", "zo-sgd-sign"):
+            raise ValueError(f"model.offload streams plain or sign ZO-SGD steps (optim.name=zo-sgd or zo-sgd-sign); "
+                             f"got optim.name={optim_name}")
+        if scheme in ("lora", "prefix", "prompt"):
+            raise ValueError(f"model.offload streams the model's own weights; scheme.name={scheme} (PEFT) is "
+                             f"not supported: use full, head or bitfit")
+        if model_cfg.dtype != "float32" or model_cfg.precision != "pure":
+            raise ValueError("model.offload streams fp32 weights as stored: set model.dtype=float32 and "
+                             "model.precision=pure")
+        if model_cfg.kind == "classifier":
+            raise ValueError("model.offload streams causal language models; model.kind=classifier is not supported")
+    if model_cfg.precision == "mixed" and model_cfg.dtype == "float32":
+        raise ValueError("model.precision=mixed keeps bfloat16/float16 weights with fp32 arithmetic: set "
+                         "model.dtype=bfloat16 or float16")

@@ -78,6 +78,10 @@ def load_model(spec: str, *, dtype=None, device="cpu", kind: str = "auto", num_l
     real token) and always has a pad token.
     """
     import torch
+
+    from ..errors import require
+
+    require("transformers", "loading a language model")
     from transformers import (
         AutoConfig,
         AutoModelForCausalLM,

@@ -40,6 +40,17 @@ CALLING = ("accum_steps", "paired")
 resumes on any world size and accumulation)."""
 
 
+def indexed(param_groups):
+    """``(param_index, param, group)`` for the trainable parameters of ``param_groups``; the index (which keys
+    a parameter's directions) counts every parameter, trainable or not."""
+    i = 0
+    for group in param_groups:
+        for p in group["params"]:
+            if p.requires_grad:
+                yield i, p, group
+            i += 1
+
+
 def _check(cond: bool, msg: str) -> None:
     if not cond:
         raise ValueError(msg)
@@ -209,37 +220,21 @@ class ZOOptimizer(torch.optim.Optimizer):
     _pairs_two_sided_only = True  # the base estimate pairs the two sides of a probe
 
     # ------------------------------------------------------------- options
-    def _option(self, key: str):
-        return self.param_groups[0][key]
-
-    @property
-    def eps(self) -> float:
-        return self._option("eps")
+    # the step-level options, read from the (equal) parameter groups; ``eps`` is the first group's
+    eps = property(lambda self: self.param_groups[0]["eps"])
+    two_sided = property(lambda self: self.param_groups[0]["two_sided"])
+    accum_steps = property(lambda self: self.param_groups[0]["accum_steps"])
+    clip = property(lambda self: self.param_groups[0]["clip"])
+    paired = property(lambda self: self.param_groups[0]["paired"])
 
     @property
     def q(self) -> int:
-        return self._option("q")
+        return self.param_groups[0]["q"]
 
     @q.setter
     def q(self, value: int) -> None:
         for g in self.param_groups:
             g["q"] = value
-
-    @property
-    def two_sided(self) -> bool:
-        return self._option("two_sided")
-
-    @property
-    def accum_steps(self) -> int:
-        return self._option("accum_steps")
-
-    @property
-    def clip(self) -> float | None:
-        return self._option("clip")
-
-    @property
-    def paired(self) -> bool:
-        return self._option("paired")
 
     @property
     def zo_state(self) -> dict:
@@ -253,12 +248,7 @@ class ZOOptimizer(torch.optim.Optimizer):
     # ------------------------------------------------------------- parameters
     def indexed_params(self):
         """``(param_index, param, group)`` for trainable parameters; the index counts all parameters."""
-        i = 0
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.requires_grad:
-                    yield i, p, group
-                i += 1
+        return indexed(self.param_groups)
 
     def update_items(self, step: int):
         """``(param_index, param, group)`` of what step ``step`` perturbs and updates (by default every

@@ -24,8 +24,9 @@ from .perturb import Perturbation, Unpairable, slicing
 def check_closure(closure, accum_steps: int, owner: str) -> None:
     """Reject a missing closure, and one that cannot take the micro-batch index when it must."""
     if closure is None:
-        raise ValueError(f"{owner} needs a closure that runs the forward pass and returns the loss "
-                         f"(opt.step(lambda: loss_fn(model(x), y)))")
+        raise ValueError(f"{owner}.step() needs a closure that runs the forward pass and returns the loss "
+                         f"(opt.step(lambda: loss_fn(model(x), y))); a transformers Trainer calls step() "
+                         f"without one: use forwardonly.hf.ZOTrainer")
     if accum_steps == 1:
         return
     try:
@@ -39,9 +40,16 @@ def check_closure(closure, accum_steps: int, owner: str) -> None:
 
 def call_closure(closure: Callable, accum_steps: int) -> list:
     """The closure's outputs over the micro-batches of a step: ``[closure()]`` or ``[closure(i) ...]``."""
-    if accum_steps == 1:
-        return [closure()]
-    return [closure(i) for i in range(accum_steps)]
+    try:
+        if accum_steps == 1:
+            return [closure()]
+        return [closure(i) for i in range(accum_steps)]
+    except RuntimeError as e:  # a first-order habit: torch's own words point nowhere near the cause
+        if not torch.is_grad_enabled() and "does not require grad" in str(e):
+            raise ValueError("the closure of a zeroth-order step called backward(): it must run the "
+                             "forward pass only and return the loss (drop loss.backward() and zero_grad() "
+                             "from it)") from None
+        raise
 
 
 def as_loss(out) -> float:
