@@ -60,15 +60,17 @@ class SeedLog:
 
     @classmethod
     def load(cls, path) -> SeedLog:
+        from .io import read_json
+
         path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise UserError(f"seed log not found: {path}") from None
-        except ValueError as e:
-            raise UserError(f"{path}: not a seed log ({e})") from None
+        if not path.is_file():
+            raise UserError(f"seed log not found: {path}")
+        data = read_json(path, "seed log")
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise UserError(f"{path}: not a forwardonly seed log (format {FORMAT})")
+        missing = [k for k in ("optimizer", "model", "scheme", "entries") if k not in data]
+        if missing or not isinstance(data["entries"], list) or not isinstance(data["optimizer"], dict):
+            raise UserError(f"{path}: incomplete seed log (missing or malformed: {', '.join(missing) or 'entries'})")
         return cls(data["optimizer"], data["model"], data["scheme"], data["entries"])
 
 
@@ -116,16 +118,12 @@ def save(directory, model, optimizer, trainer: dict, seedlog: SeedLog | None = N
 def load_trainable(directory, model, write=None) -> None:
     """Load ``trainable.safetensors`` into ``model``; every saved name must exist with the same shape.
     ``write(model, saved, source)`` puts the tensors where they live instead (a streamed model's store)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from .io import load_safetensors
 
     path = Path(directory) / "trainable.safetensors"
-    try:
-        saved = load_file(str(path))
-    except FileNotFoundError:
-        raise UserError(f"no checkpoint weights at {path}") from None
-    except (SafetensorError, OSError) as e:
-        raise UserError(f"{path}: corrupt or truncated checkpoint ({e})") from None
+    if not path.is_file():
+        raise UserError(f"no checkpoint weights at {path}")
+    saved = load_safetensors(path, "checkpoint")
     if write is not None:
         write(model, saved, str(path))
         return
@@ -154,10 +152,15 @@ def load(directory, model, optimizer=None, write=None) -> dict:
     trainer_path = directory / "trainer.json"
     if not trainer_path.is_file():
         raise UserError(f"no checkpoint in {directory} (missing trainer.json)")
-    trainer = json.loads(trainer_path.read_text())
+    from .io import load_torch, read_json_object
+
+    trainer = read_json_object(trainer_path, "checkpoint state")
     load_trainable(directory, model, write)
     if optimizer is None:
         return trainer
-    state = torch.load(directory / "optimizer.pt", map_location="cpu", weights_only=True)
-    optimizer.load_state_dict(state)
+    state = load_torch(directory / "optimizer.pt", "optimizer state")
+    try:
+        optimizer.load_state_dict(state)
+    except (ValueError, KeyError, TypeError, RuntimeError) as e:
+        raise UserError(f"{directory / 'optimizer.pt'}: does not fit this run's optimizer ({e})") from None
     return trainer

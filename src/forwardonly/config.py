@@ -166,13 +166,40 @@ def _set_dotted(tree: dict, key: str, value) -> None:
     tree[parts[-1]] = value
 
 
-def parse_overrides(overrides: list[str]) -> dict:
+def _named_section(cls, key: str) -> bool:
+    """Whether dotted ``key`` of ``cls`` is a section (a nested dataclass) that has a ``name`` field."""
+    tp = cls
+    for part in key.split("."):
+        if not dataclasses.is_dataclass(tp):
+            return False
+        tp = _field_types(tp).get(part)
+    return dataclasses.is_dataclass(tp) and "name" in _field_types(tp)
+
+
+def _shorthand(cls, tree, prefix: str = ""):
+    """``model: NAME`` (or ``model=NAME``) as ``model: {name: NAME}`` for sections that have a name."""
+    if cls is None or not isinstance(tree, dict):
+        return tree
+    out = {}
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        if _named_section(cls, key):
+            v = {"name": v} if not isinstance(v, dict) and v is not None else _shorthand(cls, v, key + ".")
+        out[k] = v
+    return out
+
+
+def parse_overrides(overrides: list[str], cls=None) -> dict:
+    """``["a.b=1", "model=x"]`` as a nested dict; with ``cls``, ``section=NAME`` sets ``section.name``."""
     tree: dict = {}
     for item in overrides:
-        if "=" not in item:
+        if "=" not in item or item.startswith("-"):
             raise UserError(f"override {item!r} is not of the form key=value")
         key, value = item.split("=", 1)
-        _set_dotted(tree, key.strip(), value)
+        key = key.strip()
+        if cls is not None and _named_section(cls, key):
+            key += ".name"
+        _set_dotted(tree, key, value)
     return tree
 
 
@@ -197,7 +224,7 @@ def load_config(cls, path: str | Path | None = None, overrides: list[str] | None
         source = str(path)
         if not path.is_file():
             raise UserError(f"config file not found: {path}")
-        text = path.read_text()
+        text = read_text(path, "config")
         try:
             node = yaml.compose(text)
             loaded = yaml.safe_load(text) or {}
@@ -208,9 +235,9 @@ def load_config(cls, path: str | Path | None = None, overrides: list[str] | None
         if not isinstance(loaded, dict):
             raise UserError(f"{path}: a config must be a mapping of keys to values")
         lines = _lines(node)
-        data = _merge(data, loaded)
+        data = _merge(data, _shorthand(cls, loaded))
     if overrides:
-        over = parse_overrides(overrides)
+        over = parse_overrides(overrides, cls)
         data = _merge(data, over)
         for k in _flatten(over):
             lines[k] = lines.get(k, 0) or 0
@@ -222,6 +249,13 @@ def load_config(cls, path: str | Path | None = None, overrides: list[str] | None
                 raise UserError(str(e).replace(source, source_over, 1)) from None
             raise
     return _build(cls, data, lines, source)
+
+
+def read_text(path: str | Path, what: str = "file") -> str:
+    """A text file's content as UTF-8 (see :func:`forwardonly.io.read_text_file`)."""
+    from .io import read_text_file
+
+    return read_text_file(path, what)
 
 
 def _flatten(tree: dict, prefix: str = "") -> list[str]:

@@ -86,9 +86,10 @@ class ZOTrainer(Trainer):
             model held quantized, streamed or in mixed precision: attached to the ZO optimizer when it is
             created (streaming supplies its evaluator), detached at the end of :meth:`train`; a streamed
             model's saves read its weights from the store.
-        All other arguments are the ``Trainer``'s; ``optimizers=(zo, scheduler)`` takes a ZO optimizer
-        built by hand. ``args.max_grad_norm`` has no gradient to clip; a ZO optimizer clips its projected
-        gradients with ``zo_kwargs={"clip": c}``.
+
+    All other arguments are the ``Trainer``'s; ``optimizers=(zo, scheduler)`` takes a ZO optimizer
+    built by hand. ``args.max_grad_norm`` has no gradient to clip; a ZO optimizer clips its projected
+    gradients with ``zo_kwargs={"clip": c}``.
 
     ``zo_optimizer.zo_state`` counts steps, forward passes (this rank's) and skipped (non-finite) steps.
     """

@@ -27,17 +27,6 @@ def model_dir(tmp_path_factory):
     return path
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    from forwardonly.models import tiny_model
-
-    path = tmp_path_factory.mktemp("tiny-llama")
-    model, tok = tiny_model("llama", seed=0)
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
-
-
 def suite(root: Path, model, experiments: dict, pending=()) -> tuple[Path, Path]:
     defaults = root / "defaults.yaml"
     defaults.write_text(f"model: {{name: '{model}'}}\ntask: {{max_train: 32, max_test: 8}}\nbatch_size: 4\n"

@@ -152,8 +152,9 @@ def test_bad_config_values(override, msg):
 
 
 def test_missing_split_and_model(cfg_of, tmp_path):
-    with pytest.raises(UserError, match="has no split 'dev'"):
-        run(cfg_of("task.eval_split=dev"), progress=False)
+    # a missing validation split is cut from train (tests/train/test_own_data_cli.py); a missing test split is not
+    with pytest.raises(UserError, match="has no split 'dev'.*task.data.dev=FILE or skip it with test=false"):
+        run(cfg_of("task.test_split=dev"), progress=False)
     with pytest.raises(UserError, match="model path not found"):
         run(load_config(TrainConfig, None, [f"model.name={tmp_path}/nope/x", "threads=1"]), progress=False)
 

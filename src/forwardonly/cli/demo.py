@@ -25,16 +25,21 @@ class Demo:
     @staticmethod
     def add_arguments(p):
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
+        p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
         p.add_argument("overrides", nargs="*", metavar="key=value", help="overrides of the demo config")
 
     @staticmethod
     def run(args) -> int:
-        from ..models import zoo
         from ..lm.train import run
+        from ..models import zoo
         from .main import show_progress
         from .train import load_train_config
 
         cfg = load_train_config(CONFIG, args.overrides)
+        if args.print_config:
+            from .common import print_config
+
+            return print_config(cfg)
         if cfg.model.name in zoo.ZOO and zoo.cached(cfg.model.name) is None:
             log = logging.getLogger("forwardonly")
             log.info(f"fetching {cfg.model.name} into {zoo.model_dir(cfg.model.name)} (once) ...")
@@ -63,4 +68,6 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("demo", help=Demo.help, description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     Demo.add_arguments(p)
-    p.set_defaults(func=Demo.run)
+    from .train import train_config_cls
+
+    p.set_defaults(func=Demo.run, config_cls=train_config_cls)

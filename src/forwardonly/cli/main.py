@@ -16,7 +16,7 @@ import sys
 
 from ..errors import EXTRAS, UserError, missing_extra
 
-SUBCOMMANDS = ("demo", "train", "eval", "export", "models", "data", "local", "report")
+SUBCOMMANDS = ("demo", "train", "eval", "export", "models", "data", "configs", "local", "report")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,6 +41,26 @@ def build_parser() -> argparse.ArgumentParser:
         # after the subcommand too, without resetting a flag given before it
         _verbosity_flags(p, argparse.SUPPRESS)
     return parser
+
+
+def _parse(parser, argv: list[str]):
+    """Parse with ``key=value`` overrides allowed anywhere and Hugging Face-style flags translated."""
+    from . import common
+
+    argv, notes = common.translate_aliases(argv)
+    for note in notes:
+        print(note, file=sys.stderr)
+    args, extras = parser.parse_known_args(argv)
+    if hasattr(args, "overrides"):
+        args.overrides = [*args.overrides, *[x for x in extras if common.OVERRIDE.match(x)]]
+        extras = [x for x in extras if not common.OVERRIDE.match(x)]
+    elif hasattr(args, "out"):
+        extras = common.take_out_dir(args, extras)
+    if extras:
+        command = " ".join(filter(None, (args.command, getattr(args, "subcommand", None))))
+        cls = getattr(args, "config_cls", lambda: None)()
+        raise UserError(common.unknown_arguments(command or "", extras, cls))
+    return args
 
 
 def _verbosity_flags(p, default) -> None:
@@ -80,13 +100,15 @@ def setup_logging(quiet: bool = False, verbose: bool = False) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)
-    setup_logging(args.quiet, args.verbose)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 1
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = argparse.Namespace(command=next((a for a in argv if not a.startswith("-")), None))
     try:
+        args = _parse(parser, argv)
+        args.argv = argv
+        setup_logging(args.quiet, args.verbose)
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return 1
         return int(args.func(args) or 0)
     except UserError as e:
         print(f"forwardonly {args.command}: error: {e}", file=sys.stderr)

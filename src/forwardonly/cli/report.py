@@ -3,10 +3,10 @@
 Examples::
 
     forwardonly report benchmarks/zo_bench/results
-    forwardonly report benchmarks/local_learning/results --out /tmp/ll --no-plots
+    forwardonly report benchmarks/local_learning/results out_dir=/tmp/ll --no-plots
     forwardonly report benchmarks/zo_bench/results --strict      # a corrupt JSON file is an error
 
-Writes ``report.md`` (and the PNGs it links) into ``--out`` (default: the
+Writes ``report.md`` (and the PNGs it links) into ``out_dir`` (default: the
 results directory) and prints the Markdown. What each file holds is read from
 its content: training runs, memory sweeps, local-learning results.
 """
@@ -28,7 +28,9 @@ class Report:
     @staticmethod
     def add_arguments(p):
         p.add_argument("results_dir", metavar="RESULTS_DIR", help="directory of result *.json (searched recursively)")
-        p.add_argument("--out", metavar="DIR", help="where report.md and the plots go (default: RESULTS_DIR)")
+        from .common import add_out_dir
+
+        add_out_dir(p, "where report.md and the plots go (default: RESULTS_DIR)")
         p.add_argument("--no-plots", action="store_true", help="tables only (no matplotlib needed)")
         p.add_argument("--strict", action="store_true", help="fail on a file that is not valid JSON")
         p.add_argument("--readme", metavar="FILE",

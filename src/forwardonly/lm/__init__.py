@@ -9,7 +9,8 @@ Example::
     from forwardonly.config import load_config
     from forwardonly.lm import TrainConfig, run
 
-    cfg = load_config(TrainConfig, "configs/lm/sentiment-smollm2-zo-lora.yaml", ["steps=50"])
+    # a shipped config copied out: forwardonly configs cp lm/sentiment-smollm2-zo-lora run.yaml
+    cfg = load_config(TrainConfig, "run.yaml", ["steps=50"])
     summary = run(cfg)
 """
 

@@ -4,14 +4,14 @@ A run is a :class:`TrainConfig`, loaded from YAML plus ``key=value``
 overrides by :func:`forwardonly.config.load_config`; unknown keys fail and list
 the valid ones, values are checked here, before anything is loaded or written.
 
-Example (``configs/sentiment-smollm2-zo.yaml``)::
+Example (a shipped config, ``forwardonly configs cp lm/sentiment-smollm2-zo-lora .``)::
 
-    # forwardonly train --config configs/sentiment-smollm2-zo.yaml
+    # forwardonly train --config lm/sentiment-smollm2-zo-lora
     model: {name: smollm2-135m}
     scheme: {name: lora, r: 8}
-    optim: {name: zo-sgd, lr: 1e-4, eps: 1e-3}
-    task: {name: sentiment}
-    steps: 200
+    optim: {name: zo-adam, lr: 1.0e-3, eps: 1.0e-3, schedule: cosine, warmup_steps: 10}
+    task: {name: sentiment, max_length: 96}
+    steps: 300
 """
 
 from __future__ import annotations
@@ -214,25 +214,63 @@ class OptimConfig:
 
 @dataclass
 class TaskConfig:
-    """The task (built-in name, ``bigbench/NAME``, a task YAML or a data file), objective and splits."""
+    """The task, its data, template and splits, and the objective.
+
+    ``name`` is a built-in task (``forwardonly data list``), ``bigbench/NAME``, a task YAML, a data
+    file (JSONL/CSV/parquet, split 80/10/10 with ``split_seed``), a dataset directory
+    (``Dataset.save_to_disk`` or a folder of data files) or a ``datasets.load_dataset`` name
+    (``subset`` is its configuration). The other keys override what the task says:
+    ``kind`` (``classification``, ``multiple_choice``, ``yes_no``, ``qa``, ``sft``),
+    ``template.*`` (the fields of :class:`forwardonly.tasks.Template`) and ``data.SPLIT`` (a data
+    file per split; for a ``datasets`` name, its ``data_files``). Only the splits a run uses must
+    exist; a missing ``eval_split`` is cut from the training split (``val_fraction`` of it,
+    shuffled with ``split_seed``) and the run's summary records it.
+
+    Example (a JSONL file of ``{"text", "label"}`` rows, from the command line)::
+
+        forwardonly train model=smollm2-135m task.kind=classification task.data.train=reviews.jsonl \\
+            task.data.test=reviews-test.jsonl task.template.prompt="Review: {text}\\nSentiment:" \\
+            task.template.labels=negative,positive
+    """
 
     name: str = "sentiment"
+    kind: Literal["classification", "multiple_choice", "yes_no", "qa", "sft"] | None = None
+    template: dict = field(default_factory=dict)
+    data: dict = field(default_factory=dict)
+    subset: str | None = None
     objective: Literal["ce", "accuracy", "f1"] = "ce"
     max_length: int = 256
     train_split: str = "train"
     eval_split: str = "validation"
     test_split: str = "test"
+    val_fraction: float = 0.1
+    split_seed: int = 0
     max_train: int | None = None
     max_eval: int | None = None
     max_test: int | None = None
 
     def __post_init__(self):
+        from ..tasks.task import Template
+
         if self.max_length < 8:
             raise ValueError(f"task.max_length={self.max_length} must be at least 8")
         for key in ("max_train", "max_eval", "max_test"):
             v = getattr(self, key)
             if v is not None and v < 1:
                 raise ValueError(f"task.{key}={v} must be at least 1")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ValueError(f"task.val_fraction={self.val_fraction} must be in (0, 1)")
+        known = sorted(Template.__dataclass_fields__)
+        for key in self.template:
+            if key not in known:
+                raise ValueError(f"unknown key 'task.template.{key}'; valid keys: "
+                                 + ", ".join(f"task.template.{k}" for k in known))
+        splits = {"train", "validation", "test", self.train_split, self.eval_split, self.test_split}
+        for key, value in self.data.items():
+            if key not in splits:
+                raise ValueError(f"task.data.{key}: unknown split; splits are {sorted(splits)}")
+            if not isinstance(value, str) or not value:
+                raise ValueError(f"task.data.{key}={value!r} must be a file path")
 
 
 @dataclass

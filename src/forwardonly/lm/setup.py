@@ -81,19 +81,19 @@ def build_optimizer(cfg: TrainConfig, params: list, names: list[str] | None = No
         raise UserError(f"optim: {e}") from None
 
 
-def setup(cfg: TrainConfig, log=lambda msg: None, holder: Holder | None = None):
+def setup(cfg: TrainConfig, log=lambda msg: None, holder: Holder | None = None, needs: list[str] | None = None):
     """Model (with the scheme applied), tokenizer, task, objective, trainable parameters.
 
     ``holder`` (default: a new :class:`~forwardonly.lm.holders.Holder` of ``cfg.model``) loads the
     model as configured (quantized, streamed, ...); attach it before running the model.
+    ``needs``: the task splits that must exist (default: those the run uses, :func:`used_splits`).
     """
     from ..models import apply_scheme, trainable_parameters
-    from ..tasks import get_task, make_objective
+    from ..tasks import make_objective, task_for_run
 
-    task = get_task(cfg.task.name)
-    for split in (cfg.task.train_split, cfg.task.eval_split, cfg.task.test_split):
-        if split not in task.splits:
-            raise UserError(f"task '{task.name}' has no split {split!r}; it has {sorted(task.splits)}")
+    task = task_for_run(cfg.task, used_splits(cfg) if needs is None else needs)
+    for split, note in task.notes.items():
+        log(f"{split}: {note['n']} examples cut from {note['cut_from']} ({note['fraction']:g}, seed {note['seed']})")
     log(f"loading {cfg.model.name} ({cfg.model.dtype}) ...")
     torch.manual_seed(cfg.seed)  # a newly initialised head (classifiers) is part of the base model: seed it
     holder = holder or Holder(cfg.model, cfg.out_dir, cfg.device)
@@ -109,6 +109,13 @@ def setup(cfg: TrainConfig, log=lambda msg: None, holder: Holder | None = None):
     objective = make_objective(task, tok, cfg.task.objective, cfg.task.max_length, model=model)
     params = [p for _, p in trainable_parameters(model)]
     return model, tok, task, objective, params
+
+
+def used_splits(cfg: TrainConfig) -> list[str]:
+    """The task splits a run reads: training (if it takes steps), validation and test (if on)."""
+    t = cfg.task
+    return [s for s, used in ((t.train_split, cfg.steps > 0), (t.eval_split, cfg.validate), (t.test_split, cfg.test))
+            if used]
 
 
 def trainable_names(model) -> list[str]:

@@ -21,7 +21,8 @@ Example::
     from forwardonly.config import load_config
     from forwardonly.lm import TrainConfig, run
 
-    cfg = load_config(TrainConfig, "configs/lm/sentiment-smollm2-zo-lora.yaml", ["steps=50"])
+    # a shipped config copied out: forwardonly configs cp lm/sentiment-smollm2-zo-lora run.yaml
+    cfg = load_config(TrainConfig, "run.yaml", ["steps=50"])
     summary = run(cfg)
     summary["test_after"]["accuracy"]
 """
@@ -82,7 +83,11 @@ class _Run:
         self._build()
         self.state = {"step": 0, "forwards": 0, "backwards": 0, "train_time_s": 0.0, "history": [], "evals": []}
         self._restore_or_start()
-        self.summary: dict = {"config": to_dict(cfg), "trainable_parameters": self.n_train}
+        task = self.task
+        self.summary: dict = {"config": to_dict(cfg), "trainable_parameters": self.n_train,
+                              "task": {"name": task.name, "kind": task.kind,
+                                       "splits": {s: len(v) for s, v in task.splits.items()},
+                                       **({"cut": task.notes} if task.notes else {})}}
         self.rows = _Rows(out / "metrics.jsonl" if out and self.main_rank else None,
                           self.state["step"] if resume else None,
                           open_trackers(cfg.report_to if self.main_rank else [], out, to_dict(cfg)))
@@ -115,8 +120,8 @@ class _Run:
         self.seedlog = checkpoint.SeedLog(to_dict(cfg.optim) | {"seed": cfg.seed, "accum_steps": cfg.accum_steps},
                                           to_dict(cfg.model) | {"num_labels": labels},
                                           to_dict(cfg.scheme)) if self.zo and caps.replay else None
-        self.train_set = self.task.splits[cfg.task.train_split][: cfg.task.max_train]
-        if not self.train_set:
+        self.train_set = self.task.splits.get(cfg.task.train_split, [])[: cfg.task.max_train]
+        if not self.train_set and cfg.steps > 0:
             raise UserError(f"task '{self.task.name}' split {cfg.task.train_split!r} is empty")
 
     def _restore_or_start(self) -> None:
@@ -340,4 +345,14 @@ class _Rows:
 def _read_jsonl(path: Path) -> list[dict]:
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    from ..io import read_text_file
+
+    rows = []
+    for i, line in enumerate(read_text_file(path, "metrics log").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}:{i}: metrics log is not valid JSON ({e.msg})") from None
+    return rows

@@ -79,6 +79,8 @@ def read_idx(path: Path) -> np.ndarray:
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
         raise UserError(f"{path}: not an unsigned-byte IDX file (magic {raw[:4].hex()})")
     ndim = raw[3]
+    if len(raw) < 4 + 4 * ndim:
+        raise UserError(f"{path}: truncated IDX file ({len(raw)} bytes, shorter than its header)")
     dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
     body = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
     if body.size != int(np.prod(dims)):
@@ -114,7 +116,11 @@ def _mnist_csv_dir(data_dir: str | None) -> Path:
 def _read_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if not path.is_file():
         raise UserError(f"MNIST CSV not found: {path}")
-    table = np.loadtxt(path, delimiter=",", skiprows=1, dtype=np.uint8)
+    try:
+        table = np.loadtxt(path, delimiter=",", skiprows=1, dtype=np.uint8, ndmin=2)
+    except (ValueError, UnicodeDecodeError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise UserError(f"{path}: not an MNIST CSV (label,pixel,... rows of 0-255): {first}") from None
     return table[:, 1:], table[:, 0]
 
 

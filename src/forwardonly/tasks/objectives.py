@@ -327,6 +327,13 @@ def make_objective(task, tokenizer, objective: str = "ce", max_length: int = 512
             raise UserError(f"task '{task.name}' is {task.kind}; a classifier model handles classification "
                             f"and yes_no tasks only")
         return Classifier(task, tokenizer, objective, max_length)
+    if task.kind == "sft":
+        from .sft import Completion
+
+        if objective != "ce":
+            raise UserError(f"task '{task.name}' is sft: it trains on the completion's token loss (objective 'ce'), "
+                            f"not {objective!r}")
+        return Completion(task, tokenizer, objective, max_length)
     if task.kind == "qa":
         return QA(task, tokenizer, objective, max_length)
     if objective == "f1" and task.kind == "multiple_choice":
