@@ -79,16 +79,16 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--child", nargs=2, metavar=("EXPERIMENT", "ARCH"), help=argparse.SUPPRESS)
     ap.add_argument("--only", help="comma-separated experiment names")
-    ap.add_argument("--out", default="memory.json", help="file name under results/ (never overwritten)")
+    ap.add_argument("--out", help="file name under results/ (refused when it exists; default: memory.<UTC time>.json)")
     args = ap.parse_args(argv)
     if args.child:
         print(json.dumps(measure(args.child[0], args.child[1])))
         return 0
-    out_path = HERE / "results" / args.out
-    if out_path.exists():
-        sys.exit(f"{out_path} exists; records are never overwritten: pass --out NEW.json")
 
-    from forwardonly.bench.record import make_record, write_record
+    from forwardonly.bench.record import make_record, new_record_path, refuse_existing, write_record
+
+    out_path = HERE / "results" / args.out if args.out else new_record_path(HERE / "results", "memory")
+    refuse_existing(out_path)  # before minutes of measuring, not after
 
     files = sorted((HERE / "experiments").glob("*.yaml"))
     if args.only:
@@ -105,11 +105,12 @@ def main(argv=None) -> int:
             print(f"{arch:11s} {f.stem:10s} rss+{r['peak_rss_above_start'] / 2**20:7.1f} MiB "
                   f"saved {r['autograd_saved_peak_bytes'] / 2**20:7.1f} MiB", flush=True)
     rec = make_record("local_learning/memory", {"batch_size": BATCH, "archs": ARCHS, "noprop_blocks": NOPROP_BLOCKS,
-                                                "malloc_mmap_threshold": 65536}, results,
-                      command=" ".join(["python", *sys.argv]))
-    write_record(out_path, rec)
+                                                "malloc_mmap_threshold": 65536}, results)
+    write_record(out_path, rec)  # exclusive create: never overwrites
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from forwardonly.errors import script_main
+
+    sys.exit(script_main(main))

@@ -5,15 +5,16 @@ Usage (from the repository root)::
     python benchmarks/local_learning/report.py
 
 Reads ``results/*.json`` only; never trains or measures anything. Writes
-``results/*.png`` and the blocks of README.md between the ``RESULTS`` and ``ROUND2``
-markers. The second round (conv nets, tpSGD, CaFo as published, NoProp) is reported
-as the median over seeds with the range, each method beside its backprop twin.
+``results/*.png`` and README.md's generated blocks ``results``, ``memory`` and ``round2``.
+Every record of an experiment counts: ``run.py`` writes a new file per invocation
+(``results/<experiment>.<UTC time>.json``), and the runs of every record of an
+experiment with the same config are pooled (a seed run twice counts twice). The
+second round (conv nets, tpSGD, CaFo as published, NoProp) is reported as the
+median over the pooled seeds with their range, each method beside its backprop twin.
 """
 
 from __future__ import annotations
 
-import json
-import re
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -53,14 +54,50 @@ NOT_MEASURED = {"ff-hard", "ff-hard-1000", "ff-hard-1000-d85", "ff-hard-k3", "ff
                 "ff-hard-ls10-lr2", "ff-hard-ls10-lr2-ema"}  # hard negatives add a no-grad pass before the local steps
 
 
-def load() -> tuple[dict, dict | None]:
+def _pooled(recs: list[dict]) -> dict:
+    """One record standing for every record of an experiment: their runs pooled, the aggregate recomputed."""
+    if len(recs) == 1:
+        return recs[0]
+    from forwardonly.config import load_config, to_dict
+    from forwardonly.local.config import LocalConfig
+
+    configs = {str(to_dict(load_config(LocalConfig, base=r["config"]))) for r in recs}
+    if len(configs) > 1:
+        raise SystemExit(f"{recs[0]['name']}: records with different configs: {[r['_path'] for r in recs]}")
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("local_learning_run", HERE / "run.py")
+    run = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run)
+    runs = [run for r in recs for run in r["results"]["runs"]]
+    return {**recs[-1], "results": {"aggregate": run.aggregate(runs), "runs": runs}, "_paths": [r["_path"] for r in recs]}
+
+
+def _median_memory(recs: list[dict]) -> dict | None:
+    """The memory records as one: every figure the median over the records that have it."""
+    import statistics
+
+    if not recs:
+        return None
+    out: dict = {"results": {}}
+    for arch in {a for r in recs for a in r["results"]}:
+        for name in {n for r in recs for n in r["results"].get(arch, {})}:
+            vals = [r["results"][arch][name] for r in recs if name in r["results"].get(arch, {})]
+            out["results"].setdefault(arch, {})[name] = {
+                k: statistics.median(v[k] for v in vals) for k in vals[0] if isinstance(vals[0][k], (int, float))}
+    return out
+
+
+def load(rs=None) -> tuple[dict, dict | None]:
+    from forwardonly.bench.record import RecordSet
+
+    rs = rs or RecordSet(HERE)
     runs = {}
     for name in ORDER:
-        p = RESULTS / f"{name}.json"
-        if p.is_file():
-            runs[name] = json.loads(p.read_text())
-    mem = RESULTS / "memory.json"
-    return runs, json.loads(mem.read_text()) if mem.is_file() else None
+        recs = rs.glob(f"results/{name}.json") + rs.glob(f"results/{name}.*.json")
+        if recs:
+            runs[name] = _pooled(recs)
+    return runs, _median_memory(rs.glob("results/memory.json") + rs.glob("results/memory.*.json"))
 
 
 def _pm(agg: dict, key: str, scale: float = 100.0, fmt: str = "{:.2f}") -> str:
@@ -150,7 +187,7 @@ def plots(runs: dict, mem: dict | None) -> list[str]:
     out.append("results/accuracy.png")
     plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig, ax = plt.subplots(figsize=(9.5, 4.5), layout="constrained")
     for i, n in enumerate([n for n in CURVES if n in runs]):
         hist = runs[n]["results"]["runs"][0]["history"]
         ax.plot([h["train_seconds"] for h in hist], [h["val_acc"] * 100 for h in hist], marker="o", ms=3,
@@ -158,15 +195,14 @@ def plots(runs: dict, mem: dict | None) -> list[str]:
     ax.set_xlabel("training seconds (1 thread, seed 0)")
     ax.set_ylabel("validation accuracy %")
     ax.set_ylim(70, 92)
-    ax.legend(fontsize=7)
+    fig.legend(*ax.get_legend_handles_labels(), loc="outside right upper", fontsize=8, frameon=False)
     ax.set_title("First round of every method and the last round of the three with targets")
-    fig.tight_layout()
     fig.savefig(RESULTS / "curves.png", dpi=110)
     out.append("results/curves.png")
     plt.close(fig)
 
     if mem:
-        fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+        fig, axes = plt.subplots(1, 2, figsize=(9, 3.9), layout="constrained")
         for ax, arch in zip(axes, ("mlp-2x1000", "mlp-6x2000")):
             res = mem["results"].get(arch, {})
             ns = [n for n in ORDER if n in res]
@@ -176,8 +212,8 @@ def plots(runs: dict, mem: dict | None) -> list[str]:
             ax.set_xticks(range(len(ns)), ns, rotation=30, fontsize=8)
             ax.set_title(f"{arch}, batch 1024")
             ax.set_ylabel("MiB")
-        axes[0].legend(fontsize=7)
-        fig.tight_layout()
+        fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncol=2, fontsize=8,
+                   frameon=False)
         fig.savefig(RESULTS / "memory.png", dpi=110)
         out.append("results/memory.png")
         plt.close(fig)
@@ -192,7 +228,17 @@ ROUND2_LABELS = {"cnv-bp": "Backprop (conv)", "cnv-mf": "Mono-Forward (conv)",
                  "cnv-cafo-dfa": "CaFo, DFA blocks, CE predictors (conv)",
                  "cnv-cafo-rand": "CaFo, random blocks, CE predictors (conv)", "cnv-noprop": "NoProp-DT, 10 blocks (conv)",
                  "cnv-bp-tanh": "Backprop, tanh (conv)", "cnv-tpsgd": "tpSGD, mse, tanh (conv)"}
-MEMORY_FILES = ("memory-round2.json",)
+
+
+def load_round2(rs) -> tuple[dict, dict | None]:
+    """The second round's records (every record of an experiment pooled) and its memory records (median)."""
+    runs = {}
+    for name in ROUND2:
+        recs = rs.glob(f"results/{name}.json") + rs.glob(f"results/{name}.*.json")
+        if recs:
+            runs[name] = _pooled(recs)
+    mem = rs.glob("results/memory-round2.json") + rs.glob("results/memory-round2.*.json")
+    return runs, _median_memory(mem)
 
 
 def _median_range(vals: list[float]) -> str:
@@ -202,7 +248,7 @@ def _median_range(vals: list[float]) -> str:
     return f"{statistics.median(v):.2f} [{min(v):.2f}-{max(v):.2f}]"
 
 
-def round2_table(runs: dict, mems: list[dict]) -> str:
+def round2_table(runs: dict, mem: dict | None) -> str:
     import statistics
 
     head = ("| method | test acc. %, median [range] | seeds | twin | gap to twin, points (median) | epochs run "
@@ -224,17 +270,18 @@ def round2_table(runs: dict, mems: list[dict]) -> str:
         sec = statistics.median([r["seconds_per_epoch"] for r in res["runs"]])
         flops = res["runs"][0]["flops_per_example"]["train"] / 1e6
         saved = rss = "-"
-        for mem in mems:
-            parts = [mem["results"].get(a, {}).get(name) for a in ("mlp-2x1000", "mlp-6x2000")]
-            if all(parts):
-                saved = " / ".join(f"{p['autograd_saved_peak_bytes'] / 2**20:.1f}" for p in parts)
-                rss = " / ".join(f"{p['peak_rss_above_start'] / 2**20:.0f}" for p in parts)
+        parts = [mem["results"].get(a, {}).get(name) for a in ("mlp-2x1000", "mlp-6x2000")] if mem else [None]
+        if all(parts):
+            saved = " / ".join(f"{p['autograd_saved_peak_bytes'] / 2**20:.1f}" for p in parts)
+            rss = " / ".join(f"{p['peak_rss_above_start'] / 2**20:.0f}" for p in parts)
         lines.append(f"| {ROUND2_LABELS[name]} | {_median_range(accs)} | {len(accs)} | {twin or '-'} | {gap} "
                      f"| {epochs:g} | {sec:.1f} | {flops:.2f} | {saved} | {rss} |")
     return "\n".join(lines)
 
 
 def round2_plots(runs: dict) -> list[str]:
+    import statistics
+
     import matplotlib
 
     matplotlib.use("Agg")
@@ -243,13 +290,14 @@ def round2_plots(runs: dict) -> list[str]:
     names = [n for n in ROUND2 if n in runs]
     if not names:
         return []
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 0.9 + 0.42 * len(names)), gridspec_kw={"width_ratios": [1, 1.1]})
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(13, 1.4 + 0.42 * len(names)), gridspec_kw={"width_ratios": [1, 1.1]},
+                                 layout="constrained")
     ys = list(range(len(names)))[::-1]
     for y, n in zip(ys, names):
         accs = [r["test_acc"] * 100 for r in runs[n]["results"]["runs"]]
         colour = "C0" if runs[n]["config"]["algo"] == "bp" else "C1"
         ax.scatter(accs, [y] * len(accs), color=colour, s=22, zorder=3)
-        med = sorted(accs)[len(accs) // 2]
+        med = statistics.median(accs)
         ax.vlines(med, y - 0.3, y + 0.3, color=colour, lw=2)
         ax.text(max(accs) + 0.4, y, f"{med:.1f}" + ("" if len(accs) >= 3 else f" ({len(accs)} seed)"),
                 va="center", fontsize=9)
@@ -266,29 +314,59 @@ def round2_plots(runs: dict) -> list[str]:
     bx.set_xlabel("epoch (seed 0)")
     bx.set_ylabel("validation accuracy %")
     bx.set_title("Validation curves: flat by the end?", fontsize=10)
-    bx.legend(fontsize=8, loc="lower right")
+    bx.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)  # outside the curves
     bx.grid(alpha=0.3)
-    fig.tight_layout()
     fig.savefig(RESULTS / "round2.png", dpi=100)
     plt.close(fig)
     return ["results/round2.png"]
 
 
+MEMORY_ROWS = [("bp", "backprop"), ("mf", "Mono-Forward"), ("dfa", "DFA"), ("drtp", "DRTP"),
+               ("fg-local", "forward gradient, local-guided"), ("fg-weight", "forward gradient, weight perturbation"),
+               ("ff", "Forward-Forward"), ("cafo", "CaFo, closed form")]
+
+
+def memory_table(mem: dict | None) -> str:
+    """MiB of peak RSS above the start per method and MLP, the autograd-saved peak in brackets."""
+    if not mem:
+        return "No memory record."
+    lines = ["| method | 784-1000-1000 | 784-6x2000 |", "|---|---|---|"]
+    for name, label in MEMORY_ROWS:
+        cells = []
+        for arch in ("mlp-2x1000", "mlp-6x2000"):
+            m = mem["results"].get(arch, {}).get(name)
+            saved = m and m["autograd_saved_peak_bytes"] / 2**20
+            cells.append("-" if not m else f"{m['peak_rss_above_start'] / 2**20:.1f} ({saved:.1f})" if saved
+                         else f"{m['peak_rss_above_start'] / 2**20:.1f} (0)")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def blocks(rs) -> dict[str, str]:
+    runs, mem = load(rs)
+    r2, mem2 = load_round2(rs)
+    return {"results": table(runs, mem) + "\n\n" + "\n".join(f"![{Path(p).stem}]({p})" for p in PLOT_FILES),
+            "memory": memory_table(mem),
+            "round2": round2_table(r2, mem2) + "\n\n" + "\n".join(f"![{Path(p).stem}]({p})" for p in ROUND2_PLOTS)}
+
+
+PLOT_FILES = ["results/accuracy.png", "results/curves.png", "results/memory.png"]
+ROUND2_PLOTS = ["results/round2.png"]
+
+
 def main() -> int:
-    runs, mem = load()
+    from forwardonly.bench.blocks import write_blocks
+    from forwardonly.bench.record import RecordSet
+
+    rs = RecordSet(HERE)
+    runs, mem = load(rs)
     if not runs:
         raise SystemExit(f"no results in {RESULTS}; run run.py first")
-    block = table(runs, mem) + "\n\n" + "\n".join(f"![{Path(p).stem}]({p})" for p in plots(runs, mem))
-    readme = HERE / "README.md"
-    text = readme.read_text()
-    new = re.sub(r"(<!-- RESULTS -->\n).*?(\n<!-- /RESULTS -->)", lambda m: m[1] + block + m[2], text, flags=re.DOTALL)
-    r2 = {n: json.loads((RESULTS / f"{n}.json").read_text()) for n in ROUND2 if (RESULTS / f"{n}.json").is_file()}
-    mems = [json.loads((RESULTS / f).read_text()) for f in MEMORY_FILES if (RESULTS / f).is_file()]
-    block2 = round2_table(r2, mems) + "\n\n" + "\n".join(f"![{Path(p).stem}]({p})" for p in round2_plots(r2))
-    new = re.sub(r"(<!-- ROUND2 -->\n).*?(\n<!-- /ROUND2 -->)", lambda m: m[1] + block2 + m[2], new, flags=re.DOTALL)
-    readme.write_text(new)
-    print(block)
-    print(block2)
+    made = blocks(rs)
+    assert plots(runs, mem) == PLOT_FILES[: 2 + bool(mem)]
+    assert round2_plots(load_round2(rs)[0]) == ROUND2_PLOTS
+    write_blocks(HERE / "README.md", made)
+    print(made["results"])
     return 0
 
 

@@ -12,7 +12,7 @@ the screens (``select``, a key of the trainer's history such as ``val_acc`` or
 ``val_acc_combined``) and the screens, each a list of ``key=value`` overrides.
 
 The test split is never read: each run gets the data with its test split emptied and
-trains with ``score_test=False``. The record (``screens/results/<file>-<UTC time>.json``,
+trains with ``score_test=False``. The record (``screens/results/<file>.<UTC time>.json``,
 never overwritten) holds every screen's validation history, its best and window-mean
 score for every validation metric, and the screen the ``select`` metric chose.
 """
@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime as dt
-import shlex
 import statistics
 import sys
 import time
@@ -102,7 +100,7 @@ def choose(screens: dict, select: str, window: list[int] | None) -> str:
 
 
 def main(argv=None) -> int:
-    from forwardonly.bench.record import make_record, write_record
+    from forwardonly.bench.record import command_info, make_record, new_record_path, write_record
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("screen_file", help="a YAML screen file, e.g. screens/ff-round5.yaml")
@@ -127,14 +125,11 @@ def main(argv=None) -> int:
               + (f", window mean {s['window_mean']:.4f}" if "window_mean" in s else ""), flush=True)
     chosen = choose(results, spec["select"], spec["window"])
     print(f"chosen on validation: {chosen}", flush=True)
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    out = Path(args.out_dir) / f"{path.stem}-{stamp}.json"
-    if out.exists():
-        sys.exit(f"{out} exists; records are never overwritten")
+    out = new_record_path(args.out_dir, path.stem)  # a new file each run
     rec = make_record(f"local_learning/screen/{path.stem}",
                       {k: spec[k] for k in ("base", "overrides", "window", "select", "screens")},
                       {"screens": results, "chosen": chosen, "test_split_read": False},
-                      command=" ".join(shlex.quote(a) for a in ["python", *sys.argv]),
+                      command=command_info(None if argv is None else [__file__, *argv]),  # called as a function too
                       screen_file=str(path.relative_to(HERE)) if path.is_relative_to(HERE) else str(path),
                       wall_seconds=time.time() - t0)
     write_record(out, rec)
@@ -143,4 +138,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from forwardonly.errors import script_main
+
+    sys.exit(script_main(main))

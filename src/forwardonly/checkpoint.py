@@ -1,7 +1,7 @@
 """Checkpoints of fine-tuning runs, and the seed log that replays a ZO run onto its base model.
 
-A checkpoint is a directory written atomically (a crash leaves the previous
-one whole)::
+A checkpoint is a directory written atomically (a crash or a full disk leaves
+the previous one whole and loadable; see :mod:`forwardonly.io`)::
 
     checkpoint/
       trainable.safetensors   the trainable parameters, by name
@@ -14,10 +14,11 @@ The seed log
 A zeroth-order update is a pure function of (run seed, step, projected
 gradients, learning rate): the directions are regenerated from their seeds
 (:mod:`forwardonly.optim.perturb`). The log keeps, per step, the learning rate
-and the projected gradients actually applied, a few dozen bytes a step, and
-:func:`replay` rebuilds the fine-tuned weights from the base model with it,
-bitwise equal to the trained ones (same device type and dtype). A 200-step
-run of a 135M-parameter model fits in ~20 KB instead of 540 MB.
+and the projected gradients actually applied, plus the few scalars an optimizer's
+update reads beyond them (FZOO's loss spread, HiZOO's curvature), a few dozen
+bytes a step, and :func:`replay` rebuilds the fine-tuned weights from the base
+model with it, bitwise equal to the trained ones (same device type and dtype). A
+200-step run of a 135M-parameter model fits in ~20 KB instead of 540 MB.
 """
 
 from __future__ import annotations
@@ -28,23 +29,29 @@ from pathlib import Path
 import torch
 
 from .errors import UserError
-from .io import atomic_path
+from .io import atomic_path, recover
 
 FORMAT = 1
 
 
 class SeedLog:
-    """The per-step record of a ZO run: ``[{"step", "lr", "grads"} | {"step", "skip"}]`` plus the optimizer."""
+    """The per-step record of a ZO run: ``[{"step", "lr", "grads"[, "scalars"]} | {"step", "skip"}]`` plus the
+    optimizer."""
 
     def __init__(self, optimizer: dict, model: dict, scheme: dict, entries: list | None = None):
         self.optimizer, self.model, self.scheme = optimizer, model, scheme
         self.entries: list[dict] = list(entries or [])
 
-    def record(self, step: int, lrs: list[float], grads: list[float] | None) -> None:
+    def record(self, step: int, lrs: list[float], grads: list[float] | None,
+               scalars: dict | None = None) -> None:
         if grads is None:
             self.entries.append({"step": step, "skip": True})
-        else:
-            self.entries.append({"step": step, "lr": lrs, "grads": [float(g) for g in grads]})
+            return
+        entry = {"step": step, "lr": lrs, "grads": [float(g) for g in grads]}
+        if scalars:
+            entry["scalars"] = {k: [float(x) for x in v] if isinstance(v, (list, tuple)) else float(v)
+                                for k, v in scalars.items()}
+        self.entries.append(entry)
 
     def truncate(self, step: int) -> None:
         """Forget entries of steps >= ``step`` (for a resumed run)."""
@@ -83,8 +90,7 @@ def replay(log: SeedLog, model, optimizer) -> None:
             continue
         for g, lr in zip(groups, e["lr"]):
             g["lr"] = lr
-        optimizer._apply(e["step"], [c / optimizer.q for c in e["grads"]])
-        optimizer.zo_state["step"] = e["step"] + 1
+        optimizer.replay_update(e["step"], e["grads"], e.get("scalars"))
 
 
 def trainable_state(model) -> dict[str, torch.Tensor]:
@@ -149,6 +155,7 @@ def load(directory, model, optimizer=None, write=None) -> dict:
     """Restore weights and (when given) optimizer state; returns ``trainer.json`` (``write``: see
     :func:`load_trainable`)."""
     directory = Path(directory)
+    recover(directory)  # a write killed between its two renames left the previous checkpoint aside
     trainer_path = directory / "trainer.json"
     if not trainer_path.is_file():
         raise UserError(f"no checkpoint in {directory} (missing trainer.json)")

@@ -49,6 +49,22 @@ def _strip_optional(tp):
 def _coerce(value, tp, key: str, loc: str):
     """Convert ``value`` (from YAML or an override string) to type ``tp``."""
     tp, optional = _strip_optional(tp)
+    if typing.get_origin(tp) in (Union, types.UnionType):  # e.g. float | Literal["auto"]: a choice, else the rest
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        choices = [c for a in args if typing.get_origin(a) is typing.Literal for c in typing.get_args(a)]
+        if value in choices:
+            return value
+        errors = []
+        for a in args:
+            if typing.get_origin(a) is typing.Literal:
+                continue
+            try:
+                return _coerce(value, a | None if optional else a, key, loc)
+            except UserError as e:
+                errors.append(e)
+        shown = " or ".join([*(getattr(a, "__name__", str(a)) for a in args
+                               if typing.get_origin(a) is not typing.Literal), *map(repr, choices)])
+        raise UserError(f"{loc}: {key}={value!r} is not a valid {shown}")
     if value is None or (isinstance(value, str) and value.lower() in ("none", "null") and optional):
         if optional or tp is Any:
             return None

@@ -78,7 +78,9 @@ class ZOTrainer(Trainer):
         zo_optimizer: a name from :data:`forwardonly.optim.OPTIMIZERS` (default ``"zo-sgd"``).
         zo_kwargs: keyword arguments of that optimizer, e.g. ``{"eps": 1e-3, "q": 1}``. ``lr``,
             ``weight_decay`` and ``seed`` default to ``args.learning_rate``, ``args.weight_decay`` and
-            ``args.seed``; given here they win. ``accum_steps`` is ``args.gradient_accumulation_steps``.
+            ``args.seed``; given here they win (``{"lr": "auto"}``: the optimizer sets its own step size,
+            :mod:`forwardonly.optim.autolr`, and the Trainer's scheduler has no say).
+            ``accum_steps`` is ``args.gradient_accumulation_steps``.
         zo_reduce: with several processes, ``"losses"`` (default: every evaluation's loss is averaged
             over ranks, the arithmetic of one process) or ``"grads"`` (one all-reduce of ``q + 1``
             values per step; equal to one process up to float64 rounding).
@@ -158,6 +160,8 @@ class ZOTrainer(Trainer):
         try:
             return super().train(*args, **kwargs)
         finally:
+            if self.zo_optimizer is not None:  # the last update a deferral or lr="auto" has not written yet
+                self.zo_optimizer.flush()
             if self.holder is not None:
                 self.holder.detach()
 

@@ -41,3 +41,19 @@ def test_demo_runs_end_to_end_on_a_tiny_model(ov, tiny_dir, capsys):
     assert main(["demo", "--no-progress", *ov("steps=2")]) == 0
     out = capsys.readouterr().out
     assert "accuracy before" in out and "accuracy after" in out and "peak memory" in out
+
+
+def test_demo_writes_a_record_that_pins_its_run(ov, tmp_path, capsys):
+    """``forwardonly demo --record DIR``: the README's demo figures come from this record; a second run adds a
+    second file, never replaces the first."""
+    args = ["demo", "--no-progress", "--record", str(tmp_path), *ov("steps=2", "batch_size=4")]
+    assert main(args) == 0 and main(args) == 0
+    out = capsys.readouterr().out
+    first, second = sorted(tmp_path.glob("demo.*.json"))
+    rec = json.loads(first.read_text())
+    assert rec["name"] == "demo" and rec["config"]["steps"] == 2 and rec["config"]["scheme"]["name"] == "bitfit"
+    res = rec["results"]
+    assert res["step"] == 2 and res["test_after"]["n"] == 16 and res["peak_rss_bytes"] > 0
+    assert f"before  {100 * res['test_before']['accuracy']:6.2f} %" in out
+    assert res["total_time_s"] >= res["run_time_s"] > 0 and rec["command"]["argv"] and rec["git"]["commit"]
+    assert json.loads(second.read_text())["created"] >= rec["created"]

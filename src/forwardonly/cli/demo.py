@@ -8,6 +8,7 @@ accuracies, the time and the peak memory. Overrides work as for ``train``::
     forwardonly demo
     forwardonly demo steps=40                 # a shorter run
     forwardonly demo out_dir=runs/demo        # keep the checkpoint and the seed log
+    forwardonly demo --record benchmarks/demo/results   # also write a result record (the README's figures)
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ class Demo:
     def add_arguments(p):
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
         p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+        p.add_argument("--record", metavar="DIR",
+                       help="also write a result record (config, command, code, accuracies, times, peak RSS) as a "
+                            "new DIR/demo.<UTC time>.json")
         p.add_argument("overrides", nargs="*", metavar="key=value", help="overrides of the demo config")
 
     @staticmethod
@@ -40,6 +44,7 @@ class Demo:
             from .common import print_config
 
             return print_config(cfg)
+        total = time.perf_counter()
         if cfg.model.name in zoo.ZOO and zoo.cached(cfg.model.name) is None:
             log = logging.getLogger("forwardonly")
             log.info(f"fetching {cfg.model.name} into {zoo.model_dir(cfg.model.name)} (once) ...")
@@ -59,6 +64,16 @@ class Demo:
         print(f"  steps {s['step']}, forward passes {s['forwards']}, training {s['train_time_s']:.0f} s, "
               f"total {wall:.0f} s")
         print(f"  peak memory (RSS) {rss / 2**20:.0f} MiB" if rss else "  peak memory: unavailable here")
+        if args.record:
+            from ..bench.record import make_record, new_record_path, write_record
+            from ..config import to_dict
+
+            keep = ("test_before", "test_after", "step", "forwards", "train_time_s", "peak_rss_bytes",
+                    "trainable_parameters", "history")
+            results = {**{k: s[k] for k in keep if k in s}, "run_time_s": wall,
+                       "total_time_s": time.perf_counter() - total}
+            path = write_record(new_record_path(args.record, "demo"), make_record("demo", to_dict(cfg), results))
+            print(f"  record {path}")
         return 0
 
 

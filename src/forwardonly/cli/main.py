@@ -14,7 +14,7 @@ import importlib
 import logging
 import sys
 
-from ..errors import EXTRAS, UserError, missing_extra
+from ..errors import EXTRAS, RunError, UserError, missing_extra
 
 SUBCOMMANDS = ("demo", "train", "eval", "export", "models", "data", "configs", "local", "report")
 
@@ -113,6 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"forwardonly {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except RunError as e:  # a full disk, a dead peer: what was saved before is intact
+        print(f"forwardonly {args.command}: error: {e}", file=sys.stderr)
+        return 1
     except ModuleNotFoundError as e:  # an optional dependency imported without require(): still one line
         if (e.name or "").split(".")[0] not in EXTRAS:
             raise

@@ -45,7 +45,8 @@ class Train:
     def add_arguments(p):
         p.add_argument("--config", help="YAML config (a TrainConfig) or a shipped config's name "
                                         "(forwardonly configs list)")
-        p.add_argument("--resume", action="store_true", help="continue the run in out_dir from its checkpoint")
+        p.add_argument("--resume", action="store_true",
+                       help="continue the run in out_dir from its last checkpoint (from step 0 if it has none yet)")
         p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
         p.add_argument("--nproc", type=int, default=None,
                        help="processes for distributed ZO (starts torchrun; gloo on CPU, NCCL on CUDA)")

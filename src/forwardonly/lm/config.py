@@ -155,7 +155,9 @@ class OptimConfig:
     and an option that does not belong to the chosen optimizer is an error naming it. Options left out
     take the optimizer's own defaults. ``lr`` follows ``schedule`` after ``warmup_steps`` of linear
     warm-up: ``constant``, ``linear`` (to ``min_lr_ratio * lr`` at the last step) or ``cosine``
-    (likewise). ``cfg.optim.lr`` and the like read the section.
+    (likewise). ``lr: auto`` (zeroth-order optimizers) lets the optimizer measure its step size and eps
+    (:mod:`forwardonly.optim.autolr`); the schedule then multiplies it. ``cfg.optim.lr`` and the like read
+    the section.
     """
 
     name: str = "zo-sgd"
@@ -186,8 +188,9 @@ class OptimConfig:
         if self.options is None:
             section, _, fixed = self.section_type({"name": self.name})
             self.options = section(**fixed)
-        if not self.options.lr >= 0:
-            raise ValueError(f"optim.lr={self.options.lr} must be >= 0")
+        lr = self.options.lr
+        if not (lr == "auto" and self.zeroth_order or isinstance(lr, (int, float)) and lr >= 0):
+            raise ValueError(f"optim.lr={lr!r} must be >= 0" + (" or 'auto'" if self.zeroth_order else ""))
         if self.warmup_steps < 0:
             raise ValueError(f"optim.warmup_steps={self.warmup_steps} must be >= 0")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
@@ -291,6 +294,9 @@ class TrainConfig:
         threads: torch intra-op threads (default: torch's choice).
         nproc: processes for distributed ZO (``torchrun`` is started for you); ``dist_mode``
             ``data`` shards each batch over ranks, ``probe`` gives each rank its own probes.
+        dist_timeout_s: how long a rank waits in a collective for the others (default 300). A
+            rank that hangs stops the others after this plus a roll call of ``min(5, dist_timeout_s)``
+            seconds, with an error naming it; a dead one is seen at once (gloo).
         report_to: tracking backends, any of ``tensorboard``, ``wandb``, ``mlflow`` (each an extra;
             see :mod:`forwardonly.tracking`); needs ``out_dir``.
     """
@@ -317,6 +323,7 @@ class TrainConfig:
     threads: int | None = None
     nproc: int = 1
     dist_mode: Literal["data", "probe"] = "data"
+    dist_timeout_s: float = 300.0
     report_to: list[str] = field(default_factory=list)
 
     def __post_init__(self):
@@ -333,6 +340,8 @@ class TrainConfig:
         for key, low in checks.items():
             if getattr(self, key) < low:
                 raise ValueError(f"{key}={getattr(self, key)} must be at least {low}")
+        if not self.dist_timeout_s > 0:
+            raise ValueError(f"dist_timeout_s={self.dist_timeout_s} must be > 0")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads={self.threads} must be at least 1")
         if self.budget_forwards is not None and self.budget_forwards < 1:

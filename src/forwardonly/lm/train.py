@@ -41,8 +41,8 @@ import torch
 from .. import checkpoint
 from ..bench.measure import peak_rss_bytes
 from ..config import to_dict
-from ..errors import UserError
-from ..io import atomic_write_text
+from ..errors import UserError, WriteError
+from ..io import atomic_write_text, recover
 from ..tracking import check_backends, open_trackers
 from .config import TrainConfig
 from .export import save_final
@@ -70,27 +70,47 @@ class _Run:
         self.cfg, self.resume, self.progress = cfg, resume, progress
         self.out = out = Path(cfg.out_dir) if cfg.out_dir else None
         self.ckpt_dir = ckpt_dir = out / "checkpoint" if out else None
-        if resume and (ckpt_dir is None or not (ckpt_dir / "trainer.json").is_file()):
-            raise UserError(f"--resume: no checkpoint in {ckpt_dir or '(no out_dir)'}")
+        if resume and ckpt_dir is None:
+            raise UserError("--resume needs out_dir (the run to continue)")
+        if ckpt_dir is not None:
+            recover(ckpt_dir)  # a checkpoint write killed between its renames left the previous one aside
+        fresh_start = resume and not (ckpt_dir / "trainer.json").is_file()
+        if fresh_start:  # killed before its first checkpoint: rerunning the same command starts it over
+            self.resume = resume = False
         if not resume and ckpt_dir is not None and ckpt_dir.exists():
             raise UserError(f"{out} already holds a run; pass --resume to continue it or choose another out_dir")
         check_backends(cfg.report_to)  # a missing tracking library stops the run before anything is written
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        self.comm = init_from_env() if cfg.nproc > 1 or "WORLD_SIZE" in os.environ else None
+        self.comm = (init_from_env(timeout_s=cfg.dist_timeout_s) if cfg.nproc > 1 or "WORLD_SIZE" in os.environ
+                     else None)
         self.main_rank = self.comm is None or self.comm.rank == 0
         self.say = log if self.main_rank else (lambda msg: None)
+        if fresh_start:
+            self.say(f"--resume: no checkpoint in {ckpt_dir} yet; starting from step 0")
         self._build()
-        self.state = {"step": 0, "forwards": 0, "backwards": 0, "train_time_s": 0.0, "history": [], "evals": []}
+        # Everything a resumed run needs to continue exactly, saved in trainer.json: the losses since the
+        # last metrics row ("recent") and the score before training are part of it.
+        self.state = {"step": 0, "forwards": 0, "backwards": 0, "train_time_s": 0.0, "history": [], "evals": [],
+                      "recent": [], "test_before": None}
         self._restore_or_start()
         task = self.task
         self.summary: dict = {"config": to_dict(cfg), "trainable_parameters": self.n_train,
                               "task": {"name": task.name, "kind": task.kind,
                                        "splits": {s: len(v) for s, v in task.splits.items()},
                                        **({"cut": task.notes} if task.notes else {})}}
+        state = self.state
+        if state["test_before"] is not None:
+            self.summary["test_before"] = state["test_before"]
+        # A run resumed after its final checkpoint scores the end again: its final evaluation (and their
+        # metrics rows) would be there twice
+        at_end = resume and state["step"] >= cfg.steps
+        if at_end and state["evals"] and state["evals"][-1]["step"] == state["step"]:
+            state["evals"].pop()
         self.rows = _Rows(out / "metrics.jsonl" if out and self.main_rank else None,
-                          self.state["step"] if resume else None,
-                          open_trackers(cfg.report_to if self.main_rank else [], out, to_dict(cfg)))
+                          state["step"] if resume else None,
+                          open_trackers(cfg.report_to if self.main_rank else [], out, to_dict(cfg)),
+                          drop_evals_at_end=at_end)
 
     def _build(self) -> None:
         """Model (held as configured), task, objective, optimizer (distributed), seed log, training examples."""
@@ -154,6 +174,8 @@ class _Run:
         cfg, state = self.cfg, self.state
         key = f"test_{when}"
         self.summary[key] = self.score(cfg.task.test_split, cfg.task.max_test)
+        if when == "before":
+            state["test_before"] = self.summary[key]  # a resumed run reports it too
         step = 0 if when == "before" else state["step"]
         self.rows.eval(cfg.task.test_split, {"step": step, **self.summary[key]}, state["forwards"] if step else 0)
         self.say(f"{when}: {cfg.task.test_split} {_fmt(self.summary[key])}")
@@ -168,9 +190,13 @@ class _Run:
         micro = len(examples) // cfg.accum_steps
         batches = [self.objective.batch(examples[i * micro:(i + 1) * micro], cfg.device)
                    for i in range(cfg.accum_steps)]
-        lr = lr_at(cfg, t, cfg.steps)
-        for g in opt.param_groups:  # a hybrid's first-order blocks follow the schedule from their own fo_lr
-            g["lr"] = lr if "fo_lr" not in g else lr_at(cfg, t, cfg.steps, base=g["fo_lr"])
+        auto = getattr(opt, "auto", None)
+        if auto is not None:  # lr: auto sets the step size itself; the schedule scales it
+            auto.factor = lr_at(cfg, t, cfg.steps, base=1.0)
+        else:
+            lr = lr_at(cfg, t, cfg.steps)
+            for g in opt.param_groups:  # a hybrid's first-order blocks follow the schedule from their own fo_lr
+                g["lr"] = lr if "fo_lr" not in g else lr_at(cfg, t, cfg.steps, base=g["fo_lr"])
         t0 = time.perf_counter()
         if self.zo:
             loss = _zo_step(opt, self.model, self.objective, batches, self.seedlog, t)
@@ -182,7 +208,7 @@ class _Run:
             state["backwards"] += len(batches)
         state["train_time_s"] += time.perf_counter() - t0
         state["step"] = t + 1
-        return loss, lr
+        return loss, opt.param_groups[0]["lr"] if auto is not None else lr
 
     def log_row(self, recent: list[float], lr: float) -> None:
         state, zs = self.state, self.opt.zo_state if self.zo else {}
@@ -205,7 +231,7 @@ class _Run:
 
             bar = tqdm(total=cfg.steps, initial=state["step"], desc="train", unit="step", dynamic_ncols=True)
         self.model.train(not self.zo)  # ZO: eval mode, so dropout cannot make the two perturbed losses differ
-        recent: list[float] = []
+        recent: list[float] = state["recent"]  # the losses since the last row (saved with a checkpoint)
         try:
             while state["step"] < cfg.steps:
                 if cfg.budget_forwards is not None and state["forwards"] >= cfg.budget_forwards:
@@ -219,7 +245,7 @@ class _Run:
                     bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", refresh=False)
                 if state["step"] % cfg.log_every == 0 or state["step"] == cfg.steps:
                     self.log_row(recent, lr)
-                    recent = []
+                    recent.clear()
                 if cfg.validate and cfg.eval_every and state["step"] % cfg.eval_every == 0 and state["step"] < cfg.steps:
                     self.validate()
                 if cfg.save_every and state["step"] % cfg.save_every == 0 and self.main_rank:
@@ -250,6 +276,9 @@ class _Run:
         from ..distributed import shutdown
 
         out, state, summary = self.out, self.state, self.summary
+        if self.zo and getattr(self.opt, "auto", None) is not None:  # lr: auto: write the last, tentative update
+            self.opt.flush()
+            _record_settled(self.opt, self.seedlog)
         if out is not None and self.main_rank:
             self.save()
             if self.seedlog is not None:
@@ -261,6 +290,10 @@ class _Run:
         summary["peak_rss_bytes"] = peak_rss_bytes()
         if self.zo:
             summary["skipped_steps"] = int(self.opt.zo_state["skipped"])
+            if getattr(self.opt, "auto", None) is not None:
+                auto = self.opt.zo_state["auto"]
+                summary["auto_lr"] = {k: auto[k] for k in ("scale", "beta", "rejected", "calibrations",
+                                                           "extra_forwards", "calib_every")}
         if self.comm is not None:
             summary["world_size"] = self.comm.world_size
             summary["bytes_sent_per_rank"] = self.comm.bytes_sent
@@ -280,7 +313,9 @@ def _zo_step(opt, model, objective, batches, seedlog, t: int) -> float:
         loss = float(opt.step(lambda: lossf(model, b)))
     else:
         loss = float(opt.step(lambda i: lossf(model, batches[i])))
-    if seedlog is not None:
+    if seedlog is not None and getattr(opt, "auto", None) is not None:
+        _record_settled(opt, seedlog)  # lr: auto: the updates this step verified (or rejected)
+    elif seedlog is not None:
         if opt.zo_state["skipped"] != skipped:
             seedlog.record(t, [], None)
         else:
@@ -289,8 +324,19 @@ def _zo_step(opt, model, objective, batches, seedlog, t: int) -> float:
             if choice == 0.0:
                 seedlog.record(t, [], None)
             else:
-                seedlog.record(t, [g["lr"] for g in opt.param_groups], [choice * g for g in grads])
+                seedlog.record(t, [g["lr"] for g in opt.param_groups], [choice * g for g in grads],
+                               opt.zo_state.get("last_scalars"))
     return loss
+
+
+def _record_settled(opt, seedlog) -> None:
+    if seedlog is None:
+        return
+    for e in opt.zo_state.pop("settled", []):
+        if e.get("skip"):
+            seedlog.record(e["step"], [], None)
+        else:
+            seedlog.record(e["step"], e["lr"], e["grads"], e.get("scalars"))
 
 
 def _fo_step(opt, model, objective, batches) -> float:
@@ -314,19 +360,19 @@ def _fmt(metrics: dict) -> str:
 
 class _Rows:
     """Where the metric rows go: ``metrics.jsonl`` (rank 0; on resume, the rows up to the resumed step are
-    kept) and the ``report_to`` trackers."""
+    kept, less the final evaluations of a run resumed at its end) and the ``report_to`` trackers."""
 
-    def __init__(self, path: Path | None, resumed_at: int | None, trackers):
+    def __init__(self, path: Path | None, resumed_at: int | None, trackers, drop_evals_at_end: bool = False):
         self.path, self.trackers = path, trackers
         if path is not None:
-            old = _read_jsonl(path) if resumed_at is not None else []
-            kept = [r for r in old if r.get("step", 0) <= resumed_at]
+            old = _read_metrics(path) if resumed_at is not None else []
+            kept = [r for r in old if r.get("step", 0) < resumed_at or (r.get("step", 0) == resumed_at and not
+                                                                        (drop_evals_at_end and "split" in r))]
             atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def _write(self, row: dict) -> None:
         if self.path is not None:
-            with open(self.path, "a") as f:
-                f.write(json.dumps(row) + "\n")
+            _append_line(self.path, json.dumps(row))
 
     def train(self, row: dict) -> None:
         self._write(row)
@@ -342,17 +388,29 @@ class _Rows:
         self.trackers.close()
 
 
-def _read_jsonl(path: Path) -> list[dict]:
+def _read_metrics(path: Path) -> list[dict]:
+    """The rows of ``metrics.jsonl``; a last line cut short by a crash mid-append is dropped."""
     if not path.is_file():
         return []
     from ..io import read_text_file
 
+    lines = read_text_file(path, "metrics log").split("\n")
     rows = []
-    for i, line in enumerate(read_text_file(path, "metrics log").splitlines(), 1):
+    for i, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             rows.append(json.loads(line))
         except json.JSONDecodeError as e:
+            if i == len(lines):  # no newline after it: the append never finished
+                break
             raise UserError(f"{path}:{i}: metrics log is not valid JSON ({e.msg})") from None
     return rows
+
+
+def _append_line(path: Path, line: str) -> None:
+    try:
+        with open(path, "a") as f:
+            f.write(line + "\n")
+    except OSError as e:
+        raise WriteError(e.errno, f"cannot write {path}: {e.strerror}") from e
