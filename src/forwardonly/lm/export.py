@@ -13,7 +13,7 @@ Every ``forwardonly train`` run with an ``out_dir`` ends by writing ``final/``:
   ``quantized.safetensors``, its integer layout with the activation settings
   (:func:`forwardonly.quant.export_quantized`); :func:`forwardonly.quant.load_quantized` reads it back into the architecture.
 
-:func:`export_run` (``forwardonly export --run RUN --out DIR [--merge]``) writes the same from
+:func:`export_run` (``forwardonly export --run RUN out_dir=DIR [--merge]``) writes the same from
 a run's checkpoint, and with ``merge`` folds LoRA adapters into the base weights
 (``merge_and_unload``) so the result loads without PEFT.
 
