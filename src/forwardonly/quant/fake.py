@@ -20,8 +20,9 @@ Quantized Neural Networks with Zeroth-order Optimization", 2025), and what each 
   every ``nn.Linear`` / ``nn.Embedding`` for :class:`FakeQuantLinear` / :class:`FakeQuantEmbedding`, which
   keep the floating-point weight as an ordinary parameter that ZO perturbs and updates; the forward sees
   only its quantized value. Memory: the full-precision weights (4 B/weight in fp32, 2 in bf16: no less
-  than unquantized ZO) plus one layer's fake-quantized copy at a time (a block of ``chunk_rows`` rows for
-  the large output layer). The ZO estimate sees a perturbation only where it moves a weight across a
+  than unquantized ZO) plus, one layer at a time, its perturbed copy (a fake-quantized layer takes the
+  engine's whole-tensor path) and its fake-quantized copy (a block of ``chunk_rows`` rows for the large
+  output layer). The ZO estimate sees a perturbation only where it moves a weight across a
   rounding boundary, so it is noisier than on unquantized weights.
 * **quantization parameters** (``QuantConfig(shadow=False)``, the default, scheme ``scales``): the layers
   hold integer codes (:class:`~forwardonly.quant.QuantLinear`, 0.5 B/weight at 4 bits + 4 B per group
