@@ -103,8 +103,27 @@ def build_optimizer(cfg: TrainConfig, params: list, names: list[str] | None = No
         raise UserError(f"optim: {e}") from None
 
 
-def setup(cfg: TrainConfig, log=lambda msg: None):
-    """Model (with the scheme applied), tokenizer, task, objective, trainable parameters."""
+def training_examples(cfg: TrainConfig, task) -> list:
+    """The run's training examples: the training split, ``task.shots_per_class`` of each class if set (drawn
+    with ``seed``), then at most ``task.max_train``."""
+    from ..tasks import per_class
+
+    train = task.splits[cfg.task.train_split]
+    if cfg.task.shots_per_class is not None:
+        train = per_class(train, cfg.task.shots_per_class, cfg.seed,
+                          f"task '{task.name}' split {cfg.task.train_split!r}")
+    train = train[: cfg.task.max_train]
+    if not train:
+        raise UserError(f"task '{task.name}' split {cfg.task.train_split!r} is empty")
+    return train
+
+
+def setup(cfg: TrainConfig, log=lambda msg: None, info: dict | None = None):
+    """Model (with the scheme applied), tokenizer, task, objective, trainable parameters.
+
+    With ``model.head_init=linear_probe`` the classifier's head is fitted on the training examples'
+    features before the scheme is applied; ``info["head"]`` (when ``info`` is given) receives the fit
+    (:func:`forwardonly.models.head_init.linear_probe_head`)."""
     from ..models import apply_scheme, load_model, trainable_parameters
     from ..tasks import get_task, make_objective
 
@@ -121,11 +140,20 @@ def setup(cfg: TrainConfig, log=lambda msg: None):
         from ..models.chunking import chunk_feedforward
 
         chunk_feedforward(model, tokens=cfg.model.chunk_feedforward)
+    objective = make_objective(task, tok, cfg.task.objective, cfg.task.max_length, model=model)
+    if cfg.model.head_init == "linear_probe":
+        from ..models.head_init import linear_probe_head
+
+        fit = linear_probe_head(model, objective, training_examples(cfg, task), batch_size=cfg.eval_batch_size,
+                                device=cfg.device)
+        log(f"head {fit['layer']}: linear probe on {fit['examples']} training examples "
+            f"(training accuracy {fit['train_accuracy']:.4f})")
+        if info is not None:
+            info["head"] = fit
     model = apply_scheme(model, cfg.scheme.name, **cfg.scheme.options())
     if getattr(cfg.optim.options, "grad_checkpointing", False):
         model.gradient_checkpointing_enable()
         model.config.use_cache = False
-    objective = make_objective(task, tok, cfg.task.objective, cfg.task.max_length, model=model)
     params = [p for _, p in trainable_parameters(model)]
     return model, tok, task, objective, params
 
@@ -161,7 +189,8 @@ def run(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, log=No
     main_rank = comm is None or comm.rank == 0
     say = log if main_rank else (lambda msg: None)
 
-    model, tok, task, objective, params = setup(cfg, say)
+    fitted: dict = {}
+    model, tok, task, objective, params = setup(cfg, say, fitted)
     n_train = sum(p.numel() for p in params)
     say(f"{type(model).__name__}: {n_train:,} trainable of {sum(p.numel() for p in model.parameters()):,} "
         f"parameters (scheme {cfg.scheme.name})")
@@ -176,19 +205,20 @@ def run(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, log=No
             raise UserError(f"batch_size*accum_steps={cfg.batch_size * cfg.accum_steps} is not divisible by "
                             f"the {comm.world_size} ranks of data-parallel training")
         opt = distribute(opt, comm, mode=cfg.dist_mode)
+    base_model = to_dict(cfg.model) | {"num_labels": max(2, len(task.label_names))}
+    if "head" in fitted:  # the fitted head is part of the base model: a replay restores exactly it
+        base_model["head"] = {k: fitted["head"][k] for k in ("layer", "weight", "bias")}
     seedlog = checkpoint.SeedLog(to_dict(cfg.optim) | {"seed": cfg.seed, "accum_steps": cfg.accum_steps},
-                                 to_dict(cfg.model) | {"num_labels": max(2, len(task.label_names))},
-                                 to_dict(cfg.scheme)) if zo and caps.replay else None
+                                 base_model, to_dict(cfg.scheme)) if zo and caps.replay else None
 
-    train = task.splits[cfg.task.train_split][: cfg.task.max_train]
-    if not train:
-        raise UserError(f"task '{task.name}' split {cfg.task.train_split!r} is empty")
+    train = training_examples(cfg, task)
 
     def score(split, limit):
         return evaluate(model, tok, task, split, batch_size=cfg.eval_batch_size, max_examples=limit,
                         device=cfg.device, progress=progress and main_rank, max_length=cfg.task.max_length)
 
-    state = {"step": 0, "forwards": 0, "backwards": 0, "train_time_s": 0.0, "history": [], "evals": []}
+    state = {"step": 0, "forwards": 0, "backwards": 0, "train_time_s": 0.0, "history": [], "evals": [],
+             "test_curve": []}
     if resume:
         saved = checkpoint.load(ckpt_dir, model, opt)
         state.update({k: saved[k] for k in state if k in saved})
@@ -200,13 +230,15 @@ def run(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, log=No
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "config.json", json.dumps(to_dict(cfg), indent=1) + "\n")
 
-    summary: dict = {"config": to_dict(cfg), "trainable_parameters": n_train}
+    summary: dict = {"config": to_dict(cfg), "trainable_parameters": n_train, "train_examples": len(train)}
+    if "head" in fitted:
+        summary["head_init"] = {k: fitted["head"][k] for k in ("layer", "examples", "train_accuracy")}
     if cfg.eval_before and not resume:
         if cfg.test:
             summary["test_before"] = score(cfg.task.test_split, cfg.task.max_test)
             say(f"before: {cfg.task.test_split} {_fmt(summary['test_before'])}")
         if cfg.validate:
-            state["evals"].append({"step": 0, **score(cfg.task.eval_split, cfg.task.max_eval)})
+            state["evals"].append({**_point(state), **score(cfg.task.eval_split, cfg.task.max_eval)})
             say(f"step 0: {cfg.task.eval_split} {_fmt(state['evals'][-1])}")
 
     per_step = cfg.batch_size * cfg.accum_steps
@@ -262,8 +294,10 @@ def run(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, log=No
                     with open(metrics_path, "a") as f:
                         f.write(json.dumps(row) + "\n")
             if cfg.validate and cfg.eval_every and state["step"] % cfg.eval_every == 0 and state["step"] < cfg.steps:
-                state["evals"].append({"step": state["step"], **score(cfg.task.eval_split, cfg.task.max_eval)})
+                state["evals"].append({**_point(state), **score(cfg.task.eval_split, cfg.task.max_eval)})
                 say(f"step {state['step']}: {cfg.task.eval_split} {_fmt(state['evals'][-1])}")
+            if cfg.test and cfg.test_every and state["step"] % cfg.test_every == 0 and state["step"] < cfg.steps:
+                state["test_curve"].append({**_point(state), **score(cfg.task.test_split, cfg.task.max_test)})
             if cfg.save_every and state["step"] % cfg.save_every == 0 and main_rank:
                 checkpoint.save(ckpt_dir, model, opt, _trainer_json(cfg, state), seedlog)
     finally:
@@ -271,16 +305,20 @@ def run(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, log=No
             bar.close()
 
     if cfg.validate:
-        state["evals"].append({"step": state["step"], **score(cfg.task.eval_split, cfg.task.max_eval)})
+        state["evals"].append({**_point(state), **score(cfg.task.eval_split, cfg.task.max_eval)})
         say(f"step {state['step']}: {cfg.task.eval_split} {_fmt(state['evals'][-1])}")
     if cfg.test:
         summary["test_after"] = score(cfg.task.test_split, cfg.task.max_test)
+        if cfg.test_every:
+            state["test_curve"].append({**_point(state), **summary["test_after"]})
         say(f"after: {cfg.task.test_split} {_fmt(summary['test_after'])}")
     if out is not None and main_rank:
         checkpoint.save(ckpt_dir, model, opt, _trainer_json(cfg, state), seedlog)
         if seedlog is not None:
             seedlog.save(out / "seedlog.json")
     summary.update({k: state[k] for k in ("step", "forwards", "backwards", "train_time_s", "history", "evals")})
+    if cfg.test_every:
+        summary["test_curve"] = state["test_curve"]
     summary["peak_rss_bytes"] = peak_rss_bytes()
     if zo:
         summary["skipped_steps"] = int(opt.zo_state["skipped"])
@@ -326,6 +364,11 @@ def _fo_step(opt, model, objective, batches) -> float:
     return total
 
 
+def _point(state) -> dict:
+    """Where a run is, for a point of a curve: step, forward passes and training time so far."""
+    return {"step": state["step"], "forwards": state["forwards"], "train_time_s": round(state["train_time_s"], 3)}
+
+
 def _trainer_json(cfg, state) -> dict:
     return {"config": to_dict(cfg), **{k: state[k] for k in state}}
 
@@ -362,12 +405,18 @@ def replay_seedlog(path, device: str = "cpu"):
     # None meant "the optimizer's default" in logs written before optimizers had typed sections
     optim = {k: v for k, v in log.optimizer.items() if k not in ("seed", "accum_steps") and v is not None}
     optim = _known_options(optim)
-    model_cfg = {k: v for k, v in log.model.items() if k != "num_labels"}
+    model_cfg = {k: v for k, v in log.model.items() if k not in ("num_labels", "head")}
     cfg = load_config(TrainConfig, None, None, base={"model": model_cfg, "scheme": log.scheme, "optim": optim,
                                                       "seed": log.optimizer["seed"]})
     torch.manual_seed(cfg.seed)  # as in setup(): the same newly initialised head, if any
     model, tok = load_model(cfg.model.name, dtype=DTYPES[cfg.model.dtype], device=device, kind=cfg.model.kind,
                             num_labels=int(log.model.get("num_labels", 2)), attn_implementation=_attention(cfg))
+    if cfg.model.head_init == "linear_probe":  # the head the run started from, as fitted then
+        from ..models.head_init import restore_head
+
+        if "head" not in log.model:
+            raise UserError(f"{path}: model.head_init=linear_probe but the seed log holds no fitted head")
+        restore_head(model, log.model["head"])
     model = apply_scheme(model, cfg.scheme.name, **cfg.scheme.options())
     named = trainable_parameters(model)
     opt = build_optimizer(dataclasses.replace(cfg, accum_steps=1), [p for _, p in named], [n for n, _ in named])

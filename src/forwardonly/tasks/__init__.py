@@ -9,7 +9,7 @@
 
 from .evaluate import evaluate
 from .objectives import OBJECTIVES, Batch, Objective, make_objective
-from .task import KINDS, Task, TaskSpec, Template, builtin_names, get_task
+from .task import KINDS, Task, TaskSpec, Template, builtin_names, get_task, per_class
 
 __all__ = [
            "KINDS",
@@ -23,4 +23,5 @@ __all__ = [
            "evaluate",
            "get_task",
            "make_objective",
+           "per_class",
 ]
