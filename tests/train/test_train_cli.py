@@ -37,7 +37,20 @@ def test_missing_zoo_model_suggests_fetch(tmp_path, monkeypatch, capsys):
     assert "forwardonly models fetch smollm2-135m" in capsys.readouterr().err
 
 
-def test_demo_runs_end_to_end_on_a_tiny_model(ov, tiny_dir, capsys):
+def test_demo_runs_end_to_end_on_a_tiny_model(ov, tiny_dir, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     assert main(["demo", "--no-progress", *ov("steps=2")]) == 0
     out = capsys.readouterr().out
     assert "accuracy before" in out and "accuracy after" in out and "peak memory" in out
+    # its record, in a new out_dir of its own
+    (path,) = tmp_path.glob("runs/demo/*/record.json")
+    rec = json.loads(path.read_text())
+    res = rec["results"]
+    assert res["forwards"] == 4 and res["step"] == 2 and res["test_after"]["n"] == 16
+    assert 0 <= res["test_before"]["accuracy"] <= 1 and res["peak_rss_bytes"] > 0
+    assert res["total_time_s"] >= res["run_time_s"] >= res["train_time_s"] > 0
+    assert rec["config"]["steps"] == 2 and rec["git"]["commit"] and rec["versions"]["torch"]
+    assert rec["command"]["argv"][:2] == ["forwardonly", "demo"] and len(res["load_avg"]["end"]) == 3
+    # a given out_dir holds the record beside the run's seed log
+    assert main(["demo", "--no-progress", *ov("steps=1", f"out_dir={tmp_path / 'mine'}")]) == 0
+    assert (tmp_path / "mine" / "record.json").is_file() and (tmp_path / "mine" / "seedlog.json").is_file()

@@ -183,8 +183,13 @@ def all_plots(loaded: Loaded, out_dir: str | Path) -> list[str]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     r = loaded.records
-    made = [accuracy_bars(r["train_run"], out), accuracy_vs_forwards(r["train_run"], out),
-            loss_vs_forwards(r["train_run"], out), train_memory(r["train_run"], out)]
+    from .convergence import SUITE, plot as convergence_plot
+
+    # the convergence suite's runs have curves of their own; the other training runs, the grid plots
+    runs = [x for x in r["train_run"] if not str(x.get("name", "")).startswith(SUITE)]
+    made = [accuracy_bars(runs, out), accuracy_vs_forwards(runs, out), loss_vs_forwards(runs, out),
+            train_memory(runs, out)]
+    made += convergence_plot(r["train_run"], out)
     made += [memory_sweep(rec, out) for rec in r["memory_sweep"]]
     made.append(local_accuracy(r["local_learning"], out))
     import matplotlib.pyplot as plt

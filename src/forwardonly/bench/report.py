@@ -342,13 +342,20 @@ def render_markdown(loaded: Loaded, plots: list[str] | None = None, link_prefix:
     """The report as Markdown: one section per kind present, then the plots and the files skipped.
 
     Plots are linked as ``link_prefix + file name`` (the prefix places them relative to the Markdown file)."""
+    from .convergence import SUITE
+    from .convergence import render as convergence_section
+
     r = loaded.records
     parts = []
-    if r["train_run"]:
-        n_ok = sum(1 for x in r["train_run"] if x.get("status", "ok") == "ok")
+    runs = [x for x in r["train_run"] if not str(x.get("name", "")).startswith(SUITE)]
+    if runs:
+        n_ok = sum(1 for x in runs if x.get("status", "ok") == "ok")
         parts.append(f"## Accuracy per task x scheme x optimizer\n\n{n_ok} finished runs, "
-                     f"{len(r['train_run']) - n_ok} failed. Test metric in % (mean ± std over seeds); "
-                     "zero-shot is the same model before training.\n\n" + train_table(r["train_run"]))
+                     f"{len(runs) - n_ok} failed. Test metric in % (mean ± std over seeds); "
+                     "zero-shot is the same model before training.\n\n" + train_table(runs))
+    if len(runs) < len(r["train_run"]):  # the convergence suite's records: curves, not one number per run
+        parts.append(convergence_section(r["train_run"]))
+    if r["train_run"]:
         failed = failed_table(r["train_run"])
         if failed:
             parts.append("### Failed runs\n\n" + failed)
