@@ -154,7 +154,7 @@ def worker(task: dict, out: Path) -> None:
         closure = closure_for(model, x, y, 1)
         for _ in range(3):
             opt.step(closure)
-        fd.save_checkpoint(comm, out / "ckpt.pt", model, opt, step=3)
+        fd.save_checkpoint(comm, out / "ckpt", model, opt, step=3)
         for _ in range(3):
             opt.step(closure)
         torch.save([p.detach() for p in model.parameters()], out / f"rank{rank}.pt")
@@ -280,7 +280,7 @@ def test_checkpoint_from_two_ranks_resumes_in_one_process(tmp_path):
     assert all(code == 0 for code, _ in results), results
     model, x, y = problem()
     opt = make_opt(model, "zo-adam", WORLD, 1, {})
-    extra = fd.load_checkpoint(tmp_path / "ckpt.pt", model, opt)
+    extra = fd.load_checkpoint(tmp_path / "ckpt", model, opt)
     assert extra == {"step": 3} and opt.zo_state["step"] == 3
     closure = closure_for(model, x, y, WORLD)
     for _ in range(3):

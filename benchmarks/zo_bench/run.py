@@ -5,7 +5,11 @@ Usage (from the repository root)::
     PYTHONPATH=src python benchmarks/zo_bench/run.py --check                       # validate every file, run nothing
     PYTHONPATH=src python benchmarks/zo_bench/run.py                               # the default grid, seeds 0,1,2
     PYTHONPATH=src python benchmarks/zo_bench/run.py --only 'sentiment-lora-*' --seeds 0,1,2 task.max_test=100
+    PYTHONPATH=src python benchmarks/zo_bench/run.py --suite qzo          # another suite's experiments
     forwardonly report benchmarks/zo_bench/results --out benchmarks/zo_bench/report
+
+``--suite NAME`` runs ``benchmarks/NAME/``'s experiments with its own ``defaults.yaml`` into
+``benchmarks/NAME/results/runs/`` (the runner is shared: qzo, offload and convergence use it too).
 
 An experiment is a folder ``experiments/NAME/`` holding ``overrides.yaml``: the
 keys of a :class:`forwardonly.lm.config.TrainConfig` that differ from
@@ -102,7 +106,7 @@ def child(spec_path: str) -> int:
     results = {k: summary[k] for k in keep if k in summary}
     results.update(wall_time_s=wall, budget_forwards=cfg.budget_forwards, memory=mem.result(),
                    torch_threads=torch.get_num_threads())
-    rec = make_record(f"zo_bench/{spec['experiment']}", spec["config"], results, status="ok",
+    rec = make_record(f"{spec.get('suite', 'zo_bench')}/{spec['experiment']}", spec["config"], results, status="ok",
                       experiment=spec["experiment"], experiment_file=spec["experiment_file"], seed=cfg.seed,
                       seeds=spec["seeds"], overrides=spec["overrides"])
     write_record(spec["out"], rec)
@@ -110,7 +114,7 @@ def child(spec_path: str) -> int:
 
 
 def launch(name: str, config: dict, seed: int, seeds: list[int], overrides: list[str], out: Path,
-           timeout: float | None) -> dict:
+           timeout: float | None, suite: str = "zo_bench") -> dict:
     """Run one experiment x seed in a fresh process; on a crash, write the failure record ourselves."""
     import tempfile
 
@@ -118,7 +122,7 @@ def launch(name: str, config: dict, seed: int, seeds: list[int], overrides: list
 
     config = {**config, "seed": seed}
     spec = {"experiment": name, "experiment_file": f"experiments/{name}/overrides.yaml", "config": config,
-            "seeds": seeds, "overrides": overrides, "out": str(out)}
+            "seeds": seeds, "overrides": overrides, "out": str(out), "suite": suite}
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(spec, f)
     env = {**os.environ, "OMP_NUM_THREADS": str(config.get("threads") or 1), "TOKENIZERS_PARALLELISM": "false"}
@@ -141,7 +145,7 @@ def launch(name: str, config: dict, seed: int, seeds: list[int], overrides: list
     if code == 0 and out.is_file():
         return json.loads(out.read_text())
     tail = "\n".join((err or "").strip().splitlines()[-20:]) or f"exit status {code}, no output"
-    rec = make_record(f"zo_bench/{name}", config, {"wall_time_s": time.time() - t0}, status="failed",
+    rec = make_record(f"{suite}/{name}", config, {"wall_time_s": time.time() - t0}, status="failed",
                       error=tail, returncode=code, experiment=name, experiment_file=spec["experiment_file"],
                       seed=seed, seeds=seeds, overrides=overrides)
     write_record(out, rec)
@@ -153,9 +157,11 @@ def main(argv=None) -> int:
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--only", help="comma-separated experiment names or glob patterns (default: all)")
     ap.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
-    ap.add_argument("--experiments", default=str(EXPERIMENTS), help="folder of experiment folders")
-    ap.add_argument("--defaults", default=str(DEFAULTS))
-    ap.add_argument("--results", default=str(RESULTS), help="where result JSON goes")
+    ap.add_argument("--suite", default="zo_bench", help="the suite under benchmarks/ whose experiments to run "
+                    "(sets --experiments, --defaults and --results; default zo_bench)")
+    ap.add_argument("--experiments", help="folder of experiment folders (default: the suite's experiments/)")
+    ap.add_argument("--defaults", help="the keys every experiment shares (default: the suite's defaults.yaml)")
+    ap.add_argument("--results", help="where result JSON goes (default: the suite's results/runs/)")
     ap.add_argument("--check", action="store_true", help="validate every experiment file and stop")
     ap.add_argument("--force", action="store_true", help="re-run experiments that already have an ok result")
     ap.add_argument("--timeout", type=float, default=None, help="seconds before a run is stopped and failed")
@@ -164,6 +170,13 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.child:
         return child(args.child)
+    suite_dir = HERE.parent / args.suite
+    if not suite_dir.is_dir():
+        print(f"run.py: error: no suite {args.suite!r} under {HERE.parent}", file=sys.stderr)
+        return 2
+    args.experiments = args.experiments or str(suite_dir / "experiments")
+    args.defaults = args.defaults or str(suite_dir / "defaults.yaml")
+    args.results = args.results or str(suite_dir / "results" / "runs")
 
     from forwardonly.bench.report import error_summary
     from forwardonly.errors import UserError
@@ -206,7 +219,8 @@ def main(argv=None) -> int:
     def one(item):
         name, config, seed, run_seeds, out = item
         t0 = time.time()
-        return item, launch(name, config, seed, run_seeds, args.overrides, out, args.timeout), time.time() - t0
+        return item, launch(name, config, seed, run_seeds, args.overrides, out, args.timeout, args.suite), \
+            time.time() - t0
 
     from concurrent.futures import ThreadPoolExecutor, as_completed
 

@@ -86,16 +86,26 @@ def replay(log: SeedLog, model, optimizer) -> None:
 
 
 def trainable_state(model) -> dict[str, torch.Tensor]:
+    """The trainable parameters by name (what a fine-tuning checkpoint keeps)."""
     return {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def save(directory, model, optimizer, trainer: dict, seedlog: SeedLog | None = None) -> None:
-    """Write a checkpoint directory atomically (see the module docstring)."""
+def all_weights(model) -> dict[str, torch.Tensor]:
+    """Every parameter by name, each shared (tied) one once: a checkpoint that restores every weight of the
+    model, e.g. a distributed run's."""
+    return {n: p.detach() for n, p in model.named_parameters()}
+
+
+def save(directory, model, optimizer, trainer: dict, seedlog: SeedLog | None = None,
+         state: dict[str, torch.Tensor] | None = None) -> None:
+    """Write a checkpoint directory atomically (see the module docstring). ``state``: the trainable
+    weights by name when they do not live in the parameters (a streamed model's,
+    :meth:`forwardonly.lm.holders.Holder.trainable_state`); default :func:`trainable_state`."""
     from safetensors.torch import save_file
 
     with atomic_path(directory) as tmp:
         tmp.mkdir()
-        tensors = {n: t.contiguous().cpu() for n, t in trainable_state(model).items()}
+        tensors = {n: t.contiguous().cpu() for n, t in (state if state is not None else trainable_state(model)).items()}
         save_file(tensors, str(tmp / "trainable.safetensors"), metadata={"format": str(FORMAT)})
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         (tmp / "trainer.json").write_text(json.dumps(trainer, indent=1) + "\n")
@@ -103,8 +113,9 @@ def save(directory, model, optimizer, trainer: dict, seedlog: SeedLog | None = N
             (tmp / "seedlog.json").write_text(json.dumps(seedlog.to_dict()) + "\n")
 
 
-def load_trainable(directory, model) -> None:
-    """Load ``trainable.safetensors`` into ``model``; every saved name must exist with the same shape."""
+def load_trainable(directory, model, write=None) -> None:
+    """Load ``trainable.safetensors`` into ``model``; every saved name must exist with the same shape.
+    ``write(model, saved, source)`` puts the tensors where they live instead (a streamed model's store)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -115,6 +126,9 @@ def load_trainable(directory, model) -> None:
         raise UserError(f"no checkpoint weights at {path}") from None
     except (SafetensorError, OSError) as e:
         raise UserError(f"{path}: corrupt or truncated checkpoint ({e})") from None
+    if write is not None:
+        write(model, saved, str(path))
+        return
     params = dict(model.named_parameters())
     for name, t in saved.items():
         p = params.get(name)
@@ -126,14 +140,17 @@ def load_trainable(directory, model) -> None:
             p.copy_(t)
 
 
-def load(directory, model, optimizer) -> dict:
-    """Restore weights and optimizer state; returns ``trainer.json``."""
+def load(directory, model, optimizer=None, write=None) -> dict:
+    """Restore weights and (when given) optimizer state; returns ``trainer.json`` (``write``: see
+    :func:`load_trainable`)."""
     directory = Path(directory)
     trainer_path = directory / "trainer.json"
     if not trainer_path.is_file():
         raise UserError(f"no checkpoint in {directory} (missing trainer.json)")
     trainer = json.loads(trainer_path.read_text())
-    load_trainable(directory, model)
+    load_trainable(directory, model, write)
+    if optimizer is None:
+        return trainer
     state = torch.load(directory / "optimizer.pt", map_location="cpu", weights_only=True)
     optimizer.load_state_dict(state)
     return trainer

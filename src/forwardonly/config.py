@@ -128,11 +128,16 @@ def _build(cls, data: dict, lines: dict[str, int], source: str, prefix: str = ""
             valid = ", ".join(sorted(prefix + k for k in [*types_, *also]))
             where = f" of {owner}" if owner else ""
             raise UserError(f"{loc}: unknown key '{full}'{where}; valid keys: {valid}")
-        tp = types_[key]
-        if dataclasses.is_dataclass(tp):
-            kwargs[key] = _build(tp, value or {}, lines, source, full + ".")
+        tp, optional = _strip_optional(types_[key])
+        if dataclasses.is_dataclass(tp):  # a nested section (``None`` turns an optional one off)
+            if isinstance(value, str):
+                value = None if value.strip().lower() in ("none", "null", "") else yaml.safe_load(value)
+            if value is None and optional:
+                kwargs[key] = None
+            else:
+                kwargs[key] = _build(tp, value or {}, lines, source, full + ".")
         else:
-            kwargs[key] = _coerce(value, tp, full, loc)
+            kwargs[key] = _coerce(value, types_[key], full, loc)
     if section:  # the other keys are the typed section's, chosen by the values above (e.g. optim.name)
         try:
             sec_cls, what, fixed = cls.section_type(data)
@@ -145,7 +150,10 @@ def _build(cls, data: dict, lines: dict[str, int], source: str, prefix: str = ""
     try:
         return cls(**kwargs)
     except (ValueError, TypeError) as e:
-        raise UserError(f"{source}: {e}") from None
+        msg = str(e)
+        if prefix and msg.split("=", 1)[0] in types_:  # "bits=3 is not supported" -> "model.quant.bits=3 ..."
+            msg = prefix + msg
+        raise UserError(f"{source}: {msg}") from None
 
 
 def _set_dotted(tree: dict, key: str, value) -> None:

@@ -65,7 +65,6 @@ from collections.abc import Sequence
 import torch
 
 from .errors import UserError
-from .io import atomic_save_torch
 from .optim.base import ZOOptimizer
 
 MODES = ("data", "probe")
@@ -322,7 +321,8 @@ def distribute(optimizer: ZOOptimizer, comm: Comm, mode: str = "data", reduce: s
 
 # --------------------------------------------------------------------------- checkpoints
 def save_checkpoint(comm: Comm, path, model: torch.nn.Module, optimizer: ZOOptimizer, **extra) -> None:
-    """Rank 0 writes ``{model, optimizer, extra}`` atomically; every rank waits until it is on disk.
+    """Rank 0 writes a checkpoint directory (:mod:`forwardonly.checkpoint`, atomically: every weight of the
+    model, the optimizer state and ``extra``); every rank waits until it is on disk.
 
     Weights and optimizer state are replicated on every rank, so one copy
     resumes on any world size. Data-parallel: N ranks with accumulation ``a``
@@ -330,19 +330,20 @@ def save_checkpoint(comm: Comm, path, model: torch.nn.Module, optimizer: ZOOptim
     total probe count is ``N * q_local``; keep it when changing N to continue
     the same trajectory.
     """
+    from . import checkpoint
+
     if comm.rank == 0:
-        atomic_save_torch({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                           "world_size": comm.world_size, "extra": extra}, path)
+        checkpoint.save(path, model, optimizer, {"world_size": comm.world_size, "extra": extra},
+                        state=checkpoint.all_weights(model))
     comm.barrier()
 
 
 def load_checkpoint(path, model: torch.nn.Module, optimizer: ZOOptimizer | None = None) -> dict:
     """Load a checkpoint of :func:`save_checkpoint` on any rank; returns its ``extra``."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    model.load_state_dict(ckpt["model"])
-    if optimizer is not None:
-        optimizer.load_state_dict(ckpt["optimizer"])
-    return ckpt["extra"]
+    from . import checkpoint
+
+    trainer = checkpoint.load(path, model, optimizer)
+    return trainer["extra"]
 
 
 # --------------------------------------------------------------------------- launcher

@@ -14,6 +14,12 @@ import tempfile
 from pathlib import Path
 
 
+def cache_root() -> Path:
+    """Where forwardonly keeps what it builds once (converted models, kernels, fetched data):
+    ``$FORWARDONLY_CACHE``, else ``~/.cache/forwardonly``."""
+    return Path(os.environ.get("FORWARDONLY_CACHE") or Path.home() / ".cache" / "forwardonly")
+
+
 @contextlib.contextmanager
 def atomic_path(dest: str | os.PathLike):
     """Yield a temporary path next to ``dest``; on success it replaces ``dest``.

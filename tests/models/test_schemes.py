@@ -23,7 +23,17 @@ CASES = [
     ("bert", "head", {}, 2),
     ("bert", "lora", {}, 10),
     ("bert", "bitfit", {}, 20),
+    ("llama-int4", "scales", {}, None),
 ]
+
+
+def _model(arch):
+    if arch.endswith("-int4"):
+        from forwardonly.quant import quantize_model
+
+        model, tok = tiny_model(arch[: -len("-int4")])
+        return quantize_model(model, bits=4, group_size=16), tok
+    return tiny_model(arch)
 
 
 def _fake_zo_step(model, seed=0):
@@ -36,9 +46,14 @@ def _fake_zo_step(model, seed=0):
 
 @pytest.mark.parametrize("arch,scheme,opts,n_trainable", CASES, ids=lambda v: str(v))
 def test_frozen_weights_bitwise_unchanged(arch, scheme, opts, n_trainable):
-    model, tok = tiny_model(arch)
+    model, tok = _model(arch)
     model = apply_scheme(model, scheme, **opts)
     trainable = trainable_parameters(model)
+    if scheme == "scales":  # exactly the quantization scales, one tensor per quantized layer
+        from forwardonly.quant import scale_parameters
+
+        n_trainable = len(scale_parameters(model))
+        assert n_trainable > 0 and all("scale" in n for n, _ in trainable)
     assert len(trainable) == n_trainable
     frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
     before = {n: p.detach().clone() for n, p in trainable}
@@ -96,3 +111,20 @@ def test_bad_scheme_arguments(scheme, opts, msg):
     with pytest.raises(UserError, match=None) as e:
         apply_scheme(model, scheme, **opts)
     assert msg in str(e.value) and "\n" not in str(e.value)
+
+
+def test_freeze_keeps_matching_parameters_frozen_and_names_bad_patterns():
+    model, _ = tiny_model("llama")
+    model = apply_scheme(model, "full", freeze=["model.embed_tokens.*", "*.layers.0.*"])
+    frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
+    assert frozen and all(n.startswith("model.embed_tokens.") or ".layers.0." in n for n in frozen)
+    assert any(p.requires_grad for n, p in model.named_parameters() if ".layers.1." in n)
+    with pytest.raises(UserError, match=r"scheme.freeze=\['nothing.\*'\] matches no parameter"):
+        apply_scheme(tiny_model("llama")[0], "full", freeze=["nothing.*"])
+    with pytest.raises(UserError, match="leaves nothing to train"):
+        apply_scheme(tiny_model("llama")[0], "head", freeze=["*"])
+
+
+def test_scales_scheme_needs_a_quantized_model():
+    with pytest.raises(UserError, match="needs a quantized model"):
+        apply_scheme(tiny_model("llama")[0], "scales")

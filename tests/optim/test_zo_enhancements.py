@@ -17,7 +17,7 @@ from forwardonly.optim import (
     ZOSGDSparse,
     ZOSGDSparseReference,
 )
-from forwardonly.optim.blocks import block_groups, block_key
+from forwardonly.blocks import block_groups, block_key
 from forwardonly.optim.zosgd_sparse import mask
 
 F = torch.nn.functional

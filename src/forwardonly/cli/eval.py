@@ -34,6 +34,7 @@ class Eval:
         from ..config import load_config
         from ..errors import UserError
         from ..tasks import evaluate, get_task
+        from ..lm.holders import Holder
         from ..lm.train import replay_seedlog, setup
         from ..lm.config import TrainConfig
 
@@ -50,13 +51,18 @@ class Eval:
         if args.seedlog:
             model, tok = replay_seedlog(args.seedlog, device=cfg.device)
             task = get_task(cfg.task.name)
+            holder = None
         else:
-            model, tok, task, _, _ = setup(cfg, lambda m: print(m, file=sys.stderr))
+            holder = Holder(cfg.model, None, cfg.device)
+            model, tok, task, _, _ = setup(cfg, lambda m: print(m, file=sys.stderr), holder)
+            holder.attach(model)  # quantized, streamed, mixed precision: as the run held it
             if args.run:
-                checkpoint.load_trainable(Path(args.run) / "checkpoint", model)
+                checkpoint.load_trainable(Path(args.run) / "checkpoint", model, write=holder.load_trainable)
         metrics = evaluate(model, tok, task, split, batch_size=cfg.eval_batch_size, max_examples=cfg.task.max_test,
                            device=cfg.device, progress=not args.no_progress and sys.stderr.isatty(),
                            max_length=cfg.task.max_length)
+        if holder is not None:
+            holder.detach()
         print(json.dumps({"model": cfg.model.name, "task": task.name, "split": split, **metrics}, indent=1))
         return 0
 

@@ -20,20 +20,41 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from ..quant.model import QuantConfig
+from .holders import OffloadConfig
+
 
 @dataclass
 class ModelConfig:
-    """Which model: a zoo name, a Hugging Face directory, a ``.gguf`` file or a hub id."""
+    """Which model, and how the run holds it (:mod:`forwardonly.lm.holders`).
+
+    Args:
+        name: a zoo name, a Hugging Face directory, a ``.gguf`` file or a hub id.
+        dtype: the weights' storage dtype.
+        kind: ``causal`` LM, sequence ``classifier`` (a new head), or ``auto`` (from the model).
+        chunk_feedforward: run feed-forward blocks on at most this many tokens at a time in no-grad
+            forwards (ZO steps, evaluation): the same results with less activation memory
+            (:mod:`forwardonly.models.chunking`); 0 = off.
+        quant: quantize the weights (QZO): the fields of :class:`forwardonly.quant.QuantConfig`, e.g.
+            ``{bits: 4, group_size: 64}``; the checkpoint is read straight into quantized layers. Train
+            the scales with ``scheme.name=scales``.
+        offload: stream the blocks from a slower tier (:class:`forwardonly.lm.holders.OffloadConfig`:
+            ``{tier: disk}``), ZO2-style; ZO-SGD only.
+        precision: ``pure`` (arithmetic in ``dtype``) or ``mixed`` (``bfloat16``/``float16`` weights, fp32
+            arithmetic: :class:`forwardonly.quant.mixed.MixedPrecision`).
+        head_init: how a classifier's new head starts: ``random`` (the model's own initialisation, seeded
+            by ``seed``) or ``linear_probe``, a logistic regression on the training examples' features
+            fitted before training (:mod:`forwardonly.models.head_init`; without it zeroth-order
+            fine-tuning of an encoder stalls on the majority class).
+    """
 
     name: str = "smollm2-135m"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     kind: Literal["auto", "causal", "classifier"] = "auto"
-    # Run feed-forward blocks on at most this many tokens at a time in no-grad forwards (ZO steps,
-    # evaluation): the same results with less activation memory (forwardonly.models.chunking). 0 = off.
     chunk_feedforward: int = 0
-    # How a classifier's new head starts: ``random`` (the model's own initialisation, seeded by ``seed``) or
-    # ``linear_probe``: a logistic regression on the training examples' features, fitted before training
-    # (forwardonly.models.head_init; what zeroth-order fine-tuning of an encoder needs not to stall).
+    quant: QuantConfig | None = None
+    offload: OffloadConfig | None = None
+    precision: Literal["pure", "mixed"] = "pure"
     head_init: Literal["random", "linear_probe"] = "random"
 
     def __post_init__(self):
@@ -43,22 +64,25 @@ class ModelConfig:
 
 @dataclass
 class SchemeConfig:
-    """What to train: ``full``, ``lora``, ``prefix``, ``prompt``, ``head`` or ``bitfit``, and its options.
+    """What to train: ``full``, ``lora``, ``prefix``, ``prompt``, ``head``, ``bitfit`` or ``scales`` (the
+    quantization scales of a ``model.quant`` model: QZO), and its options.
 
     Options left at ``None`` take the scheme's defaults (LoRA ``r=8``,
-    ``alpha=2r``; ``num_virtual_tokens=10``; BitFit ``norm=false``).
+    ``alpha=2r``; ``num_virtual_tokens=10``; BitFit ``norm=false``). ``freeze``: ``fnmatch`` patterns
+    of parameter names kept frozen whatever the scheme (e.g. ``["model.embed_tokens.*"]``).
     """
 
-    name: Literal["full", "lora", "prefix", "prompt", "head", "bitfit"] = "full"
+    name: Literal["full", "lora", "prefix", "prompt", "head", "bitfit", "scales"] = "full"
     r: int | None = None
     alpha: float | None = None
     dropout: float | None = None
     target_modules: list[str] | None = None
     num_virtual_tokens: int | None = None
     norm: bool | None = None
+    freeze: list[str] | None = None
 
     def options(self) -> dict:
-        keys = ("r", "alpha", "dropout", "target_modules", "num_virtual_tokens", "norm")
+        keys = ("r", "alpha", "dropout", "target_modules", "num_virtual_tokens", "norm", "freeze")
         return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
 
 
@@ -264,6 +288,11 @@ class TrainConfig:
             raise ValueError("optim.paired=true with scheme.name=prompt: PEFT's prompt tuning looks up one copy of "
                              "the prompt and repeats it over the batch, so the two halves of a paired forward "
                              "cannot see different prompts; set optim.paired=false")
+        from .holders import check
+
+        check(self.model, self.scheme.name, self.optim.name)
+        if self.model.offload is not None and self.nproc > 1:
+            raise ValueError("model.offload streams one process's model: nproc must be 1")
         if self.nproc > 1 and not self.optim.zeroth_order:
             raise ValueError(f"nproc={self.nproc}: distributed training is for zeroth-order optimizers, "
                              f"not {self.optim.name}")

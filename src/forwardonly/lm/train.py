@@ -37,8 +37,8 @@ from ..config import to_dict
 from ..errors import UserError
 from ..io import atomic_write_text
 from .config import TrainConfig
+from .holders import Holder
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 # ----------------------------------------------------------------------------- building blocks
@@ -118,13 +118,16 @@ def training_examples(cfg: TrainConfig, task) -> list:
     return train
 
 
-def setup(cfg: TrainConfig, log=lambda msg: None, info: dict | None = None):
+def setup(cfg: TrainConfig, log=lambda msg: None, holder: Holder | None = None, info: dict | None = None):
     """Model (with the scheme applied), tokenizer, task, objective, trainable parameters.
 
-    With ``model.head_init=linear_probe`` the classifier's head is fitted on the training examples'
-    features before the scheme is applied; ``info["head"]`` (when ``info`` is given) receives the fit
-    (:func:`forwardonly.models.head_init.linear_probe_head`)."""
-    from ..models import apply_scheme, load_model, trainable_parameters
+    ``holder`` (default: a new :class:`~forwardonly.lm.holders.Holder` of ``cfg.model``) loads the
+    model as configured (quantized, streamed, ...); attach it before running the model. With
+    ``model.head_init=linear_probe`` the classifier's head is fitted on the training examples' features
+    before the scheme is applied; ``info["head"]`` (when ``info`` is given) receives the fit
+    (:func:`forwardonly.models.head_init.linear_probe_head`).
+    """
+    from ..models import apply_scheme, trainable_parameters
     from ..tasks import get_task, make_objective
 
     task = get_task(cfg.task.name)
@@ -133,9 +136,8 @@ def setup(cfg: TrainConfig, log=lambda msg: None, info: dict | None = None):
             raise UserError(f"task '{task.name}' has no split {split!r}; it has {sorted(task.splits)}")
     log(f"loading {cfg.model.name} ({cfg.model.dtype}) ...")
     torch.manual_seed(cfg.seed)  # a newly initialised head (classifiers) is part of the base model: seed it
-    model, tok = load_model(cfg.model.name, dtype=DTYPES[cfg.model.dtype], device=cfg.device,
-                            kind=cfg.model.kind, num_labels=max(2, len(task.label_names)),
-                            attn_implementation=_attention(cfg))
+    holder = holder or Holder(cfg.model, cfg.out_dir, cfg.device)
+    model, tok = holder.load(num_labels=max(2, len(task.label_names)), attn_implementation=_attention(cfg))
     if cfg.model.chunk_feedforward:
         from ..models.chunking import chunk_feedforward
 
@@ -189,8 +191,8 @@ def run(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, log=No
     main_rank = comm is None or comm.rank == 0
     say = log if main_rank else (lambda msg: None)
 
-    fitted: dict = {}
-    model, tok, task, objective, params = setup(cfg, say, fitted)
+    holder, fitted = Holder(cfg.model, out, cfg.device), {}
+    model, tok, task, objective, params = setup(cfg, say, holder, fitted)
     n_train = sum(p.numel() for p in params)
     say(f"{type(model).__name__}: {n_train:,} trainable of {sum(p.numel() for p in model.parameters()):,} "
         f"parameters (scheme {cfg.scheme.name})")
@@ -205,6 +207,7 @@ def run(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, log=No
             raise UserError(f"batch_size*accum_steps={cfg.batch_size * cfg.accum_steps} is not divisible by "
                             f"the {comm.world_size} ranks of data-parallel training")
         opt = distribute(opt, comm, mode=cfg.dist_mode)
+    holder.attach(model, opt if zo else None)  # streaming, mixed precision: from here on
     base_model = to_dict(cfg.model) | {"num_labels": max(2, len(task.label_names))}
     if "head" in fitted:  # the fitted head is part of the base model: a replay restores exactly it
         base_model["head"] = {k: fitted["head"][k] for k in ("layer", "weight", "bias")}
@@ -220,7 +223,7 @@ def run(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, log=No
     state = {"step": 0, "forwards": 0, "backwards": 0, "train_time_s": 0.0, "history": [], "evals": [],
              "test_curve": []}
     if resume:
-        saved = checkpoint.load(ckpt_dir, model, opt)
+        saved = checkpoint.load(ckpt_dir, model, opt, write=holder.load_trainable)
         state.update({k: saved[k] for k in state if k in saved})
         if seedlog is not None and (ckpt_dir / "seedlog.json").is_file():
             seedlog.entries = checkpoint.SeedLog.load(ckpt_dir / "seedlog.json").entries
@@ -299,7 +302,8 @@ def run(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, log=No
             if cfg.test and cfg.test_every and state["step"] % cfg.test_every == 0 and state["step"] < cfg.steps:
                 state["test_curve"].append({**_point(state), **score(cfg.task.test_split, cfg.task.max_test)})
             if cfg.save_every and state["step"] % cfg.save_every == 0 and main_rank:
-                checkpoint.save(ckpt_dir, model, opt, _trainer_json(cfg, state), seedlog)
+                checkpoint.save(ckpt_dir, model, opt, _trainer_json(cfg, state), seedlog,
+                                state=holder.trainable_state(model))
     finally:
         if bar is not None:
             bar.close()
@@ -313,7 +317,7 @@ def run(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, log=No
             state["test_curve"].append({**_point(state), **summary["test_after"]})
         say(f"after: {cfg.task.test_split} {_fmt(summary['test_after'])}")
     if out is not None and main_rank:
-        checkpoint.save(ckpt_dir, model, opt, _trainer_json(cfg, state), seedlog)
+        checkpoint.save(ckpt_dir, model, opt, _trainer_json(cfg, state), seedlog, state=holder.trainable_state(model))
         if seedlog is not None:
             seedlog.save(out / "seedlog.json")
     summary.update({k: state[k] for k in ("step", "forwards", "backwards", "train_time_s", "history", "evals")})
@@ -328,6 +332,7 @@ def run(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, log=No
         shutdown()
     if out is not None and main_rank:
         atomic_write_text(out / "summary.json", json.dumps(summary, indent=1) + "\n")
+    holder.detach()
     summary["model"], summary["tokenizer"] = model, tok
     return summary
 
@@ -399,7 +404,7 @@ def _known_options(optim: dict) -> dict:
 def replay_seedlog(path, device: str = "cpu"):
     """Rebuild the fine-tuned ``(model, tokenizer)`` from a seed log and its base model."""
     from ..config import load_config
-    from ..models import apply_scheme, load_model, trainable_parameters
+    from ..models import apply_scheme, trainable_parameters
 
     log = checkpoint.SeedLog.load(path)
     # None meant "the optimizer's default" in logs written before optimizers had typed sections
@@ -409,8 +414,9 @@ def replay_seedlog(path, device: str = "cpu"):
     cfg = load_config(TrainConfig, None, None, base={"model": model_cfg, "scheme": log.scheme, "optim": optim,
                                                       "seed": log.optimizer["seed"]})
     torch.manual_seed(cfg.seed)  # as in setup(): the same newly initialised head, if any
-    model, tok = load_model(cfg.model.name, dtype=DTYPES[cfg.model.dtype], device=device, kind=cfg.model.kind,
-                            num_labels=int(log.model.get("num_labels", 2)), attn_implementation=_attention(cfg))
+    # the updates are replayed in memory (a streamed run's base model is loaded whole)
+    holder = Holder(dataclasses.replace(cfg.model, offload=None), None, device)
+    model, tok = holder.load(num_labels=int(log.model.get("num_labels", 2)), attn_implementation=_attention(cfg))
     if cfg.model.head_init == "linear_probe":  # the head the run started from, as fitted then
         from ..models.head_init import restore_head
 

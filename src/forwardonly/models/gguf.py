@@ -12,7 +12,10 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from ..io import atomic_path
+from ..io import atomic_path, cache_root
+
+MANIFEST = "forwardonly.json"
+"""The file that marks a finished model directory in the cache."""
 
 
 def export_gguf(gguf: str | Path, out_dir: str | Path) -> None:
@@ -53,7 +56,6 @@ def _fingerprint(path: Path) -> str:
 
 def cached_gguf_dir(gguf: str | Path) -> Path:
     """The fp32 directory for an arbitrary GGUF file, converting it on first use."""
-    from .zoo import MANIFEST, cache_root
 
     gguf = Path(gguf).resolve()
     dest = cache_root() / "gguf" / f"{gguf.stem}-{_fingerprint(gguf)}"

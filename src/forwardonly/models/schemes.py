@@ -16,7 +16,12 @@ head       the output layer only (``lm_head`` or the classifier). A head tied to
            embeddings alone.
 bitfit     bias terms only (Ben Zaken et al., 2022); ``norm=True`` adds the
            normalisation weights, needed for bias-free models such as Llama.
+scales     the quantization scales of a quantized model (QZO, Shang et al., 2025:
+           :mod:`forwardonly.quant`), nothing else.
 =========  =====================================================================
+
+Every scheme also takes ``freeze``: ``fnmatch`` patterns of parameter names kept
+frozen whatever the scheme says (e.g. ``["model.embed_tokens.*"]``).
 
 Example::
 
@@ -30,7 +35,7 @@ import warnings
 
 from ..errors import UserError
 
-SCHEMES = ("full", "lora", "prefix", "prompt", "head", "bitfit")
+SCHEMES = ("full", "lora", "prefix", "prompt", "head", "bitfit", "scales")
 
 _OPTIONS = {
     "full": set(),
@@ -39,6 +44,7 @@ _OPTIONS = {
     "prompt": {"num_virtual_tokens", "init_text"},
     "head": set(),
     "bitfit": {"norm"},
+    "scales": set(),
 }
 
 
@@ -115,6 +121,23 @@ def apply_scheme(model, scheme: str, **opts):
     if scheme not in SCHEMES:
         raise UserError(f"unknown fine-tuning scheme {scheme!r}; choose from {', '.join(SCHEMES)}")
     opts = {k: v for k, v in opts.items() if v is not None}
+    freeze = opts.pop("freeze", None)
+    model = _apply(model, scheme, opts)
+    if freeze:
+        import fnmatch
+
+        hit = [n for n, p in model.named_parameters() if any(fnmatch.fnmatchcase(n, pat) for pat in freeze)]
+        if not hit:
+            raise UserError(f"scheme.freeze={list(freeze)} matches no parameter of {type(model).__name__}")
+        for n, p in model.named_parameters():
+            if n in hit:
+                p.requires_grad_(False)
+        if not trainable_parameters(model):
+            raise UserError(f"scheme.freeze={list(freeze)} leaves nothing to train")
+    return model
+
+
+def _apply(model, scheme: str, opts: dict):
     unknown = set(opts) - _OPTIONS[scheme]
     if unknown:
         valid = ", ".join(sorted(_OPTIONS[scheme])) or "none"
@@ -123,6 +146,18 @@ def apply_scheme(model, scheme: str, **opts):
         return _peft(model, scheme, opts)
     if scheme == "full":
         for p in model.parameters():
+            p.requires_grad_(True)
+        return model
+    if scheme == "scales":
+        from ..quant import scale_parameters
+
+        for p in model.parameters():
+            p.requires_grad_(False)
+        params = scale_parameters(model)
+        if not params:
+            raise UserError(f"scheme 'scales' needs a quantized model ({type(model).__name__} has no quantization "
+                            f"scales): set model.quant")
+        for p in params:
             p.requires_grad_(True)
         return model
     if scheme == "head" and not _is_classifier(model):

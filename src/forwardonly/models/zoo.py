@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -30,9 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
-from ..io import atomic_path
+from ..io import atomic_path, cache_root
+from .gguf import MANIFEST, export_gguf
 
-MANIFEST = "forwardonly.json"
 
 
 @dataclass(frozen=True)
@@ -103,10 +102,6 @@ ZOO: dict[str, ZooEntry] = {
 }
 
 
-def cache_root() -> Path:
-    return Path(os.environ.get("FORWARDONLY_CACHE") or Path.home() / ".cache" / "forwardonly")
-
-
 def model_dir(name: str) -> Path:
     return cache_root() / "models" / name
 
@@ -145,7 +140,6 @@ def fetch(name: str, *, force: bool = False, install: bool = True, log=lambda ms
     and writes ``<cache>/models/<name>/`` atomically: an interrupted fetch
     leaves the previous state (nothing, or the old complete copy).
     """
-    from .gguf import export_gguf
 
     entry = _entry(name)
     if not force and (done := cached(name)) is not None:

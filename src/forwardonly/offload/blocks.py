@@ -1,10 +1,6 @@
-"""Finding a model's repeated blocks, and model skeletons that hold no weights.
+"""Model skeletons that hold no weights, and the placeholders that stand in for absent ones.
 
-A decoder is an embedding, a stack of identical blocks, and a head. The stack is
-an ``nn.ModuleList`` in every Hugging Face decoder (``model.layers`` for
-Llama/Qwen2/Gemma3, ``model.decoder.layers`` for OPT, ``transformer.h`` for
-GPT-2), so :func:`find_blocks` looks for the list of same-typed modules that
-holds the most parameters instead of knowing names per architecture.
+Which modules are the blocks that stream is :func:`forwardonly.blocks.find_blocks` (re-exported here).
 """
 
 from __future__ import annotations
@@ -14,22 +10,9 @@ import contextlib
 import torch
 from torch import nn
 
+from ..blocks import find_blocks
 
-def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
-    """``(qualified_name, module_list)`` of the model's stack of blocks."""
-    best, best_n = None, 0
-    for name, mod in model.named_modules():
-        if not isinstance(mod, nn.ModuleList) or len(mod) < 2:
-            continue
-        if len({type(m) for m in mod}) != 1:
-            continue
-        n = sum(p.numel() for p in mod.parameters())
-        if n > best_n:
-            best, best_n = (name, mod), n
-    if best is None:
-        raise ValueError(f"{type(model).__name__} has no stack of repeated blocks (an nn.ModuleList of "
-                         "same-typed modules with parameters) to stream")
-    return best
+__all__ = ["empty_model", "find_blocks", "is_placeholder", "placeholder"]
 
 
 def placeholder(p: torch.Tensor, device=None) -> torch.Tensor:

@@ -9,7 +9,7 @@ from typing import Literal
 import torch
 
 from .base import Capabilities, _check
-from .blocks import block_groups
+from ..blocks import block_groups
 from .zosgd import ZOSGD, ZOSGDConfig
 
 FO_OPTIMS = ("sgd", "adam")
@@ -38,7 +38,7 @@ class ZOFOHybrid(ZOSGD):
 
     Zhang et al., "Revisiting Zeroth-Order Optimization for Memory-Efficient LLM
     Fine-Tuning: A Benchmark" (ICML 2024), sec. 5. Blocks are formed as in
-    :mod:`forwardonly.optim.blocks` (pass ``model.named_parameters()``); the trailing
+    :mod:`forwardonly.blocks` (pass ``model.named_parameters()``); the trailing
     ``fo_blocks`` of them form the first-order (FO) part - for a decoder
     ``[embeddings, layer 0..L-1, final norm, (untied head)]``, ``fo_blocks=2`` is the last
     layer and the final norm (and the head, when it is not tied to the embeddings, needs 3).
@@ -60,7 +60,7 @@ class ZOFOHybrid(ZOSGD):
     seed log (the FO part's updates are not a function of seeds).
 
     Args:
-        params: named parameters (or groups / tensors, see :mod:`forwardonly.optim.blocks`).
+        params: named parameters (or groups / tensors, see :mod:`forwardonly.blocks`).
         lr: ZO learning rate (default 1e-6).
         fo_blocks: trailing blocks trained first-order (default 2); at least one block must
             stay ZO.

@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from .blocks import block_groups
+from ..blocks import block_groups
 from .zosgd_reference import ZOSGDReference
 
 

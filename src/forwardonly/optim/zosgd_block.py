@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .blocks import block_groups
+from ..blocks import block_groups
 from .base import Capabilities
 from .zosgd import ZOSGD
 
@@ -20,7 +20,7 @@ class ZOSGDBlock(ZOSGD):
     weight decay are left exactly as they are), so every block is visited once every
     ``B`` steps. Forwards per step are those of :class:`ZOSGD` (2 two-sided, q=1).
 
-    Blocks (:mod:`forwardonly.optim.blocks`): pass ``model.named_parameters()`` (or
+    Blocks (:mod:`forwardonly.blocks`): pass ``model.named_parameters()`` (or
     ``(name, tensor)`` pairs) to get one block per transformer layer plus one per other
     module (embeddings, final norm, head); several parameter groups are one block each;
     plain tensors are one block each. ``self.blocks`` lists the block names in order.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .blocks import block_groups
+from ..blocks import block_groups
 from .zosgd_reference import ZOSGDReference
 
 

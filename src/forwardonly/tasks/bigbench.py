@@ -121,7 +121,7 @@ def _yaml_text(name: str, files: dict[str, str], comment: str) -> str:
 
 
 def data_dir() -> Path:
-    from ..models.zoo import cache_root
+    from ..io import cache_root
 
     return cache_root() / "data" / "bigbench"
 

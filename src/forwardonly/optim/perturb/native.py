@@ -33,8 +33,9 @@ _STATE: dict = {}
 
 
 def _cache_dir() -> Path:
-    root = os.environ.get("FORWARDONLY_CACHE") or Path.home() / ".cache" / "forwardonly"
-    return Path(root) / "kernels"
+    from ...io import cache_root
+
+    return cache_root() / "kernels"
 
 
 def _cpu_flags() -> str:

@@ -1,0 +1,214 @@
+"""How a run holds its model: quantized, streamed from a slower tier, or in mixed precision.
+
+Configuration (``model.quant``, ``model.offload``, ``model.precision`` in a training config) picks a
+:class:`Holder`, a small object with a reversible lifecycle that every entry point applies the same way
+(``forwardonly train``, ``forwardonly eval``, the seed-log replay, :class:`forwardonly.hf.ZOTrainer`):
+
+* :meth:`Holder.load` builds the model: plainly (:func:`forwardonly.models.load_model`), straight into
+  quantized layers (:func:`forwardonly.quant.load_pretrained_quantized`: the floating-point model is
+  never built), or as a weightless skeleton whose blocks live in a :class:`~forwardonly.offload.WeightStore`;
+* :meth:`Holder.attach` starts what runs around the forward: :class:`~forwardonly.quant.mixed.MixedPrecision`,
+  or block streaming (:class:`~forwardonly.offload.StreamedZO` when an optimizer is given, a plain
+  :class:`~forwardonly.offload.BlockStreamer` for evaluation);
+* :meth:`Holder.trainable_state` / :meth:`Holder.load_trainable` read and write the trainable weights
+  wherever they live (a streamed block's weights are in the store, not in the parameters);
+* :meth:`Holder.detach` undoes :meth:`attach`.
+
+Example (what ``forwardonly train`` does)::
+
+    holder = Holder(cfg.model, out_dir)
+    model, tok = holder.load(num_labels=2)
+    ...                                  # scheme, optimizer
+    holder.attach(model, optimizer)      # streaming / mixed precision from here on
+    ...                                  # optimizer.step(closure), evaluation
+    holder.detach()
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from ..errors import UserError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class OffloadConfig:
+    """``model.offload``: stream the model's blocks from a slower tier (ZO2-style; :mod:`forwardonly.offload`).
+
+    Args:
+        tier: ``disk`` (a memory-mapped working copy of the weights file) or ``memory`` (host memory).
+        device: where blocks compute (default: the run's ``device``).
+        prefetch: bring the next block in the background.
+        workdir: where the disk tier's working copy goes (default: ``out_dir/offload``, else a temporary
+            directory).
+    """
+
+    tier: Literal["disk", "memory"] = "disk"
+    device: str | None = None
+    prefetch: bool = True
+    workdir: str | None = None
+
+
+class Holder:
+    """The model's holder for one run (see the module docstring).
+
+    Args:
+        model_cfg: the run's ``model`` section (:class:`forwardonly.lm.config.ModelConfig`).
+        out_dir: the run's output directory (the default home of the disk tier's working copy).
+        device: the run's device.
+    """
+
+    def __init__(self, model_cfg, out_dir: str | Path | None = None, device: str = "cpu"):
+        self.cfg, self.out_dir, self.device = model_cfg, out_dir, device
+        self.store = None
+        self.streamer = None  # a BlockStreamer or StreamedZO while attached
+        self.mixed = None
+        self._tmp: tempfile.TemporaryDirectory | None = None
+
+    @property
+    def streamed(self) -> bool:
+        return self.cfg.offload is not None
+
+    # ------------------------------------------------------------------ load
+    def load(self, *, num_labels: int = 2, attn_implementation: str | None = None):
+        """``(model, tokenizer)`` held as configured."""
+        cfg = self.cfg
+        dtype = DTYPES[cfg.dtype]
+        if cfg.quant is not None:
+            from ..quant import load_pretrained_quantized
+
+            return load_pretrained_quantized(cfg.name, cfg.quant, dtype=dtype)
+        if cfg.offload is not None:
+            return self._skeleton(num_labels, attn_implementation)
+        from ..models import load_model
+
+        return load_model(cfg.name, dtype=dtype, device=self.device, kind=cfg.kind, num_labels=num_labels,
+                          attn_implementation=attn_implementation)
+
+    def _skeleton(self, num_labels: int, attn_implementation: str | None):
+        """A weightless causal LM over the weights file of ``model.name``, and its tokenizer."""
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+        from ..models.loading import prepare_tokenizer, resolve
+        from ..offload import WeightStore, empty_model
+
+        where, _ = resolve(self.cfg.name)
+        where = Path(where)
+        weights = where / "model.safetensors"
+        if not weights.is_file():
+            raise UserError(f"model.offload streams one safetensors file; {weights} does not exist "
+                            f"(sharded checkpoints are not supported yet)")
+        config = AutoConfig.from_pretrained(where)
+        if attn_implementation is not None:
+            config._attn_implementation = attn_implementation
+        model = empty_model(lambda: AutoModelForCausalLM.from_config(config)).eval()
+        tok = prepare_tokenizer(AutoTokenizer.from_pretrained(where), model)
+        workdir = self.cfg.offload.workdir or (Path(self.out_dir) / "offload" if self.out_dir else None)
+        if workdir is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="forwardonly-offload-")
+            workdir = self._tmp.name
+        self.store = WeightStore(weights, workdir=workdir, tier=self.cfg.offload.tier)
+        return model, tok
+
+    # -------------------------------------------------------------- lifecycle
+    def attach(self, model, optimizer=None) -> Holder:
+        """Start what runs around the forward (streaming, mixed precision); ``optimizer``: a ZO optimizer
+        whose steps stream the model (without one, the model only evaluates)."""
+        if self.cfg.precision == "mixed":
+            from ..quant.mixed import MixedPrecision
+
+            self.mixed = MixedPrecision(model, compute=torch.float32).attach()
+        if self.store is not None:
+            from ..offload import BlockStreamer, StreamedZO
+
+            off = self.cfg.offload
+            device = off.device or self.device
+            if optimizer is not None:
+                self.streamer = StreamedZO(model, optimizer, self.store, device=device, prefetch=off.prefetch)
+            else:
+                self.streamer = BlockStreamer(model, self.store, device=device, prefetch=off.prefetch).attach()
+        return self
+
+    def flush(self) -> None:
+        """Write whatever a streamed step left pending (before reading or saving weights)."""
+        if self.streamer is not None and hasattr(self.streamer, "flush"):
+            self.streamer.flush()
+
+    def detach(self) -> None:
+        if self.streamer is not None:
+            if hasattr(self.streamer, "close"):
+                self.streamer.close(materialize=False)
+            else:
+                self.streamer.detach(materialize=False)
+            self.streamer = None
+        if self.mixed is not None:
+            self.mixed.detach()
+            self.mixed = None
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    # ---------------------------------------------------------------- weights
+    def _streamed_names(self, model) -> dict[str, str]:
+        """Parameter name -> store name for the streamed blocks' parameters."""
+        streamer = getattr(self.streamer, "streamer", self.streamer)
+        ids = {id(p): name for b in streamer.blocks for name, p in b.params}
+        return {n: ids[id(p)] for n, p in model.named_parameters() if id(p) in ids}
+
+    def trainable_state(self, model) -> dict[str, torch.Tensor]:
+        """The trainable weights by parameter name, read from wherever they live."""
+        self.flush()
+        out = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+        if self.streamer is not None:
+            streamer = getattr(self.streamer, "streamer", self.streamer)
+            streamer.sync()
+            for name, store_name in self._streamed_names(model).items():
+                if name in out:
+                    out[name] = self.store.tensor(store_name)
+        return out
+
+    def load_trainable(self, model, saved: dict[str, torch.Tensor], source: str) -> None:
+        """Write ``saved`` (by parameter name) into the model's trainable weights, wherever they live."""
+        params = dict(model.named_parameters())
+        streamed = self._streamed_names(model) if self.streamer is not None else {}
+        for name, t in saved.items():
+            p = params.get(name)
+            if p is None or p.shape != t.shape:
+                raise UserError(f"{source}: tensor {name} {tuple(t.shape)} does not match the model "
+                                f"({'missing' if p is None else tuple(p.shape)}); was it trained with another "
+                                f"model or scheme?")
+            with torch.no_grad():
+                target = self.store.tensor(streamed[name]) if name in streamed else p
+                target.copy_(t)
+
+
+def check(model_cfg, scheme: str, optim_name: str) -> None:
+    """Reject combinations a holder cannot serve, before anything is loaded (one line naming the keys)."""
+    if model_cfg.quant is not None and model_cfg.offload is not None:
+        raise ValueError("model.quant and model.offload cannot be combined yet: choose one")
+    if model_cfg.quant is not None and model_cfg.kind == "classifier":
+        raise ValueError("model.quant loads causal language models; model.kind=classifier is not supported")
+    if scheme == "scales" and model_cfg.quant is None:
+        raise ValueError("scheme.name=scales trains the quantization scales: set model.quant (e.g. model.quant.bits=4)")
+    if model_cfg.offload is not None:
+        if optim_name not in ("zo-sgd", "zo-sgd-sign"):
+            raise ValueError(f"model.offload streams plain or sign ZO-SGD steps (optim.name=zo-sgd or zo-sgd-sign); "
+                             f"got optim.name={optim_name}")
+        if scheme in ("lora", "prefix", "prompt"):
+            raise ValueError(f"model.offload streams the model's own weights; scheme.name={scheme} (PEFT) is "
+                             f"not supported: use full, head or bitfit")
+        if model_cfg.dtype != "float32" or model_cfg.precision != "pure":
+            raise ValueError("model.offload streams fp32 weights as stored: set model.dtype=float32 and "
+                             "model.precision=pure")
+        if model_cfg.kind == "classifier":
+            raise ValueError("model.offload streams causal language models; model.kind=classifier is not supported")
+    if model_cfg.precision == "mixed" and model_cfg.dtype == "float32":
+        raise ValueError("model.precision=mixed keeps bfloat16/float16 weights with fp32 arithmetic: set "
+                         "model.dtype=bfloat16 or float16")
