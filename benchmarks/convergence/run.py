@@ -175,8 +175,9 @@ def launch(name: str, config: dict, seed: int, argv: list[str], overrides: list[
     """One experiment x seed in a fresh process; writes and returns its record (``ok`` or ``failed``)."""
     import tempfile
 
-    from forwardonly.bench.record import make_record, write_record
+    from forwardonly.bench.record import git_state, make_record, write_record
 
+    code_at_start = git_state(ROOT)  # the code this run starts with (the tree may move on while it runs)
     scratch = SCRATCH / f"{name}.seed{seed}"
     config = {**config, "seed": seed, "out_dir": str(scratch), "save_every": config.get("save_every") or 100}
     with tempfile.TemporaryDirectory() as tmp:
@@ -202,7 +203,7 @@ def launch(name: str, config: dict, seed: int, argv: list[str], overrides: list[
             finally:
                 stop.set()
         res = json.loads(Path(spec["out"]).read_text()) if code == 0 and Path(spec["out"]).is_file() else None
-    extra = {"experiment": name, "experiment_files": [str(f.relative_to(ROOT)) for f in layers(name)],
+    extra = {"git": code_at_start, "experiment": name, "experiment_files": [str(f.relative_to(ROOT)) for f in layers(name)],
              "seed": seed, "overrides": overrides,
              "command": {"argv": argv, "cwd": os.getcwd(), "python": sys.executable,
                          "env": {k: env[k] for k in ("OMP_NUM_THREADS", "PYTHONPATH") if k in env}},
