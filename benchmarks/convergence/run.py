@@ -231,7 +231,7 @@ def launch(name: str, config: dict, seed: int, argv: list[str], overrides: list[
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--child", help=argparse.SUPPRESS)
-    ap.add_argument("--only", help="comma-separated experiment names or glob patterns (default: all)")
+    ap.add_argument("--only", help="comma-separated experiment names or glob patterns, run in that order (default: all)")
     ap.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
     ap.add_argument("--experiments", default=str(EXPERIMENTS), help="folder of experiments")
     ap.add_argument("--results", default=str(RESULTS), help="where records go")
@@ -249,7 +249,9 @@ def main(argv=None) -> int:
     names = discover(root)
     if args.only:
         pats = args.only.split(",")
-        names = [n for n in names if any(fnmatch.fnmatch(n, p) for p in pats)]
+        # in the order of --only (the first pattern an experiment matches), then by name
+        rank = {n: min((i for i, p in enumerate(pats) if fnmatch.fnmatch(n, p)), default=None) for n in names}
+        names = sorted((n for n in names if rank[n] is not None), key=lambda n: (rank[n], n))
     if not names:
         print(f"run.py: no experiments match {args.only!r} in {root}", file=sys.stderr)
         return 2
