@@ -1,6 +1,6 @@
 """Throughput of distributed ZO on SmolLM2-135M: 1 process versus N, one thread each.
 
-    PYTHONPATH=src python benchmarks/distributed/run.py                     # measure, write results/*.json
+    PYTHONPATH=src python benchmarks/distributed/run.py                     # measure -> a new results/*.json
     PYTHONPATH=src python benchmarks/distributed/run.py --report results/smollm2-data.json  # table only
 
 Every configuration starts ``torchrun --standalone --nproc-per-node N`` on this
@@ -103,8 +103,9 @@ def run_one(nproc: int, args) -> dict:
 
 
 def measure(args) -> None:
-    from forwardonly.bench.record import make_record, write_record
+    from forwardonly.bench.record import make_record, new_record_path, refuse_existing, write_record
 
+    refuse_existing(args.out)  # before the runs: records are never overwritten
     runs: dict[int, list[dict]] = {n: [] for n in args.nproc}
     load = [os.getloadavg()[0]]
     for rep in range(args.repeats):
@@ -135,8 +136,7 @@ def measure(args) -> None:
               "repeats": args.repeats, "threads_per_process": 1, "backend": "gloo"}
     record = make_record(f"distributed-smollm2-{args.mode}", config, results,
                          load_average_1min=load, cpu_count=os.cpu_count())
-    path = Path(args.out) if args.out else HERE / "results" / f"smollm2-{args.mode}.json"
-    write_record(path, record)
+    path = write_record(args.out or new_record_path(HERE / "results", f"smollm2-{args.mode}"), record)
     print(f"wrote {path}")
     print(report(record))
 
@@ -168,7 +168,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--repeats", type=int, default=2)
-    p.add_argument("--out", help="results JSON (default: results/smollm2-MODE.json)")
+    p.add_argument("--out", help="result record, which must not exist (default: a new "
+                                 "results/smollm2-MODE.<UTC time>.json)")
     p.add_argument("--report", help="print the table of a results JSON and exit")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -181,4 +182,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from forwardonly.errors import script_main
+
+    sys.exit(script_main(main))

@@ -69,7 +69,7 @@ def main(argv=None) -> int:
         print(json.dumps(measure(args.child[0], ARCHS[args.child[1]])))
         return 0
 
-    from forwardonly.bench.record import make_record, write_record
+    from forwardonly.bench.record import make_record, new_record_path, write_record
 
     files = sorted((HERE / "experiments").glob("*.yaml"))
     if args.only:
@@ -87,7 +87,7 @@ def main(argv=None) -> int:
                   f"saved {r['autograd_saved_peak_bytes'] / 2**20:7.1f} MiB", flush=True)
     rec = make_record("local_learning/memory", {"batch_size": BATCH, "archs": ARCHS,
                                                 "malloc_mmap_threshold": 65536}, results)
-    write_record(HERE / "results" / "memory.json", rec)
+    write_record(new_record_path(HERE / "results", "memory"), rec)  # a new file each run
     return 0
 
 

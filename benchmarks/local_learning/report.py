@@ -5,13 +5,14 @@ Usage (from the repository root)::
     python benchmarks/local_learning/report.py
 
 Reads ``results/*.json`` only; never trains or measures anything. Writes
-``results/*.png`` and the block of README.md between the ``RESULTS`` markers.
+``results/*.png`` and README.md's generated blocks ``results`` and ``memory``.
+Every record of an experiment counts: ``run.py`` writes a new file per invocation
+(``results/<experiment>.<UTC time>.json``), and the runs of every record of an
+experiment with the same config are pooled (a seed run twice counts twice).
 """
 
 from __future__ import annotations
 
-import json
-import re
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -51,14 +52,50 @@ NOT_MEASURED = {"ff-hard", "ff-hard-1000", "ff-hard-1000-d85", "ff-hard-k3", "ff
                 "ff-hard-ls10-lr2", "ff-hard-ls10-lr2-ema"}  # hard negatives add a no-grad pass before the local steps
 
 
-def load() -> tuple[dict, dict | None]:
+def _pooled(recs: list[dict]) -> dict:
+    """One record standing for every record of an experiment: their runs pooled, the aggregate recomputed."""
+    if len(recs) == 1:
+        return recs[0]
+    from forwardonly.config import load_config, to_dict
+    from forwardonly.local.config import LocalConfig
+
+    configs = {str(to_dict(load_config(LocalConfig, base=r["config"]))) for r in recs}
+    if len(configs) > 1:
+        raise SystemExit(f"{recs[0]['name']}: records with different configs: {[r['_path'] for r in recs]}")
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("local_learning_run", HERE / "run.py")
+    run = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run)
+    runs = [run for r in recs for run in r["results"]["runs"]]
+    return {**recs[-1], "results": {"aggregate": run.aggregate(runs), "runs": runs}, "_paths": [r["_path"] for r in recs]}
+
+
+def _median_memory(recs: list[dict]) -> dict | None:
+    """The memory records as one: every figure the median over the records that have it."""
+    import statistics
+
+    if not recs:
+        return None
+    out: dict = {"results": {}}
+    for arch in {a for r in recs for a in r["results"]}:
+        for name in {n for r in recs for n in r["results"].get(arch, {})}:
+            vals = [r["results"][arch][name] for r in recs if name in r["results"].get(arch, {})]
+            out["results"].setdefault(arch, {})[name] = {
+                k: statistics.median(v[k] for v in vals) for k in vals[0] if isinstance(vals[0][k], (int, float))}
+    return out
+
+
+def load(rs=None) -> tuple[dict, dict | None]:
+    from forwardonly.bench.record import RecordSet
+
+    rs = rs or RecordSet(HERE)
     runs = {}
     for name in ORDER:
-        p = RESULTS / f"{name}.json"
-        if p.is_file():
-            runs[name] = json.loads(p.read_text())
-    mem = RESULTS / "memory.json"
-    return runs, json.loads(mem.read_text()) if mem.is_file() else None
+        recs = rs.glob(f"results/{name}.json") + rs.glob(f"results/{name}.*.json")
+        if recs:
+            runs[name] = _pooled(recs)
+    return runs, _median_memory(rs.glob("results/memory.json") + rs.glob("results/memory.*.json"))
 
 
 def _pm(agg: dict, key: str, scale: float = 100.0, fmt: str = "{:.2f}") -> str:
@@ -148,7 +185,7 @@ def plots(runs: dict, mem: dict | None) -> list[str]:
     out.append("results/accuracy.png")
     plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig, ax = plt.subplots(figsize=(9.5, 4.5), layout="constrained")
     for i, n in enumerate([n for n in CURVES if n in runs]):
         hist = runs[n]["results"]["runs"][0]["history"]
         ax.plot([h["train_seconds"] for h in hist], [h["val_acc"] * 100 for h in hist], marker="o", ms=3,
@@ -156,15 +193,14 @@ def plots(runs: dict, mem: dict | None) -> list[str]:
     ax.set_xlabel("training seconds (1 thread, seed 0)")
     ax.set_ylabel("validation accuracy %")
     ax.set_ylim(70, 92)
-    ax.legend(fontsize=7)
+    fig.legend(*ax.get_legend_handles_labels(), loc="outside right upper", fontsize=8, frameon=False)
     ax.set_title("First round of every method and the last round of the three with targets")
-    fig.tight_layout()
     fig.savefig(RESULTS / "curves.png", dpi=110)
     out.append("results/curves.png")
     plt.close(fig)
 
     if mem:
-        fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+        fig, axes = plt.subplots(1, 2, figsize=(9, 3.9), layout="constrained")
         for ax, arch in zip(axes, ("mlp-2x1000", "mlp-6x2000")):
             res = mem["results"].get(arch, {})
             ns = [n for n in ORDER if n in res]
@@ -174,24 +210,56 @@ def plots(runs: dict, mem: dict | None) -> list[str]:
             ax.set_xticks(range(len(ns)), ns, rotation=30, fontsize=8)
             ax.set_title(f"{arch}, batch 1024")
             ax.set_ylabel("MiB")
-        axes[0].legend(fontsize=7)
-        fig.tight_layout()
+        fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncol=2, fontsize=8,
+                   frameon=False)
         fig.savefig(RESULTS / "memory.png", dpi=110)
         out.append("results/memory.png")
         plt.close(fig)
     return out
 
 
+MEMORY_ROWS = [("bp", "backprop"), ("mf", "Mono-Forward"), ("dfa", "DFA"), ("drtp", "DRTP"),
+               ("fg-local", "forward gradient, local-guided"), ("fg-weight", "forward gradient, weight perturbation"),
+               ("ff", "Forward-Forward"), ("cafo", "CaFo, closed form")]
+
+
+def memory_table(mem: dict | None) -> str:
+    """MiB of peak RSS above the start per method and MLP, the autograd-saved peak in brackets."""
+    if not mem:
+        return "No memory record."
+    lines = ["| method | 784-1000-1000 | 784-6x2000 |", "|---|---|---|"]
+    for name, label in MEMORY_ROWS:
+        cells = []
+        for arch in ("mlp-2x1000", "mlp-6x2000"):
+            m = mem["results"].get(arch, {}).get(name)
+            saved = m and m["autograd_saved_peak_bytes"] / 2**20
+            cells.append("-" if not m else f"{m['peak_rss_above_start'] / 2**20:.1f} ({saved:.1f})" if saved
+                         else f"{m['peak_rss_above_start'] / 2**20:.1f} (0)")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def blocks(rs) -> dict[str, str]:
+    runs, mem = load(rs)
+    return {"results": table(runs, mem) + "\n\n" + "\n".join(f"![{Path(p).stem}]({p})" for p in PLOT_FILES),
+            "memory": memory_table(mem)}
+
+
+PLOT_FILES = ["results/accuracy.png", "results/curves.png", "results/memory.png"]
+
+
 def main() -> int:
-    runs, mem = load()
+    from forwardonly.bench.blocks import write_blocks
+    from forwardonly.bench.record import RecordSet
+
+    rs = RecordSet(HERE)
+    runs, mem = load(rs)
     if not runs:
         raise SystemExit(f"no results in {RESULTS}; run run.py first")
-    block = table(runs, mem) + "\n\n" + "\n".join(f"![{Path(p).stem}]({p})" for p in plots(runs, mem))
-    readme = HERE / "README.md"
-    text = readme.read_text()
-    new = re.sub(r"(<!-- RESULTS -->\n).*?(\n<!-- /RESULTS -->)", lambda m: m[1] + block + m[2], text, flags=re.DOTALL)
-    readme.write_text(new)
-    print(block)
+    made = blocks(rs)
+    assert plots(runs, mem) == PLOT_FILES[: 2 + bool(mem)]
+    write_blocks(HERE / "README.md", made)
+    print(made["results"])
     return 0
 
 

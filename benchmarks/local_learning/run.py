@@ -10,13 +10,14 @@ Usage (from the repository root)::
     PYTHONPATH=src python benchmarks/local_learning/run.py --only ff-hard-1000 --seeds 0,1,2 --jobs 1 --keep
 
 Each experiment is a YAML file in ``experiments/`` holding a ``LocalConfig``
-(the same keys as ``forwardonly local train``). Results go to
-``results/<experiment>.json``: one record per experiment with every seed's run
-and the mean and sample standard deviation of the test accuracy. With ``--keep``
-the runs already in that file are kept for the seeds asked for, if the file's
-config equals the experiment's; only the missing seeds run, and the record's
-``kept`` entry names the seeds, commit and date they came from. Analysis is a
-separate step (``report.py``), which never re-runs anything.
+(the same keys as ``forwardonly local train``). Each invocation writes, per
+experiment, a new record ``results/<experiment>.<UTC time>.json`` (never over an
+old one) with the runs it made and the mean and sample standard deviation of
+their test accuracy. With ``--keep`` the seeds that already have a run in a record
+of the experiment with the same config are not run again; the new record holds
+only the new runs, and its ``kept`` entry names the records the others are in.
+Analysis is a separate step (``report.py``), which pools the runs of every
+record of an experiment and never re-runs anything.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ def aggregate(runs: list[dict]) -> dict:
 
 
 def main(argv=None) -> int:
-    from forwardonly.bench.record import make_record, write_record
+    from forwardonly.bench.record import make_record, new_record_path, write_record
     from forwardonly.config import load_config, to_dict
     from forwardonly.local.config import LocalConfig
 
@@ -78,7 +79,7 @@ def main(argv=None) -> int:
     ap.add_argument("--results", default=str(HERE / "results"))
     ap.add_argument("--wait-for", metavar="PATH", help="before each run, wait while PATH exists (a shared lock file)")
     ap.add_argument("--keep", action="store_true",
-                    help="keep the seeds already in results/<experiment>.json (same config); run only the others")
+                    help="skip the seeds that a record of the experiment (same config) already has")
     args = ap.parse_args(argv)
 
     files = sorted((HERE / "experiments").glob("*.yaml"))
@@ -92,13 +93,13 @@ def main(argv=None) -> int:
     order = {"ff": 0, "bp": 1, "mf": 2, "fg-local": 3, "mf-1000-e25": 4}
     files.sort(key=lambda f: order.get(f.stem, 9))
     by_exp: dict[str, list[dict]] = {f.stem: [] for f in files}
-    kept: dict[str, dict] = {}
+    kept: dict[str, list] = {}
     if args.keep:
         for f in files:
-            if (old := kept_runs(Path(args.results) / f"{f.stem}.json", to_dict(load_config(LocalConfig, f)), seeds)):
-                by_exp[f.stem], kept[f.stem] = old
-    jobs = [(str(f), s, args.wait_for) for f in files for s in seeds
-            if s not in {r["seed"] for r in by_exp[f.stem]}]
+            if (old := kept_runs(Path(args.results), f.stem, to_dict(load_config(LocalConfig, f)), seeds)):
+                kept[f.stem] = old
+    done = {name: {s for src in kept.get(name, []) for s in src["seeds"]} for name in by_exp}
+    jobs = [(str(f), s, args.wait_for) for f in files for s in seeds if s not in done[f.stem]]
     ctx = mp.get_context("spawn")
 
     def write(name):
@@ -107,38 +108,39 @@ def main(argv=None) -> int:
         extra = {"kept": kept[name]} if name in kept else {}
         rec = make_record(f"local_learning/{name}", cfg, {"aggregate": aggregate(runs), "runs": runs},
                           seeds=seeds, experiment_file=f"experiments/{name}.yaml", **extra)
-        write_record(Path(args.results) / f"{name}.json", rec)
+        write_record(new_record_path(args.results, name), rec)
 
-    for name, runs in by_exp.items():
-        if args.keep and len(runs) == len(seeds):
+    for name in by_exp:
+        if args.keep and done[name] >= set(seeds):
             print(f"{name}: every seed kept, nothing to run", flush=True)
     if not jobs:
         return 0
     with ctx.Pool(args.jobs, maxtasksperchild=1) as pool:
         for name, summary in pool.imap_unordered(_run_one, jobs):
             by_exp[name].append(summary)
-            if len(by_exp[name]) == len(seeds):
+            if len(by_exp[name]) + len(done[name] & set(seeds)) == len(seeds):
                 write(name)
     return 0
 
 
-def kept_runs(path: Path, config: dict, seeds: list[int]) -> tuple[list[dict], dict] | None:
-    """Runs of ``path`` for ``seeds`` and where they came from, if its config is ``config``; else None."""
-    if not path.is_file():
-        return None
+def kept_runs(results: Path, name: str, config: dict, seeds: list[int]) -> list[dict] | None:
+    """The records of experiment ``name`` in ``results`` that hold runs of ``seeds``: one entry per record
+    (its file, seeds, commit, date); None when none does. A record of another config stops the runner."""
     from forwardonly.config import load_config, to_dict
     from forwardonly.local.config import LocalConfig
 
-    rec = json.loads(path.read_text())
-    # keys added to the config since the record was made take their defaults, which keep the old behaviour
-    if to_dict(load_config(LocalConfig, base=rec["config"])) != config:
-        sys.exit(f"{path}: recorded with a different config than the experiment file; "
-                 "move it away or run without --keep")
-    runs = [r for r in rec["results"]["runs"] if r["seed"] in seeds]
-    if not runs:
-        return None
-    src = {"seeds": [r["seed"] for r in runs], "git": rec.get("git"), "created": rec.get("created")}
-    return runs, src
+    out = []
+    for path in sorted([*results.glob(f"{name}.json"), *results.glob(f"{name}.*.json")]):
+        rec = json.loads(path.read_text())
+        # keys added to the config since the record was made take their defaults, which keep the old behaviour
+        if to_dict(load_config(LocalConfig, base=rec["config"])) != config:
+            sys.exit(f"{path}: recorded with a different config than the experiment file; run without --keep")
+        have = [r["seed"] for r in rec["results"]["runs"] if r["seed"] in seeds]
+        if have:
+            out.append({"file": path.name, "seeds": have, "git": {k: (rec.get("git") or {}).get(k)
+                                                                   for k in ("commit", "dirty")},
+                        "created": rec.get("created")})
+    return out or None
 
 
 if __name__ == "__main__":

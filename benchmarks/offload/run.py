@@ -1,7 +1,7 @@
 """Block streaming with offloading on a 1.1B Llama: peak anonymous memory and step time.
 
-    PYTHONPATH=src python benchmarks/offload/run.py                 # measure, write results/tinyllama-1.1b.json
-    PYTHONPATH=src python benchmarks/offload/run.py --report results/tinyllama-1.1b.json   # table only
+    PYTHONPATH=src python benchmarks/offload/run.py        # measure -> a new results/tinyllama-1.1b.<UTC time>.json
+    python benchmarks/offload/report.py --write            # the README tables, from results/ only
 
 The model has TinyLlama-1.1B's shape (LlamaConfig: vocab 32000, hidden 2048,
 intermediate 5632, 22 layers, 32 heads, 4 kv heads, untied head) at random
@@ -34,6 +34,7 @@ import os
 import resource
 import statistics
 import struct
+import sys
 import time
 from pathlib import Path
 
@@ -88,7 +89,7 @@ def measure(args) -> None:
     from safetensors.torch import load_file
 
     from forwardonly.bench.measure import PeakMemory, anon_bytes
-    from forwardonly.bench.record import make_record, write_record
+    from forwardonly.bench.record import make_record, new_record_path, write_record
     from forwardonly.offload import StreamedZO, WeightStore
     from forwardonly.optim import ZOSGD
 
@@ -191,33 +192,8 @@ def measure(args) -> None:
               "rounds_interleaved": args.rounds}
     record = make_record("offload-tinyllama-1.1b", config, results, load_average_1min=load,
                          cpu_count=os.cpu_count())
-    path = HERE / "results" / f"{args.name}.json"
-    write_record(path, record)
-    print(f"wrote {path}")
-    print(report(record))
-
-
-def report(record: dict) -> str:
-    c, r = record["config"], record["results"]
-    gib = 2**30
-    s = r["streamed_alone"]
-    m = r["in_memory_first_step_memory"]
-    lines = [f"batch {c['batch']} x {c['seq']} tokens, {c['threads']} thread(s), load avg (1 min) "
-             f"{min(record['load_average_1min']):.1f}-{max(record['load_average_1min']):.1f} "
-             f"on {record['cpu_count']} CPUs; fp32 weights {r['weight_bytes_fp32'] / gib:.2f} GiB", "",
-             "| run | peak anon (GiB) | x fp32 weights | median step (s) | x in-memory | median step CPU (s) "
-             "| x in-memory |",
-             "|---|---:|---:|---:|---:|---:|---:|",
-             f"| in-memory (ZOSGD.step) | {m['peak_anon'] / gib:.2f} | {m['peak_anon'] / r['weight_bytes_fp32']:.2f} "
-             f"| {r['median_in_memory_step_s']:.2f} | 1.00 | {r['median_in_memory_step_cpu_s']:.2f} | 1.00 |",
-             f"| streamed, disk tier (StreamedZO.step) | {s['peak_anon'] / gib:.2f} | "
-             f"{r['streamed_peak_anon_over_weights']:.2f} | {r['median_streamed_step_s']:.2f} | "
-             f"{r['step_time_ratio']:.2f} | {r['median_streamed_step_cpu_s']:.2f} | {r['step_cpu_ratio']:.2f} |", "",
-             f"Targets: peak anon <= 0.5x weights: {'met' if r['targets']['peak_anon_le_0.5x_weights'] else 'MISSED'}; "
-             f"step time <= 1.5x: {'met' if r['targets']['step_time_ratio_le_1.5'] else 'MISSED'}. "
-             f"Losses bitwise equal at every step: {r['losses_bitwise_equal']}; "
-             f"all weights bitwise equal after flush: {r['params_bitwise_equal']}."]
-    return "\n".join(lines)
+    path = write_record(new_record_path(HERE / "results", args.name), record)
+    print(f"wrote {path}; tables: python benchmarks/offload/report.py")
 
 
 def main() -> None:
@@ -230,14 +206,11 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--steps", type=int, default=3, help="timed steps of the streamed-alone memory run")
     p.add_argument("--rounds", type=int, default=5, help="timed steps of each run in the interleaved phase")
-    p.add_argument("--name", default="tinyllama-1.1b", help="results/<name>.json")
-    p.add_argument("--report", help="print the table of a results JSON and exit")
-    args = p.parse_args()
-    if args.report:
-        print(report(json.loads(Path(args.report).read_text())))
-    else:
-        measure(args)
+    p.add_argument("--name", default="tinyllama-1.1b", help="results/<name>.<UTC time>.json (a new file each run)")
+    measure(p.parse_args())
 
 
 if __name__ == "__main__":
-    main()
+    from forwardonly.errors import script_main
+
+    sys.exit(script_main(main))

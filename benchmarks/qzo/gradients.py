@@ -1,6 +1,6 @@
 """Where the sentiment loss's gradient lives in the int4 model: squared norms by kind of parameter.
 
-    PYTHONPATH=src python benchmarks/qzo/gradients.py --out benchmarks/qzo/results/v4/gradients_int4.json
+    PYTHONPATH=src python benchmarks/qzo/gradients.py      # -> a new results/gradients_int4.<UTC time>.json
 
 One backward pass (an analysis, not a training method) through the int4 SmolLM2-135M (group 64, log-scales)
 on the first ``--examples`` training sentences, with every floating-point parameter (the scales and the
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import sys
 from pathlib import Path
 
 import torch
@@ -24,10 +25,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--examples", type=int, default=32)
     ap.add_argument("--group-size", type=int, default=64)
-    ap.add_argument("--out", required=True)
+    ap.add_argument("--out", help="result record, which must not exist (default: a new "
+                                   "results/gradients_int4.<UTC time>.json)")
     args = ap.parse_args()
 
-    from forwardonly.bench.record import make_record, write_record
+    from forwardonly.bench.record import make_record, new_record_path, refuse_existing, write_record
+
+    refuse_existing(args.out)
     from forwardonly.quant import load_pretrained_quantized
     from forwardonly.tasks import get_task, make_objective
 
@@ -67,8 +71,11 @@ def main() -> None:
     print(f"label rows {e['label_words']}: {e['label_rows_grad_sq']:.4f} of the embedding scales' {e['grad_sq']:.4f}")
     config = {"model": "smollm2-135m", "bits": 4, "group_size": args.group_size, "examples": args.examples,
               "task": "sentiment", "objective": "ce"}
-    write_record(Path(args.out), make_record("qzo-gradients-int4", config, results))
+    out = args.out or new_record_path(Path(__file__).resolve().parent / "results", "gradients_int4")
+    write_record(out, make_record("qzo-gradients-int4", config, results))
 
 
 if __name__ == "__main__":
-    main()
+    from forwardonly.errors import script_main
+
+    sys.exit(script_main(main))

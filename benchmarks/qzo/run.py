@@ -1,10 +1,14 @@
 """QZO benchmark: int4 quantized ZO (scales only) vs bf16 ZO (all weights) on SmolLM2-135M sentiment.
 
-    python benchmarks/qzo/run.py train  --mode bf16 --steps 100 --out benchmarks/qzo/results/train_bf16.json
-    python benchmarks/qzo/run.py train  --mode int4 --steps 100 --out benchmarks/qzo/results/train_int4.json
-    python benchmarks/qzo/run.py memory --mode bf16 --out benchmarks/qzo/results/memory_bf16.json   # fresh process each
-    python benchmarks/qzo/run.py memory --mode int4 --out benchmarks/qzo/results/memory_int4.json
-    python benchmarks/qzo/run.py memory --mode none --out benchmarks/qzo/results/memory_none.json   # libraries only
+    python benchmarks/qzo/run.py train  --mode bf16 --steps 100        # -> results/train_bf16.<UTC time>.json
+    python benchmarks/qzo/run.py train  --mode int4 --steps 100
+    python benchmarks/qzo/run.py memory --mode bf16                    # fresh process each
+    python benchmarks/qzo/run.py memory --mode int4
+    python benchmarks/qzo/run.py memory --mode none                    # libraries only
+    python benchmarks/qzo/run.py memory --mode int4 --out benchmarks/qzo/results/v7/memory_int4_r1.json  # a name
+
+Every run writes a new record: ``--out`` must name a file that does not exist (checked before
+the run starts), and without it the name carries the UTC time. Records are never overwritten.
 
 Modes:
   fp32  fp32 weights, all parameters trained (reference)
@@ -26,6 +30,7 @@ import argparse
 import ctypes
 import gc
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -340,7 +345,7 @@ def cmd_train(args):
     results = {"acc_before": acc0, "acc_after": acc1, "val_before": val0, "val_after": val1, "steps_run": steps_run, "train_s": t_train,
                "s_per_step": t_train / max(steps_run, 1),
                "eval_s": [t_eval0, t_eval1], "total_s": time.perf_counter() - t_start, "log": log}
-    write_record(args.out, make_record(f"qzo-train-{args.mode}", config, results))
+    write_record(args.out, make_record(f"qzo-train-{args.mode}", config, results))  # exclusive: never overwrites
 
 
 def cmd_memory(args):
@@ -470,11 +475,17 @@ def main():
                     help="memory: examples per forward, the batch's loss summed over micro-batches (default: all)")
     ap.add_argument("--opt", default="{}", help="JSON overrides of the optimizer settings")
     ap.add_argument("--deadline", type=float, default=0.0, help="unix time after which training stops early")
-    ap.add_argument("--out", required=True)
+    ap.add_argument("--out", help="result record, which must not exist (default: a new "
+                                   "results/COMMAND_MODE.<UTC time>.json)")
     args = ap.parse_args()
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    from forwardonly.bench.record import new_record_path, refuse_existing
+
+    refuse_existing(args.out)  # before the run: records are never overwritten
+    args.out = args.out or new_record_path(HERE / "results", f"{args.command}_{args.mode}")
     {"train": cmd_train, "memory": cmd_memory}[args.command](args)
 
 
 if __name__ == "__main__":
-    main()
+    from forwardonly.errors import script_main
+
+    sys.exit(script_main(main))

@@ -2,8 +2,9 @@
 
 Usage (from the repository root)::
 
-    PYTHONPATH=src python benchmarks/zo_bench/memory.py                  # the sweep -> results/memory.json
+    PYTHONPATH=src python benchmarks/zo_bench/memory.py          # the sweep -> results/memory.<UTC time>.json
     PYTHONPATH=src python benchmarks/zo_bench/memory.py --only inference,zo-sgd --points 16x256
+    PYTHONPATH=src python benchmarks/zo_bench/memory.py --resume results/memory.<UTC time>.json.partial
 
 Every measurement is a fresh process (one thread): it loads the cached
 SmolLM2-135M in fp32, applies the scheme, builds the optimizer through
@@ -15,7 +16,13 @@ and measures ONE step with :class:`forwardonly.bench.measure.PeakMemory`:
 * ``peak_rss``: the kernel's high-water mark (``VmHWM``, reset through
   ``/proc/self/clear_refs`` just before the step), the whole process;
 * ``peak_anon``: ``RssAnon`` sampled every 0.5 ms (heap only, no file-backed pages);
-* ``start_rss`` / ``start_anon``: just before the step (weights, batch, runtime).
+* ``start_rss`` / ``start_anon``: just before the step (weights, batch, runtime);
+* ``peak_rss_before_step``: the high-water mark before that reset, i.e. over loading and set-up; the
+  whole process's peak over the whole measurement is the larger of it and ``peak_rss``.
+
+Each sweep writes a new record (never over an old one); while it runs, what it has measured so far
+is kept in ``<record>.partial`` (rewritten after every point, removed at the end), which
+``--resume`` continues from.
 
 The *baseline* - interpreter, libraries and weights, nothing else - is its own
 process (method ``baseline``) measured once: its resident set after loading.
@@ -62,10 +69,10 @@ def measure(method: str, batch: int, seq: int) -> dict:
 
     from forwardonly.bench.measure import PeakMemory, anon_bytes, peak_rss_bytes, rss_bytes
     from forwardonly.config import load_config
+    from forwardonly.lm.config import TrainConfig
+    from forwardonly.lm.train import build_optimizer
     from forwardonly.models import apply_scheme, load_model, trainable_parameters
     from forwardonly.tasks.objectives import causal_forward
-    from forwardonly.lm.train import build_optimizer
-    from forwardonly.lm.config import TrainConfig
 
     torch.set_num_threads(1)
     t0 = time.perf_counter()
@@ -102,6 +109,7 @@ def measure(method: str, batch: int, seq: int) -> dict:
         opt = build_optimizer(cfg, params)
         model.train(not cfg.optim.zeroth_order)  # as train.run: FO in train mode (checkpointing needs it)
     gc.collect()
+    before = peak_rss_bytes()  # loading and set-up: PeakMemory resets the high-water mark
     with PeakMemory(interval=0.0005) as mem:
         t_step = time.perf_counter()
         if opt is None:
@@ -116,7 +124,8 @@ def measure(method: str, batch: int, seq: int) -> dict:
             opt.step()
         step_s = time.perf_counter() - t_step
     r = mem.result()
-    return {**r, "step_s": step_s, "total_s": time.perf_counter() - t0, "loss": float(loss),
+    return {**r, "peak_rss_before_step": before, "step_s": step_s, "total_s": time.perf_counter() - t0,
+            "loss": float(loss),
             "trainable_parameters": sum(p.numel() for _, p in trainable_parameters(model))}
 
 
@@ -133,29 +142,36 @@ def main(argv=None) -> int:
     ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     ap.add_argument("--only", help="comma-separated methods (default: all)")
     ap.add_argument("--points", help="comma-separated BATCHxSEQ points (default: the sweep)")
-    ap.add_argument("--out", default=str(HERE / "results" / "memory.json"))
-    ap.add_argument("--resume", action="store_true",
-                    help="keep the baseline and the ok rows already in --out; measure only what is missing")
+    ap.add_argument("--out", help="the record, which must not exist (default: a new results/memory.<UTC time>.json)")
+    ap.add_argument("--resume", metavar="PARTIAL",
+                    help="a stopped sweep's <record>.partial: keep its baseline and ok rows, measure the rest "
+                         "and write its record")
     args = ap.parse_args(argv)
     if args.child:
         method, batch, seq = args.child
         print(json.dumps(measure(method, int(batch), int(seq))))
         return 0
 
-    from forwardonly.bench.record import make_record, write_record
+    from forwardonly.bench.record import make_record, new_record_path, refuse_existing, write_record
+    from forwardonly.io import atomic_write_json
 
     methods = args.only.split(",") if args.only else [m for m in METHODS if m != "baseline"]
     points = [tuple(int(v) for v in p.split("x")) for p in args.points.split(",")] if args.points else POINTS
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0",
            "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    out = Path(args.out)
     started, baseline, rows, done = time.time(), None, [], set()
-    if args.resume and out.is_file():
-        prev = json.loads(out.read_text())
+    if args.resume:
+        partial = Path(args.resume)
+        prev = json.loads(partial.read_text())
         baseline = prev["results"]["baseline"]
         rows = [r for r in prev["results"]["rows"] if r.get("status") == "ok"]
         done = {(r["method"], r["batch"], r["seq"]) for r in rows}
         started -= prev.get("wall_time_s", 0.0)
+        out = Path(args.out or str(partial).removesuffix(".partial"))
+    else:
+        out = Path(args.out) if args.out else new_record_path(HERE / "results", "memory")
+    refuse_existing(out)
+    partial = Path(f"{out}.partial")
     if baseline is None or baseline.get("status") != "ok":
         baseline = child("baseline", 0, 0, env)
     print("baseline", json.dumps(baseline), flush=True)
@@ -170,14 +186,21 @@ def main(argv=None) -> int:
                 row["peak_anon_above_baseline"] = r["peak_anon"] - baseline["anon"]
             rows.append(row)
             print(json.dumps(row), flush=True)
-            config = {"model": MODEL, "dtype": "float32", "threads": 1, "methods": {m: METHODS[m] for m in methods},
-                      "points": sorted({(r["batch"], r["seq"]) for r in rows}), "malloc_mmap_threshold": 65536, "steps_measured": 1}
             # rewritten after every point, so an interrupted sweep still leaves what it measured
-            write_record(out, make_record("zo_bench/memory", config,
-                                          {"baseline": baseline, "rows": rows},
-                                          kind="memory_sweep", wall_time_s=time.time() - started))
+            atomic_write_json(partial, {"results": {"baseline": baseline, "rows": rows},
+                                        "wall_time_s": time.time() - started})
+    config = {"model": MODEL, "dtype": "float32", "threads": 1, "methods": {m: METHODS[m] for m in methods},
+              "points": sorted({(r["batch"], r["seq"]) for r in rows}), "malloc_mmap_threshold": 65536,
+              "steps_measured": 1}
+    write_record(out, make_record("zo_bench/memory", config, {"baseline": baseline, "rows": rows},
+                                  kind="memory_sweep", wall_time_s=time.time() - started,
+                                  resumed_from=args.resume))
+    partial.unlink(missing_ok=True)
+    print(f"wrote {out}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from forwardonly.errors import script_main
+
+    sys.exit(script_main(main))

@@ -23,12 +23,15 @@ of the wrong type or a model that is not available stops the runner with the
 file (and line) at fault. Then each run is a subprocess (``--child``) that
 trains with :func:`forwardonly.lm.train.run` under
 :class:`forwardonly.bench.measure.PeakMemory` and writes
-``results/runs/NAME.seedN.json`` with :func:`forwardonly.bench.record.make_record`:
-the resolved config, seed, forward budget and forwards spent, wall and train
-time, peak memory, zero-shot (``test_before``) and final (``test_after``)
-metrics. A run that crashes (or exceeds ``--timeout``) is written as
-``status: failed`` with its error, and the next run starts. Existing ``ok``
-results are kept unless ``--force``.
+a new record ``results/runs/NAME.seedN.<UTC time>.json`` with
+:func:`forwardonly.bench.record.make_record`: the resolved config, seed, forward
+budget and forwards spent, wall and train time, peak memory, zero-shot
+(``test_before``) and final (``test_after``) metrics, the runner's command and the
+code (commit, and the diff when the tree differs from it). A run that crashes (or
+exceeds ``--timeout``) is written as ``status: failed`` with its error, and the
+next run starts. An experiment x seed that already has an ``ok`` record of the
+same config is not run again unless ``--force``, which adds a record beside the
+old ones: nothing is overwritten, and the report takes the median over all.
 """
 
 from __future__ import annotations
@@ -62,8 +65,8 @@ def validate(defaults: Path, folders: list[Path], overrides: list[str]) -> tuple
 
     from forwardonly.config import load_config, to_dict
     from forwardonly.errors import UserError
-    from forwardonly.models.loading import resolve
     from forwardonly.lm.config import TrainConfig
+    from forwardonly.models.loading import resolve
 
     load_config(TrainConfig, defaults)  # the defaults alone must be valid: errors then name defaults.yaml
     base = yaml.safe_load(defaults.read_text()) or {}
@@ -92,8 +95,8 @@ def child(spec_path: str) -> int:
     from forwardonly.bench.measure import PeakMemory
     from forwardonly.bench.record import make_record, write_record
     from forwardonly.config import load_config
-    from forwardonly.lm.train import run
     from forwardonly.lm.config import TrainConfig
+    from forwardonly.lm.train import run
 
     spec = json.loads(Path(spec_path).read_text())
     cfg = load_config(TrainConfig, None, None, base=spec["config"])
@@ -106,11 +109,25 @@ def child(spec_path: str) -> int:
     results = {k: summary[k] for k in keep if k in summary}
     results.update(wall_time_s=wall, budget_forwards=cfg.budget_forwards, memory=mem.result(),
                    torch_threads=torch.get_num_threads())
-    rec = make_record(f"{spec.get('suite', 'zo_bench')}/{spec['experiment']}", spec["config"], results, status="ok",
-                      experiment=spec["experiment"], experiment_file=spec["experiment_file"], seed=cfg.seed,
-                      seeds=spec["seeds"], overrides=spec["overrides"])
+    rec = make_record(f"{spec.get('suite', 'zo_bench')}/{spec['experiment']}", spec["config"], results,
+                      command=spec["command"], status="ok", experiment=spec["experiment"],
+                      experiment_file=spec["experiment_file"], seed=cfg.seed, seeds=spec["seeds"],
+                      overrides=spec["overrides"])
     write_record(spec["out"], rec)
     return 0
+
+
+def ok_record(results: Path, name: str, config: dict) -> Path | None:
+    """An ``ok`` record of experiment ``name`` with exactly ``config`` (seed included) in ``results``, if any."""
+    seed = config["seed"]
+    for path in sorted([*results.glob(f"{name}.seed{seed}.json"), *results.glob(f"{name}.seed{seed}.*.json")]):
+        try:
+            rec = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if rec.get("status") == "ok" and rec.get("config") == config:
+            return path
+    return None
 
 
 def launch(name: str, config: dict, seed: int, seeds: list[int], overrides: list[str], out: Path,
@@ -118,11 +135,12 @@ def launch(name: str, config: dict, seed: int, seeds: list[int], overrides: list
     """Run one experiment x seed in a fresh process; on a crash, write the failure record ourselves."""
     import tempfile
 
-    from forwardonly.bench.record import make_record, write_record
+    from forwardonly.bench.record import command_info, make_record, write_record
 
     config = {**config, "seed": seed}
+    command = {**command_info(), "child": "run.py --child SPEC (one experiment x seed)"}
     spec = {"experiment": name, "experiment_file": f"experiments/{name}/overrides.yaml", "config": config,
-            "seeds": seeds, "overrides": overrides, "out": str(out), "suite": suite}
+            "seeds": seeds, "overrides": overrides, "out": str(out), "suite": suite, "command": command}
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(spec, f)
     env = {**os.environ, "OMP_NUM_THREADS": str(config.get("threads") or 1), "TOKENIZERS_PARALLELISM": "false"}
@@ -145,9 +163,9 @@ def launch(name: str, config: dict, seed: int, seeds: list[int], overrides: list
     if code == 0 and out.is_file():
         return json.loads(out.read_text())
     tail = "\n".join((err or "").strip().splitlines()[-20:]) or f"exit status {code}, no output"
-    rec = make_record(f"{suite}/{name}", config, {"wall_time_s": time.time() - t0}, status="failed",
-                      error=tail, returncode=code, experiment=name, experiment_file=spec["experiment_file"],
-                      seed=seed, seeds=seeds, overrides=overrides)
+    rec = make_record(f"{suite}/{name}", config, {"wall_time_s": time.time() - t0}, command=command,
+                      status="failed", error=tail, returncode=code, experiment=name,
+                      experiment_file=spec["experiment_file"], seed=seed, seeds=seeds, overrides=overrides)
     write_record(out, rec)
     return rec
 
@@ -163,7 +181,8 @@ def main(argv=None) -> int:
     ap.add_argument("--defaults", help="the keys every experiment shares (default: the suite's defaults.yaml)")
     ap.add_argument("--results", help="where result JSON goes (default: the suite's results/runs/)")
     ap.add_argument("--check", action="store_true", help="validate every experiment file and stop")
-    ap.add_argument("--force", action="store_true", help="re-run experiments that already have an ok result")
+    ap.add_argument("--force", action="store_true",
+                    help="run experiments that already have an ok record too (a new record beside the old)")
     ap.add_argument("--timeout", type=float, default=None, help="seconds before a run is stopped and failed")
     ap.add_argument("--jobs", type=int, default=1, help="runs at once, each its own process (default 1)")
     ap.add_argument("overrides", nargs="*", metavar="key=value", help="applied to every experiment")
@@ -199,21 +218,19 @@ def main(argv=None) -> int:
     print(f"{len(configs)} experiments x {len(seeds)} seeds valid", file=sys.stderr)
     if args.check:
         return 0
+    from forwardonly.bench.record import new_record_path
+
     results = Path(args.results)
     todo = []
     for name, config in configs.items():
         # zero-shot experiments (steps 0) do not depend on the seed unless the scheme initialises weights
         run_seeds = seeds[:1] if config["steps"] == 0 and config["scheme"]["name"] in ("full", "lora") else seeds
         for seed in run_seeds:
-            out = results / f"{name}.seed{seed}.json"
-            if out.is_file() and not args.force:
-                try:
-                    if json.loads(out.read_text()).get("status") == "ok":
-                        print(f"keep {out.name} (exists; --force to re-run)", file=sys.stderr)
-                        continue
-                except json.JSONDecodeError:
-                    pass
-            todo.append((name, config, seed, run_seeds, out))
+            have = ok_record(results, name, {**config, "seed": seed})
+            if have and not args.force:
+                print(f"keep {have.name} (an ok record of this config; --force to add another run)", file=sys.stderr)
+                continue
+            todo.append((name, config, seed, run_seeds, new_record_path(results, f"{name}.seed{seed}")))
     started, n_failed, n_done = time.time(), 0, 0
 
     def one(item):
@@ -222,11 +239,10 @@ def main(argv=None) -> int:
         return item, launch(name, config, seed, run_seeds, args.overrides, out, args.timeout, args.suite), \
             time.time() - t0
 
-    from concurrent.futures import ThreadPoolExecutor, as_completed
-
     # each run is its own process with its own threads (``threads`` in the config); --jobs runs that many at once.
     # Ctrl-C or SIGTERM stops the runs in flight (they are not recorded) and still logs the invocation.
     import signal
+    from concurrent.futures import ThreadPoolExecutor, as_completed
 
     def stop(signum, frame):
         raise KeyboardInterrupt

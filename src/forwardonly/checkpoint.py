@@ -1,7 +1,7 @@
 """Checkpoints of fine-tuning runs, and the seed log that replays a ZO run onto its base model.
 
-A checkpoint is a directory written atomically (a crash leaves the previous
-one whole)::
+A checkpoint is a directory written atomically (a crash or a full disk leaves
+the previous one whole and loadable; see :mod:`forwardonly.io`)::
 
     checkpoint/
       trainable.safetensors   the trainable parameters, by name
@@ -14,10 +14,11 @@ The seed log
 A zeroth-order update is a pure function of (run seed, step, projected
 gradients, learning rate): the directions are regenerated from their seeds
 (:mod:`forwardonly.optim.perturb`). The log keeps, per step, the learning rate
-and the projected gradients actually applied, a few dozen bytes a step, and
-:func:`replay` rebuilds the fine-tuned weights from the base model with it,
-bitwise equal to the trained ones (same device type and dtype). A 200-step
-run of a 135M-parameter model fits in ~20 KB instead of 540 MB.
+and the projected gradients actually applied, plus the few scalars an optimizer's
+update reads beyond them (FZOO's loss spread, HiZOO's curvature), a few dozen
+bytes a step, and :func:`replay` rebuilds the fine-tuned weights from the base
+model with it, bitwise equal to the trained ones (same device type and dtype). A
+200-step run of a 135M-parameter model fits in ~20 KB instead of 540 MB.
 """
 
 from __future__ import annotations
@@ -28,23 +29,29 @@ from pathlib import Path
 import torch
 
 from .errors import UserError
-from .io import atomic_path
+from .io import atomic_path, recover
 
 FORMAT = 1
 
 
 class SeedLog:
-    """The per-step record of a ZO run: ``[{"step", "lr", "grads"} | {"step", "skip"}]`` plus the optimizer."""
+    """The per-step record of a ZO run: ``[{"step", "lr", "grads"[, "scalars"]} | {"step", "skip"}]`` plus the
+    optimizer."""
 
     def __init__(self, optimizer: dict, model: dict, scheme: dict, entries: list | None = None):
         self.optimizer, self.model, self.scheme = optimizer, model, scheme
         self.entries: list[dict] = list(entries or [])
 
-    def record(self, step: int, lrs: list[float], grads: list[float] | None) -> None:
+    def record(self, step: int, lrs: list[float], grads: list[float] | None,
+               scalars: dict | None = None) -> None:
         if grads is None:
             self.entries.append({"step": step, "skip": True})
-        else:
-            self.entries.append({"step": step, "lr": lrs, "grads": [float(g) for g in grads]})
+            return
+        entry = {"step": step, "lr": lrs, "grads": [float(g) for g in grads]}
+        if scalars:
+            entry["scalars"] = {k: [float(x) for x in v] if isinstance(v, (list, tuple)) else float(v)
+                                for k, v in scalars.items()}
+        self.entries.append(entry)
 
     def truncate(self, step: int) -> None:
         """Forget entries of steps >= ``step`` (for a resumed run)."""
@@ -60,15 +67,17 @@ class SeedLog:
 
     @classmethod
     def load(cls, path) -> SeedLog:
+        from .io import read_json
+
         path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise UserError(f"seed log not found: {path}") from None
-        except ValueError as e:
-            raise UserError(f"{path}: not a seed log ({e})") from None
+        if not path.is_file():
+            raise UserError(f"seed log not found: {path}")
+        data = read_json(path, "seed log")
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise UserError(f"{path}: not a forwardonly seed log (format {FORMAT})")
+        missing = [k for k in ("optimizer", "model", "scheme", "entries") if k not in data]
+        if missing or not isinstance(data["entries"], list) or not isinstance(data["optimizer"], dict):
+            raise UserError(f"{path}: incomplete seed log (missing or malformed: {', '.join(missing) or 'entries'})")
         return cls(data["optimizer"], data["model"], data["scheme"], data["entries"])
 
 
@@ -81,8 +90,7 @@ def replay(log: SeedLog, model, optimizer) -> None:
             continue
         for g, lr in zip(groups, e["lr"]):
             g["lr"] = lr
-        optimizer._apply(e["step"], [c / optimizer.q for c in e["grads"]])
-        optimizer.zo_state["step"] = e["step"] + 1
+        optimizer.replay_update(e["step"], e["grads"], e.get("scalars"))
 
 
 def trainable_state(model) -> dict[str, torch.Tensor]:
@@ -116,41 +124,50 @@ def save(directory, model, optimizer, trainer: dict, seedlog: SeedLog | None = N
 def load_trainable(directory, model, write=None) -> None:
     """Load ``trainable.safetensors`` into ``model``; every saved name must exist with the same shape.
     ``write(model, saved, source)`` puts the tensors where they live instead (a streamed model's store)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from .io import load_safetensors
 
     path = Path(directory) / "trainable.safetensors"
-    try:
-        saved = load_file(str(path))
-    except FileNotFoundError:
-        raise UserError(f"no checkpoint weights at {path}") from None
-    except (SafetensorError, OSError) as e:
-        raise UserError(f"{path}: corrupt or truncated checkpoint ({e})") from None
+    if not path.is_file():
+        raise UserError(f"no checkpoint weights at {path}")
+    saved = load_safetensors(path, "checkpoint")
     if write is not None:
         write(model, saved, str(path))
         return
+    copy_into(model, saved, str(path))
+
+
+def copy_into(model, saved: dict[str, torch.Tensor], source: str, target=None) -> None:
+    """Copy ``saved`` (by parameter name) into ``model``'s parameters, or into ``target(name, param)``; a
+    name the model lacks or a shape that differs is one line naming ``source``, before anything is written."""
     params = dict(model.named_parameters())
     for name, t in saved.items():
         p = params.get(name)
         if p is None or p.shape != t.shape:
-            raise UserError(f"{path}: tensor {name} {tuple(t.shape)} does not match the model "
+            raise UserError(f"{source}: tensor {name} {tuple(t.shape)} does not match the model "
                             f"({'missing' if p is None else tuple(p.shape)}); was it trained with another "
                             f"model or scheme?")
-        with torch.no_grad():
-            p.copy_(t)
+    with torch.no_grad():
+        for name, t in saved.items():
+            (params[name] if target is None else target(name, params[name])).copy_(t)
 
 
 def load(directory, model, optimizer=None, write=None) -> dict:
     """Restore weights and (when given) optimizer state; returns ``trainer.json`` (``write``: see
     :func:`load_trainable`)."""
     directory = Path(directory)
+    recover(directory)  # a write killed between its two renames left the previous checkpoint aside
     trainer_path = directory / "trainer.json"
     if not trainer_path.is_file():
         raise UserError(f"no checkpoint in {directory} (missing trainer.json)")
-    trainer = json.loads(trainer_path.read_text())
+    from .io import load_torch, read_json_object
+
+    trainer = read_json_object(trainer_path, "checkpoint state")
     load_trainable(directory, model, write)
     if optimizer is None:
         return trainer
-    state = torch.load(directory / "optimizer.pt", map_location="cpu", weights_only=True)
-    optimizer.load_state_dict(state)
+    state = load_torch(directory / "optimizer.pt", "optimizer state")
+    try:
+        optimizer.load_state_dict(state)
+    except (ValueError, KeyError, TypeError, RuntimeError) as e:
+        raise UserError(f"{directory / 'optimizer.pt'}: does not fit this run's optimizer ({e})") from None
     return trainer

@@ -49,6 +49,22 @@ def _strip_optional(tp):
 def _coerce(value, tp, key: str, loc: str):
     """Convert ``value`` (from YAML or an override string) to type ``tp``."""
     tp, optional = _strip_optional(tp)
+    if typing.get_origin(tp) in (Union, types.UnionType):  # e.g. float | Literal["auto"]: a choice, else the rest
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        choices = [c for a in args if typing.get_origin(a) is typing.Literal for c in typing.get_args(a)]
+        if value in choices:
+            return value
+        errors = []
+        for a in args:
+            if typing.get_origin(a) is typing.Literal:
+                continue
+            try:
+                return _coerce(value, a | None if optional else a, key, loc)
+            except UserError as e:
+                errors.append(e)
+        shown = " or ".join([*(getattr(a, "__name__", str(a)) for a in args
+                               if typing.get_origin(a) is not typing.Literal), *map(repr, choices)])
+        raise UserError(f"{loc}: {key}={value!r} is not a valid {shown}")
     if value is None or (isinstance(value, str) and value.lower() in ("none", "null") and optional):
         if optional or tp is Any:
             return None
@@ -166,13 +182,40 @@ def _set_dotted(tree: dict, key: str, value) -> None:
     tree[parts[-1]] = value
 
 
-def parse_overrides(overrides: list[str]) -> dict:
+def _named_section(cls, key: str) -> bool:
+    """Whether dotted ``key`` of ``cls`` is a section (a nested dataclass) that has a ``name`` field."""
+    tp = cls
+    for part in key.split("."):
+        if not dataclasses.is_dataclass(tp):
+            return False
+        tp = _field_types(tp).get(part)
+    return dataclasses.is_dataclass(tp) and "name" in _field_types(tp)
+
+
+def _shorthand(cls, tree, prefix: str = ""):
+    """``model: NAME`` (or ``model=NAME``) as ``model: {name: NAME}`` for sections that have a name."""
+    if cls is None or not isinstance(tree, dict):
+        return tree
+    out = {}
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        if _named_section(cls, key):
+            v = {"name": v} if not isinstance(v, dict) and v is not None else _shorthand(cls, v, key + ".")
+        out[k] = v
+    return out
+
+
+def parse_overrides(overrides: list[str], cls=None) -> dict:
+    """``["a.b=1", "model=x"]`` as a nested dict; with ``cls``, ``section=NAME`` sets ``section.name``."""
     tree: dict = {}
     for item in overrides:
-        if "=" not in item:
+        if "=" not in item or item.startswith("-"):
             raise UserError(f"override {item!r} is not of the form key=value")
         key, value = item.split("=", 1)
-        _set_dotted(tree, key.strip(), value)
+        key = key.strip()
+        if cls is not None and _named_section(cls, key):
+            key += ".name"
+        _set_dotted(tree, key, value)
     return tree
 
 
@@ -197,7 +240,7 @@ def load_config(cls, path: str | Path | None = None, overrides: list[str] | None
         source = str(path)
         if not path.is_file():
             raise UserError(f"config file not found: {path}")
-        text = path.read_text()
+        text = read_text(path, "config")
         try:
             node = yaml.compose(text)
             loaded = yaml.safe_load(text) or {}
@@ -208,9 +251,9 @@ def load_config(cls, path: str | Path | None = None, overrides: list[str] | None
         if not isinstance(loaded, dict):
             raise UserError(f"{path}: a config must be a mapping of keys to values")
         lines = _lines(node)
-        data = _merge(data, loaded)
+        data = _merge(data, _shorthand(cls, loaded))
     if overrides:
-        over = parse_overrides(overrides)
+        over = parse_overrides(overrides, cls)
         data = _merge(data, over)
         for k in _flatten(over):
             lines[k] = lines.get(k, 0) or 0
@@ -222,6 +265,13 @@ def load_config(cls, path: str | Path | None = None, overrides: list[str] | None
                 raise UserError(str(e).replace(source, source_over, 1)) from None
             raise
     return _build(cls, data, lines, source)
+
+
+def read_text(path: str | Path, what: str = "file") -> str:
+    """A text file's content as UTF-8 (see :func:`forwardonly.io.read_text_file`)."""
+    from .io import read_text_file
+
+    return read_text_file(path, what)
 
 
 def _flatten(tree: dict, prefix: str = "") -> list[str]:

@@ -42,10 +42,18 @@ Example (run with ``torchrun --nproc-per-node 2 script.py``)::
 
 Failures
 --------
-Every collective has the timeout given to :func:`init_from_env`; a rank that
-dies closes its connections, so the others fail at their next collective (at
-once with gloo, within the timeout otherwise) with a :class:`DistributedError`
-naming the rank and the operation. Restart the job; it resumes from the last
+Every collective has the timeout given to :func:`init_from_env` (``timeout_s``,
+300 s by default; ``dist_timeout_s`` in ``forwardonly train``). A rank that dies
+closes its connections, so with gloo the others fail at their next collective
+at once; a rank that hangs (alive, never reaching the collective) makes the
+others fail when the timeout runs out. Each survivor then takes a roll call
+(:mod:`forwardonly.rollcall`, at most ``min(5 s, timeout_s)`` more) and raises a
+:class:`DistributedError` naming the operation, the ranks that never reported
+and whether each has exited or still runs. So a dead rank stops the others
+within ``min(5, timeout_s)`` seconds (gloo) and a hung one within ``timeout_s +
+min(5, timeout_s)`` seconds (``tests/test_distributed.py`` measures both; NCCL is
+not tested here). ``forwardonly train`` prints the error on one line and exits
+with status 1; restart the job with ``--resume``: it continues from the last
 checkpoint, on any world size.
 
 ``forwardonly train --nproc N`` calls :func:`launch`, which re-executes the same
@@ -64,7 +72,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .errors import UserError
+from .errors import RunError, UserError
 from .optim.base import ZOOptimizer
 
 MODES = ("data", "probe")
@@ -72,7 +80,7 @@ REDUCTIONS = ("grads", "losses")
 _ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
-class DistributedError(RuntimeError):
+class DistributedError(RunError, RuntimeError):
     """A collective failed: a peer rank died, hung past the timeout, or the group is broken."""
 
 
@@ -89,9 +97,11 @@ class Comm:
     Args:
         group: process group (default: the world).
         timeout_s: the collectives' timeout, quoted in error messages.
+        rollcall: names the ranks that did not reach a failed collective
+            (:class:`forwardonly.rollcall.RollCall`; :func:`init_from_env` makes one).
     """
 
-    def __init__(self, group=None, timeout_s: float | None = None):
+    def __init__(self, group=None, timeout_s: float | None = None, rollcall=None):
         import torch.distributed as dist
 
         self.dist = dist if dist.is_available() and dist.is_initialized() else None
@@ -106,6 +116,7 @@ class Comm:
             self.device = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
         self.bytes_sent = 0
         self.collectives = 0
+        self.rollcall = rollcall
 
     def _run(self, name: str, fn, payload: torch.Tensor, *args):
         self.bytes_sent += payload.numel() * payload.element_size()
@@ -114,10 +125,14 @@ class Comm:
         try:
             fn(*args, group=self.group)
         except Exception as e:  # gloo/NCCL raise RuntimeError subclasses with backend-specific text
+            failed = time.monotonic() - start
+            who = (self.rollcall.absent(self.collectives) if self.rollcall is not None
+                   else "a peer rank has probably died or hung")
+            backend = " ".join(str(e).split())[:300]  # one line
             raise DistributedError(
-                f"rank {self.rank}/{self.world_size}: {name} failed after {time.monotonic() - start:.1f}s "
-                f"(timeout {self.timeout_s}s); a peer rank has probably died or hung. "
-                f"Restart the job to resume from the last checkpoint. Backend said: {e}"
+                f"rank {self.rank}/{self.world_size}: {name} #{self.collectives} failed after {failed:.1f}s "
+                f"(timeout {self.timeout_s}s): {who}. Restart the job to resume from the last checkpoint. "
+                f"Backend said: {backend}"
             ) from e
 
     def all_reduce_mean(self, values: Sequence[float]) -> list[float]:
@@ -201,7 +216,10 @@ def init_from_env(backend: str | None = None, timeout_s: float = 300.0) -> Comm:
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
-    return Comm(timeout_s=timeout_s)
+    from .rollcall import RollCall
+
+    calls = RollCall.from_env(dist.get_rank(), dist.get_world_size(), grace_s=min(5.0, timeout_s))
+    return Comm(timeout_s=timeout_s, rollcall=calls)
 
 
 def shutdown() -> None:
@@ -261,16 +279,22 @@ class Parallel:
             return means
         return [v / self.comm.world_size for v in self.comm.all_reduce_sum(means)]
 
-    def combine(self, loss: float, grads: list[float]) -> tuple[float, list[float]]:
-        """The step's loss and projected gradients over every rank."""
+    def combine(self, loss: float, grads: list[float], extra: dict[str, list[float]] | None = None):
+        """The step's loss, projected gradients and per-probe scalars (``extra``, e.g. HiZOO's curvature:
+        ``{name: [one value per probe]}``) over every rank: ``(loss, grads, extra)``."""
+        extra = extra or {}
+        keys, q = sorted(extra), len(grads)
+        flat = [v for k in keys for v in extra[k]]
         if self.mode == "probe":
-            rows = self.comm.all_gather([loss, *grads])
+            rows = self.comm.all_gather([loss, *grads, *flat])
             # rank-major order == global probe order k = rank * q_local + j
-            return sum(r[0] for r in rows) / len(rows), [g for r in rows for g in r[1:]]
+            merged = {k: [v for r in rows for v in r[1 + q + i * q : 1 + q + (i + 1) * q]]
+                      for i, k in enumerate(keys)}
+            return sum(r[0] for r in rows) / len(rows), [g for r in rows for g in r[1 : 1 + q]], merged
         if self.reduce == "losses":
-            return loss, grads  # every evaluation was already reduced
-        loss, *grads = self.comm.all_reduce_mean([loss, *grads])
-        return loss, grads
+            return loss, grads, extra  # every evaluation was already reduced
+        loss, *rest = self.comm.all_reduce_mean([loss, *grads, *flat])
+        return loss, rest[:q], {k: rest[q + i * q : q + (i + 1) * q] for i, k in enumerate(keys)}
 
     def before_update(self, optimizer) -> None:
         """Data-parallel hybrid ZO/FO: average the first-order part's gradients over ranks."""
@@ -294,11 +318,13 @@ def distribute(optimizer: ZOOptimizer, comm: Comm, mode: str = "data", reduce: s
         reduce: data mode only: ``"grads"`` (default; one all-reduce of q+1 float64 per step) or
             ``"losses"`` (one all-reduce per evaluation; the single process's arithmetic).
 
-    Every optimizer of :data:`forwardonly.optim.OPTIMIZERS` works in both modes. The hybrid ZO/FO
-    optimizer (``zo-sgd-hybrid``) is the one that sends more than scalars: in data mode its
-    first-order part's gradients are averaged over ranks too (one all-reduce of those parameters'
-    size per step); in probe mode every rank computes the same first-order gradient on the shared
-    batch and nothing extra is sent.
+    Every optimizer of :data:`forwardonly.optim.OPTIMIZERS` works in both modes. The hybrid
+    ZO/FO optimizer (``zo-sgd-hybrid``) is the one that sends more than scalars: in data mode
+    its first-order part's gradients are averaged over ranks too (one all-reduce of those
+    parameters' size per step); in probe mode every rank computes the same first-order
+    gradient on the shared batch and nothing extra is sent. The bytes per step of every
+    optimizer, mode and ``q`` are tabled in ``benchmarks/distributed/README.md`` ("Bytes per
+    rank per step") and tested in ``tests/test_distributed.py``.
     """
     from .optim.forward_grad import ForwardGrad
 

@@ -132,3 +132,28 @@ def test_report_command_renders_the_section_and_plots(tmp_path):
     text = (tmp_path / "out" / "report.md").read_text()
     assert "## Convergence" in text and "curves_E_k16.png" in text and (tmp_path / "out" / "curves_E_k16.png").is_file()
     assert "Accuracy per task x scheme x optimizer" not in text
+
+
+def test_suite_report_block_cites_the_records_and_its_figure_reads(tmp_path):
+    """benchmarks/convergence/report.py: the README block claims.py regenerates, from a folder of records."""
+    from forwardonly.bench.record import RecordSet
+
+    spec = importlib.util.spec_from_file_location("convergence_report", BENCH / "report.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    pilot = _rec("E/k16/pilot/fzoo-lr1e-6", 0, [(100, 0.7)], validate=True, secs_per_fwd=0.5)
+    pilot["results"]["history"] = [{"loss": 0.70}, {"loss": float("nan")}, {"loss": 0.65}]
+    recs = {"E/k16/pilot/fzoo.json": pilot, "E/k16/mezo.json": _rec("E/k16/mezo", 0, [(100, 0.7), (200, 0.8)]),
+            "E/k16/lp.json": _rec("E/k16/lp", 0, [], before=0.55, steps=0)}
+    write(tmp_path, {f"results/{k}": json.dumps(v) for k, v in recs.items()})
+    rs = RecordSet(tmp_path)
+    text = mod.blocks(rs)["report"]
+    # the non-finite loss is left out of the loss column and counts the run as diverged
+    assert "| fzoo-lr1e-6 | x | 0.001 | 100 | 1 | 60.0 | 70.0 | 0.700 -> 0.650 | 500 | 1 |" in text
+    assert "![curves_E_k16](report/curves_E_k16.png)" in text and len(rs.used) == 3
+    pytest.importorskip("matplotlib")
+    from forwardonly.bench.plots import layout_problems
+
+    ((name, draw),) = conv.plot_plans(list(rs.glob("results/*")))
+    fig = draw()
+    assert name == "curves_E_k16.png" and layout_problems(fig) == []

@@ -27,17 +27,6 @@ def model_dir(tmp_path_factory):
     return path
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    from forwardonly.models import tiny_model
-
-    path = tmp_path_factory.mktemp("tiny-llama")
-    model, tok = tiny_model("llama", seed=0)
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
-
-
 def suite(root: Path, model, experiments: dict, pending=()) -> tuple[Path, Path]:
     defaults = root / "defaults.yaml"
     defaults.write_text(f"model: {{name: '{model}'}}\ntask: {{max_train: 32, max_test: 8}}\nbatch_size: 4\n"
@@ -82,13 +71,16 @@ def test_a_crashed_run_is_recorded_and_the_next_one_runs(runner, tiny_dir, tmp_p
     code = runner.main(["--experiments", str(exps), "--defaults", str(defaults), "--results", str(out),
                         "--seeds", "0", "--jobs", "2"])
     assert code == 1
-    crashed = json.loads((out / "a-crash.seed0.json").read_text())
+    (crash_path,) = out.glob("a-crash.seed0.*.json")
+    crashed = json.loads(crash_path.read_text())
     assert crashed["status"] == "failed" and "has no split 'nope'" in crashed["error"]
-    ok = json.loads((out / "b-ok.seed0.json").read_text())
+    (ok_path,) = out.glob("b-ok.seed0.*.json")
+    ok = json.loads(ok_path.read_text())
     assert ok["status"] == "ok" and ok["seed"] == 0 and ok["config"]["model"]["name"] == str(tiny_dir)
     res = ok["results"]
     assert res["forwards"] == 4 and "accuracy" in res["test_before"] and "accuracy" in res["test_after"]
     assert res["memory"]["peak_rss"] > 0 and res["wall_time_s"] > 0 and {"git", "versions", "machine"} <= set(ok)
+    assert ok["command"]["child"].startswith("run.py --child") and ok["command"]["cwd"]
     (line,) = [json.loads(x) for x in (out / "invocations.jsonl").read_text().splitlines()]
     assert line["jobs"] == 2 and line["runs"] == 2 and line["failed"] == 1 and line["wall_time_s"] > 0
     # a second invocation keeps the ok result, re-runs only the failed one, and logs its own line
@@ -96,6 +88,21 @@ def test_a_crashed_run_is_recorded_and_the_next_one_runs(runner, tiny_dir, tmp_p
                         "--seeds", "0"]) == 1
     lines = [json.loads(x) for x in (out / "invocations.jsonl").read_text().splitlines()]
     assert len(lines) == 2 and lines[1]["runs"] == 1 and lines[1]["jobs"] == 1
+    # the failed run's first record is still there, unchanged, beside the new one: nothing is overwritten
+    assert len(list(out.glob("a-crash.seed0.*.json"))) == 2 and json.loads(crash_path.read_text()) == crashed
+    assert list(out.glob("b-ok.seed0.*.json")) == [ok_path]
+
+
+def test_an_ok_record_of_the_same_config_is_kept_any_other_is_not(runner, tmp_path):
+    cfg = {"steps": 2, "seed": 0, "optim": {"name": "zo-sgd"}}
+    (tmp_path / "a.seed0.20270101T000000Z.json").write_text(json.dumps({"status": "failed", "config": cfg}))
+    assert runner.ok_record(tmp_path, "a", cfg) is None
+    (tmp_path / "a.seed0.20270102T000000Z.json").write_text(json.dumps({"status": "ok", "config": cfg}))
+    assert runner.ok_record(tmp_path, "a", cfg).name == "a.seed0.20270102T000000Z.json"
+    assert runner.ok_record(tmp_path, "a", {**cfg, "steps": 3}) is None  # another config: runs again
+    assert runner.ok_record(tmp_path, "a", {**cfg, "seed": 1}) is None
+    (tmp_path / "a.seed0.json").write_text(json.dumps({"status": "ok", "config": cfg}))  # the old naming
+    assert runner.ok_record(tmp_path, "a", cfg).name == "a.seed0.20270102T000000Z.json"
 
 
 def test_shipped_experiments_validate(runner):

@@ -85,7 +85,7 @@ def test_eval_scores_best_weights(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["test_acc"] == summary["test_acc"]
 
 
-SHIPPED = sorted((ROOT / "configs" / "local").glob("*.yaml")) + sorted(
+SHIPPED = sorted((ROOT / "src" / "forwardonly" / "configs" / "local").glob("*.yaml")) + sorted(
     (ROOT / "benchmarks" / "local_learning" / "experiments").glob("*.yaml"))
 
 

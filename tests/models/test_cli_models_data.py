@@ -30,8 +30,11 @@ def test_data_list(capsys, tmp_path, monkeypatch):
 def test_data_fetch_errors(capsys, tmp_path):
     assert main(["data", "fetch", "glue"]) == 2
     assert "unknown data source 'glue'" in capsys.readouterr().err
-    assert main(["data", "fetch", "bigbench", "--sdist", str(tmp_path / "nope.tar.gz")]) == 2
-    assert "sdist not found" in capsys.readouterr().err
+    assert main(["data", "fetch", "bigbench", "--from", str(tmp_path / "nope.tar.gz")]) == 2
+    assert "BIG-bench source not found" in capsys.readouterr().err
+    assert main(["data", "fetch", "bigbench"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "cannot be downloaded" in err and "git clone https://github.com/google/BIG-bench" in err and "\n" not in err
 
 
 @pytest.mark.model

@@ -1,11 +1,16 @@
 """The native Rademacher kernel and the step-level word hold: same values as the torch path, bit for bit."""
 
+import os
+import shutil
+import subprocess
+import sys
+
 import pytest
 import torch
 
 from forwardonly.optim import ZOSGD
-from forwardonly.optim.perturb import native as _native
 from forwardonly.optim.perturb import CHUNK, HOLD_BYTES, Directions
+from forwardonly.optim.perturb import native as _native
 
 needs_native = pytest.mark.skipif(not _native.status()["available"],
                                   reason=f"native kernel unavailable: {_native.status()['reason']}")
@@ -87,30 +92,46 @@ def test_no_compiler_falls_back(monkeypatch, tmp_path):
         _native.reset()
 
 
-def test_hold_keeps_words_once_per_step_and_is_bounded():
+def test_hold_keeps_words_once_per_step_and_is_bounded(monkeypatch):
+    from forwardonly.optim.perturb import directions as _directions
+
     d = Directions(seed=4)
     p = torch.zeros(3 * CHUNK)
     calls = []
-    real = torch.Tensor.random_
+    real = _directions.random_words
 
-    def counting(self, *a, **k):
-        calls.append(self.numel())
-        return real(self, *a, **k)
+    def counting(out, seed):
+        calls.append(out.numel())
+        return real(out, seed)
 
-    torch.Tensor.random_ = counting
-    try:
-        with d.hold():
-            for _ in range(3):  # +eps, -eps, update
-                d.add_(p, 0, [(0, 1.0)], 0)
-        assert len(calls) == 3  # one draw per chunk, not one per pass
-        assert not d._recent  # released when the hold ends
-        calls.clear()
-        for _ in range(2):
+    monkeypatch.setattr(_directions, "random_words", counting)
+    with d.hold():
+        for _ in range(3):  # +eps, -eps, update
             d.add_(p, 0, [(0, 1.0)], 0)
-        assert len(calls) == 6  # without a hold every pass draws again
-    finally:
-        torch.Tensor.random_ = real
+    assert len(calls) == 3  # one draw per chunk, not one per pass
+    assert not d._recent  # released when the hold ends
+    calls.clear()
+    for _ in range(2):
+        d.add_(p, 0, [(0, 1.0)], 0)
+    assert len(calls) == 6  # without a hold every pass draws again
     assert HOLD_BYTES <= 64 << 20
+
+
+@needs_native
+def test_kernel_draws_torchs_random_words():
+    """The kernel's MT19937 gives the words of torch's CPU generator, bit for bit, for any seed and length."""
+    from forwardonly.optim.perturb.seeds import chunk_seed
+
+    assert _native.status()["words"]
+    seeds = [0, 1, 5489, 2**32 + 7, 2**63 - 1] + [chunk_seed(3, s, k, i, 0) for s in range(4) for k in range(2)
+                                                   for i in range(3)]
+    for seed in seeds:
+        for n in (1, 311, 312, 313, 16384):
+            gen = torch.Generator().manual_seed(seed)
+            ref = torch.empty(n, dtype=torch.int64).random_(-(2**63), None, generator=gen)
+            out = torch.empty(n, dtype=torch.int64)
+            assert _native.random_words(out, seed)
+            assert torch.equal(out, ref), (seed, n)
 
 
 def _tiny_llama(tied=True):
@@ -184,12 +205,19 @@ def test_defer_update_rejects_variants_that_cannot_defer():
 
 
 @needs_native
+@pytest.mark.parametrize("openmp", [True, False])
 @pytest.mark.parametrize("threads", [2, 3, 8])
-def test_kernel_split_over_threads_gives_the_same_values(threads):
-    n = 5 * _native.PIECE + 123
-    src = torch.randn(n, generator=torch.Generator().manual_seed(3))
-    words = torch.randint(-(2**63), 2**63 - 1, ((n + 7 + 63) // 64,), dtype=torch.int64,
-                          generator=torch.Generator().manual_seed(4))
+def test_kernel_split_over_threads_gives_the_same_values(threads, openmp, monkeypatch):
+    """Split in torch's OpenMP team or in the Python pool: the same values as one thread, bit for bit."""
+    if openmp and not _native.status()["openmp"]:
+        pytest.skip("the kernel does not share torch's OpenMP runtime here")
+    monkeypatch.setitem(_native._STATE, "openmp", openmp)
+    piece = _native.PIECE if openmp else _native.POOL_PIECE
+    n = 5 * piece + 123
+    g = torch.Generator().manual_seed(3)
+    src = torch.randn(n, generator=g)
+    words = torch.randint(-(2**63), 2**63 - 1, ((n + 7 + 63) // 64,), dtype=torch.int64, generator=g)
+    words_b = torch.randint(-(2**63), 2**63 - 1, ((n + 7 + 63) // 64,), dtype=torch.int64, generator=g)
     one, many = torch.empty(n), torch.empty(n)
     assert _native.sign_add_f32(one, src, words, 7, 0.25, threads=1)
     assert _native.sign_add_f32(many, src, words, 7, 0.25, threads=threads)
@@ -197,6 +225,25 @@ def test_kernel_split_over_threads_gives_the_same_values(threads):
     inplace = src.clone()
     _native.sign_add_f32(inplace, inplace, words, 7, 0.25, threads=threads)
     assert torch.equal(inplace, one)
+    # and the one-pass fold (w += a z_a; out = w + b z_b)
+    w1, w2, o1, o2 = src.clone(), src.clone(), torch.empty(n), torch.empty(n)
+    assert _native.sign_add2_f32(w1, o1, words, words_b, 7, -1e-3, 0.5, threads=1)
+    assert _native.sign_add2_f32(w2, o2, words, words_b, 7, -1e-3, 0.5, threads=threads)
+    assert torch.equal(w1, w2) and torch.equal(o1, o2) and not torch.equal(w1, src)
+
+
+@pytest.mark.skipif(not (sys.platform.startswith("linux") and torch.backends.openmp.is_available()),
+                    reason="the OpenMP runtime is looked up in /proc/self/maps, with torch built with OpenMP")
+@needs_native
+def test_kernel_runs_in_torchs_openmp_runtime():
+    """Built against the runtime torch loaded: no second OpenMP runtime in the process (whose threads
+    would compete with torch's for the cores)."""
+    st = _native.status()
+    runtimes = _native._openmp_runtimes()
+    assert len(runtimes) == 1, runtimes
+    if shutil.which("readelf") and st["openmp"]:
+        needed = subprocess.run(["readelf", "-d", st["path"]], capture_output=True, text=True, check=False).stdout
+        assert os.path.basename(runtimes[0]).split(".so")[0] in needed
 
 
 @needs_native

@@ -10,6 +10,7 @@ from forwardonly.optim import OPTIMIZERS, ZOSGD, ForwardGrad, ZOAdam, build_opti
 
 NAMES = list(OPTIMIZERS)
 LR = {name: row.test["lr"] for name, row in OPTIMIZERS.items()}
+KW = {name: row.test.get("kwargs", {}) for name, row in OPTIMIZERS.items()}
 
 
 def problem(seed=0, dtype=torch.float32):
@@ -32,7 +33,7 @@ def params_of(model):
 @pytest.mark.parametrize("name", NAMES)
 def test_loss_goes_down(name):
     model, x, y = problem()
-    opt = build_optimizer(name, model.parameters(), lr=LR[name], seed=1)
+    opt = build_optimizer(name, model.parameters(), lr=LR[name], seed=1, **KW[name])
     closure = closure_for(model, x, y)
     start = float(closure().detach())
     for _ in range(300):
@@ -46,8 +47,8 @@ def test_fast_matches_reference(name):
     cls, ref, fixed = row.cls, row.reference, row.fixed
     model, x, y = problem()
     model_ref = copy.deepcopy(model)
-    opt = cls(model.parameters(), lr=LR[name], seed=3, **fixed)
-    opt_ref = ref(model_ref.parameters(), lr=LR[name], seed=3, **fixed)
+    opt = cls(model.parameters(), lr=LR[name], seed=3, **fixed, **KW[name])
+    opt_ref = ref(model_ref.parameters(), lr=LR[name], seed=3, **fixed, **KW[name])
     for _ in range(100):
         loss = opt.step(closure_for(model, x, y))
         loss_ref = opt_ref.step(closure_for(model_ref, x, y))
@@ -61,7 +62,7 @@ def test_same_seed_same_run_and_global_rng_untouched(name):
     runs = []
     for _ in range(2):
         model, x, y = problem()
-        opt = build_optimizer(name, model.parameters(), lr=LR[name], seed=7)
+        opt = build_optimizer(name, model.parameters(), lr=LR[name], seed=7, **KW[name])
         rng = torch.get_rng_state()
         for _ in range(20):
             opt.step(closure_for(model, x, y))
@@ -69,7 +70,7 @@ def test_same_seed_same_run_and_global_rng_untouched(name):
         runs.append(params_of(model))
     assert all(torch.equal(a, b) for a, b in zip(*runs))
     model, x, y = problem()
-    opt = build_optimizer(name, model.parameters(), lr=LR[name], seed=8)
+    opt = build_optimizer(name, model.parameters(), lr=LR[name], seed=8, **KW[name])
     for _ in range(20):
         opt.step(closure_for(model, x, y))
     assert not all(torch.equal(a, b) for a, b in zip(runs[0], params_of(model)))
@@ -78,13 +79,13 @@ def test_same_seed_same_run_and_global_rng_untouched(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_resume_is_bitwise_identical(name, tmp_path):
     model, x, y = problem()
-    opt = build_optimizer(name, model.parameters(), lr=LR[name], seed=5)
+    opt = build_optimizer(name, model.parameters(), lr=LR[name], seed=5, **KW[name])
     for _ in range(20):
         opt.step(closure_for(model, x, y))
     straight = params_of(model)
 
     model, x, y = problem()
-    opt = build_optimizer(name, model.parameters(), lr=LR[name], seed=5)
+    opt = build_optimizer(name, model.parameters(), lr=LR[name], seed=5, **KW[name])
     for _ in range(9):
         opt.step(closure_for(model, x, y))
     torch.save({"model": model.state_dict(), "optim": opt.state_dict()}, tmp_path / "ck.pt")
@@ -92,7 +93,7 @@ def test_resume_is_bitwise_identical(name, tmp_path):
     ck = torch.load(tmp_path / "ck.pt", weights_only=True)
     model, x, y = problem(seed=0)
     model.load_state_dict(ck["model"])
-    opt = build_optimizer(name, model.parameters(), lr=LR[name], seed=5)
+    opt = build_optimizer(name, model.parameters(), lr=LR[name], seed=5, **KW[name])
     opt.load_state_dict(ck["optim"])
     for _ in range(11):
         opt.step(closure_for(model, x, y))
@@ -124,7 +125,7 @@ def test_lr_zero_leaves_weights_bitwise_unchanged(name, dtype):
 @pytest.mark.parametrize("name", NAMES)
 def test_non_finite_loss_skips_step(name):
     model, x, y = problem()
-    opt = build_optimizer(name, model.parameters(), lr=LR[name], seed=0)
+    opt = build_optimizer(name, model.parameters(), lr=LR[name], seed=0, **KW[name])
     opt.step(closure_for(model, x, y))
     before = params_of(model)
     bad = lambda: closure_for(model, x, y)() * float("nan")  # noqa: E731

@@ -104,10 +104,10 @@ def test_fused_perturbation_matches_whole_copies(kind, monkeypatch):
     before = [p.detach().clone() for p in model.parameters()]
     d = Directions(5, kind)
     calls = []
-    for name in ("linear", "embedding"):
-        orig = getattr(_fused.FusedWeight, name)
-        monkeypatch.setattr(_fused.FusedWeight, name,
-                            lambda self, *a, _o=orig, _n=name: calls.append(_n) or _o(self, *a))
+    for cls, name in ((_fused.FusedWeight, "linear"), (_fused.FusedWeight, "embedding"),
+                      (Directions, "perturbed_matrix")):
+        orig = getattr(cls, name)
+        monkeypatch.setattr(cls, name, lambda self, *a, _o=orig, _n=name: calls.append(_n) or _o(self, *a))
     for terms in ([(0, 1e-2)], [(0, 1e-2), (1, -3e-3)]):
         with torch.no_grad():
             with Perturbation(items, d, 4, terms, fused=False):
@@ -115,7 +115,8 @@ def test_fused_perturbation_matches_whole_copies(kind, monkeypatch):
             with Perturbation(items, d, 4, terms):
                 fused = model(ids)
         torch.testing.assert_close(fused, whole, rtol=1e-5, atol=1e-5)
-    assert calls.count("embedding") == 2 and calls.count("linear") == 4, calls
+    # the head in row blocks, the hidden layer (one block) as a perturbed matrix handed to the module
+    assert calls.count("embedding") == 2 and calls.count("linear") == 2 and calls.count("perturbed_matrix") == 2, calls
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from forwardonly.errors import UserError
 from forwardonly.tasks import get_task, metrics
-from forwardonly.tasks.bigbench import ROOT, TASKS, convert, extract, split
+from forwardonly.tasks.bigbench import TASKS, TASKS_DIR, convert, extract, split
 
 
 def _examples(name, n):
@@ -30,7 +30,7 @@ def sdist(tmp_path):
     with tarfile.open(path, "w:gz") as tar:
         for name, (member, *_rest) in TASKS.items():
             data = json.dumps({"examples": _examples(name, 1200)}).encode()
-            info = tarfile.TarInfo(f"{ROOT}/{member}")
+            info = tarfile.TarInfo(f"bigbench-1.0.0/{TASKS_DIR}/{member}")
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     return path
@@ -64,13 +64,39 @@ def test_extract_and_load(sdist, tmp_path, monkeypatch):
     assert task.splits["test"][0]["prompt"].startswith("Context: some text")
 
 
-def test_extract_bad_sdist(tmp_path):
+def test_extract_from_a_checkout_directory(tmp_path):
+    repo = tmp_path / "BIG-bench"
+    for name, (member, *_rest) in TASKS.items():
+        path = repo / TASKS_DIR / member
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps({"examples": _examples(name, 700)}))
+    sizes = extract(repo, tmp_path / "out")
+    assert sizes["strategyqa"] == {"test": 400, "validation": 100, "train": 200}
+    assert extract(repo / "bigbench", tmp_path / "out2") == sizes  # the checkout's bigbench/ folder works too
+    assert (tmp_path / "out" / "strategyqa" / "train.jsonl").read_text().count("\n") == 200
+
+
+def test_extract_says_what_can_be_fetched_without_a_source(tmp_path):
+    with pytest.raises(UserError, match=r"cannot be downloaded.*--from a BIG-bench checkout.*task.data.train=FILE"):
+        extract(None, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_extract_bad_source(tmp_path):
     bad = tmp_path / "bigbench-1.0.0.tar.gz"
     bad.write_bytes(b"not a tarball")
-    with pytest.raises(UserError, match="not a readable bigbench sdist"):
+    with pytest.raises(UserError, match="not a readable BIG-bench tarball"):
         extract(bad, tmp_path / "out")
-    with pytest.raises(UserError, match="sdist not found"):
+    with pytest.raises(UserError, match="BIG-bench source not found"):
         extract(tmp_path / "missing.tar.gz", tmp_path / "out")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match=r"not found under bigbench/benchmark_tasks/"):
+        extract(tmp_path / "empty", tmp_path / "out")
+    member = tmp_path / "repo" / TASKS_DIR / TASKS["strategyqa"][0]
+    member.parent.mkdir(parents=True)
+    member.write_bytes(b'{"examples": [\n\xff]}')
+    with pytest.raises(UserError, match=f"{member}:2: not UTF-8 text"):
+        extract(tmp_path / "repo", tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 

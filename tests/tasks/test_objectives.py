@@ -105,7 +105,64 @@ def test_accuracy_and_f1_objectives():
         pred = acc.predict(model, b)
         assert acc.loss(model, b).item() == pytest.approx(1 - (pred == b.target).float().mean().item())
         f1 = make_objective(task, tok, "f1")
-        assert 0.0 <= f1.loss(model, f1.batch(batch_examples)).item() <= 1.0
+        pred = f1.predict(model, f1.batch(batch_examples)).tolist()
+        target = [ex["target"] for ex in batch_examples]
+        # macro F1 from the confusion counts, written out here (classes absent from both count as 1)
+        per_class = []
+        for c in (0, 1):
+            tp = sum(p == c and t == c for p, t in zip(pred, target))
+            wrong = sum((p == c) != (t == c) for p, t in zip(pred, target))
+            per_class.append(1.0 if tp + wrong == 0 else 2 * tp / (2 * tp + wrong))
+        assert f1.loss(model, f1.batch(batch_examples)).item() == pytest.approx(1 - sum(per_class) / 2)
+
+
+class _FixedLogits(torch.nn.Module):
+    """A causal-LM stand-in: the last position's logits are given per row, so every prediction is known."""
+
+    def __init__(self, rows: torch.Tensor):
+        super().__init__()
+        self.rows = rows
+
+    def forward(self, input_ids, attention_mask=None, logits_to_keep=1, **kw):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(logits=self.rows[:, None, :])
+
+
+def test_f1_and_accuracy_objectives_on_known_predictions():
+    """Two negatives and two positives predicted (negative, positive, positive, positive): accuracy 3/4; F1 of
+    'negative' 2/3 (1 hit, 1 miss), of 'positive' 4/5 (2 hits, 1 false alarm); macro F1 11/15."""
+    _, tok = tiny_model("llama")
+    task = get_task("sentiment")
+    neg = [ex for ex in task.splits["train"] if ex["target"] == 0][:2]
+    pos = [ex for ex in task.splits["train"] if ex["target"] == 1][:2]
+    obj = {name: make_objective(task, tok, name) for name in ("f1", "accuracy", "ce")}
+    labels = obj["f1"].label_ids
+    logits = torch.zeros(4, len(tok))
+    for row, label in enumerate((0, 1, 1, 1)):
+        logits[row, labels[label]] = 5.0
+    model = _FixedLogits(logits)
+    batch = obj["f1"].batch(neg + pos)
+    assert obj["f1"].predict(model, batch).tolist() == [0, 1, 1, 1]
+    assert obj["f1"].loss(model, batch).item() == pytest.approx(1 - 11 / 15)
+    assert obj["accuracy"].loss(model, batch).item() == pytest.approx(0.25)
+    wrong = torch.log1p(torch.exp(torch.tensor(5.0))).item()  # -log softmax of the other label at 0 vs 5
+    right = torch.log1p(torch.exp(torch.tensor(-5.0))).item()
+    assert obj["ce"].loss(model, batch).item() == pytest.approx((3 * right + wrong) / 4, rel=1e-5)
+
+
+class _FixedAnswers(torch.nn.Module):
+    """A generator stand-in: ``generate`` appends the given answer text (then a newline) to each prompt."""
+
+    def __init__(self, tok, answers: list[str]):
+        super().__init__()
+        self.tok, self.answers = tok, answers
+
+    def generate(self, input_ids, **kw):
+        ids = [self.tok(a + "\nignored", add_special_tokens=False)["input_ids"] for a in self.answers]
+        width = max(map(len, ids))
+        rows = [list(p) + i + [self.tok.pad_token_id] * (width - len(i)) for p, i in zip(input_ids.tolist(), ids)]
+        return torch.tensor(rows)
 
 
 def test_qa_objectives():
@@ -116,7 +173,13 @@ def test_qa_objectives():
         ce = make_objective(task, tok, "ce", max_length=128)
         assert isinstance(ce, QA) and ce.loss(model, ce.batch(examples)).item() > 0
         f1 = make_objective(task, tok, "f1", max_length=128)
-        assert f1.loss(model, f1.batch(examples)).item() == pytest.approx(1.0)  # a random model gets nothing right
+        em = make_objective(task, tok, "accuracy", max_length=128)
+        # the first answer exactly; the second with one extra word: precision n/(n+1), recall 1, F1 2n/(2n+1)
+        first, second = (ex["answers"][0] for ex in examples)
+        stub = _FixedAnswers(tok, [first, second + " zebra"])
+        n = len(second.split())
+        assert f1.loss(stub, f1.batch(examples)).item() == pytest.approx(1 - (1 + 2 * n / (2 * n + 1)) / 2)
+        assert em.loss(stub, em.batch(examples)).item() == pytest.approx(0.5)
 
 
 def test_classifier_objective():

@@ -1,18 +1,6 @@
 import pytest
 
 
-@pytest.fixture(scope="session")
-def tiny_dir(tmp_path_factory):
-    """A tiny random Llama saved as a Hugging Face directory (what users point model.name at)."""
-    from forwardonly.models import tiny_model
-
-    path = tmp_path_factory.mktemp("tiny-llama")
-    model, tok = tiny_model("llama", seed=0)
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
-
-
 @pytest.fixture
 def cfg_of(tiny_dir):
     """``cfg_of("steps=3", ...)``: a TrainConfig on the tiny model with small splits."""

@@ -8,7 +8,8 @@ from forwardonly.config import load_config
 from forwardonly.lm.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[2]
-SHIPPED = sorted((ROOT / "configs" / "lm").glob("*.yaml")) + [ROOT / "src" / "forwardonly" / "configs" / "demo.yaml"]
+CONFIGS = ROOT / "src" / "forwardonly" / "configs"
+SHIPPED = sorted((CONFIGS / "lm").glob("*.yaml")) + [CONFIGS / "demo.yaml"]
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)

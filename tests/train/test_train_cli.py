@@ -42,15 +42,25 @@ def test_demo_runs_end_to_end_on_a_tiny_model(ov, tiny_dir, capsys, tmp_path, mo
     assert main(["demo", "--no-progress", *ov("steps=2")]) == 0
     out = capsys.readouterr().out
     assert "accuracy before" in out and "accuracy after" in out and "peak memory" in out
-    # its record, in a new out_dir of its own
-    (path,) = tmp_path.glob("runs/demo/*/record.json")
-    rec = json.loads(path.read_text())
-    res = rec["results"]
-    assert res["forwards"] == 4 and res["step"] == 2 and res["test_after"]["n"] == 16
-    assert 0 <= res["test_before"]["accuracy"] <= 1 and res["peak_rss_bytes"] > 0
-    assert res["total_time_s"] >= res["run_time_s"] >= res["train_time_s"] > 0
-    assert rec["config"]["steps"] == 2 and rec["git"]["commit"] and rec["versions"]["torch"]
-    assert rec["command"]["argv"][:2] == ["forwardonly", "demo"] and len(res["load_avg"]["end"]) == 3
     # a given out_dir holds the record beside the run's seed log
     assert main(["demo", "--no-progress", *ov("steps=1", f"out_dir={tmp_path / 'mine'}")]) == 0
-    assert (tmp_path / "mine" / "record.json").is_file() and (tmp_path / "mine" / "seedlog.json").is_file()
+    rec = json.loads((tmp_path / "mine" / "record.json").read_text())
+    assert (tmp_path / "mine" / "seedlog.json").is_file() and rec["results"]["forwards"] == 2
+    assert rec["results"]["step"] == 1 and rec["config"]["out_dir"] == str(tmp_path / "mine")
+    assert len(rec["results"]["load_avg"]["end"]) == 3 and rec["results"]["train_examples"] > 0
+
+
+def test_demo_writes_a_record_that_pins_its_run(ov, tmp_path, capsys):
+    """``forwardonly demo --record DIR``: the README's demo figures come from this record; a second run adds a
+    second file, never replaces the first."""
+    args = ["demo", "--no-progress", "--record", str(tmp_path), *ov("steps=2", "batch_size=4")]
+    assert main(args) == 0 and main(args) == 0
+    out = capsys.readouterr().out
+    first, second = sorted(tmp_path.glob("demo.*.json"))
+    rec = json.loads(first.read_text())
+    assert rec["name"] == "demo" and rec["config"]["steps"] == 2 and rec["config"]["scheme"]["name"] == "bitfit"
+    res = rec["results"]
+    assert res["step"] == 2 and res["test_after"]["n"] == 16 and res["peak_rss_bytes"] > 0
+    assert f"before  {100 * res['test_before']['accuracy']:6.2f} %" in out
+    assert res["total_time_s"] >= res["run_time_s"] > 0 and rec["command"]["argv"] and rec["git"]["commit"]
+    assert json.loads(second.read_text())["created"] >= rec["created"]

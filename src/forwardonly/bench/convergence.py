@@ -23,6 +23,7 @@ Example::
 
 from __future__ import annotations
 
+import math
 import statistics
 from pathlib import PurePosixPath
 
@@ -172,13 +173,19 @@ def sweep_rows(methods: dict[str, list[dict]]) -> list[list]:
         start = [curve(r, "validation")[0][2] for r in recs if curve(r, "validation")]
         diverged = sum(1 for r in recs if any(h.get("loss", 0) != h.get("loss", 0) or h.get("loss", 0) > 1e3
                                               for h in r["results"].get("history") or []))
+        losses = [[h["loss"] for h in r["results"].get("history") or [] if math.isfinite(h.get("loss", math.nan))]
+                  for r in recs]
+        first, last = [x[0] for x in losses if x], [x[-1] for x in losses if x]
+        per_fwd = [r["results"]["train_time_s"] / r["results"]["forwards"] for r in recs if r["results"].get("forwards")]
         rows.append([m, recs[0]["config"]["optim"]["name"], _lr(recs[0]), recs[0]["results"].get("forwards"),
-                     len(recs), _spread(start), _spread(finals), diverged or ""])
+                     len(recs), _spread(start), _spread(finals),
+                     f"{_spread(first, 1, 3)} -> {_spread(last, 1, 3)}" if first else "-",
+                     f"{1000 * statistics.median(per_fwd):.0f}" if per_fwd else "-", diverged or ""])
     return rows
 
 
 SWEEP_HEAD = ["run", "optimizer", "lr", "forwards", "seeds", "validation % at start", "validation % at end",
-              "diverged"]
+              "training loss, first -> last logged row", "ms / forward (train)", "diverged"]
 
 
 def render(recs: list[dict]) -> str:
@@ -200,39 +207,35 @@ def render(recs: list[dict]) -> str:
     return "## Convergence\n\n" + "\n\n".join(parts) if parts else ""
 
 
-def plot(recs: list[dict], out_dir) -> list[str]:
-    """Per cell, one PNG: test accuracy against forward passes (left) and training seconds (right), the median
-    over seeds as a line and the min-max spread as a band; the linear probe (or zero-shot) as a dashed line."""
-    from pathlib import Path
+def plot_plans(recs: list[dict]) -> list[tuple[str, object]]:
+    """Per cell, ``(file name, draw)`` of one figure: test accuracy against forward passes (left) and training
+    seconds (right), the median over seeds as a line and the min-max spread as a band; the linear probe (or
+    zero-shot) as a dashed line. ``draw()`` makes the figure (:func:`forwardonly.bench.plots.plans`)."""
+    return [("curves_" + cell.replace("/", "_") + ".png", (lambda c=cell, m=methods: _curves_figure(c, m)))
+            for cell, methods in by_cell(recs, ("final", "probe")).items()]
 
-    from .plots import _plt, _save
 
-    finals = by_cell(recs, ("final", "probe"))
-    made = []
-    for cell, methods in finals.items():
-        plt = _plt()
-        fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
-        colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-        for i, m in enumerate(sorted(methods)):
-            med = median_curve(methods[m])
-            if methods[m][0]["config"].get("steps") == 0:
-                level = statistics.median(_acc(r["results"].get("test_after")) for r in methods[m])
-                for ax in axes:
-                    ax.axhline(100 * level, ls="--", color="k", lw=1, label=f"{m} (no training)")
-                continue
-            for ax, x in zip(axes, (0, 1)):
-                xs = [p[x] for p in med]
-                ax.plot(xs, [100 * p[2] for p in med], color=colours[i % len(colours)], label=m, lw=1.6)
-                ax.fill_between(xs, [100 * p[3] for p in med], [100 * p[4] for p in med],
-                                color=colours[i % len(colours)], alpha=0.15, lw=0)
-        for ax, label in zip(axes, ("forward passes (training)", "training time (s, this shared 2-core machine)")):
-            ax.set_xlabel(label, fontsize=10)
-            ax.set_ylabel("test accuracy % (median, min-max band)", fontsize=10)
-            ax.grid(alpha=0.3)
-            ax.tick_params(labelsize=9)
-        axes[1].legend(fontsize=9, loc="center left", bbox_to_anchor=(1.02, 0.5))
-        fig.suptitle(f"{cell}: test accuracy during training", fontsize=11)
-        name = "curves_" + cell.replace("/", "_") + ".png"
-        made.append(_save(fig, Path(out_dir) / name))
-        plt.close(fig)
-    return made
+def _curves_figure(cell: str, methods: dict[str, list[dict]]):
+    from .plots import grid, plt_module
+
+    fig, axes = grid(2, 4.6, 3.6, ncols=2, legend_rows=len(methods))
+    colours = plt_module().rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, m in enumerate(sorted(methods)):
+        if methods[m][0]["config"].get("steps") == 0:
+            level = statistics.median(_acc(r["results"].get("test_after")) for r in methods[m])
+            for ax in axes:
+                ax.axhline(100 * level, ls="--", color="k", lw=1, label=f"{m} (no training)")
+            continue
+        med = median_curve(methods[m])
+        for ax, x in zip(axes, (0, 1)):
+            xs = [p[x] for p in med]
+            ax.plot(xs, [100 * p[2] for p in med], color=colours[i % len(colours)], label=m, lw=1.6)
+            ax.fill_between(xs, [100 * p[3] for p in med], [100 * p[4] for p in med],
+                            color=colours[i % len(colours)], alpha=0.15, lw=0)
+    for ax, label in zip(axes, ("forward passes (training)", "training time, s (shared 2-core machine)")):
+        ax.set_xlabel(label)
+        ax.set_ylabel("test accuracy % (median, min-max band)")
+        ax.grid(alpha=0.3)
+    axes[1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5))
+    fig.suptitle(f"{cell}: test accuracy during training")
+    return fig

@@ -7,19 +7,19 @@ accuracies, the time and the peak memory. Overrides work as for ``train``::
 
     forwardonly demo
     forwardonly demo steps=40                 # a shorter run
-    forwardonly demo out_dir=runs/my-demo     # where the run and its record go
+    forwardonly demo out_dir=runs/demo        # keep the checkpoint, the seed log and the result record
+    forwardonly demo --record benchmarks/demo/results   # also write a result record (the README's figures)
 
-Every demo writes its result record, ``record.json`` (accuracy before and after,
-forward passes, training, evaluation and total time, whole-process peak RSS, the
-load average of the machine, the config, the command, commit and versions), into
-its ``out_dir`` beside the checkpoint and the seed log; without ``out_dir`` that is
-a new ``runs/demo/<UTC time>`` folder, so no earlier demo is overwritten.
+The result record (accuracy before and after, forward passes, training, evaluation and total time,
+whole-process peak RSS, the machine's load average, the config, the command, commit and versions)
+goes to ``out_dir/record.json`` when the run has an ``out_dir``, and to a new ``DIR/demo.<UTC time>.json``
+with ``--record DIR``; neither replaces an existing file.
 """
 
 from __future__ import annotations
 
+import logging
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -32,27 +32,31 @@ class Demo:
     @staticmethod
     def add_arguments(p):
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
+        p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+        p.add_argument("--record", metavar="DIR",
+                       help="also write a result record (config, command, code, accuracies, times, peak RSS) as a "
+                            "new DIR/demo.<UTC time>.json")
         p.add_argument("overrides", nargs="*", metavar="key=value", help="overrides of the demo config")
 
     @staticmethod
     def run(args) -> int:
-        import dataclasses
-
         from ..lm.train import run
         from ..models import zoo
+        from .main import show_progress
         from .train import load_train_config
 
-        total = time.perf_counter()
-        load_start = os.getloadavg()
         cfg = load_train_config(CONFIG, args.overrides)
-        if cfg.out_dir is None:
-            stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-            cfg = dataclasses.replace(cfg, out_dir=str(Path("runs") / "demo" / stamp))
+        if args.print_config:
+            from .common import print_config
+
+            return print_config(cfg)
+        total, load_start = time.perf_counter(), os.getloadavg()
         if cfg.model.name in zoo.ZOO and zoo.cached(cfg.model.name) is None:
-            print(f"fetching {cfg.model.name} into {zoo.model_dir(cfg.model.name)} (once) ...", file=sys.stderr)
-            zoo.fetch(cfg.model.name, log=lambda m: print(m, file=sys.stderr))
+            log = logging.getLogger("forwardonly")
+            log.info(f"fetching {cfg.model.name} into {zoo.model_dir(cfg.model.name)} (once) ...")
+            zoo.fetch(cfg.model.name, log=log.info)
         start = time.perf_counter()
-        s = run(cfg, progress=not args.no_progress and sys.stderr.isatty())
+        s = run(cfg, progress=show_progress(args))
         wall = time.perf_counter() - start
         before, after = s["test_before"], s["test_after"]
         metric = "accuracy" if "accuracy" in after else "f1"
@@ -66,30 +70,35 @@ class Demo:
         print(f"  steps {s['step']}, forward passes {s['forwards']}, training {s['train_time_s']:.0f} s, "
               f"total {wall:.0f} s")
         print(f"  peak memory (RSS) {rss / 2**20:.0f} MiB" if rss else "  peak memory: unavailable here")
-        path = write_demo_record(cfg, s, argv=getattr(args, "argv", sys.argv[1:]), run_s=wall,
-                                 total_s=time.perf_counter() - total, load_start=load_start)
-        print(f"  record {path}")
+        if cfg.out_dir or args.record:
+            for path in write_demo_records(cfg, s, args.record, run_s=wall, total_s=time.perf_counter() - total,
+                                           load_start=load_start):
+                print(f"  record {path}")
         return 0
 
 
-def write_demo_record(cfg, summary: dict, *, argv: list[str], run_s: float, total_s: float, load_start) -> Path:
-    """``out_dir/record.json``: what the demo measured, with the config, command, code and machine."""
-    from ..bench.record import make_record, write_record
+def write_demo_records(cfg, summary: dict, record_dir: str | None, *, run_s: float, total_s: float,
+                       load_start) -> list[Path]:
+    """The demo's result record, as ``out_dir/record.json`` (if the run has an ``out_dir``) and as a new
+    ``record_dir/demo.<UTC time>.json`` (if given): what it measured, with config, command, code and machine."""
+    from ..bench.record import make_record, new_record_path, write_record
     from ..config import to_dict
 
     keep = ("test_before", "test_after", "step", "forwards", "train_time_s", "peak_rss_bytes",
             "trainable_parameters", "history", "train_examples")
-    results = {k: summary[k] for k in keep if k in summary}
-    results.update(run_time_s=round(run_s, 1), total_time_s=round(total_s, 1),
-                   eval_and_load_time_s=round(run_s - summary["train_time_s"], 1),
-                   load_avg={"start": list(load_start), "end": list(os.getloadavg())})
-    command = {"argv": ["forwardonly", *argv], "cwd": os.getcwd(), "python": sys.executable}
-    rec = make_record("demo", to_dict(cfg), results, command=command, status="ok")
-    path = Path(cfg.out_dir) / "record.json"
-    if path.exists():  # run() refuses a used out_dir, so this is a file someone put there: keep it
-        path = Path(cfg.out_dir) / f"record.{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
-    write_record(path, rec)
-    return path
+    results = {**{k: summary[k] for k in keep if k in summary}, "run_time_s": run_s, "total_time_s": total_s,
+               "eval_and_load_time_s": run_s - summary["train_time_s"],
+               "load_avg": {"start": list(load_start), "end": list(os.getloadavg())}}
+    rec = make_record("demo", to_dict(cfg), results)
+    paths = []
+    if cfg.out_dir:
+        path = Path(cfg.out_dir) / "record.json"
+        if path.exists():  # run() refuses a used out_dir, so this is a file someone put there: keep it
+            path = new_record_path(cfg.out_dir, "record")
+        paths.append(write_record(path, rec))
+    if record_dir:
+        paths.append(write_record(new_record_path(record_dir, "demo"), rec))
+    return paths
 
 
 def register(subparsers) -> None:
@@ -98,4 +107,6 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("demo", help=Demo.help, description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     Demo.add_arguments(p)
-    p.set_defaults(func=Demo.run)
+    from .train import train_config_cls
+
+    p.set_defaults(func=Demo.run, config_cls=train_config_cls)

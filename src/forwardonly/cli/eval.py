@@ -2,15 +2,16 @@
 
 Examples::
 
-    forwardonly eval model.name=smollm2-135m task.name=sentiment
+    forwardonly eval model=smollm2-135m task=sentiment          # model=X is short for model.name=X
+    forwardonly eval model=smollm2-135m task=strategyqa --split validation task.max_test=50
     forwardonly eval --run runs/a                       # the run's final checkpoint, its config
-    forwardonly eval --seedlog runs/a/seedlog.json task.name=sentiment   # rebuild from the seed log
+    forwardonly eval --seedlog runs/a/seedlog.json task=sentiment   # rebuild from the seed log
 """
 
 from __future__ import annotations
 
 import json
-import sys
+import logging
 from pathlib import Path
 
 
@@ -19,7 +20,9 @@ class Eval:
 
     @staticmethod
     def add_arguments(p):
-        p.add_argument("--config", help="YAML config (a TrainConfig); model, scheme and task are used")
+        p.add_argument("--config", help="YAML config (a TrainConfig) or a shipped config's name; model, scheme "
+                                        "and task are used")
+        p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
         p.add_argument("--run", help="a run's out_dir: evaluate its checkpoint with its config")
         p.add_argument("--seedlog", help="rebuild the fine-tuned model from this seed log, then evaluate")
         p.add_argument("--split", default=None, help="split to score (default: the config's task.test_split)")
@@ -32,39 +35,53 @@ class Eval:
 
         from .. import checkpoint
         from ..config import load_config
-        from ..errors import UserError
-        from ..tasks import evaluate, get_task
-        from ..lm.holders import Holder
-        from ..lm.train import replay_seedlog, setup
         from ..lm.config import TrainConfig
+        from ..lm.holders import Holder
+        from ..lm.setup import replay_seedlog, setup
+        from ..tasks import evaluate, task_for_run
+        from .common import print_config, resolve_config
+        from .main import show_progress
 
         base = None
         if args.run:
-            cfg_path = Path(args.run) / "config.json"
-            if not cfg_path.is_file():
-                raise UserError(f"{args.run} is not a run directory (no config.json)")
-            base = json.loads(cfg_path.read_text())
-        cfg = load_config(TrainConfig, args.config, args.overrides, base=base)
+            base = read_run_config(Path(args.run))
+        cfg = load_config(TrainConfig, resolve_config(args.config), args.overrides, base=base)
+        if args.print_config:
+            return print_config(cfg)
         split = args.split or cfg.task.test_split
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
+        model_name = cfg.model.name
         if args.seedlog:
             model, tok = replay_seedlog(args.seedlog, device=cfg.device)
-            task = get_task(cfg.task.name)
+            # the model the run was made on, not the config's default
+            model_name = checkpoint.SeedLog.load(args.seedlog).model.get("name", model_name)
+            task = task_for_run(cfg.task, [split])
             holder = None
         else:
             holder = Holder(cfg.model, None, cfg.device)
-            model, tok, task, _, _ = setup(cfg, lambda m: print(m, file=sys.stderr), holder)
+            model, tok, task, _, _ = setup(cfg, logging.getLogger("forwardonly").info, holder, needs=[split])
             holder.attach(model)  # quantized, streamed, mixed precision: as the run held it
             if args.run:
                 checkpoint.load_trainable(Path(args.run) / "checkpoint", model, write=holder.load_trainable)
         metrics = evaluate(model, tok, task, split, batch_size=cfg.eval_batch_size, max_examples=cfg.task.max_test,
-                           device=cfg.device, progress=not args.no_progress and sys.stderr.isatty(),
+                           device=cfg.device, progress=show_progress(args),
                            max_length=cfg.task.max_length)
         if holder is not None:
             holder.detach()
-        print(json.dumps({"model": cfg.model.name, "task": task.name, "split": split, **metrics}, indent=1))
+        print(json.dumps({"model": model_name, "task": task.name, "split": split, **metrics}, indent=1))
         return 0
+
+
+def read_run_config(run: Path) -> dict:
+    """A run directory's ``config.json`` (a :class:`UserError` naming the file if it is missing or corrupt)."""
+    from ..errors import UserError
+    from ..io import read_json_object
+
+    path = run / "config.json"
+    if not path.is_file():
+        raise UserError(f"{run} is not a run directory (no config.json)")
+    return read_json_object(path, "run config")
 
 
 def register(subparsers) -> None:
@@ -73,4 +90,6 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("eval", help=Eval.help, description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     Eval.add_arguments(p)
-    p.set_defaults(func=Eval.run)
+    from .train import train_config_cls
+
+    p.set_defaults(func=Eval.run, config_cls=train_config_cls)

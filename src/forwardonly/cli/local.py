@@ -3,18 +3,20 @@
 Examples::
 
     forwardonly local train --algo mf --data fashion-mnist out_dir=runs/mf epochs=20
-    forwardonly local train --config configs/local/ff-fashion-mnist.yaml --resume
+    forwardonly local train --config local/ff-fashion-mnist out_dir=runs/ff --resume
+    forwardonly local train --config local/mf-digits --print-config
     forwardonly local eval runs/mf
 """
 
 from __future__ import annotations
 
 import json
-import sys
+import logging
 from pathlib import Path
 
 from ..config import load_config
 from ..errors import UserError
+from .common import add_out_dir, print_config, resolve_config
 
 
 class Train:
@@ -24,27 +26,33 @@ class Train:
 
     @staticmethod
     def add_arguments(p):
-        p.add_argument("--config", help="YAML config (a LocalConfig); keys may be overridden after it")
+        p.add_argument("--config", help="YAML config (a LocalConfig) or a shipped config's name "
+                                        "(forwardonly configs list); keys may be overridden with key=value")
         p.add_argument("--algo", help="ff, mf, cafo, dfa, drtp, fg or bp (same as algo=...)")
         p.add_argument("--data", help="fashion-mnist, mnist, digits or cifar10 (same as data=...)")
         p.add_argument("--data-dir", help="directory with the raw data files (same as data_dir=...)")
-        p.add_argument("--out", help="output directory for checkpoint/metrics (same as out_dir=...)")
-        p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
+        add_out_dir(p, "output directory for checkpoint/metrics")
+        p.add_argument("--resume", action="store_true", help="continue from out_dir/checkpoint")
+        p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
         p.add_argument("--no-progress", action="store_true", help="no progress bar")
-        p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides after the options, e.g. lr=3e-4 ff.loss=hinton")
+        p.add_argument("overrides", nargs="*", metavar="key=value",
+                       help="config overrides, anywhere on the line, e.g. out_dir=runs/a lr=3e-4 ff.loss=hinton")
 
     @staticmethod
     def run(args) -> int:
         from ..local.config import LocalConfig
         from ..local.trainer import train
+        from .main import show_progress
 
         flags = [f"{k}={v}" for k, v in (("algo", args.algo), ("data", args.data),
                                           ("data_dir", args.data_dir), ("out_dir", args.out)) if v]
-        cfg = load_config(LocalConfig, args.config, [*flags, *args.overrides])
+        cfg = load_config(LocalConfig, resolve_config(args.config), [*flags, *args.overrides])
+        if args.print_config:
+            return print_config(cfg)
         if args.resume and not cfg.out_dir:
-            raise UserError("--resume needs an output directory (--out DIR or out_dir=DIR)")
-        summary = train(cfg, progress=not args.no_progress and sys.stderr.isatty(), resume=args.resume,
-                        log=lambda line: print(line, file=sys.stderr))
+            raise UserError("--resume needs an output directory (out_dir=DIR)")
+        summary = train(cfg, progress=show_progress(args), resume=args.resume,
+                        log=logging.getLogger("forwardonly").info)
         summary.pop("model")
         summary.pop("history")
         print(json.dumps(summary, indent=2))
@@ -63,9 +71,7 @@ class Eval:
 
     @staticmethod
     def run(args) -> int:
-        import torch
-        from safetensors.torch import load_file
-
+        from ..io import load_safetensors, load_torch
         from ..local import build_model
         from ..local.config import LocalConfig
         from ..local.data import load_dataset
@@ -73,13 +79,20 @@ class Eval:
         ckpt = Path(args.run_dir) / "checkpoint"
         if not (ckpt / "state.pt").is_file():
             raise UserError(f"no checkpoint in {ckpt}")
-        saved = json.loads(torch.load(ckpt / "state.pt", weights_only=True)["config"])
+        state = load_torch(ckpt / "state.pt", "checkpoint state")
+        try:
+            saved = json.loads(state["config"])
+        except (KeyError, TypeError, ValueError):
+            raise UserError(f"{ckpt / 'state.pt'}: not a forwardonly local checkpoint (no config)") from None
         if args.data_dir:
             saved["data_dir"] = args.data_dir
         cfg = load_config(LocalConfig, None, None, base=saved)
         data = load_dataset(cfg.data, cfg.data_dir, cfg.val_fraction, cfg.limit_train)
         model = build_model(cfg, data.n_features, data.n_classes)
-        model.load_state_dict(load_file(str(ckpt / "best.safetensors")))
+        try:
+            model.load_state_dict(load_safetensors(ckpt / "best.safetensors", "checkpoint weights"))
+        except RuntimeError as e:
+            raise UserError(f"{ckpt / 'best.safetensors'}: does not fit the model ({str(e).splitlines()[0]})") from None
         print(json.dumps({"algo": cfg.algo, "data": cfg.data,
                           **{f"test_{k}": v for k, v in model.evaluate(data.x_test, data.y_test).items()}}))
         return 0
@@ -88,11 +101,20 @@ class Eval:
 COMMANDS = {"train": Train, "eval": Eval}
 
 
+def _local_config_cls():
+    from ..local.config import LocalConfig
+
+    return LocalConfig
+
+
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("local", help="forward-only learning: FF, MF, CaFo, DFA, DRTP, forward gradient")
+    import argparse
+
+    parser = subparsers.add_parser("local", help="forward-only learning: FF, MF, CaFo, DFA, DRTP, forward gradient",
+                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="local_command", metavar="{train,eval}")
     for name, cmd in COMMANDS.items():
         p = sub.add_parser(name, help=cmd.help, description=cmd.__doc__)
         cmd.add_arguments(p)
-        p.set_defaults(func=cmd.run)
+        p.set_defaults(func=cmd.run, subcommand=name, config_cls=_local_config_cls)
     parser.set_defaults(func=lambda args: parser.print_help() or 1)

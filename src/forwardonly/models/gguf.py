@@ -31,6 +31,11 @@ def export_gguf(gguf: str | Path, out_dir: str | Path) -> None:
     try:
         loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
         tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    except Exception as e:  # noqa: BLE001 - the GGUF reader fails on a corrupt file with many error types
+        from ..errors import UserError
+
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise UserError(f"{gguf}: not a readable GGUF file ({first})") from None
     finally:
         hf_logging.set_verbosity(verbosity)
     config = loaded.config

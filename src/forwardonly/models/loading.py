@@ -78,6 +78,10 @@ def load_model(spec: str, *, dtype=None, device="cpu", kind: str = "auto", num_l
     real token) and always has a pad token.
     """
     import torch
+
+    from ..errors import require
+
+    require("transformers", "loading a language model")
     from transformers import (
         AutoConfig,
         AutoModelForCausalLM,
@@ -91,6 +95,8 @@ def load_model(spec: str, *, dtype=None, device="cpu", kind: str = "auto", num_l
     dtype = torch.float32 if dtype is None else dtype
     where, recorded = resolve(spec)
     local = isinstance(where, Path)
+    if local:
+        check_model_dir(where)
     try:
         config = AutoConfig.from_pretrained(where, local_files_only=local)
     except OSError as e:
@@ -110,12 +116,31 @@ def load_model(spec: str, *, dtype=None, device="cpu", kind: str = "auto", num_l
             model = AutoModelForSequenceClassification.from_pretrained(
                 where, dtype=dtype, num_labels=num_labels, local_files_only=local, **extra)
         tok = AutoTokenizer.from_pretrained(where, local_files_only=local)
+    except (OSError, ValueError, RuntimeError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise UserError(f"{where}: could not load the model ({first})") from None
     finally:
         hf_logging.set_verbosity(verbosity)
         if bars:
             hf_logging.enable_progress_bar()
     prepare_tokenizer(tok, model)
     return model.to(device).eval(), tok
+
+
+MODEL_JSON = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+              "special_tokens_map.json", "model.safetensors.index.json", "adapter_config.json")
+
+
+def check_model_dir(path: Path) -> None:
+    """Read a model directory's JSON files and weight headers: a truncated or non-UTF-8 file fails here,
+    naming the file (and line), before any library sees it. Reads no tensor data."""
+    from ..io import check_safetensors, read_json
+
+    for name in MODEL_JSON:
+        if (path / name).is_file():
+            read_json(path / name, "model file")
+    for weights in sorted(path.glob("*.safetensors")):
+        check_safetensors(weights, "model weights")
 
 
 def prepare_tokenizer(tok, model=None):

@@ -81,7 +81,9 @@ def _untie_head(model) -> None:
 
 
 def _peft(model, scheme: str, opts: dict):
-    import peft
+    from ..errors import require
+
+    peft = require("peft", f"scheme {scheme!r}")
 
     classifier = _is_classifier(model)
     task_type = peft.TaskType.SEQ_CLS if classifier else peft.TaskType.CAUSAL_LM

@@ -34,6 +34,7 @@ import torch
 
 from ..errors import UserError
 from ..io import atomic_path
+from .device import host_empty
 
 DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -184,7 +185,7 @@ class WeightStore:
                 pin = torch.cuda.is_available() if pin is None else pin
                 self._tensors = {}
                 for k, e in self.entries.items():
-                    t = torch.empty(e.shape, dtype=e.dtype, pin_memory=pin)
+                    t = host_empty(e.shape, e.dtype, pinned=pin)
                     t.copy_(self._view(src[1], e))
                     self._tensors[k] = t
         finally:

@@ -19,9 +19,10 @@ Two ways of being resident:
   each the size of the largest block. A background worker copies block ``i+1``
   into the free slot while block ``i`` computes, and copies a block that was
   updated while resident back to the store on release. On CUDA the copies run
-  on a side stream, ordered against the compute stream with events; elsewhere
-  the worker thread copies synchronously. One FIFO worker orders every copy,
-  so a slot is never refilled before its write-back is done.
+  on a side stream, ordered against the compute stream with events
+  (:mod:`forwardonly.offload.device`; its CPU stand-in runs the same logic in
+  tests); elsewhere the worker thread copies synchronously. One FIFO worker
+  orders every copy, so a slot is never refilled before its write-back is done.
 
 ``on_load(block)`` runs when a block becomes resident and before any forward
 uses it (the deferred ZO update goes there); it returns True when it changed
@@ -40,6 +41,7 @@ import torch
 from torch import nn
 
 from .blocks import find_blocks, is_placeholder, placeholder
+from .device import CudaStreams, Streams
 from .store import TierCapacityError, WeightStore
 
 MODES = ("map", "copy")
@@ -112,6 +114,9 @@ class BlockStreamer:
         capacity: bytes of the working device this may use (default: free memory of a CUDA
             device, unchecked elsewhere). Copy mode needs two block slots plus the resident
             parameters; less raises :class:`TierCapacityError` before anything moves.
+        streams: the asynchronous copies of copy mode (:class:`~forwardonly.offload.device.Streams`;
+            default :func:`default_streams`: CUDA streams on a CUDA device, none elsewhere, where
+            the background worker copies synchronously).
 
     Example::
 
@@ -121,7 +126,8 @@ class BlockStreamer:
     """
 
     def __init__(self, model: nn.Module, store: WeightStore, device=None, mode: str | None = None,
-                 prefetch: bool = True, drop_pages: bool = True, capacity: int | None = None):
+                 prefetch: bool = True, drop_pages: bool = True, capacity: int | None = None,
+                 streams: Streams | None = None):
         self.model, self.store = model, store
         self.capacity = capacity
         first = next(model.parameters())
@@ -155,6 +161,7 @@ class BlockStreamer:
         self._worker: _Worker | None = None
         self._slots: list[torch.Tensor] = []
         self._free: list[int] = []
+        self._streams = streams
         self._stream = None
         self._freed: list = []
 
@@ -208,8 +215,10 @@ class BlockStreamer:
             self._slots = [torch.empty(size, dtype=torch.uint8, device=self.device) for _ in range(2)]
             self._free = [0, 1]
             self._freed = [None, None]
-            if self.device.type == "cuda":
-                self._stream = torch.cuda.Stream(self.device)
+            if self._streams is None:
+                self._streams = default_streams(self.device)
+            if self._streams is not None:
+                self._stream = self._streams.new_stream()
         return self
 
     def detach(self, materialize: bool = True) -> None:
@@ -260,12 +269,12 @@ class BlockStreamer:
 
         def copy_in():
             if self._stream is not None:
-                with torch.cuda.stream(self._stream):
-                    if freed is not None:
-                        self._stream.wait_event(freed)
-                    for (name, _), v in zip(b.params, views):
-                        v.copy_(self.store.tensor(name), non_blocking=True)
-                    b.event = self._stream.record_event()
+                s = self._streams
+                if freed is not None:
+                    s.wait(freed, self._stream)
+                for (name, _), v in zip(b.params, views):
+                    s.copy(v, self.store.tensor(name), self._stream)
+                b.event = s.record(self._stream)
             else:
                 for (name, _), v in zip(b.params, views):
                     self.store.read_into(name, v)
@@ -291,7 +300,7 @@ class BlockStreamer:
                 p.data = self.store.tensor(name)
         else:
             if b.event is not None:
-                torch.cuda.current_stream(self.device).wait_event(b.event)
+                self._streams.wait(b.event)  # the compute stream reads the slot after the copy in
                 b.event = None
             for (_, p), v in zip(b.params, self._views(b, b.slot)):
                 p.data = v
@@ -318,16 +327,15 @@ class BlockStreamer:
         slot, b.slot = b.slot, None
         after = None
         if self._stream is not None:  # kernels queued on the compute stream may still read the slot
-            after = self._freed[slot] = torch.cuda.current_stream(self.device).record_event()
+            after = self._freed[slot] = self._streams.released(self._slots[slot])
         if b.dirty:
             views = self._views(b, slot)
 
             def copy_out():
                 if self._stream is not None:
-                    with torch.cuda.stream(self._stream):
-                        self._stream.wait_event(after)
-                        for (name, _), v in zip(b.params, views):
-                            self.store.tensor(name).copy_(v, non_blocking=True)
+                    self._streams.wait(after, self._stream)
+                    for (name, _), v in zip(b.params, views):
+                        self._streams.copy(self.store.tensor(name), v, self._stream)
                 else:
                     for (name, _), v in zip(b.params, views):
                         self.store.write_from(name, v)
@@ -355,7 +363,7 @@ class BlockStreamer:
         if self._worker is not None:
             self._worker.wait(self._worker.submit(lambda: None))
         if self._stream is not None:
-            self._stream.synchronize()
+            self._streams.synchronize(self._stream)
 
     # ------------------------------------------------------------------- hooks
     def _pre(self, b: Block, module, args):
@@ -377,6 +385,11 @@ class BlockStreamer:
                 if a in self.store:
                     out[a] = p.data
         return out
+
+
+def default_streams(device: torch.device) -> Streams | None:
+    """The streams copy mode uses on ``device`` unless given: CUDA's on a CUDA device, else none."""
+    return CudaStreams(device) if device.type == "cuda" else None
 
 
 def _aligned(n: int) -> int:

@@ -240,9 +240,10 @@ class StreamedZO:
             raise ValueError("StreamedZO needs the two-sided estimate (two_sided=True)")
         if optimizer.conservative:
             raise ValueError("StreamedZO does not support the conservative variant (conservative=True)")
-        if optimizer.paired or optimizer.defer_update or optimizer.parallel is not None:
+        if (optimizer.paired or optimizer.defer_update or optimizer.parallel is not None
+                or optimizer.auto is not None):
             raise ValueError("StreamedZO runs its own dual forward and deferred update: build the optimizer "
-                             "without paired, defer_update or distribute")
+                             "without paired, defer_update, lr='auto' or distribute")
         for g in optimizer.param_groups:
             if g["momentum"]:
                 raise ValueError(f"StreamedZO does not support momentum (got momentum={g['momentum']}): "

@@ -9,10 +9,28 @@ perturbation engine they share is :mod:`forwardonly.optim.perturb`.
 from .base import Capabilities, ZOConfig, ZOOptimizer
 from .forward_grad import ForwardGrad
 from .forward_grad_reference import ForwardGradReference
+from .fzoo import FZOO
+from .fzoo_reference import FZOOReference
+from .hizoo import HiZOO
+from .hizoo_reference import HiZOOReference
 from .hybrid import ZOFOHybrid
 from .hybrid_reference import ZOFOHybridReference
-from .perturb import CHUNK, Directions, Perturbation, RandomMask, Unpairable, direction, pair_batch, pair_losses
+from .lozo import LOZO
+from .lozo_reference import LOZOReference
+from .perturb import (
+    CHUNK,
+    Directions,
+    MagnitudeMask,
+    Perturbation,
+    RandomMask,
+    Unpairable,
+    direction,
+    pair_batch,
+    pair_losses,
+)
 from .registry import OPTIMIZERS, OptimizerInfo, build_optimizer, info, takes_names
+from .sparse_mezo import SparseMeZO
+from .sparse_mezo_reference import SparseMeZOReference
 from .zoadam import ZOAdam
 from .zoadam_reference import ZOAdamReference
 from .zosgd import ZOSGD
@@ -23,9 +41,10 @@ from .zosgd_sparse import ZOSGDSparse
 from .zosgd_sparse_reference import ZOSGDSparseReference
 
 __all__ = [
-    "CHUNK", "Capabilities", "Directions", "ForwardGrad", "ForwardGradReference", "OPTIMIZERS", "OptimizerInfo",
-    "Perturbation", "RandomMask", "Unpairable", "ZOAdam", "ZOAdamReference", "ZOConfig", "ZOFOHybrid",
-    "ZOFOHybridReference", "ZOOptimizer", "ZOSGD", "ZOSGDBlock", "ZOSGDBlockReference", "ZOSGDReference",
-    "ZOSGDSparse", "ZOSGDSparseReference", "build_optimizer", "direction", "info", "pair_batch", "pair_losses",
-    "takes_names",
+    "CHUNK", "FZOO", "LOZO", "OPTIMIZERS", "ZOSGD", "Capabilities", "Directions", "FZOOReference",
+    "ForwardGrad", "ForwardGradReference", "HiZOO", "HiZOOReference", "LOZOReference", "MagnitudeMask",
+    "OptimizerInfo", "Perturbation", "RandomMask", "SparseMeZO", "SparseMeZOReference", "Unpairable",
+    "ZOAdam", "ZOAdamReference", "ZOConfig", "ZOFOHybrid", "ZOFOHybridReference", "ZOOptimizer", "ZOSGDBlock",
+    "ZOSGDBlockReference", "ZOSGDReference", "ZOSGDSparse", "ZOSGDSparseReference", "build_optimizer",
+    "direction", "info", "pair_batch", "pair_losses", "takes_names",
 ]

@@ -21,6 +21,8 @@ optional: an ``evaluator`` (block streaming), a ``parallel`` agreement between r
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +30,7 @@ from typing import Literal
 
 import torch
 
+from .autolr import AutoStep
 from .evaluate import Evaluator, as_loss, call_closure, check_closure, slice_losses
 from .perturb import KINDS, Directions
 
@@ -38,6 +41,17 @@ STEP_OPTIONS = ("q", "two_sided", "accum_steps", "clip", "paired")
 CALLING = ("accum_steps", "paired")
 """Options that say how the closure is called: a loaded state keeps the live optimizer's (a checkpoint
 resumes on any world size and accumulation)."""
+
+
+def indexed(param_groups):
+    """``(param_index, param, group)`` for the trainable parameters of ``param_groups``; the index (which keys
+    a parameter's directions) counts every parameter, trainable or not."""
+    i = 0
+    for group in param_groups:
+        for p in group["params"]:
+            if p.requires_grad:
+                yield i, p, group
+            i += 1
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -55,6 +69,7 @@ class Capabilities:
         pairs: honours ``paired=True``.
         replay: a run can be rebuilt from its seed log.
         streams: can run over a streamed model (:class:`forwardonly.offload.StreamedZO`).
+        auto_lr: takes ``lr="auto"`` (:mod:`forwardonly.optim.autolr`).
     """
 
     takes_names: bool = False
@@ -62,6 +77,7 @@ class Capabilities:
     pairs: bool = True
     replay: bool = True
     streams: bool = False
+    auto_lr: bool = True
 
 
 @dataclass
@@ -172,7 +188,13 @@ class ZOOptimizer(torch.optim.Optimizer):
                  direction: str = "rademacher", seed: int = 0, accum_steps: int = 1,
                  clip: float | None = None, paired: bool = False, impl: str = "auto", mask=None):
         lr = defaults.get("lr")
-        _check(lr is not None and lr >= 0.0, f"Invalid learning rate: {lr}")
+        auto = isinstance(lr, str) and lr == "auto"
+        if auto:
+            _check(self.capabilities.auto_lr, f"Invalid lr='auto': {type(self).__name__} does not take it")
+            defaults = {**defaults, "lr": 0.0}  # the plug-in sets it every step
+            lr = 0.0
+        _check(isinstance(lr, (int, float)) and not isinstance(lr, bool) and lr >= 0.0,
+               f"Invalid learning rate: {lr!r} (a number >= 0, or 'auto')")
         wd = defaults.get("weight_decay", 0.0)
         _check(wd >= 0.0, f"Invalid weight_decay value: {wd}")
         _check(eps > 0.0 and math.isfinite(eps), f"Invalid eps (perturbation scale): {eps}")
@@ -196,50 +218,42 @@ class ZOOptimizer(torch.optim.Optimizer):
                                      f"it is an option of the whole step")
         for g in self.param_groups:
             _check(g["eps"] > 0.0 and math.isfinite(g["eps"]), f"Invalid eps (perturbation scale): {g['eps']}")
-        self.directions = Directions(seed, direction, mask=mask, blockwise=impl != "plain", native=impl == "auto")
         self.impl = impl
+        self.directions = self._make_directions(seed, direction, mask, impl)
         self.state[ZO_KEY] = {"step": 0, "skipped": 0, "forwards": 0, "seed": seed,
                               "direction": direction, "last_grads": []}
         self.evaluator = Evaluator()
         self.parallel = None  # forwardonly.distributed.distribute sets it
         self.deferral: Deferral | None = None
+        self.source = None  # a tentative update evaluations see (lr="auto"), for the duration of one
+        self.auto = AutoStep(self) if auto else None
         self._unowned: set[int] | None = None
         self._in_step = False
+        self._scalars: dict = {}  # scalars of the current step's update beyond its projected gradients
+        self._probe_scalars: dict[str, list[float]] = {}  # per-probe scalars of an estimate (combined over ranks)
 
     _pairs_two_sided_only = True  # the base estimate pairs the two sides of a probe
 
-    # ------------------------------------------------------------- options
-    def _option(self, key: str):
-        return self.param_groups[0][key]
+    def _make_directions(self, seed: int, kind: str, mask, impl: str) -> Directions:
+        """The run's directions (an optimizer with directions of another shape, LOZO's, overrides this)."""
+        return Directions(seed, kind, mask=mask, blockwise=impl != "plain", native=impl == "auto")
 
-    @property
-    def eps(self) -> float:
-        return self._option("eps")
+    # ------------------------------------------------------------- options
+    # the step-level options, read from the (equal) parameter groups; ``eps`` is the first group's
+    eps = property(lambda self: self.param_groups[0]["eps"])
+    two_sided = property(lambda self: self.param_groups[0]["two_sided"])
+    accum_steps = property(lambda self: self.param_groups[0]["accum_steps"])
+    clip = property(lambda self: self.param_groups[0]["clip"])
+    paired = property(lambda self: self.param_groups[0]["paired"])
 
     @property
     def q(self) -> int:
-        return self._option("q")
+        return self.param_groups[0]["q"]
 
     @q.setter
     def q(self, value: int) -> None:
         for g in self.param_groups:
             g["q"] = value
-
-    @property
-    def two_sided(self) -> bool:
-        return self._option("two_sided")
-
-    @property
-    def accum_steps(self) -> int:
-        return self._option("accum_steps")
-
-    @property
-    def clip(self) -> float | None:
-        return self._option("clip")
-
-    @property
-    def paired(self) -> bool:
-        return self._option("paired")
 
     @property
     def zo_state(self) -> dict:
@@ -253,12 +267,7 @@ class ZOOptimizer(torch.optim.Optimizer):
     # ------------------------------------------------------------- parameters
     def indexed_params(self):
         """``(param_index, param, group)`` for trainable parameters; the index counts all parameters."""
-        i = 0
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.requires_grad:
-                    yield i, p, group
-                i += 1
+        return indexed(self.param_groups)
 
     def update_items(self, step: int):
         """``(param_index, param, group)`` of what step ``step`` perturbs and updates (by default every
@@ -320,12 +329,18 @@ class ZOOptimizer(torch.optim.Optimizer):
         return self.parallel.probes(self.q) if self.parallel is not None else list(range(self.q))
 
     def estimate(self, closure: Callable, step: int) -> tuple[float, list[float]]:
-        """Loss and projected gradients ``[g_k]`` at the current point (every rank's, where distributed)."""
+        """Loss and projected gradients ``[g_k]`` at the current point (every rank's, where distributed).
+
+        An estimator that measures more per probe than ``g_k`` (HiZOO's curvature) puts it in
+        ``self._probe_scalars`` (``{name: [one value per probe]}``); it is combined over ranks like the
+        ``g_k`` and left in ``self._probe_scalars``."""
+        self._probe_scalars = {}
         if self.parallel is None:
             return self._estimate(closure, step, self.probes())
         with self.parallel.estimating():
             loss, grads = self._estimate(closure, step, self.probes())
-        return self.parallel.combine(loss, grads)
+        loss, grads, self._probe_scalars = self.parallel.combine(loss, grads, self._probe_scalars)
+        return loss, grads
 
     def _estimate(self, closure: Callable, step: int, probes: list[int]) -> tuple[float, list[float]]:
         eps, scales = self.eps, self._eps_scales()
@@ -354,18 +369,23 @@ class ZOOptimizer(torch.optim.Optimizer):
         return out
 
     def _step(self, closure: Callable, t: int):
+        if self.auto is not None:
+            return self.auto.step(closure, t)
         zs = self.zo_state
         loss, grads = self.estimate(closure, t)
-        if not (math.isfinite(loss) and all(math.isfinite(g) for g in grads)):
+        self._scalars = {k: list(v) for k, v in self._probe_scalars.items()}
+        finite = math.isfinite(loss) and all(math.isfinite(g) for g in grads)
+        if not (finite and all(math.isfinite(v) for vs in self._scalars.values() for v in vs)):
             zs["skipped"] += 1
             zs["step"] = t + 1
-            zs["last_grads"] = []
+            zs["last_grads"], zs["last_scalars"] = [], {}
             return torch.tensor(float("nan"))
         if self.clip is not None:
             grads = [max(-self.clip, min(self.clip, g)) for g in grads]
         self.apply_grads(t, grads, closure=closure, loss=loss)
         zs["step"] = t + 1
         zs["last_grads"] = grads
+        zs["last_scalars"] = dict(self._scalars)
         return torch.tensor(loss)
 
     # ------------------------------------------------------------------ update
@@ -376,15 +396,34 @@ class ZOOptimizer(torch.optim.Optimizer):
             self.flush()  # a replay: apply in order, immediately
         if self.parallel is not None:
             self.parallel.before_update(self)
-        self._apply(step, [g / self.q for g in grads])
+        self._apply(step, self._coefficients(step, grads))
+
+    def _coefficients(self, step: int, grads: list[float]) -> list[float]:
+        """The update's coefficient of each probe's direction from the projected gradients (``g_k / q``).
+        An optimizer whose coefficients need more (FZOO's loss spread) computes it here once, keeps it in
+        ``self._scalars`` (logged with the step) and reads it from there when the step is replayed."""
+        return [g / len(grads) for g in grads]  # len(grads) is q (all ranks' probes in probe-parallel runs)
+
+    @torch.no_grad()
+    def replay_update(self, step: int, grads: list[float], scalars: dict | None = None) -> None:
+        """Apply the logged update of ``step`` (a seed log entry: projected gradients and the step's
+        scalars), bitwise as the run applied it; the groups' ``lr`` must hold the logged values."""
+        self.flush()
+        self._scalars = {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in (scalars or {}).items()}
+        self._apply(step, self._coefficients(step, grads))
+        self.zo_state["step"] = step + 1
 
     def _apply(self, step: int, coeffs: list[float]) -> None:
         """Update every trainable parameter of ``step`` (or record the update, where it is deferred)."""
         eps0 = self.eps
+        recorder = self.auto.recorder if self.auto is not None and self._in_step else None
         for i, p, group in self.update_items(step):
             if group["lr"] == 0.0:
                 continue
             cs = coeffs if group["eps"] == eps0 else [c * eps0 / group["eps"] for c in coeffs]
+            if recorder is not None:  # lr="auto": the update stays tentative until the next step verifies it
+                recorder.add(i, (step, cs, {k: v for k, v in group.items() if k != "params"}, None))
+                continue
             if self.deferral is not None and self._in_step and self.deferral.wants(i):
                 hyper = {k: v for k, v in group.items() if k != "params"}
                 self.deferral.add(i, (step, cs, hyper, self._fold_terms(p, hyper, cs)))
@@ -399,19 +438,68 @@ class ZOOptimizer(torch.optim.Optimizer):
         return None
 
     @torch.no_grad()
-    def flush(self) -> None:
-        """Apply every deferred update now (``defer_update``; a no-op otherwise)."""
+    def _candidate(self, index: int, p: torch.Tensor, group: dict, step: int,
+                   coeffs: list[float]) -> torch.Tensor:
+        """What ``_update`` would make of ``p``, on a copy: ``p`` and its optimizer state are untouched (the
+        update runs on the parameter object, with its data and state swapped for copies meanwhile)."""
+        had = p in self.state
+        saved = self.state[p] if had else None
+        self.state[p] = {k: v.clone() if isinstance(v, torch.Tensor) else copy.deepcopy(v)
+                         for k, v in (saved or {}).items()}
+        original = p.data
+        p.data = original.clone(memory_format=torch.contiguous_format)
+        try:
+            self._update(index, p, group, step, coeffs)
+            return p.data
+        finally:
+            p.data = original
+            if had:
+                self.state[p] = saved
+            else:
+                del self.state[p]
+
+    @contextlib.contextmanager
+    def _using_scalars(self, scalars: dict):
+        saved, self._scalars = self._scalars, scalars
+        try:
+            yield
+        finally:
+            self._scalars = saved
+
+    def _persistence(self) -> float:
+        """How far an update keeps going in later steps, as a multiple of itself (``1 / (1 - momentum)`` for
+        heavy-ball momentum); ``lr="auto"`` divides its step by it."""
+        return 1.0
+
+    def _loss_is_exact(self) -> bool:
+        """Whether the loss a step returns is ``L(w)`` itself (else the mean of ``L(w +- eps z)``)."""
+        return not self.two_sided
+
+    def _settle_deferred(self) -> None:
         if self.deferral is not None:
             self.deferral.settle_all()
 
+    @torch.no_grad()
+    def flush(self) -> None:
+        """Apply every deferred update now (``defer_update``; ``lr="auto"``'s tentative update, unverified; a
+        no-op otherwise)."""
+        self._settle_deferred()
+        if self.auto is not None:
+            self.auto.flush()
+
     # ------------------------------------------------------------- state dict
     def state_dict(self):
-        self.flush()
+        self._settle_deferred()  # lr="auto": the tentative update stays in the state, to be verified on resume
         return super().state_dict()
 
     def load_state_dict(self, state_dict: dict) -> None:
-        self.flush()
+        self._settle_deferred()
+        if self.auto is not None:
+            self.auto.tentative.drop()  # this run's own, superseded by the loaded state's
         zs = state_dict["state"].get(ZO_KEY)
+        if zs is not None and ("auto" in zs) != (self.auto is not None):
+            raise ValueError(f"optimizer state was saved with lr={'auto' if 'auto' in zs else 'a number'!r}, "
+                             f"this optimizer has lr={'auto' if self.auto is not None else 'a number'!r}")
         if zs is not None:
             mine = self.zo_state
             for key in ("seed", "direction", *self._state_keys):
@@ -427,5 +515,8 @@ class ZOOptimizer(torch.optim.Optimizer):
             for key in CALLING:
                 group[key] = old[key]
         self.state[ZO_KEY] = dict(self.state[ZO_KEY])
+        if self.auto is not None:
+            self.state[ZO_KEY]["auto"] = copy.deepcopy(self.state[ZO_KEY]["auto"])
+            self.auto.bind()
 
     _state_keys: tuple[str, ...] = ()  # further zo_state entries a checkpoint must agree on

@@ -24,8 +24,9 @@ from .perturb import Perturbation, Unpairable, slicing
 def check_closure(closure, accum_steps: int, owner: str) -> None:
     """Reject a missing closure, and one that cannot take the micro-batch index when it must."""
     if closure is None:
-        raise ValueError(f"{owner} needs a closure that runs the forward pass and returns the loss "
-                         f"(opt.step(lambda: loss_fn(model(x), y)))")
+        raise ValueError(f"{owner}.step() needs a closure that runs the forward pass and returns the loss "
+                         f"(opt.step(lambda: loss_fn(model(x), y))); a transformers Trainer calls step() "
+                         f"without one: use forwardonly.hf.ZOTrainer")
     if accum_steps == 1:
         return
     try:
@@ -39,9 +40,16 @@ def check_closure(closure, accum_steps: int, owner: str) -> None:
 
 def call_closure(closure: Callable, accum_steps: int) -> list:
     """The closure's outputs over the micro-batches of a step: ``[closure()]`` or ``[closure(i) ...]``."""
-    if accum_steps == 1:
-        return [closure()]
-    return [closure(i) for i in range(accum_steps)]
+    try:
+        if accum_steps == 1:
+            return [closure()]
+        return [closure(i) for i in range(accum_steps)]
+    except RuntimeError as e:  # a first-order habit: torch's own words point nowhere near the cause
+        if not torch.is_grad_enabled() and "does not require grad" in str(e):
+            raise ValueError("the closure of a zeroth-order step called backward(): it must run the "
+                             "forward pass only and return the loss (drop loss.backward() and zero_grad() "
+                             "from it)") from None
+        raise
 
 
 def as_loss(out) -> float:
@@ -70,6 +78,19 @@ def slice_losses(out, k: int) -> list[float]:
     return vals
 
 
+def with_source(opt, items, scales=None):
+    """``items`` and ``scales`` extended by the parameters a tentative update changes (``opt.source``,
+    ``lr: auto``) that the evaluation does not perturb, and the :class:`Perturbation` keywords for it."""
+    src = getattr(opt, "source", None)
+    if src is None:
+        return items, scales, {}
+    have = {i for i, _ in items}
+    bare = [(i, p) for i, p in src.items() if i not in have]
+    if scales is not None and bare:
+        scales = [*scales, *[1.0] * len(bare)]
+    return [*items, *bare], scales, {"source": src, "bare": {i for i, _ in bare}}
+
+
 class Evaluator:
     """One perturbed forward per point, or one stacked forward for all points when ``opt.paired``."""
 
@@ -81,28 +102,34 @@ class Evaluator:
     def point(self, opt, closure: Callable, step: int, terms, scales=None) -> float:
         """The loss at ``w + sum_k coef_k z_k(step)`` (times per-parameter ``scales``); ``w`` is untouched
         (deferred updates of the previous step are written on the way)."""
-        if not terms:
-            opt.flush()
+        if opt.paired:  # a paired closure asked for one point: its batch stacked once
+            with slicing(1):
+                return self._point(opt, closure, step, terms, scales)
+        return self._point(opt, closure, step, terms, scales)
+
+    def _point(self, opt, closure: Callable, step: int, terms, scales=None) -> float:
+        if not terms and getattr(opt, "source", None) is None:
+            opt._settle_deferred()
             return opt._call(closure)
-        items = opt.perturbed_items()
+        items, scales, src = with_source(opt, opt.perturbed_items(), scales)
         first = opt._unowned is None
         with Perturbation(items, opt.directions, step, terms, scales, whole=opt._unowned or (),
-                          fused=opt.directions.blockwise, pending=opt.pending) as pert:
+                          fused=opt.directions.blockwise, pending=opt.pending, **src) as pert:
             loss = opt._call(closure)
         if first:
             opt._unowned = {i for i, _ in items} - pert.touched
             if opt._unowned:  # some parameters live outside any module: evaluate again with them swapped
                 with Perturbation(items, opt.directions, step, terms, scales, whole=opt._unowned,
-                                  fused=opt.directions.blockwise, pending=opt.pending):
+                                  fused=opt.directions.blockwise, pending=opt.pending, **src):
                     loss = opt._call(closure)
         return loss
 
     def batched(self, opt, closure: Callable, step: int, points: Sequence, scales=None) -> list[float]:
         """The losses at every point from one closure call over the batch stacked ``len(points)`` times."""
-        items = opt.perturbed_items()
+        items, scales, src = with_source(opt, opt.perturbed_items(), scales)
         with slicing(len(points)), Perturbation(items, opt.directions, step, points[0], scales,
                                                 fused=opt.directions.blockwise, pending=opt.pending,
-                                                slices=points) as pert:
+                                                slices=points, **src) as pert:
             losses = opt._call_sliced(closure, len(points))
         unowned = {i for i, _ in items} - pert.touched
         if unowned:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch.autograd.forward_ad as fwAD
 
 from .base import Capabilities
-from .evaluate import call_closure
+from .evaluate import call_closure, with_source
 from .perturb import Perturbation
 from .zosgd import ZOSGD, ZOSGDConfig
 
@@ -16,7 +17,7 @@ from .zosgd import ZOSGD, ZOSGDConfig
 class ForwardGradConfig(ZOSGDConfig):
     """Forward gradients' options: ZO-SGD's (``eps`` and ``two_sided`` do not apply)."""
 
-    lr: float = 1e-4
+    lr: float | Literal["auto"] = 1e-4
 
 
 class ForwardGrad(ZOSGD):
@@ -42,15 +43,16 @@ class ForwardGrad(ZOSGD):
 
     capabilities = Capabilities(pairs=False)
 
-    def __init__(self, params, lr: float = 1e-4, **kw):
+    def __init__(self, params, lr: float | str = 1e-4, **kw):
         if kw.pop("conservative", False):
             raise ValueError("ForwardGrad has no conservative variant")
         super().__init__(params, lr=lr, **kw)
 
     def _jvp(self, closure, step: int, probe: int) -> tuple[float, float]:
-        items = self.perturbed_items()
+        items, _, src = with_source(self, self.perturbed_items())
         losses, tangents = [], []
-        with fwAD.dual_level(), Perturbation(items, self.directions, step, [(probe, 1.0)], dual=True) as duals:
+        with fwAD.dual_level(), Perturbation(items, self.directions, step, [(probe, 1.0)], dual=True,
+                                             **src) as duals:
             for out in call_closure(closure, self.accum_steps):
                 primal, tangent = fwAD.unpack_dual(out.loss if hasattr(out, "loss") and hasattr(out, "keys")
                                                    else out)
@@ -63,6 +65,9 @@ class ForwardGrad(ZOSGD):
             raise ValueError(f"ForwardGrad: parameters {names} are not used by any module's forward; "
                              "forward gradients need parameters owned by nn.Modules")
         return sum(losses) / len(losses), sum(tangents) / len(tangents)
+
+    def _loss_is_exact(self) -> bool:
+        return True  # the primal of the forward-mode pass
 
     def _estimate(self, closure, step: int, probes: list[int]):
         total, grads = 0.0, []

@@ -79,11 +79,13 @@ class ZOFOHybrid(ZOSGD):
         loss = opt.step(lambda: loss_fn(model(x), y))   # the closure returns the loss tensor
     """
 
-    capabilities = Capabilities(takes_names=True, first_order=True, pairs=False, replay=False)
+    capabilities = Capabilities(takes_names=True, first_order=True, pairs=False, replay=False, auto_lr=False)
 
-    def __init__(self, params, lr: float = 1e-6, fo_blocks: int = 2, fo_lr: float | None = None,
+    def __init__(self, params, lr: float | str = 1e-6, fo_blocks: int = 2, fo_lr: float | None = None,
                  fo_optim: str = "adam", betas=(0.9, 0.999), adam_eps: float = 1e-8, **kw):
         _check(not kw.get("conservative", False), "ZOFOHybrid has no conservative variant")
+        _check(not isinstance(lr, str), f"Invalid lr={lr!r}: the hybrid's first-order part needs a number "
+                                        f"(lr='auto' is for the zeroth-order optimizers)")
         _check(fo_optim in FO_OPTIMS, f"Invalid fo_optim: {fo_optim!r} (expected one of {FO_OPTIMS})")
         fo_lr = lr if fo_lr is None else fo_lr
         _check(fo_lr is not None and fo_lr >= 0.0, f"Invalid fo_lr (first-order learning rate): {fo_lr}")
@@ -137,6 +139,8 @@ class ZOFOHybrid(ZOSGD):
                 p.requires_grad_(True)
         self.zo_state["forwards"] += len(calls)
         self.zo_state["backwards"] += len(calls)
+        if self.parallel is not None:  # data-parallel, reduce="losses": the ranks' common loss, or they diverge
+            return self.parallel.reduce_sum(total, len(calls))
         return total / len(calls)
 
     def _estimate(self, closure, step: int, probes: list[int]):

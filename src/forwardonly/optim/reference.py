@@ -15,6 +15,7 @@ import math
 
 import torch
 
+from .base import indexed
 from .evaluate import as_loss, call_closure
 from .perturb import KINDS, direction
 
@@ -34,12 +35,7 @@ class _ReferenceZO(torch.optim.Optimizer):
         self.state[ZO_KEY] = {"step": 0, "skipped": 0, "forwards": 0}
 
     def _params(self):
-        i = 0
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.requires_grad:
-                    yield i, p, group
-                i += 1
+        return indexed(self.param_groups)  # the parameter index that keys each direction, as the fast twin's
 
     def z(self, p, step, probe, i):
         """Regenerate direction ``z(step, probe, i)`` (MeZO's reseeded generator)."""

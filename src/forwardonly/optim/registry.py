@@ -18,8 +18,16 @@ import torch
 from .base import Capabilities
 from .forward_grad import ForwardGrad, ForwardGradConfig
 from .forward_grad_reference import ForwardGradReference
+from .fzoo import FZOO, FZOOConfig
+from .fzoo_reference import FZOOReference
+from .hizoo import HiZOO, HiZOOConfig
+from .hizoo_reference import HiZOOReference
 from .hybrid import ZOFOHybrid, ZOFOHybridConfig
 from .hybrid_reference import ZOFOHybridReference
+from .lozo import LOZO, LOZOConfig
+from .lozo_reference import LOZOReference
+from .sparse_mezo import SparseMeZO, SparseMeZOConfig
+from .sparse_mezo_reference import SparseMeZOReference
 from .zoadam import ZOAdam, ZOAdamConfig
 from .zoadam_reference import ZOAdamReference
 from .zosgd import ZOSGD, ZOSGDConfig
@@ -40,7 +48,8 @@ class OptimizerInfo:
         reference: its plain reference twin.
         config: the dataclass of its options (``optim``'s typed section).
         fixed: keyword arguments the name implies (defaults of the section too).
-        test: settings of the generic tests (``lr``: a learning rate that learns the test problem).
+        test: settings of the generic tests (``lr``: a learning rate that learns the test problem;
+            ``kwargs``: further options the test problem needs, e.g. a rank its 1 x 16 head admits).
         summary: one line for listings.
     """
 
@@ -96,6 +105,21 @@ _ROWS = [
                   summary="ZO-SGD on a seeded random fraction of every tensor"),
     OptimizerInfo("zo-sgd-hybrid", ZOFOHybrid, ZOFOHybridReference, ZOFOHybridConfig, test={"lr": 2e-3},
                   summary="backprop for the top blocks, ZO-SGD below"),
+    # fewer forwards to the same accuracy (issue 17)
+    OptimizerInfo("fzoo", FZOO, FZOOReference, FZOOConfig, test={"lr": 1e-5},
+                  summary="FZOO: q one-sided probes in one batched forward, step / std of their losses"),
+    OptimizerInfo("hizoo", HiZOO, HiZOOReference, HiZOOConfig, test={"lr": 1e-2},
+                  summary="HiZOO: ZO-SGD preconditioned by a diagonal Hessian from one extra forward"),
+    OptimizerInfo("hizoo-l", HiZOO, HiZOOReference, HiZOOConfig, {"low_rank": True}, {"lr": 1e-2},
+                  "HiZOO-L: HiZOO with each matrix's diagonal as row and column factors"),
+    OptimizerInfo("sparse-mezo", SparseMeZO, SparseMeZOReference, SparseMeZOConfig,
+                  test={"lr": 1e-2, "kwargs": {"density": 0.5}},
+                  summary="Sparse-MeZO: ZO-SGD on each tensor's smallest-magnitude weights"),
+    OptimizerInfo("lozo", LOZO, LOZOReference, LOZOConfig, test={"lr": 1e-2, "kwargs": {"rank": 1}},
+                  summary="LOZO: low-rank directions U V^T per matrix, V resampled every `interval` steps"),
+    OptimizerInfo("lozo-m", LOZO, LOZOReference, LOZOConfig, {"momentum": 0.9},
+                  {"lr": 1e-2, "kwargs": {"rank": 1, "interval": 5}},
+                  "LOZO-M: LOZO with momentum kept as an m x r factor per matrix"),
 ]
 
 OPTIMIZERS: dict[str, OptimizerInfo] = {row.name: row for row in _ROWS}

@@ -24,7 +24,7 @@ class ZOAdamConfig(ZOConfig):
         second_moment: ``scalar`` (one per tensor) or ``full`` (one per entry).
     """
 
-    lr: float = 1e-4
+    lr: float | Literal["auto"] = 1e-4
     betas: tuple[float, float] = (0.9, 0.999)
     adam_eps: float = 1e-8
     weight_decay: float = 0.0
@@ -59,7 +59,7 @@ class ZOAdam(ZOOptimizer):
         loss = opt.step(lambda: loss_fn(model(x), y))
     """
 
-    def __init__(self, params, lr: float = 1e-4, betas=(0.9, 0.999), adam_eps: float = 1e-8,
+    def __init__(self, params, lr: float | str = 1e-4, betas=(0.9, 0.999), adam_eps: float = 1e-8,
                  weight_decay: float = 0.0, second_moment: str = "scalar", **zo):
         _check(0.0 <= betas[0] < 1.0, f"Invalid beta parameter at index 0: {betas[0]}")
         _check(0.0 <= betas[1] < 1.0, f"Invalid beta parameter at index 1: {betas[1]}")
@@ -68,6 +68,9 @@ class ZOAdam(ZOOptimizer):
         defaults = dict(lr=lr, betas=tuple(betas), adam_eps=adam_eps, weight_decay=weight_decay,
                         second_moment=second_moment)
         super().__init__(params, defaults, **zo)
+
+    def _persistence(self) -> float:
+        return 1.0 / (1.0 - self.param_groups[0]["betas"][0])  # the first moment carries a step on
 
     @torch.no_grad()
     def _update(self, index: int, p: torch.Tensor, group: dict, step: int, coeffs: list[float]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -35,7 +36,7 @@ def add_rounded_once(directions, p: torch.Tensor, step: int, terms, param_index:
         if decay != 1.0:
             a.mul_(decay)
         for probe, coef in terms:
-            directions.fill(zc, step, probe, param_index, c)
+            directions.fill(zc, step, probe, param_index, c, flat[start:stop])
             a.add_(zc.float(), alpha=coef)
         flat[start:stop].copy_(a)
 
@@ -45,7 +46,7 @@ class ZOSGDConfig(ZOConfig):
     """ZO-SGD's options (see :class:`ZOSGD`).
 
     Args:
-        lr: learning rate.
+        lr: learning rate, or ``auto`` (:mod:`forwardonly.optim.autolr`).
         momentum: heavy-ball momentum (one parameter-sized buffer).
         sign: step along the sign of the estimate.
         conservative: keep the best of ``w``, ``w - lr g`` and ``w + lr g`` (2-3 extra forwards).
@@ -53,7 +54,7 @@ class ZOSGDConfig(ZOConfig):
         defer_update: write each update during the next step's first pass (plain ZO-SGD only).
     """
 
-    lr: float = 1e-6
+    lr: float | Literal["auto"] = 1e-6
     momentum: float = 0.0
     sign: bool = False
     conservative: bool = False
@@ -92,9 +93,13 @@ class ZOSGD(ZOOptimizer):
     keeps its random bits, 1/8 byte per parameter (at most 64 MiB; 1/4 byte with
     ``defer_update``), so that the three passes of a step draw them once.
 
-    Speed: on the CPU, fp32 Rademacher perturbations and updates run through a small C kernel
-    (:mod:`forwardonly.optim.perturb.native`, compiled at first use) that reads the random bits
-    directly; without a compiler the torch path gives the same values, slower.
+    Speed: the defaults are the fast path. On the CPU, fp32 Rademacher perturbations and updates run
+    through a small C kernel (:mod:`forwardonly.optim.perturb.native`, compiled at first use) that
+    reads the random bits directly and is split over torch's own intra-op (OpenMP) threads, so every
+    part of a step uses the threads ``torch.set_num_threads`` gives it; without a compiler the torch
+    path gives the same values, slower. Two options trade something else for time and stay off by
+    default: ``defer_update`` (the parameters lag one update behind between steps) and ``paired``
+    (twice the activations; slower on the CPU at small batches).
 
     Deferred update (``defer_update=True``, plain ZO-SGD only): ``step`` records its
     update instead of writing it, and the next perturbed pass applies it to each
@@ -116,12 +121,14 @@ class ZOSGD(ZOOptimizer):
 
     capabilities = Capabilities(streams=True)
 
-    def __init__(self, params, lr: float = 1e-6, momentum: float = 0.0, sign: bool = False,
+    def __init__(self, params, lr: float | str = 1e-6, momentum: float = 0.0, sign: bool = False,
                  conservative: bool = False, weight_decay: float = 0.0, defer_update: bool = False, **zo):
         _check(0.0 <= momentum < 1.0, f"Invalid momentum value: {momentum}")
         _check(not defer_update or (momentum == 0.0 and not sign and not conservative),
                f"Invalid defer_update={defer_update!r}: only plain ZO-SGD defers its update "
                f"(momentum={momentum}, sign={sign}, conservative={conservative})")
+        _check(not (defer_update and lr == "auto"),
+               "Invalid defer_update=True with lr='auto': the guard keeps each update tentative instead")
         _check(not (conservative and zo.get("paired")),
                f"Invalid paired={zo.get('paired')!r}: the conservative variant compares candidate points one at a time")
         defaults = dict(lr=lr, momentum=momentum, sign=bool(sign), weight_decay=weight_decay)
@@ -139,7 +146,7 @@ class ZOSGD(ZOOptimizer):
         if closure is None:
             raise ValueError("the conservative variant needs the closure to compare candidate losses")
         # Candidates w - lr*g and w + lr*g, evaluated without touching w.
-        coeffs = [g / self.q for g in grads]
+        coeffs = self._coefficients(step, grads)
         scales = [group["lr"] for _, _, group in self.update_items(step)]
         l0 = self.evaluate(closure, step, [])
         l1 = self.evaluate(closure, step, [(k, -c) for k, c in enumerate(coeffs)], scales)
@@ -151,6 +158,9 @@ class ZOSGD(ZOOptimizer):
         self.zo_state["cons_choice"] = choice
         if choice:
             self._apply(step, [choice * c for c in coeffs])
+
+    def _persistence(self) -> float:
+        return 1.0 / (1.0 - self.param_groups[0]["momentum"])
 
     def _fold_terms(self, p, group, coeffs):
         if group["momentum"] or group["sign"] or group["weight_decay"] or p.dtype in _LOW or not p.is_contiguous():

@@ -37,7 +37,7 @@ class ZOSGDBlock(ZOSGD):
 
     capabilities = Capabilities(takes_names=True)
 
-    def __init__(self, params, lr: float = 1e-6, **kw):
+    def __init__(self, params, lr: float | str = 1e-6, **kw):
         groups = block_groups(params)
         super().__init__(groups, lr=lr, **kw)
         self.blocks = [g["block"] for g in self.param_groups]

@@ -46,7 +46,7 @@ class ZOSGDSparse(ZOSGD):
 
     _state_keys = ("density",)
 
-    def __init__(self, params, lr: float = 1e-6, density: float = 0.2, **kw):
+    def __init__(self, params, lr: float | str = 1e-6, density: float = 0.2, **kw):
         super().__init__(params, lr=lr, mask=RandomMask(density), **kw)
         self.density = self.directions.mask.density
         self.zo_state["density"] = self.density

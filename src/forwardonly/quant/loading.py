@@ -86,6 +86,22 @@ def load_pretrained_quantized(spec: str, config: QuantConfig | None = None, *, d
         model = AutoModelForCausalLM.from_config(hf_config, dtype=dtype)
     model.tie_weights()
     steps = plan(model, config)  # raises QuantizationError before anything is read
+    _fill(model, steps, config, where, block_rows)
+    left = [k for k, t in _rest_keys(model, set()).items() if t.is_meta]
+    if left:
+        raise UserError(f"{where}: tensors still without data after loading: {left[:5]}")
+    tok = AutoTokenizer.from_pretrained(where, local_files_only=True)
+    try:
+        model.generation_config = GenerationConfig.from_pretrained(where, local_files_only=True)
+    except OSError:
+        pass  # no generation_config.json: keep the one derived from the model config
+    prepare_tokenizer(tok, model)
+    model.quant_config = config
+    return model.eval(), tok
+
+
+def _expected(model: nn.Module, steps) -> tuple[dict[str, nn.Module], dict[str, tuple]]:
+    """The layers that own quantized weights, and every checkpoint tensor the model needs, with its shape."""
     owners = {s.names[0]: model.get_submodule(s.names[0]) for s in steps if s.tied_to is None}
     expect = {n + ".weight": tuple(m.weight.shape) for n, m in owners.items()}
     for s in steps:
@@ -94,6 +110,12 @@ def load_pretrained_quantized(spec: str, config: QuantConfig | None = None, *, d
             expect[s.names[0] + ".bias"] = tuple(bias.shape)
     skip = {n for s in steps for n in s.names}
     expect.update((k, tuple(t.shape)) for k, t in _rest_keys(model, skip).items() if t.is_meta)
+    return owners, expect
+
+
+def _fill(model: nn.Module, steps, config: QuantConfig, where: Path, block_rows: int) -> None:
+    """Check the checkpoint against the model, then quantize its weights into the model block by block."""
+    owners, expect = _expected(model, steps)
     files = _checkpoint_files(where)
     with ExitStack() as stack:
         from safetensors import safe_open
@@ -124,17 +146,6 @@ def load_pretrained_quantized(spec: str, config: QuantConfig | None = None, *, d
         for key, t in _rest_keys(model, set()).items():
             if key in files:
                 _assign(model, key, tensor(key)[:].to(t.dtype))
-    left = [k for k, t in _rest_keys(model, set()).items() if t.is_meta]
-    if left:
-        raise UserError(f"{where}: tensors still without data after loading: {left[:5]}")
-    tok = AutoTokenizer.from_pretrained(where, local_files_only=True)
-    try:
-        model.generation_config = GenerationConfig.from_pretrained(where, local_files_only=True)
-    except OSError:
-        pass  # no generation_config.json: keep the one derived from the model config
-    prepare_tokenizer(tok, model)
-    model.quant_config = config
-    return model.eval(), tok
 
 
 def _rest_keys(model: nn.Module, skip_modules: set[str]) -> dict[str, torch.Tensor]:

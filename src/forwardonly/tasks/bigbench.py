@@ -1,10 +1,13 @@
-"""BIG-bench tasks: extraction from the bigbench 1.0.0 sdist, and the shipped subsets.
+"""BIG-bench tasks: extraction from a BIG-bench source, and the shipped subsets.
 
-The sdist (``pip download bigbench==1.0.0 --no-deps --no-binary :all:``, never
-installed) carries each task as ``bigbench/benchmark_tasks/<task>/task.json``.
-:func:`extract` reads the four tasks forwardonly uses straight out of the
-tarball, converts them to forwardonly's row format, and splits them with a
-fixed seed. The shipped subsets under ``tasks/builtin/`` are made by the same
+BIG-bench keeps each task as ``bigbench/benchmark_tasks/<task>/task.json``. The package index
+no longer serves the ``bigbench==1.0.0`` source distribution that carried them (only 0.0.1,
+which has the task code but no task data), so nothing here downloads: :func:`extract` reads
+the four tasks forwardonly uses from a source the user has - a checkout of the BIG-bench
+repository (``git clone https://github.com/google/BIG-bench``), a tarball of it, or a
+``bigbench-1.0.0.tar.gz`` kept from before - converts them to forwardonly's row format, and
+splits them with a fixed seed. Any other data comes in as a task's own files
+(``task.data.train=FILE``; see :class:`forwardonly.lm.config.TaskConfig`). The shipped subsets under ``tasks/builtin/`` are made by the same
 code (:func:`build_builtin`): their test split is the full test split and
 their train/validation splits are prefixes of the full ones, so numbers on the
 shipped and the full data are comparable.
@@ -14,16 +17,14 @@ from __future__ import annotations
 
 import json
 import random
-import subprocess
-import sys
 import tarfile
-import tempfile
 from pathlib import Path
 
 from ..errors import UserError
 
-SDIST = "bigbench-1.0.0.tar.gz"
-ROOT = "bigbench-1.0.0/bigbench/benchmark_tasks"
+TASKS_DIR = "bigbench/benchmark_tasks"
+HOW = ("pass --from a BIG-bench checkout (git clone https://github.com/google/BIG-bench), a tarball of it or a "
+       "bigbench-1.0.0.tar.gz; or bring the data as your own files: task.data.train=FILE task.data.test=FILE")
 
 # name -> (task.json inside the sdist, test size, validation size, shipped train size)
 TASKS = {
@@ -74,39 +75,48 @@ def split(name: str, rows: list[dict]) -> dict[str, list[dict]]:
     return {"test": rows[:n_test], "validation": rows[n_test:n_test + n_val], "train": rows[n_test + n_val:]}
 
 
-def read_sdist(sdist: str | Path, names=tuple(TASKS)) -> dict[str, dict]:
-    """The raw ``task.json`` of each task in ``names``, read from the tarball without unpacking it."""
-    sdist = Path(sdist)
-    if not sdist.is_file():
-        raise UserError(f"bigbench sdist not found: {sdist}")
-    wanted = {f"{ROOT}/{TASKS[n][0]}": n for n in names}
+def read_source(source: str | Path, names=tuple(TASKS)) -> dict[str, dict]:
+    """The raw ``task.json`` of each task in ``names``, from a BIG-bench checkout directory or a tarball
+    (read without unpacking it)."""
+    source = Path(source).expanduser()
+    if not source.exists():
+        raise UserError(f"BIG-bench source not found: {source}; {HOW}")
+    wanted = {f"{TASKS_DIR}/{TASKS[n][0]}": n for n in names}
     out = {}
-    try:
-        with tarfile.open(sdist, "r:gz") as tar:
-            for member in tar:
-                if member.name in wanted:
-                    out[wanted[member.name]] = json.load(tar.extractfile(member))
-                    if len(out) == len(wanted):
-                        break
-    except (tarfile.TarError, OSError, ValueError) as e:
-        raise UserError(f"{sdist}: not a readable bigbench sdist ({e})") from None
+    if source.is_dir():
+        for suffix, name in wanted.items():  # the checkout, its bigbench/ or its benchmark_tasks/ folder
+            hits = [p for p in (source / suffix, source / suffix.split("/", 1)[1], source / TASKS[name][0])
+                    if p.is_file()]
+            if hits:
+                out[name] = _json(hits[0].read_bytes(), hits[0])
+    else:
+        try:
+            with tarfile.open(source, "r:*") as tar:
+                for member in tar:
+                    suffix = next((w for w in wanted if member.name.endswith("/" + w)), None)
+                    if suffix is not None:
+                        out[wanted[suffix]] = _json(tar.extractfile(member).read(), f"{source}:{member.name}")
+                        if len(out) == len(wanted):
+                            break
+        except (tarfile.TarError, OSError, EOFError, ValueError) as e:
+            raise UserError(f"{source}: not a readable BIG-bench tarball ({e})") from None
     missing = sorted(set(names) - set(out))
     if missing:
-        raise UserError(f"{sdist}: task(s) {missing} not found; is this bigbench 1.0.0?")
+        raise UserError(f"{source}: task(s) {missing} not found under {TASKS_DIR}/; {HOW}")
     return out
 
 
-def download_sdist(dest_dir: Path) -> Path:
-    """``pip download`` the bigbench 1.0.0 sdist (no dependencies, not installed)."""
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-           "-d", str(dest_dir), "bigbench==1.0.0"]
-    r = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    path = dest_dir / SDIST
-    if r.returncode != 0 or not path.is_file():
-        last = (r.stderr or r.stdout).strip().splitlines()[-1:] or ["no output"]
-        raise UserError(f"could not download bigbench==1.0.0 ({last[0]}); download it by hand and pass "
-                        f"--sdist PATH")
-    return path
+def _json(raw: bytes, where) -> dict:
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise UserError(f"{where}:{line}: not UTF-8 text") from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"{where}:{e.lineno}: not valid JSON ({e.msg})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("examples"), list):
+        raise UserError(f"{where}: not a BIG-bench task.json (no examples list)")
+    return data
 
 
 def _yaml_text(name: str, files: dict[str, str], comment: str) -> str:
@@ -131,21 +141,24 @@ def fetched_yaml(name: str) -> Path:
         raise UserError(f"unknown BIG-bench task {name!r}; known: {', '.join(TASKS)}")
     path = data_dir() / f"{name}.yaml"
     if not path.is_file():
-        raise UserError(f"BIG-bench task {name!r} is not fetched ({path}); run: forwardonly data fetch bigbench")
+        raise UserError(f"BIG-bench task {name!r} is not fetched ({path}); run: forwardonly data fetch bigbench "
+                        f"--from PATH ({HOW})")
     return path
 
 
-def extract(sdist: str | Path | None = None, out_dir: str | Path | None = None, log=lambda m: None) -> dict:
-    """Write the full tasks (JSONL per split plus a task YAML) to ``out_dir``; returns sizes per task."""
+def extract(source: str | Path | None, out_dir: str | Path | None = None, log=lambda m: None) -> dict:
+    """Write the full tasks (JSONL per split plus a task YAML) to ``out_dir``; returns sizes per task.
+
+    ``source``: a BIG-bench checkout, a tarball of it, or the ``bigbench-1.0.0`` sdist.
+    """
     from ..io import atomic_path, atomic_write_text
     from .data import write_jsonl
 
+    if source is None:
+        raise UserError("the full BIG-bench tasks cannot be downloaded from the package index any more "
+                        f"(it serves only bigbench 0.0.1, which has no task data): {HOW}")
     out_dir = Path(out_dir) if out_dir else data_dir()
-    with tempfile.TemporaryDirectory(prefix="forwardonly-bigbench-") as scratch:
-        if sdist is None:
-            log("downloading bigbench==1.0.0 sdist (not installed) ...")
-            sdist = download_sdist(Path(scratch))
-        raw = read_sdist(sdist)
+    raw = read_source(source)
     sizes = {}
     for name, task_json in raw.items():
         parts = split(name, convert(name, task_json))
@@ -161,13 +174,13 @@ def extract(sdist: str | Path | None = None, out_dir: str | Path | None = None, 
     return sizes
 
 
-def build_builtin(sdist: str | Path, out_dir: str | Path) -> dict:
+def build_builtin(source: str | Path, out_dir: str | Path) -> dict:
     """Regenerate the shipped subsets (maintainers only): ``<name>.<split>.jsonl``."""
     from .data import write_jsonl
 
     out_dir = Path(out_dir)
     sizes = {}
-    for name, task_json in read_sdist(sdist).items():
+    for name, task_json in read_source(source).items():
         parts = split(name, convert(name, task_json))
         parts["train"] = parts["train"][:TASKS[name][3]]
         for s, rows in parts.items():

@@ -31,8 +31,13 @@ def read_rows(path: str | Path) -> list[tuple[str, dict]]:
 
 def _read_jsonl(path: Path) -> list[tuple[str, dict]]:
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise UserError(f"{path}:{lineno}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column "
+                                f"{e.start + 1})") from None
             if not line.strip():
                 continue
             try:
@@ -51,12 +56,21 @@ def _read_with_datasets(path: Path, suffix: str) -> list[tuple[str, dict]]:
     import datasets
 
     builder = "csv" if suffix == ".csv" else "parquet"
+    if suffix == ".csv":
+        from ..io import read_text_file
+
+        read_text_file(path, "CSV file")  # bytes that are not UTF-8: name the line before pandas sees them
     datasets.disable_progress_bars()
+    verbosity = datasets.logging.get_verbosity()
+    datasets.logging.set_verbosity_error()  # its own "Failed to read file" lines would repeat our error
     try:
         ds = datasets.load_dataset(builder, data_files=str(path), split="train")
     except Exception as e:  # noqa: BLE001 - datasets raises many types for unreadable files
-        msg = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        cause = e.__cause__ or e.__context__ or e
+        msg = str(cause).strip().splitlines()[-1] if str(cause).strip() else type(cause).__name__
         raise UserError(f"{path}: could not read {builder} file ({msg[:200]})") from None
+    finally:
+        datasets.logging.set_verbosity(verbosity)
     if len(ds) == 0:
         raise UserError(f"{path}: no examples")
     # CSV: line 1 is the header, so row i is on line i + 2 (for rows without embedded newlines).

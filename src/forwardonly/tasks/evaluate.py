@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ..errors import UserError
@@ -14,8 +16,9 @@ def evaluate(model, tokenizer, task, split: str = "test", *, batch_size: int = 1
     """Score ``model`` on ``task.splits[split]``.
 
     Returns ``{"accuracy", "n"}`` (plus ``"macro_f1"`` for classification and
-    yes/no tasks) or, for QA, ``{"f1", "exact_match", "n"}``; metrics are
-    fractions in [0, 1]. Runs under ``torch.inference_mode``.
+    yes/no tasks), for QA ``{"f1", "exact_match", "n"}``, and for ``sft`` tasks
+    ``{"loss", "perplexity", "tokens", "n"}`` (plus ``"exact_match"`` where the task
+    has references); accuracies are fractions in [0, 1]. Runs under ``torch.inference_mode``.
     """
     if split not in task.splits:
         raise UserError(f"task '{task.name}' has no split {split!r}; it has {sorted(task.splits)}")
@@ -26,10 +29,11 @@ def evaluate(model, tokenizer, task, split: str = "test", *, batch_size: int = 1
     examples = sorted(examples, key=lambda ex: len(ex["prompt"]))
     if not examples:
         raise UserError(f"task '{task.name}' split {split!r} is empty")
-    objective = make_objective(task, tokenizer, "accuracy", max_length, model=model)
+    objective = make_objective(task, tokenizer, "ce" if task.kind == "sft" else "accuracy", max_length, model=model)
     was_training = model.training
     model.eval()
     preds, golds = [], []
+    nll, tokens = 0.0, 0
     chunks = range(0, len(examples), batch_size)
     if progress:
         from tqdm.auto import tqdm
@@ -40,7 +44,13 @@ def evaluate(model, tokenizer, task, split: str = "test", *, batch_size: int = 1
             for i in chunks:
                 part = examples[i:i + batch_size]
                 batch = objective.batch(part, device)
-                if isinstance(objective, QA):
+                if task.kind == "sft":
+                    s, k = objective.nll(model, batch)
+                    nll, tokens = nll + float(s), tokens + k
+                    if batch.answers:
+                        preds += objective.generate(model, batch)
+                        golds += batch.answers
+                elif isinstance(objective, QA):
                     preds += objective.generate(model, batch)
                     golds += batch.answers
                 else:
@@ -49,6 +59,12 @@ def evaluate(model, tokenizer, task, split: str = "test", *, batch_size: int = 1
     finally:
         model.train(was_training)
     n = len(golds)
+    if task.kind == "sft":
+        out = {"loss": nll / tokens, "perplexity": math.exp(min(nll / tokens, 700.0)), "tokens": tokens,
+               "n": len(examples)}
+        if golds:
+            out["exact_match"] = sum(metrics.exact_match(p, a) for p, a in zip(preds, golds)) / n
+        return out
     if isinstance(objective, QA):
         return {"f1": sum(metrics.token_f1(p, a) for p, a in zip(preds, golds)) / n,
                 "exact_match": sum(metrics.exact_match(p, a) for p, a in zip(preds, golds)) / n, "n": n}

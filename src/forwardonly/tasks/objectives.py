@@ -69,18 +69,28 @@ class Batch:
     def __len__(self):
         return self.target.shape[0] if self.target is not None else len(self.answers)
 
-    def doubled(self) -> Batch:
-        """The batch stacked twice along dim 0, for a paired ZO evaluation (``paired=True``): rows
-        ``[0, n)`` and ``[n, 2n)`` hold the same examples; ``rows`` of the second copy point into it."""
-        def two(t):
-            return None if t is None else torch.cat([t, t])
+    def stacked(self, k: int = 2) -> Batch:
+        """The batch stacked ``k`` times along dim 0, for a paired ZO evaluation (``paired=True``): copy
+        ``j`` holds rows ``[j n, (j + 1) n)`` of the same examples; ``rows`` of each copy point into it."""
+        def rep(t):
+            return None if t is None else torch.cat([t] * k)
 
         rows = None
         if self.rows is not None:
             n = self.input_ids.shape[0]
-            rows = torch.cat([self.rows, torch.where(self.rows >= 0, self.rows + n, self.rows)])
-        return Batch(two(self.input_ids), two(self.attention_mask), two(self.target), rows, two(self.cand_len),
-                     list(self.answers) * 2, two(self.prompt_ids), two(self.prompt_mask))
+            rows = torch.cat([torch.where(self.rows >= 0, self.rows + j * n, self.rows) for j in range(k)])
+        return Batch(rep(self.input_ids), rep(self.attention_mask), rep(self.target), rows, rep(self.cand_len),
+                     list(self.answers) * k, rep(self.prompt_ids), rep(self.prompt_mask))
+
+    def doubled(self) -> Batch:
+        """The batch stacked twice (:meth:`stacked`)."""
+        return self.stacked(2)
+
+
+def _slices() -> int:
+    from ..optim.perturb import current_slices
+
+    return current_slices() or 2
 
 
 def _is_prompt_learning(model) -> bool:
@@ -139,11 +149,14 @@ class Objective:
         return self._from_scores(self.scores(model, batch), batch.target)
 
     def paired_loss(self, model, batch: Batch) -> torch.Tensor:
-        """The losses of the two halves of one forward over ``batch.doubled()``: the closure of a ZO
-        optimizer made with ``paired=True`` (a tensor of shape (2,); each half's loss is :meth:`loss`'s)."""
-        s = self.scores(model, batch.doubled())
+        """The losses of the ``K`` slices of one forward over ``batch.stacked(K)``: the closure of a ZO
+        optimizer made with ``paired=True`` (a tensor of shape (K,), each slice's loss :meth:`loss`'s).
+        ``K`` is what the running evaluation asks for (:func:`forwardonly.optim.perturb.current_slices`;
+        2 for a two-sided probe, ``q + 1`` for FZOO), 2 outside one."""
+        k = _slices()
+        s = self.scores(model, batch.stacked(k))
         n = len(batch)
-        return torch.stack([self._from_scores(s[:n], batch.target), self._from_scores(s[n:], batch.target)])
+        return torch.stack([self._from_scores(s[j * n : (j + 1) * n], batch.target) for j in range(k)])
 
     def _from_scores(self, s: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if self.objective == "ce":
@@ -276,8 +289,9 @@ class QA(Options):
         if self.objective != "ce":
             raise UserError(f"objective {self.objective!r} of a QA task generates answers, which a paired "
                             f"evaluation cannot split; use optim.paired=false")
-        _, mean = self.token_logprobs(model, batch.doubled())
-        return -mean.view(2, -1).mean(1)
+        k = _slices()
+        _, mean = self.token_logprobs(model, batch.stacked(k))
+        return -mean.view(k, -1).mean(1)
 
 
 class _NewlineStop:
@@ -327,6 +341,13 @@ def make_objective(task, tokenizer, objective: str = "ce", max_length: int = 512
             raise UserError(f"task '{task.name}' is {task.kind}; a classifier model handles classification "
                             f"and yes_no tasks only")
         return Classifier(task, tokenizer, objective, max_length)
+    if task.kind == "sft":
+        from .sft import Completion
+
+        if objective != "ce":
+            raise UserError(f"task '{task.name}' is sft: it trains on the completion's token loss (objective 'ce'), "
+                            f"not {objective!r}")
+        return Completion(task, tokenizer, objective, max_length)
     if task.kind == "qa":
         return QA(task, tokenizer, objective, max_length)
     if objective == "f1" and task.kind == "multiple_choice":

@@ -12,6 +12,12 @@ multiple_choice   option log-likelihood: ``options_field`` holds a list, the
                   ``answer_field`` an index or the text of the right option
 qa                extractive/generative QA: ``answers_field`` holds one or more
                   gold strings; scored by F1 and exact match of a greedy answer
+sft               supervised fine-tuning: a ``prompt`` template and a
+                  ``completion_field``, or a chat in ``messages_field`` (a list of
+                  ``{"role", "content"}`` ending with the assistant's turn, put
+                  through the tokenizer's chat template); the loss is on the
+                  completion's tokens only, evaluation reports loss and perplexity,
+                  and exact match of a greedy answer where ``reference_field`` is set
 ================  ===============================================================
 
 A task YAML (paths are relative to the YAML file)::
@@ -39,22 +45,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from ..config import load_config
-from ..errors import UserError
-from .data import SUFFIXES, read_rows
+import yaml
 
-KINDS = ("classification", "multiple_choice", "yes_no", "qa")
+from ..errors import UserError
+
+KINDS = ("classification", "multiple_choice", "yes_no", "qa", "sft")
 SPLITS = ("train", "validation", "test")
 BUILTIN_DIR = Path(__file__).parent / "builtin"
 
 
 @dataclass
 class Template:
-    """How a row becomes a prompt and its candidates (fields unused by a kind are ignored)."""
+    """How a row becomes a prompt and its candidates (fields unused by a kind are ignored).
 
-    prompt: str = "{text}"
+    ``prompt`` defaults to ``"{prompt}"`` for ``sft`` and ``"{text}"`` otherwise. ``labels`` maps
+    label values to label words; a list (or ``"negative,positive"`` on the command line) gives
+    each label the word ``" " + label``.
+    """
+
+    prompt: str | None = None
     label_field: str = "label"
-    labels: dict = field(default_factory=dict)
+    labels: dict | list = field(default_factory=dict)
     options_field: str = "options"
     answer_field: str = "answer"
     option: str = " {option}"
@@ -62,10 +73,28 @@ class Template:
     answers_field: str = "answers"
     answer_prefix: str = " "
     max_new_tokens: int = 16
+    completion_field: str = "completion"
+    messages_field: str = "messages"
+    reference_field: str | None = None
 
     def __post_init__(self):
         if self.max_new_tokens < 1:
             raise ValueError(f"template.max_new_tokens={self.max_new_tokens} must be at least 1")
+        labels = self.labels
+        if isinstance(labels, str):
+            try:
+                labels = yaml.safe_load(labels)
+            except yaml.YAMLError:
+                raise ValueError(f"template.labels={self.labels!r} is neither a mapping nor a list") from None
+            labels = [x.strip() for x in labels.split(",") if x.strip()] if isinstance(labels, str) else labels
+        if isinstance(labels, (list, tuple)):
+            labels = {str(x): f" {x}" for x in labels}
+        if not isinstance(labels, dict):
+            raise TypeError(f"template.labels={self.labels!r} must be a mapping (label: word) or a list of labels")
+        self.labels = labels
+
+    def prompt_for(self, kind: str) -> str:
+        return self.prompt if self.prompt is not None else ("{prompt}" if kind == "sft" else "{text}")
 
 
 @dataclass
@@ -73,7 +102,7 @@ class TaskSpec:
     """A task file: its name, kind, data files per split and template."""
 
     name: str = "task"
-    kind: Literal["classification", "multiple_choice", "yes_no", "qa"] = "classification"
+    kind: Literal["classification", "multiple_choice", "yes_no", "qa", "sft"] = "classification"
     data: dict = field(default_factory=dict)
     template: Template = field(default_factory=Template)
     seed: int = 0
@@ -93,6 +122,7 @@ class Task:
     template: Template
     splits: dict[str, list[dict]]
     label_names: list[str] = field(default_factory=list)
+    notes: dict = field(default_factory=dict)  # where splits came from when not from the task's own files
 
     def __repr__(self):
         sizes = ", ".join(f"{k}={len(v)}" for k, v in self.splits.items())
@@ -156,8 +186,10 @@ def render(spec: TaskSpec, where: str, row: dict) -> dict:
     """One example from one row (see the module docstring)."""
     t = spec.template
     ex = dict(row)
-    ex["prompt"] = _fill(t.prompt, row, where, "prompt")
     ex["where"] = where
+    if spec.kind == "sft":
+        return _render_sft(t, where, row, ex)
+    ex["prompt"] = _fill(t.prompt_for(spec.kind), row, where, "prompt")
     if spec.kind in ("classification", "yes_no"):
         if t.label_field not in row:
             raise UserError(f"{where}: row has no label field '{t.label_field}' (fields: {', '.join(sorted(row))})")
@@ -189,88 +221,30 @@ def render(spec: TaskSpec, where: str, row: dict) -> dict:
     return ex
 
 
-def _builtin_path(name: str) -> Path | None:
-    p = BUILTIN_DIR / f"{name}.yaml"
-    return p if p.is_file() else None
-
-
-def builtin_names() -> list[str]:
-    return sorted(p.stem for p in BUILTIN_DIR.glob("*.yaml"))
-
-
-def _split_rows(rows: list, seed: int) -> dict[str, list]:
-    # A bare data file: a seeded 80/10/10 split, stable across runs.
-    rows = list(rows)
-    random.Random(seed).shuffle(rows)
-    n = len(rows)
-    n_test = n_val = max(1, n // 10) if n >= 3 else 0
-    return {"train": rows[n_test + n_val:] or rows, "validation": rows[n_test:n_test + n_val], "test": rows[:n_test]}
-
-
-def _override_list(overrides: dict) -> list[str]:
-    template_keys = {f for f in Template.__dataclass_fields__}
-    out = []
-    for key, value in overrides.items():
-        key = f"template.{key}" if key in template_keys else key
-        if isinstance(value, dict):
-            import json
-
-            value = json.dumps(value)
-        out.append(f"{key}={value}")
-    return out
-
-
-def _resolve(name_or_path: str) -> Path:
-    builtin = _builtin_path(name_or_path)
-    if builtin is not None:
-        return builtin
-    if name_or_path.startswith("bigbench/"):
-        from .bigbench import fetched_yaml
-
-        return fetched_yaml(name_or_path.split("/", 1)[1])
-    path = Path(name_or_path).expanduser()
-    if not path.is_file():
-        raise UserError(f"unknown task {name_or_path!r}: not a built-in task ({', '.join(builtin_names())}) "
-                        f"nor an existing task YAML or data file")
-    return path
-
-
-def get_task(name_or_path: str, **overrides) -> Task:
-    """Load a built-in task by name, ``bigbench/NAME`` (after ``forwardonly data fetch
-    bigbench``), a task YAML, or a bare data file (JSONL/CSV/parquet; give ``kind``
-    and the template as overrides; split 80/10/10 with ``seed``).
-
-    Overrides are config keys (``kind="yes_no"``, ``seed=1``) or template fields
-    (``prompt="Q: {question}\\nA:"``, ``labels={...}``); unknown keys are rejected.
-
-    Example::
-
-        task = get_task("sentiment")
-        task.splits["test"][0]["prompt"]   # 'Review: ...\\nSentiment:'
-    """
-    path = _resolve(name_or_path)
-    over = _override_list(overrides)
-    if path.suffix.lower() in SUFFIXES:
-        spec = load_config(TaskSpec, None, over, base={"name": path.stem})
-        rows = read_rows(path)
-        splits_rows = _split_rows(rows, spec.seed)
+def _render_sft(t: Template, where: str, row: dict, ex: dict) -> dict:
+    messages = row.get(t.messages_field)
+    if messages is not None:
+        ok = isinstance(messages, list) and len(messages) >= 2 and all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+            for m in messages)
+        if not ok or messages[-1]["role"] != "assistant":
+            raise UserError(f"{where}: field '{t.messages_field}' must be a list of at least 2 "
+                            f'{{"role", "content"}} messages ending with the assistant\'s')
+        ex["messages"] = [{"role": m["role"], "content": m["content"]} for m in messages]
+        ex["prompt"] = "\n".join(m["content"] for m in messages[:-1])
+        ex["completion"] = messages[-1]["content"]
     else:
-        spec = load_config(TaskSpec, path, over)
-        if not spec.data:
-            raise UserError(f"{path}: a task needs data files (data: {{train: ..., test: ...}})")
-        splits_rows = {}
-        for split, file in spec.data.items():
-            file = Path(str(file)).expanduser()
-            splits_rows[split] = read_rows(file if file.is_absolute() else path.parent / file)
-    if spec.kind == "yes_no" and not spec.template.labels:
-        spec.template.labels = {"yes": " Yes", "no": " No"}
-    if spec.kind in ("classification", "yes_no"):
-        labels = spec.template.labels
-        if len(labels) < 2:
-            raise UserError(f"{path}: task '{spec.name}' ({spec.kind}) needs template.labels with at least 2 "
-                            f"label words, got {labels!r}")
-        empty = [k for k, v in labels.items() if not str(v).strip()]
-        if empty:
-            raise UserError(f"{path}: label word for {empty[0]!r} is empty")
-    splits = {s: [render(spec, where, row) for where, row in rows] for s, rows in splits_rows.items()}
-    return Task(spec.name, spec.kind, spec.template, splits, [str(k) for k in spec.template.labels])
+        ex["prompt"] = _fill(t.prompt_for("sft"), row, where, "prompt")
+        completion = row.get(t.completion_field)
+        if not isinstance(completion, str) or not completion:
+            raise UserError(f"{where}: row has no completion: field '{t.completion_field}' must be a non-empty "
+                            f"string, or '{t.messages_field}' a chat (fields: {', '.join(sorted(map(str, row)))})")
+        ex["completion"] = completion
+    if t.reference_field is not None:
+        ref = row.get(t.reference_field)
+        ref = [ref] if isinstance(ref, str) else ref
+        if not isinstance(ref, (list, tuple)) or not ref or not all(isinstance(a, str) for a in ref):
+            raise UserError(f"{where}: field '{t.reference_field}' (template.reference_field) must be a string "
+                            f"or a non-empty list of strings, got {row.get(t.reference_field)!r}")
+        ex["answers"] = list(ref)
+    return ex

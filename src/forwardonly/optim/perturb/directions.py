@@ -10,7 +10,8 @@
 * **plain** (``blockwise=False``): whole chunks are generated into a scratch buffer and added, the
   textbook loop the fast path is tested against.
 
-A :class:`~forwardonly.optim.perturb.masks.RandomMask` given as ``mask`` zeroes entries in every path.
+A mask given as ``mask`` (:mod:`~forwardonly.optim.perturb.masks`) multiplies the entries in every path;
+the paths hand it the reference values (the unperturbed weights) of the entries they generate.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import torch
 from . import native as _native
 from .seeds import CHUNK, KINDS, chunk_seed, direction, fill_chunk, packed_sign_table, random_words
 
+_F32 = torch.float32
+_CPU = torch.device("cpu")
 HOLD_BYTES = 64 << 20
 """Most bytes of random words :meth:`Directions.hold` keeps (a step of a 512M-parameter model)."""
 BLOCK = 1 << 20
@@ -66,7 +69,8 @@ class Directions:
     Args:
         seed: run seed; every direction is a function of it and of (step, probe, param_index).
         kind: ``"rademacher"`` (default) or ``"gaussian"``.
-        mask: optional :class:`~forwardonly.optim.perturb.masks.RandomMask`: directions ``z * m``.
+        mask: optional :class:`~forwardonly.optim.perturb.masks.Mask` (random, magnitude, a preconditioner):
+            directions ``z * m``.
         blockwise: use the blockwise paths (held random words, native kernel, fused layers); False
             keeps the plain chunk loop (default True; the values are the same).
         native: let fp32 Rademacher blocks on the CPU run through the native kernel (default True).
@@ -85,6 +89,7 @@ class Directions:
         self.seed, self.kind, self.mask = int(seed), kind, mask
         self.blockwise, self.native = bool(blockwise), bool(native)
         self.carry = False  # set before the outermost hold ends: keep its words one more step
+        self._native_ok: bool | None = None  # the settings' half of _uses_native, once known
         self._scratch: dict[tuple, torch.Tensor] = {}
         self._ranges: dict[tuple, torch.Tensor] = {}
         self._matrix_views: dict[tuple, tuple] = {}
@@ -106,30 +111,41 @@ class Directions:
             buf = self._scratch[key] = torch.empty(n, dtype=dtype, device=device)
         return buf
 
+    @property
+    def masked(self) -> bool:
+        return self.mask is not None and not self.mask.identity
+
     def full(self, p: torch.Tensor, step: int, probe: int, param_index: int, dtype=None) -> torch.Tensor:
-        """The whole direction of one parameter, as a new tensor (reference path)."""
+        """The whole direction of one parameter, as a new tensor (reference path; ``p`` holds the
+        reference values a mask may read)."""
         z = direction(p.shape, self.kind, self.seed, step, probe, param_index, dtype=dtype or p.dtype,
                       device=p.device)
-        if self.mask is not None and not self.mask.full_density:
-            z.mul_(self.mask.whole(p.shape, self.seed, step, param_index, p.device))
+        if self.masked:
+            z.mul_(_as_factor(self.mask.whole(p.detach(), self.seed, step, param_index), z))
         return z
 
-    def fill(self, z: torch.Tensor, step: int, probe: int, param_index: int, chunk: int) -> None:
-        """Fill the 1-D ``z`` with chunk ``chunk`` of direction ``(step, probe, param_index)``."""
+    def fill(self, z: torch.Tensor, step: int, probe: int, param_index: int, chunk: int,
+             ref: torch.Tensor | None = None) -> None:
+        """Fill the 1-D ``z`` with chunk ``chunk`` of direction ``(step, probe, param_index)``; ``ref``: the
+        reference values of those entries (for a mask that reads them)."""
         fill_chunk(z, self.kind, chunk_seed(self.seed, step, probe, param_index, chunk))
-        if self.mask is not None and not self.mask.full_density:
+        if self.masked:
             # multiply rather than masked_fill_ (several times slower on CPU); dropped entries become
             # +-0.0, which perturb and update by exactly nothing
-            z.mul_(self.mask.chunk(self.seed, step, param_index, chunk, z.numel(), z.device))
+            start = chunk * CHUNK
+            z.mul_(_as_factor(self.mask.range(self.seed, step, param_index, start, start + z.numel(),
+                                              start + z.numel(), ref, z.device), z))
 
     def chunks(self, p: torch.Tensor, step: int, probe: int, param_index: int, dtype=None):
-        """Yield ``(start, stop, z_chunk)`` over ``p.view(-1)``; ``z_chunk`` is a reused scratch view."""
+        """Yield ``(start, stop, z_chunk)`` over ``p.view(-1)``; ``z_chunk`` is a reused scratch view (a mask
+        reads ``p``'s current values of the chunk as its reference)."""
         n = p.numel()
         buf = self.scratch(dtype or p.dtype, p.device, n)
+        flat = p.detach().reshape(-1)
         for c, start in enumerate(range(0, n, CHUNK)):
             stop = min(start + CHUNK, n)
             z = buf[: stop - start]
-            self.fill(z, step, probe, param_index, c)
+            self.fill(z, step, probe, param_index, c, flat[start:stop])
             yield start, stop, z
 
     # ----------------------------------------------------- held random words
@@ -137,7 +153,7 @@ class Directions:
         """One chunk's values, cached with the last few chunks asked for (until :meth:`release`):
         Gaussian values, or for Rademacher the chunk's random int64 words (bit ``k`` of the little-endian
         byte stream is the sign of element ``k``: bit ``k & 7`` of byte ``k >> 3``)."""
-        key = (seed, n, str(device), self.kind)
+        key = (seed, n, device)  # (a torch.device: every caller passes one; the kind never changes)
         vals = self._lru.get(key)
         if vals is None:
             vals = self._recent.get(key)
@@ -219,14 +235,19 @@ class Directions:
             yield c, clen, pos - base, end - base
             pos = end
 
-    def _uses_native(self, *tensors: torch.Tensor) -> bool:
-        return (self.native and self.kind == "rademacher" and self.mask is None
-                and all(t.dtype == torch.float32 and t.device.type == "cpu" and t.is_contiguous() for t in tensors)
-                and _native.library() is not None)
+    def _uses_native(self, a: torch.Tensor, b: torch.Tensor) -> bool:
+        """Whether ``a`` and ``b`` (a block and its source) go through the native kernel (called per block:
+        the checks that do not depend on the tensors are made once)."""
+        ok = self._native_ok
+        if ok is None:
+            ok = self._native_ok = self.native and self.kind == "rademacher" and self.mask is None
+        return (ok and a.dtype is _F32 and b.dtype is _F32 and a.is_cpu and b.is_cpu
+                and a.is_contiguous() and b.is_contiguous() and _native.library() is not None)
 
     def _range_values(self, vals, a: int, b: int, n: int, dtype, device, step: int, param_index: int,
-                      c: int, clen: int) -> torch.Tensor:
-        """Entries ``[a, b)`` of one chunk's direction (masked), from its held values."""
+                      c: int, clen: int, ref: torch.Tensor | None = None) -> torch.Tensor:
+        """Entries ``[a, b)`` of one chunk's direction (masked; ``ref``: their reference values), from its
+        held values."""
         if self.kind == "gaussian":
             z = vals[a:b]
         else:
@@ -241,8 +262,9 @@ class Directions:
             rows = z_buf[: (hi - lo) * 8]
             rows.copy_(packed.view(torch.int8))
             z = rows[a - 8 * lo : b - 8 * lo]
-        if self.mask is not None and not self.mask.full_density:
-            m = self.mask.chunk(self.seed, step, param_index, c, clen, device)[a:b]
+        if self.masked:
+            base = c * CHUNK
+            m = _as_factor(self.mask.range(self.seed, step, param_index, base + a, base + b, base + clen, ref, device), z)
             z = z * m if self.kind == "gaussian" else z.mul_(m)  # never write into held Gaussian values
         return z
 
@@ -260,6 +282,9 @@ class Directions:
                 dst.copy_(src)
             return
         native = self._uses_native(dst, src)
+        ref = src
+        if self.masked and self.mask.needs_values and len(terms) > 1 and dst.data_ptr() == src.data_ptr():
+            ref = src.clone()  # the mask reads the values before this update, not between its terms
         if native and len(terms) == 1 and start // CHUNK == (start + n - 1) // CHUNK:
             # the common case (one term, inside one chunk), without the general loop's bookkeeping
             (probe, coef), = terms
@@ -277,7 +302,8 @@ class Directions:
                 if native:  # one pass, reading the random bits directly (bitwise the torch path's values)
                     _native.sign_add_f32(d, s if j == 0 else d, vals, a, coef)
                     continue
-                z = self._range_values(vals, a, b, n, dst.dtype, dst.device, step, param_index, c, clen)
+                z = self._range_values(vals, a, b, n, dst.dtype, dst.device, step, param_index, c, clen,
+                                       ref[o : o + b - a])
                 if j == 0:
                     torch.add(s, z, alpha=coef, out=d)
                 else:
@@ -324,6 +350,28 @@ class Directions:
         self._matrix_views[key] = (base, flat, flat.view(rows, cols))
         return flat, self._matrix_views[key][2]
 
+    def perturbed_matrix(self, w: torch.Tensor, step: int, terms: Sequence[tuple[int, float]], param_index: int,
+                         fold=None) -> torch.Tensor:
+        """``w + sum_k coef_k z_k`` for a 2-D ``w`` in the shared scratch matrix (valid until the next use
+        of the scratch); with ``fold = (step, terms)`` a deferred update is first written into ``w`` in the
+        same pass (:meth:`fold_perturb_range`). The values of :meth:`perturbed`, bit for bit."""
+        rows, cols = w.shape
+        n = rows * cols
+        flat, mat = self.matrix_scratch(rows, cols, w.dtype, w.device)
+        if (fold is None and len(terms) == 1 and n <= CHUNK and w.dtype is _F32 and w.is_cpu and w.is_contiguous()
+                and self._uses_native(flat, flat)):
+            # the common case straight to the kernel (one term, one chunk; raw pointers, no views made)
+            (probe, coef), = terms
+            words = self._chunk_values(chunk_seed(self.seed, step, probe, param_index, 0), n, _F32, _CPU)
+            _native.sign_add_f32(flat, w, words, 0, coef)
+            return mat
+        src = w.detach().view(-1)
+        if fold is None:
+            self.perturb_range(flat, src, step, terms, param_index, n, 0)
+        else:
+            self.fold_perturb_range(flat, src, fold[0], fold[1], step, terms, param_index, n, 0)
+        return mat
+
     def block_scratch(self, n: int, dtype, device, slot: str = "w") -> torch.Tensor:
         """A reused buffer of at least ``n`` elements for one block of a perturbed weight."""
         return self._range_scratch(n, dtype, device, slot=slot)
@@ -336,7 +384,8 @@ class Directions:
         first, last = int(flat_index[0]) // CHUNK, int(flat_index[-1]) // CHUNK
         borders = torch.arange(first, last + 2, device=flat_index.device) * CHUNK
         cuts = torch.searchsorted(flat_index, borders).tolist()
-        masked = self.mask is not None and not self.mask.full_density
+        masked = self.masked
+        flat_p = p.detach().reshape(-1)
         for c in range(first, last + 1):
             lo, hi = cuts[c - first], cuts[c - first + 1]
             if lo == hi:
@@ -350,7 +399,9 @@ class Directions:
                 bit = (vals.view(torch.uint8)[off >> 3].to(torch.int32) >> (off & 7).to(torch.int32)) & 1
                 out[lo:hi] = bit * 2 - 1
             if masked:
-                out[lo:hi].mul_(self.mask.chunk(self.seed, step, param_index, c, clen, p.device)[off])
+                idx = flat_index[lo:hi]
+                out[lo:hi].mul_(_as_factor(self.mask.at(self.seed, step, param_index, idx, numel, flat_p[idx],
+                                                        p.device), out))
         return out
 
     def add_(self, p: torch.Tensor, step: int, terms: Sequence[tuple[int, float]], param_index: int) -> None:
@@ -362,14 +413,28 @@ class Directions:
         if not terms:
             return
         if not self.blockwise:
-            for probe, coef in terms:
-                for start, stop, z in self.chunks(p, step, probe, param_index):
-                    flat[start:stop].add_(z, alpha=coef)
+            # chunk by chunk, every term before the next chunk: a mask that reads the weights sees each
+            # chunk before this update (the same elementwise sums as probe by probe)
+            n = flat.numel()
+            z = self.scratch(p.dtype, p.device, n)
+            for c, start in enumerate(range(0, n, CHUNK)):
+                stop = min(start + CHUNK, n)
+                zc = z[: stop - start]
+                ref = flat[start:stop].clone() if self.masked and self.mask.needs_values and len(terms) > 1 \
+                    else flat[start:stop]
+                for probe, coef in terms:
+                    self.fill(zc, step, probe, param_index, c, ref)
+                    flat[start:stop].add_(zc, alpha=coef)
             return
         n = flat.numel()
-        for start in range(0, n, BLOCK):
-            block = flat[start : start + BLOCK]
-            self.perturb_range(block, block, step, terms, param_index, n, start)
+        if len(terms) == 1 and n <= CHUNK and self._uses_native(p, p):  # one kernel call, in place
+            (probe, coef), = terms
+            _native.sign_add_f32(p, p, self._chunk_values(chunk_seed(self.seed, step, probe, param_index, 0), n,
+                                                          _F32, _CPU), 0, coef)
+        else:
+            for start in range(0, n, BLOCK):
+                block = flat[start : start + BLOCK]
+                self.perturb_range(block, block, step, terms, param_index, n, start)
         self.release()
 
     def perturbed(self, p: torch.Tensor, step: int, terms: Sequence[tuple[int, float]], param_index: int,
@@ -377,6 +442,11 @@ class Directions:
         """``p + sum_k coef_k * z(step, probe_k)`` in a new tensor (or ``out``); ``p`` itself is not touched."""
         if out is None:
             out = torch.empty_like(p, memory_format=torch.contiguous_format)
+        if len(terms) == 1 and self.blockwise and p.numel() <= CHUNK and self._uses_native(out, p):
+            (probe, coef), = terms  # one kernel call (a norm's weight, a bias)
+            words = self._chunk_values(chunk_seed(self.seed, step, probe, param_index, 0), p.numel(), _F32, _CPU)
+            _native.sign_add_f32(out, p, words, 0, coef)
+            return out
         src, dst = p.reshape(-1), out.view(-1)
         if terms and self.blockwise:  # blockwise, reading held random words (the same values, bit for bit)
             n = src.numel()
@@ -395,6 +465,12 @@ class Directions:
         if first:
             out.copy_(p)
         return out
+
+
+def _as_factor(m: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """A mask's multipliers in ``z``'s dtype (0/1 masks stay boolean): every path multiplies in the
+    direction's dtype, so they round alike."""
+    return m if m.dtype in (torch.bool, z.dtype) else m.to(z.dtype)
 
 
 def accumulate(directions: Directions, p: torch.Tensor, step: int, terms: Sequence[tuple[int, float]],
@@ -417,7 +493,7 @@ def accumulate(directions: Directions, p: torch.Tensor, step: int, terms: Sequen
         g = acc[: stop - start]
         z = directions.scratch(dtype, p.device, n)[: stop - start]
         for j, (probe, coef) in enumerate(terms):
-            directions.fill(z, step, probe, param_index, c)
+            directions.fill(z, step, probe, param_index, c, p.detach().view(-1)[start:stop])
             if j == 0:
                 torch.mul(z, coef, out=g)
             else:

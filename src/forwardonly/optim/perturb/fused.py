@@ -10,7 +10,10 @@ a transformer's weights get a cheaper path, :class:`FusedWeight`, a
   ``w + sum_k c_k z_k`` is built in one reused, cache-sized buffer and multiplied
   straight away, so the weights stream through memory once, as in a plain
   forward, and no weight-sized temporary is allocated (for SmolLM2 the tied
-  49152 x 576 head would otherwise be a 113 MB temporary).
+  49152 x 576 head would otherwise be a 113 MB temporary). A weight that fits one
+  block (:func:`one_block`) skips the function mode: the module gets the perturbed
+  matrix, built in the same shared buffer, as its weight for the duration of its
+  forward.
 * ``nn.Embedding``: ``(W + c Z)[ids] = W[ids] + c Z[ids]``: only the looked-up
   rows are perturbed; a Rademacher entry is one bit of its chunk's random words.
 
@@ -48,10 +51,17 @@ def fusable(module: torch.nn.Module, param: torch.Tensor, directions: Directions
         ok = module.max_norm is None  # max_norm renormalises the weight in place
     else:
         return False
-    return (ok and module._parameters.get("weight") is param and param.dim() == 2 and param.is_contiguous()
+    return (ok and directions.blockwise and module._parameters.get("weight") is param and param.dim() == 2
             and not module._forward_pre_hooks and not module._forward_hooks and "forward" not in module.__dict__
-            and not torch.is_grad_enabled() and not torch.is_autocast_enabled(param.device.type)
-            and directions.blockwise)
+            and not torch.is_grad_enabled() and param.is_contiguous()
+            and not torch.is_autocast_enabled("cpu" if param.is_cpu else param.device.type))
+
+
+def one_block(module: torch.nn.Module, param: torch.Tensor) -> bool:
+    """Whether a fusable ``nn.Linear``'s whole weight fits one block of :data:`LINEAR_BLOCK` elements (every
+    SmolLM2 layer but the head): :class:`~forwardonly.optim.perturb.Perturbation` then hands the module
+    the perturbed weight built in a shared scratch matrix instead of entering a :class:`FusedWeight`."""
+    return type(module) is torch.nn.Linear and LINEAR_BLOCK // param.shape[1] >= param.shape[0]
 
 
 def _unpairable(msg: str):
@@ -75,14 +85,18 @@ class FusedWeight(TorchFunctionMode):
         fold: ``(step, terms)``: a deferred update to write into the weight on the way.
         slices: batched evaluation: the terms of every slice (``slices[0]`` is ``terms``); ``state``
             is the evaluation's :class:`~forwardonly.optim.perturb.batched.SliceState`.
+        base: the values to perturb instead of the weight's own (a tentative update's candidate); the
+            weight is then only recognised, never read.
     """
 
     def __init__(self, directions: Directions, step: int, terms: Sequence[tuple[int, float]], index: int,
                  param: torch.Tensor, fold: tuple[int, Sequence[tuple[int, float]]] | None = None,
-                 slices: Sequence[Sequence[tuple[int, float]]] | None = None, state=None):
+                 slices: Sequence[Sequence[tuple[int, float]]] | None = None, state=None,
+                 base: torch.Tensor | None = None):
         super().__init__()
         self.directions, self.step, self.terms, self.index = directions, step, list(terms), index
         self.param = param
+        self.values = param if base is None else base  # what the perturbation is added to
         self.slices = None if slices is None else [list(t) for t in slices]
         self.state = state
         self.others: dict = {}  # id(param) -> (param, per-slice values): the module's other parameters
@@ -115,24 +129,16 @@ class FusedWeight(TorchFunctionMode):
 
     def whole(self, terms=None) -> torch.Tensor:
         self.settle()
-        return self.directions.perturbed(self.param.detach(), self.step, self.terms if terms is None else terms,
+        return self.directions.perturbed(self.values.detach(), self.step, self.terms if terms is None else terms,
                                          self.index)
 
     def _slice_rows(self, n: int, what: str) -> int:
         return self.state.check(n, f"{what} {tuple(self.param.shape)}")
 
     def linear(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        w = self.param
+        w = self.values
         out_f, in_f = w.shape
         sliced = self.slices is not None
-        if (not sliced and self.fold is None and LINEAR_BLOCK // in_f >= out_f and x.shape[-1] == in_f
-                and x.dtype == w.dtype):
-            # the common case in as few Python steps as it takes: the whole perturbed weight in one
-            # cache-sized block, then one F.linear on it (no reshapes, no output allocation here)
-            d = self.directions
-            flat, mat = d.matrix_scratch(out_f, in_f, w.dtype, w.device)
-            d.perturb_range(flat, w.detach().view(-1), self.step, self.terms, self.index, out_f * in_f, 0)
-            return F.linear(x, mat, bias)
         w = w.detach()
         if sliced and bias is not None and id(bias) in self.others:
             values = self.others[id(bias)][1]
@@ -160,7 +166,7 @@ class FusedWeight(TorchFunctionMode):
 
     def _sides(self, x2, y, rows: int, in_f: int) -> list[tuple]:
         """(input rows, output rows, terms, block buffer) per slice of a batched forward, or the whole batch."""
-        d, w = self.directions, self.param
+        d, w = self.directions, self.values
         n = min(rows, w.shape[0]) * in_f
         if self.slices is None:
             return [(x2, y, self.terms, d.block_scratch(n, w.dtype, w.device))]
@@ -223,7 +229,7 @@ class FusedWeight(TorchFunctionMode):
                           for j, t in enumerate(self.slices)])
 
     def _embed(self, func, ids, rest, kwargs, terms) -> torch.Tensor:
-        w = self.param.detach()
+        w = self.values.detach()
         num, dim = w.shape
         flat = ids.reshape(-1)
         if (flat.numel() == 0 or ids.dtype not in (torch.int32, torch.int64)

@@ -7,7 +7,10 @@ forward pre-hook hands each module whose parameters it perturbs a *plan* for tha
 and the matching post-hook undoes it:
 
 * **fused** (plain ``nn.Linear``/``nn.Embedding``, :mod:`.fused`): the weight is perturbed block by
-  block inside the op, or only the looked-up rows, with the same values;
+  block inside the op, or only the looked-up rows, with the same values; a linear layer whose weight
+  fits one block (every SmolLM2 layer but the head) gets the perturbed matrix, built in a shared
+  scratch buffer, as its weight for the duration of its forward (``module._parameters`` is swapped
+  and put back), which costs a few dictionary writes instead of a function mode around its ops;
 * **sliced** (a batched evaluation, :mod:`.batched`): each slice of the stacked batch sees its own
   perturbed value;
 * **whole**: the module gets a temporary ``w + sum_k c_k z_k`` (``param.data`` points at it for the
@@ -33,12 +36,13 @@ from torch.nn.modules import module as nn_module
 
 from .batched import SlicedOps, SliceState, Unpairable
 from .directions import Directions
-from .fused import FusedWeight, fusable
+from .fused import FusedWeight, fusable, one_block
 
 _LOCK = threading.Lock()
 _LOCAL = threading.local()
 _HANDLES: list = []
 _ACTIVE = [0]  # Perturbations entered, over all threads
+_NOTHING = ((), None, None, ())  # the frame of a module whose forward perturbs nothing
 
 
 def _current() -> Perturbation | None:
@@ -113,6 +117,12 @@ class Perturbation:
             of ``terms``'s single probe (``coef`` is ignored).
         pool: ``{key: buffer}`` reused for whole perturbed copies (a thread that allocates its own
             would pay for fresh pages every step).
+        source: a tentative update (``lr: auto``'s, :mod:`forwardonly.optim.autolr`): an object with
+            ``indices`` and ``value(index, param)``, the value a parameter would have after it (a new
+            tensor, computed when the parameter's module runs and dropped after); the perturbation is
+            added to that value instead of the weight, which is never written.
+        bare: indices in ``params`` that only take the source's value (no terms): parameters a tentative
+            update changes that this evaluation does not perturb.
 
     After the context, :attr:`touched` holds the indices of the parameters that some module's
     forward used.
@@ -127,8 +137,10 @@ class Perturbation:
                  terms: Sequence[tuple[int, float]], scales: Sequence[float] | None = None,
                  whole: Iterable[int] = (), fused: bool = True, pending=None,
                  slices: Sequence[Sequence[tuple[int, float]]] | None = None, dual: bool = False,
-                 pool: dict | None = None):
+                 pool: dict | None = None, source=None, bare: Iterable[int] = ()):
         self.params = {i: p for i, p in params}
+        self.source, self.bare = source, set(bare)
+        self._bases: dict[int, torch.Tensor] = {}  # source values of the parameters being used now
         self.index = {id(p): i for i, p in params}
         self.directions, self.step, self.terms = directions, step, list(terms)
         self.scales = dict(zip(self.params, scales)) if scales is not None else dict.fromkeys(self.params, 1.0)
@@ -143,8 +155,22 @@ class Perturbation:
 
     # ------------------------------------------------------------------ values
     def _scaled(self, terms, i: int) -> list[tuple[int, float]]:
+        if i in self.bare:
+            return []
         s = self.scales[i]
         return [(k, c * s) for k, c in terms]
+
+    def _base(self, i: int, p: torch.Tensor) -> torch.Tensor | None:
+        """The source's value of parameter ``i`` (computed once while it is in use), or None."""
+        if self.source is None or i not in self.source.indices:
+            return None
+        if i not in self._bases:
+            self._bases[i] = self.source.value(i, p)
+        return self._bases[i]
+
+    def _values(self, i: int, p: torch.Tensor) -> torch.Tensor:
+        base = self._base(i, p)
+        return p.data if base is None else base
 
     def _copy(self, p: torch.Tensor, i: int, terms, k: int) -> torch.Tensor:
         """A perturbed copy of ``p`` (into pool buffer ``k`` when there is a pool)."""
@@ -162,33 +188,44 @@ class Perturbation:
             return False
         self.pending.settle(i)
         p = self.params[i]
-        tmp = self._copy(p.data, i, self.terms, len(self._swapped))
+        base = self._base(i, p)
+        tmp = base if base is not None and i in self.bare else \
+            self._copy(p.data if base is None else base, i, self.terms, len(self._swapped))
         self._swapped[i] = p.data
         p.data = tmp
         return True
 
     # ------------------------------------------------------------------ plans
     def _pre(self, module, args):
-        frame, mode, values, duals = [], None, {}, []
         if self.state is not None:
             self.state.see_inputs(args)
+        if not module._parameters:  # most modules of a transformer (activations, attention, containers)
+            self._frames.append(_NOTHING)
+            return
+        frame, mode, values, swaps = [], None, {}, []
+        had = set(self._bases)
         for name, p in module._parameters.items():
             i = self.index.get(id(p)) if p is not None else None
             if i is None:
                 continue
             self.touched.add(i)
             if self.dual:
-                duals.append((name, p, self._dual_value(p, i)))
+                swaps.append((name, p, self._dual_value(p, i)))
             elif mode is None and self.fused and i not in self._swapped and fusable(module, p, self.directions):
                 fold = self.pending.fold(i) if type(module) is torch.nn.Linear else None
                 if fold is None:
                     self.pending.settle(i)
-                mode = FusedWeight(self.directions, self.step, self._scaled(self.terms, i), i, p, fold=fold,
-                                   state=self.state,
+                terms, base = self._scaled(self.terms, i), self._base(i, p)
+                if self.slices is None and base is None and one_block(module, p):
+                    # the whole perturbed weight fits one cache-sized block: build it in the shared scratch
+                    # and let the module's own F.linear read it (no function mode, no Python per op)
+                    swaps.append((name, p, self.directions.perturbed_matrix(p, self.step, terms, i, fold)))
+                    continue
+                mode = FusedWeight(self.directions, self.step, terms, i, p, fold=fold, state=self.state, base=base,
                                    slices=None if self.slices is None else [self._scaled(t, i) for t in self.slices])
             elif self.slices is not None:
                 self.pending.settle(i)
-                values[id(p)] = (p, [self._copy(p.data, i, t, len(values) * len(self.slices) + j)
+                values[id(p)] = (p, [self._copy(self._values(i, p), i, t, len(values) * len(self.slices) + j)
                                      for j, t in enumerate(self.slices)])
             elif self._swap_in(i):
                 frame.append(i)
@@ -198,19 +235,27 @@ class Perturbation:
             idx = ", ".join(map(str, sorted(self.index[k] for k in values)))
             mode = SlicedOps(f"{type(module).__name__} (parameter {idx})", {k: v for k, (_, v) in values.items()},
                              self.state, args, module._buffers.values())
-        for name, _, dual in duals:
-            module._parameters[name] = dual
+        for name, _, value in swaps:
+            module._parameters[name] = value
         if mode is not None:
             mode.__enter__()
-        self._frames.append((frame, mode, module if duals else None, duals))
+        made = set(self._bases) - had  # source values made for this module live as long as its forward
+        self._frames.append((frame, mode, module, swaps, made) if mode is not None or frame or swaps or made
+                            else _NOTHING)
 
     def _dual_value(self, p: torch.Tensor, i: int):
         import torch.autograd.forward_ad as fwad
 
         (probe, _), = self.terms
-        return fwad.make_dual(p.detach(), self.directions.full(p, self.step, probe, i))
+        w = self._values(i, p).detach()
+        if i in self.bare:
+            return fwad.make_dual(w, torch.zeros_like(w))
+        return fwad.make_dual(w, self.directions.full(w, self.step, probe, i))
 
     def _post(self, module, output):
+        if self._frames and self._frames[-1] is _NOTHING:
+            self._frames.pop()
+            return
         mode = self._frames[-1][1] if self._frames else None
         try:
             if mode is not None and hasattr(mode, "check_output"):
@@ -219,15 +264,17 @@ class Perturbation:
             self._pop_frame(output)
 
     def _pop_frame(self, output=None):
-        frame, mode, module, duals = self._frames.pop()
+        frame, mode, module, swaps, made = self._frames.pop()
         if mode is not None:
             mode.__exit__(None, None, None)
             if hasattr(mode, "settle"):
                 mode.settle()  # a fold the op never reached (the module did not call F.linear on it)
-        for name, p, _ in duals:
+        for name, p, _ in swaps:
             module._parameters[name] = p
         for i in frame:
             self.params[i].data = self._swapped.pop(i)
+        for i in made:
+            self._bases.pop(i, None)
         if frame and self.pool is not None and output is not None:
             # a module that returned a view of its (perturbed) weight keeps that buffer
             outs = output if isinstance(output, (tuple, list)) else (output,)
@@ -260,6 +307,7 @@ class Perturbation:
             self._pop_frame()
         for i in list(self._swapped):
             self.params[i].data = self._swapped.pop(i)
+        self._bases.clear()
         self.pending.settle_all()  # parameters the forward never used (or an exception stopped it)
         self.directions.release()
         return False

@@ -8,15 +8,24 @@ one pass over the weights, reading the random bits directly, with the same value
 
 The shared library is compiled with the machine's C compiler (``$CC`` or ``cc``,
 ``-O3 -march=native``) into ``$FORWARDONLY_CACHE/kernels/`` (default
-``~/.cache/forwardonly/kernels``), keyed by a hash of the source, the compiler and the
-CPU, and written atomically. Without a compiler, or with ``FORWARDONLY_NATIVE=0``, or on a
-device other than the CPU, forwardonly uses the torch path: same values, slower.
+``~/.cache/forwardonly/kernels``), keyed by a hash of the source, the compiler, the CPU and
+the OpenMP runtime, and written atomically. Without a compiler, or with ``FORWARDONLY_NATIVE=0``,
+or on a device other than the CPU, forwardonly uses the torch path: same values, slower.
+
+Threads: a large call is split into pieces run by torch's own intra-op threads. The library is
+built with ``-fopenmp`` and linked against the OpenMP runtime that torch loaded (found in the
+process's memory map), so its ``#pragma omp parallel`` regions reuse torch's team: the threads that
+ran the previous matmul, still spinning, take the pieces at once, and no second pool competes with
+them for the cores. Where that cannot be arranged (no OpenMP in torch or the compiler, another
+runtime got loaded), the pieces go to a small Python thread pool instead (``ctypes`` releases the
+GIL). The kernel is elementwise, so the values never depend on the split.
 """
 
 from __future__ import annotations
 
 import ctypes
 import hashlib
+import itertools
 import os
 import platform
 import shutil
@@ -25,8 +34,10 @@ import tempfile
 import threading
 from pathlib import Path
 
+import torch
+
 SOURCE = Path(__file__).with_name("_signs.c")
-ABI_VERSION = 2
+ABI_VERSION = 4
 
 _LOCK = threading.Lock()
 _STATE: dict = {}
@@ -53,26 +64,123 @@ def _compiler() -> str | None:
     return shutil.which(cc) or shutil.which("gcc") or shutil.which("clang")
 
 
-def _build(cc: str, out: Path) -> str | None:
-    """Compile into ``out`` atomically; returns an error message or None."""
+_OMP_NAMES = ("libgomp", "libiomp", "libomp")
+
+
+def _openmp_runtimes() -> list[str]:
+    """Paths of the OpenMP runtimes mapped into this process (Linux; empty elsewhere)."""
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return []
+    found = []
+    for line in maps.splitlines():
+        fields = line.split(None, 5)
+        path = fields[5].strip() if len(fields) == 6 else ""
+        name = os.path.basename(path)
+        if name.startswith(_OMP_NAMES) and ".so" in name:
+            real = os.path.realpath(path)
+            if real not in found:
+                found.append(real)
+    return found
+
+
+def _torch_openmp() -> str | None:
+    """The OpenMP runtime torch runs its intra-op threads on (its own copy where it ships one, else the
+    only one loaded), or None: torch built without OpenMP, or no way to tell which runtime it uses."""
+    if not torch.backends.openmp.is_available():
+        return None
+    runtimes = _openmp_runtimes()
+    mine = [r for r in runtimes if r.startswith(os.path.realpath(os.path.dirname(torch.__file__)) + os.sep)]
+    if len(mine) == 1:
+        return mine[0]
+    return runtimes[0] if len(runtimes) == 1 else None
+
+
+def _build(cc: str, out: Path, runtime: str | None) -> str | None:
+    """Compile into ``out`` atomically, with OpenMP linked against ``runtime`` where that works;
+    returns an error message or None."""
     out.parent.mkdir(parents=True, exist_ok=True)
     errors = []
     for flags in (["-O3", "-march=native"], ["-O3"]):
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent, prefix=".build-")
-        os.close(fd)
-        try:
-            r = subprocess.run([cc, *flags, "-shared", "-fPIC", "-o", tmp, str(SOURCE)],
-                               capture_output=True, text=True, timeout=120)
-            if r.returncode == 0:
-                os.replace(tmp, out)
-                return None
-            errors.append(f"{cc} {' '.join(flags)}: {r.stderr.strip()[:500]}")
-        except (OSError, subprocess.SubprocessError) as e:
-            errors.append(f"{cc} {' '.join(flags)}: {e}")
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        for omp in ([True, False] if runtime else [False]):
+            fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent, prefix=".build-")
+            os.close(fd)
+            obj = tmp[:-3] + ".o"
+            # with OpenMP: compile with -fopenmp, then link against torch's runtime itself (not the
+            # compiler's -lgomp), so that the library needs the runtime torch already loaded
+            steps = ([[cc, *flags, "-fopenmp", "-fPIC", "-c", "-o", obj, str(SOURCE)],
+                      [cc, "-shared", "-o", tmp, obj, runtime, f"-Wl,-rpath,{os.path.dirname(runtime)}"]]
+                     if omp else [[cc, *flags, "-shared", "-fPIC", "-o", tmp, str(SOURCE)]])
+            try:
+                for cmd in steps:
+                    r = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=120)
+                    if r.returncode != 0:
+                        errors.append(f"{' '.join(cmd[:-1])}: {r.stderr.strip()[:500]}")
+                        break
+                else:
+                    os.replace(tmp, out)
+                    return None
+            except (OSError, subprocess.SubprocessError) as e:
+                errors.append(f"{cc} {' '.join(flags)}: {e}")
+            finally:
+                for f in (tmp, obj):
+                    if os.path.exists(f):
+                        os.unlink(f)
     return "; ".join(errors)
+
+
+_PTR, _I64, _F32, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
+_SIGNATURES = {
+    "fo_sign_add_f32": [_PTR, _PTR, _I64, _PTR, _I64, _I64, _F32],
+    "fo_sign_add2_f32": [_PTR, _PTR, _I64, _PTR, _PTR, _I64, _I64, _F32, _F32],
+    "fo_sign_add_f32_mt": [_PTR, _PTR, _I64, _PTR, _I64, _I64, _F32, _INT, _I64],
+    "fo_sign_add2_f32_mt": [_PTR, _PTR, _I64, _PTR, _PTR, _I64, _I64, _F32, _F32, _INT, _I64],
+    "fo_random_words": [_PTR, _I64, ctypes.c_uint64],
+}
+
+
+def _load(cc: str):
+    """Build (if not cached) and load the library: ``(lib, why not)``; fills ``_STATE``."""
+    try:
+        version = subprocess.run([cc, "--version"], check=False, capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        version = ""
+    runtime = _torch_openmp()
+    key = hashlib.sha256("\0".join([SOURCE.read_text(), cc, version, _cpu_flags(), str(runtime),
+                                    str(ABI_VERSION)]).encode()).hexdigest()[:16]
+    path = _cache_dir() / f"signs-{key}.so"
+    before = _openmp_runtimes()
+    try:
+        if not path.is_file() and (why := _build(cc, path, runtime)) is not None:
+            return None, why
+        lib = ctypes.CDLL(str(path))
+        if lib.fo_abi_version() != ABI_VERSION:
+            return None, f"{path}: ABI version {lib.fo_abi_version()}, expected {ABI_VERSION}"
+    except OSError as e:
+        return None, f"{path}: {e}"
+    for name, argtypes in _SIGNATURES.items():
+        f = getattr(lib, name)
+        f.restype, f.argtypes = None, argtypes
+    # split calls run in torch's own OpenMP team only if loading the library did not bring in a
+    # second runtime (which would have a team of its own); else the Python pool splits them
+    _STATE["openmp"] = bool(lib.fo_openmp()) and runtime is not None and _openmp_runtimes() == before
+    _STATE["words"] = _same_words(lib)
+    _STATE["path"], _STATE["simd"] = str(path), lib.fo_simd_width()
+    return lib, None
+
+
+def _same_words(lib) -> bool:
+    """Whether the kernel's random words are torch's generator's, on a few seeds and lengths (a torch
+    release that changed its generator would turn the kernel's words off, not the directions)."""
+    for seed, n in ((0, 1), (5489, 311), (2**40 + 7, 313), ((1 << 63) - 25, 1000)):
+        gen = torch.Generator().manual_seed(seed)
+        ref = torch.empty(n, dtype=torch.int64).random_(-(2**63), None, generator=gen)
+        out = torch.empty(n, dtype=torch.int64)
+        lib.fo_random_words(out.data_ptr(), n, seed)
+        if not torch.equal(out, ref):
+            return False
+    return True
 
 
 def library():
@@ -88,42 +196,17 @@ def library():
         elif (cc := _compiler()) is None:
             why = "no C compiler found ($CC, cc, gcc, clang)"
         else:
-            try:
-                version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
-            except (OSError, subprocess.SubprocessError):
-                version = ""
-            key = hashlib.sha256("\0".join([SOURCE.read_text(), cc, version, _cpu_flags(),
-                                            str(ABI_VERSION)]).encode()).hexdigest()[:16]
-            path = _cache_dir() / f"signs-{key}.so"
-            try:
-                if not path.is_file():
-                    why = _build(cc, path)
-                if why is None:
-                    lib = ctypes.CDLL(str(path))
-                    if lib.fo_abi_version() != ABI_VERSION:
-                        lib, why = None, f"{path}: ABI version {lib.fo_abi_version()}, expected {ABI_VERSION}"
-            except OSError as e:
-                lib, why = None, f"{path}: {e}"
-            if lib is not None:
-                f = lib.fo_sign_add_f32
-                f.restype = None
-                f.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64,
-                              ctypes.c_int64, ctypes.c_float]
-                g = lib.fo_sign_add2_f32
-                g.restype = None
-                g.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p,
-                              ctypes.c_int64, ctypes.c_int64, ctypes.c_float, ctypes.c_float]
-                _STATE["path"] = str(path)
-                _STATE["simd"] = lib.fo_simd_width()
+            lib, why = _load(cc)
         _STATE["lib"], _STATE["why"] = lib, why
         return lib
 
 
 def status() -> dict:
-    """``{"available": bool, "path": ..., "simd": lanes, "reason": why not}`` (builds on first call)."""
+    """``{"available": bool, "path": ..., "simd": lanes, "openmp": split calls run in torch's OpenMP
+    team, "words": random words drawn by the kernel, "reason": why not}`` (builds on first call)."""
     lib = library()
     return {"available": lib is not None, "path": _STATE.get("path"), "simd": _STATE.get("simd"),
-            "reason": _STATE.get("why")}
+            "openmp": bool(_STATE.get("openmp")), "words": bool(_STATE.get("words")), "reason": _STATE.get("why")}
 
 
 def reset() -> None:
@@ -132,8 +215,11 @@ def reset() -> None:
         _STATE.clear()
 
 
-PIECE = 1 << 18
-"""Fewest elements per thread when a call is split over torch's intra-op threads."""
+PIECE = 1 << 15
+"""Fewest elements per thread when a call is split over torch's OpenMP team (128 KB of weights: the
+team's threads are spinning right after the previous op, so a split costs a few microseconds)."""
+POOL_PIECE = 1 << 18
+"""The same for the Python thread pool (waking a pool thread and joining it costs tens of microseconds)."""
 _POOL: dict = {}
 
 
@@ -149,33 +235,40 @@ def _pool(workers: int):
     return pool
 
 
+def _pooled(fn, n: int, k: int, args_of) -> None:
+    """Run ``fn`` over ``k`` pieces of whole 64-entry words of ``[0, n)`` (the first in this thread);
+    ``args_of(a, b)`` gives a piece's arguments."""
+    step = ((n + k - 1) // k + 63) // 64 * 64
+    cuts = list(range(0, n, step)) + [n]
+    jobs = [_pool(k - 1).submit(fn, *args_of(a, b)) for a, b in itertools.pairwise(cuts[1:])]
+    fn(*args_of(0, cuts[1]))
+    for j in jobs:
+        j.result()
+
+
 def sign_add_f32(dst, src, words, first: int, coef: float, threads: int | None = None) -> bool:
     """``dst = src + coef * sign(bit first + i of words)`` with the kernel; False if it is unavailable.
 
     ``dst``/``src``: contiguous fp32 CPU tensors of equal length (may be the same tensor);
     ``words``: the chunk's random int64 words (CPU, contiguous). Large calls are split over
-    ``threads`` (default ``torch.get_num_threads()``) pieces, run at once (``ctypes`` releases the GIL);
-    the kernel is elementwise, so the values do not depend on the split.
+    ``threads`` (default ``torch.get_num_threads()``) pieces, in torch's OpenMP team where the library
+    shares torch's runtime, else in a Python pool; the kernel is elementwise, so the values do not
+    depend on the split.
     """
-    lib = library()
+    lib = _STATE["lib"] if "lib" in _STATE else library()
     if lib is None:
         return False
-    import torch
-
-    n = dst.numel()
-    d, s, w = dst.data_ptr(), src.data_ptr(), words.data_ptr()
-    nbytes, first, coef = words.numel() * 8, int(first), float(coef)
-    k = min(threads or torch.get_num_threads(), n // PIECE)
+    n, d, s, w = dst.numel(), dst.data_ptr(), src.data_ptr(), words.data_ptr()
+    nbytes, first, coef, k = words.numel() * 8, int(first), float(coef), threads or torch.get_num_threads()
+    if _STATE["openmp"]:
+        lib.fo_sign_add_f32_mt(d, s, n, w, nbytes, first, coef, k, PIECE)
+        return True
+    k = min(k, n // POOL_PIECE)
     if k <= 1:
         lib.fo_sign_add_f32(d, s, n, w, nbytes, first, coef)
-        return True
-    step = ((n + k - 1) // k + 63) // 64 * 64  # pieces of whole 64-entry words
-    cuts = list(range(0, n, step)) + [n]
-    jobs = [_pool(k - 1).submit(lib.fo_sign_add_f32, d + 4 * a, s + 4 * a, b - a, w, nbytes, first + a, coef)
-            for a, b in zip(cuts[1:-1], cuts[2:])]
-    lib.fo_sign_add_f32(d, s, cuts[1], w, nbytes, first, coef)
-    for j in jobs:
-        j.result()
+    else:
+        _pooled(lib.fo_sign_add_f32, n, k,
+                lambda a, b: (d + 4 * a, s + 4 * a, b - a, w, nbytes, first + a, coef))
     return True
 
 
@@ -183,24 +276,30 @@ def sign_add2_f32(w, out, words_a, words_b, first: int, coef_a: float, coef_b: f
                   threads: int | None = None) -> bool:
     """In one pass: ``w += coef_a * sign_a``, then ``out = w + coef_b * sign_b`` (the signs: bits
     ``first + i`` of two chunks' random words of equal length); False if the kernel is unavailable.
-    Bitwise the values of two :func:`sign_add_f32` calls."""
-    lib = library()
+    Bitwise the values of two :func:`sign_add_f32` calls; split over threads as they are."""
+    lib = _STATE["lib"] if "lib" in _STATE else library()
     if lib is None:
         return False
-    import torch
-
-    n = w.numel()
-    pw, po, wa, wb = w.data_ptr(), out.data_ptr(), words_a.data_ptr(), words_b.data_ptr()
-    nbytes, first, coef_a, coef_b = min(words_a.numel(), words_b.numel()) * 8, int(first), float(coef_a), float(coef_b)
-    k = min(threads or torch.get_num_threads(), n // PIECE)
+    n, pw, po, wa, wb = w.numel(), w.data_ptr(), out.data_ptr(), words_a.data_ptr(), words_b.data_ptr()
+    nbytes = min(words_a.numel(), words_b.numel()) * 8
+    first, coef_a, coef_b, k = int(first), float(coef_a), float(coef_b), threads or torch.get_num_threads()
+    if _STATE["openmp"]:
+        lib.fo_sign_add2_f32_mt(pw, po, n, wa, wb, nbytes, first, coef_a, coef_b, k, PIECE)
+        return True
+    k = min(k, n // POOL_PIECE)
     if k <= 1:
         lib.fo_sign_add2_f32(pw, po, n, wa, wb, nbytes, first, coef_a, coef_b)
-        return True
-    step = ((n + k - 1) // k + 63) // 64 * 64
-    cuts = list(range(0, n, step)) + [n]
-    jobs = [_pool(k - 1).submit(lib.fo_sign_add2_f32, pw + 4 * a, po + 4 * a, b - a, wa, wb, nbytes, first + a,
-                                coef_a, coef_b) for a, b in zip(cuts[1:-1], cuts[2:])]
-    lib.fo_sign_add2_f32(pw, po, cuts[1], wa, wb, nbytes, first, coef_a, coef_b)
-    for j in jobs:
-        j.result()
+    else:
+        _pooled(lib.fo_sign_add2_f32, n, k,
+                lambda a, b: (pw + 4 * a, po + 4 * a, b - a, wa, wb, nbytes, first + a, coef_a, coef_b))
+    return True
+
+
+def random_words(out, seed: int) -> bool:
+    """Fill the contiguous int64 CPU tensor ``out`` with the random words of torch's CPU generator
+    seeded with ``seed`` (bit for bit, checked at load); False if the kernel does not draw them."""
+    lib = _STATE["lib"] if "lib" in _STATE else library()
+    if lib is None or not _STATE["words"]:
+        return False
+    lib.fo_random_words(out.data_ptr(), out.numel(), seed)
     return True

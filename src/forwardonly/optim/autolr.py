@@ -1,0 +1,341 @@
+"""``lr: auto``: the step size (and eps) from what the run measures, and a guard that undoes a bad step exactly.
+
+Any ZO optimizer made with ``lr="auto"`` (``optim.lr: auto`` in a config) gets an :class:`AutoStep`
+plug-in. Its rule, per step ``t``:
+
+* **Scale** (a line search along the optimizer's own update). At step 0, and then every ``calib_every``
+  steps, the update the optimizer is about to make is applied, on a copy, with step sizes ``eta`` and
+  ``2 eta``; the losses ``L(w)``, ``L(w - eta d)``, ``L(w - 2 eta d)`` on the step's batch give a parabola
+  whose minimum ``eta*`` is the batch-optimal step along ``d`` (``1/kappa`` along each probe for ZO-SGD,
+  whatever it is for ZO-Adam, FZOO, HiZOO, LOZO...). The first calibration brackets ``eta`` by factors of
+  30 until the parabola has a minimum (at most 8 tries). ``scale`` is the geometric mean of the last fits
+  (a moving average of ``log eta*``, weight 1/2).
+* **Step size**: ``lr = beta * scale * factor / persistence``; ``beta`` starts at 1/2 (half the
+  batch-optimal step: 3/4 of the predicted decrease, and room for a curvature twice the measured one),
+  grows by 1/32 per accepted step back to 1/2, and halves at each rejected one (not below 1/64).
+  ``factor`` is a schedule's multiplier (the training loop's warm-up and decay; 1 otherwise);
+  ``persistence`` is how far an update keeps going through momentum (``1 / (1 - momentum)``, ZO-Adam's
+  ``1 / (1 - beta1)``; 1 without), since the line search sees one step of it.
+* **Guard**: the update of step ``t`` is *tentative*: it is recorded, not written, and the forwards of
+  step ``t + 1`` evaluate the model at the updated point without writing it (each parameter's updated
+  value is computed on a copy, one module at a time, :class:`Tentative`). The smoothed training loss is
+  a moving mean of the accepted steps' losses (weight 1/10) with a moving deviation ``s`` (at least 2 % of
+  the mean). If step ``t + 1``'s loss is non-finite, or ``4 s`` above the smoothed loss, or would raise the
+  smoothed loss ``4`` of its own deviations (``4 s sqrt(1/19)``) above its lowest value of the last 20
+  steps (a slow divergence, which the moving mean alone would follow), the update is dropped, so the
+  weights are bitwise those before it, step ``t + 1``'s estimate (measured at the rejected point) is
+  discarded, and ``beta`` halves. Otherwise the update is written (the same arithmetic as the copy: the
+  weights are bitwise those the candidate had) and the step goes on.
+* **eps** (two-sided estimates): at a calibration, the loss at ``w`` next to the probes' mean gives the
+  probes' mean curvature ``kappa = 2 (mean(L+, L-) - L(w)) / eps^2``; ``eps`` halves when the second-order
+  term ``eps^2 |kappa| / 2`` exceeds a tenth of the first-order one ``eps |g|``, and doubles when
+  ``eps |g|`` is below ``1e-5 |L|`` (a difference that fp32 losses barely resolve), within [1e-5, 1e-1].
+
+Cost, in forward passes: a calibration is 2 forwards (3 with a two-sided estimate, which does not measure
+``L(w)``), the first one up to 2 per try; ``calib_every`` defaults to the interval that keeps calibrations
+at 2.5 % of the step's forwards (``3 / (0.025 f)`` steps for ``f`` forwards a step: 60 for MeZO, 10 at
+least). A rejected step wastes its forwards (the guard itself measures nothing extra). The forwards
+spent on calibrations are counted in ``state["zo"]["auto"]["extra_forwards"]``, rejections in
+``["rejected"]``. Each forward of a step after an update also builds the updated values of each module
+on a copy (time and one module's memory, no forward).
+
+The weights lag one (tentative) update behind: :meth:`~forwardonly.optim.base.ZOOptimizer.flush` writes
+it (unverified), as the training loop does at the end; a checkpoint keeps it in the optimizer's state
+instead, so a resumed run verifies it as the uninterrupted one would. The seed log receives an update
+when it is written, a rejected one as a skip (``state["zo"]["settled"]`` holds the entries each step and
+flush settles).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+
+BETA_MAX, BETA_MIN, BETA_GROWTH = 0.5, 1.0 / 64, 1.0 + 1.0 / 32
+FIRST_ETA, JUMP, TRIES = 1e-6, 30.0, 8
+BOUND_SIGMAS, MIN_SPREAD, WARM, RATE, WINDOW = 4.0, 0.02, 5, 0.1, 20
+CALIB_SHARE = 0.025
+EPS_RANGE = (1e-5, 1e-1)
+
+
+class Tentative:
+    """An update recorded but not written: ``value`` gives a parameter's value after it (computed on a copy,
+    the parameter and its optimizer state untouched), ``commit`` writes it, ``drop`` forgets it.
+
+    Its data is a plain dict (kept in ``state["zo"]["auto"]["pending"]``, so it follows ``state_dict``):
+    ``{"step", "log", "scalars", "entries": {index: [coeffs, hyper]}}``.
+    """
+
+    def __init__(self, opt, data: dict | None = None):
+        self.opt = opt
+        self.data = data if data is not None else {"step": None, "log": None, "scalars": {}, "entries": {}}
+
+    def __bool__(self) -> bool:
+        return self.data["step"] is not None
+
+    @property
+    def indices(self) -> set[int]:
+        return set(self.data["entries"])
+
+    def items(self) -> list[tuple[int, torch.Tensor]]:
+        return [(i, self.opt.param_at(i)) for i in sorted(self.data["entries"])]
+
+    def open(self, step: int, scalars: dict) -> None:
+        self.data.update(step=step, log=None, scalars=copy.deepcopy(scalars), entries={})
+
+    def add(self, index: int, entry: tuple) -> None:
+        _, coeffs, hyper, _ = entry
+        self.data["entries"][index] = [list(coeffs), dict(hyper)]
+
+    def value(self, index: int, p: torch.Tensor) -> torch.Tensor:
+        coeffs, hyper = self.data["entries"][index]
+        with self.opt._using_scalars(self.data["scalars"]):
+            return self.opt._candidate(index, p, hyper, self.data["step"], coeffs)
+
+    @torch.no_grad()
+    def commit(self) -> dict:
+        """Write the update; returns its seed-log entry."""
+        step = self.data["step"]
+        with self.opt._using_scalars(self.data["scalars"]):
+            for i, (coeffs, hyper) in sorted(self.data["entries"].items()):
+                self.opt._update(i, self.opt.param_at(i), hyper, step, coeffs)
+        entry = self.data["log"] or {"step": step, "skip": True}
+        self.drop()
+        return entry
+
+    def drop(self) -> None:
+        self.data.update(step=None, log=None, scalars={}, entries={})
+
+
+class AutoStep:
+    """The ``lr="auto"`` plug-in of a :class:`~forwardonly.optim.base.ZOOptimizer` (see the module docstring).
+
+    Args:
+        opt: the optimizer.
+        calib_every: steps between calibrations (default: 2.5 % of the forwards, from the first step's count).
+
+    Example::
+
+        opt = ZOSGD(model.parameters(), lr="auto", eps=1e-3)
+        for batch in data:
+            opt.step(lambda: loss_fn(model(batch.x), batch.y))
+        opt.flush()                                     # write the last (tentative) update
+        opt.zo_state["auto"]["scale"], opt.param_groups[0]["lr"]
+    """
+
+    def __init__(self, opt, calib_every: int | None = None):
+        self.opt = opt
+        self.factor = 1.0
+        opt.zo_state["auto"] = {"scale": None, "beta": BETA_MAX, "mean": 0.0, "var": 0.0, "n": 0, "recent": [],
+                                "calib_every": calib_every, "last_calib": None, "rejected": 0,
+                                "extra_forwards": 0, "calibrations": 0, "pending": None}
+        self.bind()
+        self.recorder: Tentative | None = None  # where _apply records during a step
+
+    @property
+    def st(self) -> dict:
+        return self.opt.zo_state["auto"]
+
+    def bind(self) -> None:
+        """(Re)attach to the state dict (after ``load_state_dict``)."""
+        st = self.st
+        if st.get("pending") is None:
+            st["pending"] = Tentative(self.opt).data
+        self.tentative = Tentative(self.opt, st["pending"])
+
+    # ------------------------------------------------------------------ step
+    def step(self, closure, t: int):
+        opt, zs, st = self.opt, self.opt.zo_state, self.st
+        settled: list[dict] = []
+        zs["settled"] = settled
+        opt.source = self.tentative if self.tentative else None
+        try:
+            loss, grads = opt.estimate(closure, t)
+        finally:
+            opt.source = None
+        scalars = {k: list(v) for k, v in opt._probe_scalars.items()}
+        finite = (math.isfinite(loss) and all(math.isfinite(g) for g in grads)
+                  and all(math.isfinite(v) for vs in scalars.values() for v in vs))
+        if self.tentative:
+            if not finite or self.too_high(loss):
+                settled.append({"step": self.tentative.data["step"], "skip": True})
+                self.tentative.drop()
+                st["beta"], st["rejected"] = max(BETA_MIN, st["beta"] / 2), st["rejected"] + 1
+                return self._skip(t, loss)  # measured at the rejected point
+            settled.append(self.tentative.commit())
+            st["beta"] = min(BETA_MAX, st["beta"] * BETA_GROWTH)
+        if not finite:
+            return self._skip(t, float("nan"))
+        self.observe(loss)
+        opt._scalars = scalars
+        if opt.clip is not None:
+            grads = [max(-opt.clip, min(opt.clip, g)) for g in grads]
+        if self.calibration_due(t):
+            self.calibrate(closure, t, grads, loss)
+        for g in opt.param_groups:
+            g["lr"] = st["beta"] * st["scale"] * self.factor / opt._persistence()
+        self.tentative.open(t, opt._scalars)
+        self.recorder = self.tentative
+        try:
+            opt.apply_grads(t, grads, closure=closure, loss=loss)
+        finally:
+            self.recorder = None
+        choice = zs.get("cons_choice", 1.0)  # ZO-SGD-Cons: the candidate it kept
+        self.tentative.data["scalars"] = copy.deepcopy(opt._scalars)
+        self.tentative.data["log"] = None if choice == 0.0 else {
+            "step": t, "lr": [g["lr"] for g in opt.param_groups], "grads": [choice * g for g in grads],
+            **({"scalars": copy.deepcopy(opt._scalars)} if opt._scalars else {})}
+        zs["step"], zs["last_grads"], zs["last_scalars"] = t + 1, grads, dict(opt._scalars)
+        return torch.tensor(loss)
+
+    def _skip(self, t: int, loss: float):
+        zs = self.opt.zo_state
+        zs["skipped"] += 1
+        zs["step"], zs["last_grads"], zs["last_scalars"] = t + 1, [], {}
+        zs["settled"].append({"step": t, "skip": True})
+        return torch.tensor(loss)
+
+    def flush(self) -> None:
+        """Write the tentative update now (unverified); its log entry goes to ``state["zo"]["settled"]``."""
+        if self.tentative:
+            self.opt.zo_state["settled"] = [self.tentative.commit()]
+
+    # ----------------------------------------------------------------- guard
+    def observe(self, loss: float) -> None:
+        """Fold an accepted step's loss into the smoothed loss (a moving mean and deviation, weight 1/10)."""
+        st = self.st
+        st["n"] += 1
+        r = max(1.0 / st["n"], RATE)
+        d = loss - st["mean"]
+        st["mean"] += r * d
+        st["var"] = (1.0 - r) * (st["var"] + r * d * d)
+        st["recent"] = [*st.get("recent", []), st["mean"]][-WINDOW:]
+
+    def too_high(self, loss: float) -> bool:
+        """Whether ``loss`` (at the tentative update's point) is past the bound: a jump above the smoothed
+        loss by ``4`` deviations, or a smoothed loss that would rise ``4`` of its own deviations above its
+        lowest of the last ``WINDOW`` steps (a slow divergence the moving mean would otherwise follow)."""
+        st = self.st
+        if st["n"] == 0:
+            return False
+        mean = st["mean"]
+        spread = max(math.sqrt(st["var"]) if st["n"] >= WARM else abs(mean), MIN_SPREAD * abs(mean))
+        if loss > mean + BOUND_SIGMAS * spread:
+            return True
+        if st["n"] < WARM:
+            return False
+        r = max(1.0 / (st["n"] + 1), RATE)
+        smoothed = mean + r * (loss - mean)
+        return smoothed > min(st["recent"]) + BOUND_SIGMAS * spread * math.sqrt(r / (2.0 - r))
+
+    # ----------------------------------------------------------- calibration
+    def calibration_due(self, t: int) -> bool:
+        st = self.st
+        if st["scale"] is None:
+            return True
+        every = st["calib_every"]
+        if every is None:  # 2.5 % of the forwards: a calibration costs about 3
+            per_step = max(1, (self.opt.zo_state["forwards"] - st["extra_forwards"]) // (t + 1))
+            every = st["calib_every"] = max(10, math.ceil(3 / (CALIB_SHARE * per_step)))
+        return t - st["last_calib"] >= every
+
+    def _loss_at(self, closure, t: int, coeffs: list[float], eta: float) -> float:
+        """The loss at the point the update ``coeffs`` with step size ``eta`` leads to (on a copy)."""
+        opt = self.opt
+        trial = Tentative(opt)
+        trial.open(t, opt._scalars)
+        saved = [g["lr"] for g in opt.param_groups]
+        for g in opt.param_groups:
+            g["lr"] = eta
+        self.recorder = trial
+        try:
+            opt._apply(t, coeffs)
+        finally:
+            self.recorder = None
+            for g, lr in zip(opt.param_groups, saved):
+                g["lr"] = lr
+        return self._measure(closure, t, trial)
+
+    def _measure(self, closure, t: int, source=None) -> float:
+        opt = self.opt
+        before = opt.zo_state["forwards"]
+        opt.source = source
+        try:
+            loss = opt.losses(closure, t, [[]])[0]
+        finally:
+            opt.source = None
+        self.st["extra_forwards"] += opt.zo_state["forwards"] - before
+        return loss
+
+    def calibrate(self, closure, t: int, grads: list[float], loss: float) -> None:
+        opt, st = self.opt, self.st
+        coeffs = opt._coefficients(t, grads)
+        l0 = loss if opt._loss_is_exact() else self._measure(closure, t)
+        if not opt._loss_is_exact():
+            self._adapt_eps(loss, l0, grads)
+        if st["scale"] is None:
+            st["scale"] = self._bracket(closure, t, coeffs, l0)
+        else:  # one fit around the current scale; without a minimum, a nudge (the bracket is known)
+            eta = st["scale"]
+            kind, star = _parabola(self._loss_at(closure, t, coeffs, eta) - l0,
+                                   self._loss_at(closure, t, coeffs, 2 * eta) - l0, eta, l0)
+            if kind == "fit":
+                st["scale"] = math.exp(0.5 * math.log(eta) + 0.5 * math.log(star))
+            elif kind in ("further", "small"):
+                st["scale"] = eta * 2
+            else:
+                st["scale"] = eta / 2
+        st["last_calib"], st["calibrations"] = t, st["calibrations"] + 1
+
+    def _bracket(self, closure, t: int, coeffs: list[float], l0: float) -> float:
+        """The first scale: fits from ``FIRST_ETA`` by factors of ``JUMP``, then bisecting (geometrically)
+        between a step too small to see and one past the minimum, until a parabola pins the minimum."""
+        lo = hi = None
+        eta = FIRST_ETA
+        for _ in range(TRIES):
+            kind, star = _parabola(self._loss_at(closure, t, coeffs, eta) - l0,
+                                   self._loss_at(closure, t, coeffs, 2 * eta) - l0, eta, l0)
+            if kind == "fit":
+                return star
+            if kind == "big":
+                hi = eta
+                eta = eta / JUMP if lo is None else math.sqrt(lo * eta)
+            else:
+                lo = eta
+                nxt = min(star, eta * JUMP) if kind == "further" else eta * JUMP
+                eta = nxt if hi is None else math.sqrt(eta * hi)
+        return eta  # no minimum pinned: the last point of the bracket
+
+    def _adapt_eps(self, mean_loss: float, l0: float, grads: list[float]) -> None:
+        opt = self.opt
+        eps = opt.eps
+        g = math.sqrt(sum(x * x for x in grads) / len(grads))
+        kappa = 2.0 * (mean_loss - l0) / (eps * eps)
+        first, second = eps * g, 0.5 * eps * eps * abs(kappa)
+        factor = 0.5 if second > 0.1 * first else 2.0 if first < 1e-5 * max(abs(l0), 1e-12) else 1.0
+        new = min(EPS_RANGE[1], max(EPS_RANGE[0], eps * factor))
+        if new != eps:
+            for grp in opt.param_groups:
+                grp["eps"] = grp["eps"] * new / eps
+
+
+def _parabola(d1: float, d2: float, eta: float, l0: float) -> tuple[str, float]:
+    """What the loss changes at steps ``eta`` and ``2 eta`` say: ``("fit", eta*)`` (a parabola's minimum
+    near the trial steps), ``("small", _)`` (too small a step to see above the loss's rounding), ``("big",
+    _)`` (past the minimum, rising), ``("further", guess)`` (still falling: the minimum lies beyond)."""
+    if not (math.isfinite(d1) and math.isfinite(d2)):
+        return "big", eta
+    if max(abs(d1), abs(d2)) < 1e-6 * abs(l0) + 1e-12:
+        return "small", eta
+    a = (d2 - 2 * d1) / (2 * eta * eta)  # L(s) ~ L(0) + b s + a s^2
+    b = (4 * d1 - d2) / (2 * eta)
+    if b >= 0 or (d1 > 0 and d2 > d1):
+        return "big", eta
+    if a <= 0:
+        return "further", eta * 4
+    star = -b / (2 * a)
+    if star > 8 * eta:
+        return "further", star  # a long extrapolation: fit again around it
+    return "fit", star
