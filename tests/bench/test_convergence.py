@@ -20,17 +20,6 @@ def runner():
     return mod
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    from forwardonly.models import tiny_model
-
-    path = tmp_path_factory.mktemp("tiny-llama")
-    model, tok = tiny_model("llama", seed=0)
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
-
-
 def write(root: Path, files: dict) -> Path:
     for rel, text in files.items():
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
