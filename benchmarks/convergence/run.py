@@ -145,7 +145,8 @@ def child(spec_path: str) -> int:
     with PeakMemory(interval=0.05) as mem:
         summary = run(cfg, resume=resume, progress=False)
     keep = ("test_before", "test_after", "test_curve", "evals", "history", "forwards", "backwards", "step",
-            "train_time_s", "peak_rss_bytes", "skipped_steps", "trainable_parameters", "train_examples", "head_init")
+            "train_time_s", "peak_rss_bytes", "skipped_steps", "trainable_parameters", "train_examples", "head_init",
+            "auto_lr")  # lr: auto's calibrations, extra forwards and rejected steps
     results = {k: summary[k] for k in keep if k in summary}
     results.update(run_time_s=time.perf_counter() - t0, budget_forwards=cfg.budget_forwards, memory=mem.result(),
                    torch_threads=torch.get_num_threads(), resumed=resume)
