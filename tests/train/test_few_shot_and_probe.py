@@ -1,5 +1,7 @@
 """Few-shot training sets, a classifier head fitted by a linear probe, and the test curve of a run."""
 
+import json
+
 import pytest
 import torch
 
@@ -55,7 +57,7 @@ def test_fit_logistic_meets_its_optimality_condition():
     assert ((x.double() @ w.T + b).argmax(-1) == y).double().mean() > 0.85
 
 
-def test_linear_probe_head_starts_the_run_and_replays_exactly(bert_dir, tmp_path):
+def test_linear_probe_head_starts_the_run_and_replays_exactly(bert_dir, tmp_path, capsys):
     common = ("model.head_init=linear_probe", "task.shots_per_class=8", "validate=false")
     probe = run(bert_cfg(bert_dir, *common, "steps=0"), progress=False)
     random_head = run(bert_cfg(bert_dir, "task.shots_per_class=8", "validate=false", "steps=0"), progress=False)
@@ -73,6 +75,13 @@ def test_linear_probe_head_starts_the_run_and_replays_exactly(bert_dir, tmp_path
     replayed, _ = replay_seedlog(tmp_path / "seedlog.json")
     theirs = dict(replayed.named_parameters())
     assert all(torch.equal(p, theirs[n]) for n, p in trained["model"].named_parameters())
+    # evaluating the run refits the same head from its config (the training split is read for it)
+    from forwardonly.cli.main import main
+
+    capsys.readouterr()
+    assert main(["eval", "--no-progress", "--run", str(tmp_path)]) == 0
+    scored = json.loads(capsys.readouterr().out)
+    assert scored["accuracy"] == trained["test_after"]["accuracy"] and scored["n"] == trained["test_after"]["n"]
 
 
 def test_test_curve_follows_forward_passes(cfg_of):

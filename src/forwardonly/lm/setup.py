@@ -99,15 +99,18 @@ def setup(cfg: TrainConfig, log=lambda msg: None, holder: Holder | None = None, 
 
     ``holder`` (default: a new :class:`~forwardonly.lm.holders.Holder` of ``cfg.model``) loads the
     model as configured (quantized, streamed, ...); attach it before running the model.
-    ``needs``: the task splits that must exist (default: those the run uses, :func:`used_splits`).
-    With ``model.head_init=linear_probe`` the classifier's head is fitted on the training examples'
+    ``needs``: the task splits that must exist (default: those the run uses, :func:`used_splits`; the
+    training split too with a linear-probe head). With ``model.head_init=linear_probe`` the classifier's head is fitted on the training examples'
     features before the scheme is applied; ``info["head"]`` (when ``info`` is given) receives the fit
     (:func:`forwardonly.models.head_init.linear_probe_head`).
     """
     from ..models import apply_scheme, trainable_parameters
     from ..tasks import make_objective, task_for_run
 
-    task = task_for_run(cfg.task, used_splits(cfg) if needs is None else needs)
+    needs = used_splits(cfg) if needs is None else list(needs)
+    if cfg.model.head_init == "linear_probe" and cfg.task.train_split not in needs:
+        needs.append(cfg.task.train_split)  # the head is fitted on it (also when a run is evaluated or exported)
+    task = task_for_run(cfg.task, needs)
     for split, note in task.notes.items():
         log(f"{split}: {note['n']} examples cut from {note['cut_from']} ({note['fraction']:g}, seed {note['seed']})")
     log(f"loading {cfg.model.name} ({cfg.model.dtype}) ...")
@@ -146,11 +149,9 @@ def _fit_head(cfg: TrainConfig, model, tok, task, log, info: dict | None) -> Non
 
 
 def used_splits(cfg: TrainConfig) -> list[str]:
-    """The task splits a run reads: training (if it takes steps or fits a linear-probe head), validation and
-    test (if on)."""
+    """The task splits a run reads: training (if it takes steps), validation and test (if on)."""
     t = cfg.task
-    train = cfg.steps > 0 or cfg.model.head_init == "linear_probe"
-    return [s for s, used in ((t.train_split, train), (t.eval_split, cfg.validate), (t.test_split, cfg.test))
+    return [s for s, used in ((t.train_split, cfg.steps > 0), (t.eval_split, cfg.validate), (t.test_split, cfg.test))
             if used]
 
 
