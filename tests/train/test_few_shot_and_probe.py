@@ -14,15 +14,8 @@ from forwardonly.tasks import get_task, per_class
 
 
 @pytest.fixture(scope="module")
-def bert_dir(tmp_path_factory):
-    """A tiny random BERT sequence classifier saved as a Hugging Face directory."""
-    from forwardonly.models import tiny_model
-
-    path = tmp_path_factory.mktemp("tiny-bert")
-    model, tok = tiny_model("bert", seed=0)
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
+def bert_dir(tiny_bert_dir):
+    return tiny_bert_dir
 
 
 def bert_cfg(bert_dir, *extra):
