@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..config import load_config
 from ..errors import UserError
-from .common import add_out_dir, print_config, resolve_config
+from .common import add_config_arguments, add_out_dir, print_config, resolve_config
 
 
 class Train:
@@ -26,17 +26,13 @@ class Train:
 
     @staticmethod
     def add_arguments(p):
-        p.add_argument("--config", help="YAML config (a LocalConfig) or a shipped config's name "
-                                        "(forwardonly configs list); keys may be overridden with key=value")
+        add_config_arguments(p, "LocalConfig", "config overrides, anywhere on the line, e.g. out_dir=runs/a lr=3e-4 "
+                                               "ff.loss=hinton")
         p.add_argument("--algo", help="ff, mf, cafo, dfa, drtp, fg or bp (same as algo=...)")
         p.add_argument("--data", help="fashion-mnist, mnist, digits or cifar10 (same as data=...)")
         p.add_argument("--data-dir", help="directory with the raw data files (same as data_dir=...)")
         add_out_dir(p, "output directory for checkpoint/metrics")
         p.add_argument("--resume", action="store_true", help="continue from out_dir/checkpoint")
-        p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
-        p.add_argument("--no-progress", action="store_true", help="no progress bar")
-        p.add_argument("overrides", nargs="*", metavar="key=value",
-                       help="config overrides, anywhere on the line, e.g. out_dir=runs/a lr=3e-4 ff.loss=hinton")
 
     @staticmethod
     def run(args) -> int:
