@@ -278,6 +278,45 @@ def train_table(runs: list[dict]) -> str:
     return table(head, rows)
 
 
+def step_seconds(rec: dict) -> list[float]:
+    """Seconds of each training step after the first (a warm-up) from a run record's metrics rows (cumulative
+    ``train_time_s``); with fewer than two rows, the run's mean step (``train_time_s / step``) alone."""
+    res = rec.get("results", {})
+    rows = [(h["step"], h["train_time_s"]) for h in res.get("history", []) if "train_time_s" in h and "loss" in h]
+    if len(rows) >= 2:
+        return [(t1 - t0) / (s1 - s0) for (s0, t0), (s1, t1) in zip(rows, rows[1:]) if s1 > s0]
+    return [res["train_time_s"] / res["step"]] if res.get("step") else []
+
+
+def experiments_table(runs: list[dict], reference: str, per_bytes: dict[str, float] | None = None) -> str:
+    """A suite's experiments against one of them (``reference``): per experiment, the runs, whole-process peak
+    RSS (the child process from start-up, loading included) and seconds per step, each ``median [min-max]``
+    and as a ratio of medians to the reference's; the test metric before and after. ``per_bytes``:
+    ``{label: bytes}`` adds the median peak RSS as a multiple of each (e.g. the model's fp32 weights)."""
+    by: dict[str, list[dict]] = {}
+    for r in runs:
+        if r.get("status", "ok") == "ok":
+            by.setdefault(r.get("experiment") or r.get("name", "?"), []).append(r)
+    if reference not in by:
+        return f"(no ok record of the reference experiment {reference!r} yet)"
+    rss = {k: [r["results"]["memory"]["peak_rss"] for r in v] for k, v in by.items()}
+    step = {k: [t for r in v for t in step_seconds(r)] for k, v in by.items()}
+    head = ["experiment", "runs", "commits", "peak RSS, whole run (MiB)", f"x {reference}",
+            *(f"x {label}" for label in per_bytes or {}), "s / step", f"x {reference} (s / step)",
+            "test before %", "test after %"]
+    rows = []
+    for name, recs in sorted(by.items(), key=lambda kv: (kv[0] != reference, kv[0])):
+        commits = sorted({str((r.get("git") or {}).get("commit"))[:7] + (" (dirty)" if (r.get("git") or {}).get("dirty")
+                                                                         else "") for r in recs})
+        rows.append([name, len(recs), ", ".join(commits), spread(rss[name], 1 / MiB, 0),
+                     f"{median(rss[name]) / median(rss[reference]):.2f}",
+                     *(f"{median(rss[name]) / b:.2f}" for b in (per_bytes or {}).values()),
+                     spread(step[name], digits=2), f"{median(step[name]) / median(step[reference]):.2f}",
+                     spread((metric_of(r["results"].get("test_before"))[1] for r in recs), 100),
+                     spread((metric_of(r["results"].get("test_after"))[1] for r in recs), 100)])
+    return table(head, rows)
+
+
 _EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Expired|Interrupt)\b")
 
 
