@@ -54,7 +54,7 @@ def table(recs: list[dict]) -> str:
     lines += ["", (f"1-minute load average over the runs {min(loads):.1f}-{max(loads):.1f} on "
                    f"{recs[0]['cpu_count']} CPUs. Targets, on the median: peak memory <= 0.5x the weights: "
                    f"**{'met' if rss <= 0.5 else 'missed'}** on whole-process peak RSS over the steps ({rss:.2f}x; "
-                   "the whole run with set-up: pending); step time <= 1.5x in-memory: "
+                   "the whole run with set-up: the train-path table); step time <= 1.5x in-memory: "
                    f"**{'met' if ratio <= 1.5 else 'missed'}** ({ratio:.2f}x).")]
     return "\n".join(lines)
 
