@@ -30,8 +30,6 @@ MAX_FUNCTION_LINES = 80
 
 # Explicit exceptions: "path" (a file), "path::function" (a function of it) or "dir/" (everything below it).
 ALLOWED = {
-    "forwardonly/local/": "forward-only local learning: its trainer's train() is being shortened on its own "
-                          "branch; the package is exempt from the size rules until that lands",
     "forwardonly/optim/perturb/directions.py": "Directions is the one class every perturbation path goes through "
                                                "(chunks, ranges, fused matrices, gathered rows); splitting it is "
                                                "to follow the optimizer work now in flight",
