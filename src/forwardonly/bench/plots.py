@@ -22,47 +22,8 @@ import math
 import statistics
 from pathlib import Path
 
-from ..errors import UserError
+from .figure import DPI, FONT, MAX_COLS, MAX_SERIES, grid, plt_module, save  # noqa: F401 - re-exported
 from .report import Loaded, MiB, finite, group_runs, median, summarise_group, trained_groups
-
-MAX_SERIES = 12  # bars or lines in one panel
-MAX_COLS = 3
-DPI = 100
-FONT = 9
-
-
-def plt_module():
-    """``matplotlib.pyplot`` on the Agg backend, with the sizes every figure here uses."""
-    try:
-        import matplotlib
-    except ImportError:
-        raise UserError("plots need matplotlib: pip install 'forwardonly[plot]' (or pass --no-plots)") from None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    plt.rcParams.update({"font.size": FONT, "axes.titlesize": FONT + 1, "legend.fontsize": FONT,
-                         "xtick.labelsize": FONT, "ytick.labelsize": FONT})
-    return plt
-
-
-def grid(n: int, panel_w: float, panel_h: float, ncols: int = MAX_COLS, legend_rows: int = 0):
-    """A figure of ``n`` panels in rows of ``ncols`` (constrained layout, so outside legends get room),
-    tall enough for a legend of ``legend_rows`` entries beside it."""
-    plt = plt_module()
-    ncols = max(1, min(ncols, n))
-    nrows = math.ceil(n / ncols)
-    height = max(nrows * panel_h, 1.0 + 0.27 * legend_rows)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * panel_w, height), squeeze=False, layout="constrained")
-    flat = list(axes.flat)
-    for ax in flat[n:]:
-        ax.remove()
-    return fig, flat[:n]
-
-
-def save(fig, path: Path) -> str:
-    fig.savefig(path, dpi=DPI)
-    plt_module().close(fig)
-    return str(path)
 
 
 def chunks(items: list, size: int = MAX_SERIES) -> list[list]:
@@ -322,13 +283,17 @@ def plans(loaded: Loaded) -> list[tuple[str, object]]:
     if loaded.run_dir:
         draw = run_curves_plan(loaded.curve, Path(loaded.run_dir).name)
         return [("curves.png", draw)] if draw is not None else []
-    out = accuracy_plans(r["train_run"])
+    from .convergence import SUITE, plot_plans
+
+    # the convergence suite's runs have curves of their own; the other training runs, the grid plots
+    runs = [x for x in r["train_run"] if not str(x.get("name", "")).startswith(SUITE)]
+    out = accuracy_plans(runs)
     for name, plan in (("accuracy_vs_forwards.png", accuracy_vs_forwards_plan),
                        ("loss_vs_forwards.png", loss_vs_forwards_plan), ("train_memory.png", train_memory_plan)):
-        draw = plan(r["train_run"])
+        draw = plan(runs)
         if draw is not None:
             out.append((name, draw))
-    return out
+    return out + plot_plans(r["train_run"])
 
 
 def all_plots(loaded: Loaded, out_dir: str | Path) -> list[str]:

@@ -26,6 +26,7 @@ Example::
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import re
@@ -278,6 +279,49 @@ def train_table(runs: list[dict]) -> str:
     return table(head, rows)
 
 
+def step_seconds(rec: dict) -> list[float]:
+    """Seconds of each training step after the first (a warm-up) from a run record's metrics rows (cumulative
+    ``train_time_s``); with fewer than two rows, the run's mean step (``train_time_s / step``) alone."""
+    res = rec.get("results", {})
+    rows = [(h["step"], h["train_time_s"]) for h in res.get("history", []) if "train_time_s" in h and "loss" in h]
+    if len(rows) >= 2:
+        return [(t1 - t0) / (s1 - s0) for (s0, t0), (s1, t1) in itertools.pairwise(rows) if s1 > s0]
+    return [res["train_time_s"] / res["step"]] if res.get("step") else []
+
+
+def _commit(rec: dict) -> str:
+    git = rec.get("git") or {}
+    return str(git.get("commit"))[:7] + (" (dirty)" if git.get("dirty") else "")
+
+
+def experiments_table(runs: list[dict], reference: str, per_bytes: dict[str, float] | None = None) -> str:
+    """A suite's experiments against one of them (``reference``): a row per experiment and commit, with the runs,
+    whole-process peak RSS (the child process from start-up, loading included) and seconds per step, each
+    ``median [min-max]`` and as a ratio of medians to the reference's at the same commit; the test metric before
+    and after. ``per_bytes``: ``{label: bytes}`` adds the median peak RSS as a multiple of each (e.g. the model's
+    fp32 weights)."""
+    by: dict[tuple[str, str], list[dict]] = {}
+    for r in sorted(runs, key=lambda r: r.get("created", "")):
+        if r.get("status", "ok") == "ok":
+            by.setdefault((r.get("experiment") or r.get("name", "?"), _commit(r)), []).append(r)
+    rss = {k: [r["results"]["memory"]["peak_rss"] for r in v] for k, v in by.items()}
+    step = {k: [t for r in v for t in step_seconds(r)] for k, v in by.items()}
+    head = ["experiment", "commit", "runs", "peak RSS, whole run (MiB)", f"x {reference}",
+            *(f"x {label}" for label in per_bytes or {}), "s / step", f"x {reference} (s / step)",
+            "test before %", "test after %"]
+    rows = []
+    for name, commit in sorted(by, key=lambda k: (k[1], k[0] != reference, k[0])):
+        recs, ref = by[name, commit], (reference, commit)
+        rows.append([name, commit, len(recs), spread(rss[name, commit], 1 / MiB, 0),
+                     f"{median(rss[name, commit]) / median(rss[ref]):.2f}" if ref in by else "-",
+                     *(f"{median(rss[name, commit]) / b:.2f}" for b in (per_bytes or {}).values()),
+                     spread(step[name, commit], digits=2),
+                     f"{median(step[name, commit]) / median(step[ref]):.2f}" if ref in by else "-",
+                     spread((metric_of(r["results"].get("test_before"))[1] for r in recs), 100),
+                     spread((metric_of(r["results"].get("test_after"))[1] for r in recs), 100)])
+    return table(head, rows)
+
+
 _EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Expired|Interrupt)\b")
 
 
@@ -360,17 +404,24 @@ def render_markdown(loaded: Loaded, plots: list[str] | None = None, link_prefix:
     """The report as Markdown: one section per kind present, then the plots and the files skipped.
 
     Plots are linked as ``link_prefix + file name`` (the prefix places them relative to the Markdown file)."""
+    from .convergence import SUITE
+    from .convergence import render as convergence_section
+
     r = loaded.records
     parts = []
+    runs = [x for x in r["train_run"] if not str(x.get("name", "")).startswith(SUITE)]
     if loaded.run_dir:
         rec = (r["train_run"] + r["other"])[0]
         parts.append("## One run\n\n" + run_table(rec, loaded.curve))
     elif r["train_run"]:
-        n_ok = sum(1 for x in r["train_run"] if x.get("status", "ok") == "ok")
-        parts.append(f"## Accuracy per task x scheme x optimizer\n\n{n_ok} finished runs, "
-                     f"{len(r['train_run']) - n_ok} failed. Test metric in %, median [min-max] over the runs "
-                     "(every record is one run); zero-shot is the same model before training.\n\n"
-                     + train_table(r["train_run"]))
+        if runs:
+            n_ok = sum(1 for x in runs if x.get("status", "ok") == "ok")
+            parts.append(f"## Accuracy per task x scheme x optimizer\n\n{n_ok} finished runs, "
+                         f"{len(runs) - n_ok} failed. Test metric in %, median [min-max] over the runs "
+                         "(every record is one run); zero-shot is the same model before training.\n\n"
+                         + train_table(runs))
+        if len(runs) < len(r["train_run"]):  # the convergence suite's records: curves, not one number per run
+            parts.append(convergence_section(r["train_run"]))
         failed = failed_table(r["train_run"])
         if failed:
             parts.append("### Failed runs\n\n" + failed)

@@ -10,8 +10,9 @@
 
 from .evaluate import evaluate
 from .load import builtin_names, get_task, task_for_run
-from .objectives import OBJECTIVES, Batch, Objective, make_objective
-from .task import KINDS, Task, TaskSpec, Template
+from .objectives import OBJECTIVES, Batch, Objective
+from .pick import make_objective
+from .task import KINDS, Task, TaskSpec, Template, per_class
 
 __all__ = [
            "KINDS",
@@ -25,5 +26,6 @@ __all__ = [
            "evaluate",
            "get_task",
            "make_objective",
+           "per_class",
            "task_for_run",
 ]
