@@ -30,7 +30,7 @@ def weights(model):
 
 
 def test_every_zo_optimizer_but_the_hybrid_takes_it():
-    assert set(OPTIMIZERS) - set(AUTO) == {"zo-sgd-hybrid"}
+    assert set(OPTIMIZERS) - set(AUTO) == {"zo-sgd-hybrid", "es"}  # ES: a rank-shaped step has no curvature to fit
 
 
 @pytest.mark.parametrize("name", AUTO)

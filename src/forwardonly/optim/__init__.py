@@ -7,6 +7,8 @@ perturbation engine they share is :mod:`forwardonly.optim.perturb`.
 """
 
 from .base import Capabilities, ZOConfig, ZOOptimizer
+from .es import ES
+from .es_reference import ESReference
 from .forward_grad import ForwardGrad
 from .forward_grad_reference import ForwardGradReference
 from .fzoo import FZOO
@@ -41,7 +43,7 @@ from .zosgd_sparse import ZOSGDSparse
 from .zosgd_sparse_reference import ZOSGDSparseReference
 
 __all__ = [
-    "CHUNK", "FZOO", "LOZO", "OPTIMIZERS", "ZOSGD", "Capabilities", "Directions", "FZOOReference",
+    "CHUNK", "ES", "ESReference", "FZOO", "LOZO", "OPTIMIZERS", "ZOSGD", "Capabilities", "Directions", "FZOOReference",
     "ForwardGrad", "ForwardGradReference", "HiZOO", "HiZOOReference", "LOZOReference", "MagnitudeMask",
     "OptimizerInfo", "Perturbation", "RandomMask", "SparseMeZO", "SparseMeZOReference", "Unpairable",
     "ZOAdam", "ZOAdamReference", "ZOConfig", "ZOFOHybrid", "ZOFOHybridReference", "ZOOptimizer", "ZOSGDBlock",

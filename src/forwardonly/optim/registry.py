@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 import torch
 
 from .base import Capabilities
+from .es import ES, ESConfig
+from .es_reference import ESReference
 from .forward_grad import ForwardGrad, ForwardGradConfig
 from .forward_grad_reference import ForwardGradReference
 from .fzoo import FZOO, FZOOConfig
@@ -120,6 +122,9 @@ _ROWS = [
     OptimizerInfo("lozo-m", LOZO, LOZOReference, LOZOConfig, {"momentum": 0.9},
                   {"lr": 1e-2, "kwargs": {"rank": 1, "interval": 5}},
                   "LOZO-M: LOZO with momentum kept as an m x r factor per matrix"),
+    # evolution strategies (issue 23)
+    OptimizerInfo("es", ES, ESReference, ESConfig, test={"lr": 1e-4},
+                  summary="antithetic ES: N seeded pairs per step, centered-rank fitness shaping"),
 ]
 
 OPTIMIZERS: dict[str, OptimizerInfo] = {row.name: row for row in _ROWS}
