@@ -51,8 +51,11 @@ def test_rank_shaping_ignores_a_monotone_transform_of_the_loss():
     for transform in (lambda v: v, lambda v: torch.exp(3 * v) - 7):
         model, x, y = toy_classifier()
         opt = ES(model.parameters(), lr=0.02, population=4, sigma=0.1, seed=2)
+        def closure(model=model, x=x, y=y, transform=transform):
+            return transform(torch.nn.functional.cross_entropy(model(x), y))
+
         for _ in range(10):
-            opt.step(lambda: transform(torch.nn.functional.cross_entropy(model(x), y)))
+            opt.step(closure)
         runs.append([p.detach().clone() for p in model.parameters()])
     assert all(torch.equal(a, b) for a, b in zip(*runs))
 

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 import torch
 
 from .base import Capabilities
+from .cmaes import CMAES, CMAESConfig
+from .cmaes_reference import CMAESReference
 from .es import ES, ESConfig
 from .es_reference import ESReference
 from .forward_grad import ForwardGrad, ForwardGradConfig
@@ -125,6 +127,8 @@ _ROWS = [
     # evolution strategies (issue 23)
     OptimizerInfo("es", ES, ESReference, ESConfig, test={"lr": 1e-4},
                   summary="antithetic ES: N seeded pairs per step, centered-rank fitness shaping"),
+    OptimizerInfo("cma-es", CMAES, CMAESReference, CMAESConfig, test={"lr": 1.0, "kwargs": {"sigma": 0.1}},
+                  summary="CMA-ES (the cma package) over a small parameter set: a per-label bias, a short prompt"),
 ]
 
 OPTIMIZERS: dict[str, OptimizerInfo] = {row.name: row for row in _ROWS}
