@@ -76,3 +76,46 @@ def test_zotrainer_runs_es(tmp_path):
     trainer.train()
     assert trainer.zo_optimizer.zo_state["forwards"] == 3 * 4
     assert any(not torch.equal(before[n], p) for n, p in model.named_parameters())
+
+
+def test_cma_es_trains_a_label_bias_and_resumes_bitwise(cfg_of, tmp_path):
+    pytest.importorskip("cma")
+    from forwardonly.lm.train import run
+
+    common = ("optim.name=cma-es", "optim.sigma=2.0", "scheme.name=label_bias", "task.objective=accuracy",
+              "task.max_train=16", "batch_size=16", *QUIET)
+    straight = run(cfg_of("steps=6", *common, f"out_dir={tmp_path / 'a'}"), progress=False)
+    assert straight["trainable_parameters"] == 2 and straight["forwards"] == 6 * 6  # 4 + 3 ln 2 -> 6 a step
+    bias = straight["model"].label_bias.bias.detach().clone()
+    assert not torch.equal(bias, torch.zeros(2))
+    run(cfg_of("steps=3", *common, f"out_dir={tmp_path / 'b'}"), progress=False)
+    resumed = run(cfg_of("steps=6", *common, f"out_dir={tmp_path / 'b'}"), resume=True, progress=False)
+    assert torch.equal(resumed["model"].label_bias.bias, bias)
+    with pytest.raises(UserError, match="label_bias"):
+        replay_seedlog(tmp_path / "a" / "seedlog.json")
+
+
+def test_cma_es_refuses_a_large_parameter_set_before_training(cfg_of, tmp_path):
+    pytest.importorskip("cma")
+    from forwardonly.lm.train import run
+
+    out = tmp_path / "run"
+    with pytest.raises(UserError, match=r"optim: Invalid parameter set for cma-es: \d+ values \(max_dim=1000") as e:
+        run(cfg_of("steps=2", "optim.name=cma-es", "scheme.name=full", *QUIET, f"out_dir={out}"), progress=False)
+    assert "\n" not in str(e.value)
+    assert not out.exists()
+
+
+def test_es_on_lora_singular_values_trains_and_replays_bitwise(cfg_of, tmp_path):
+    from forwardonly.lm.train import run
+
+    out = tmp_path / "run"
+    s = run(cfg_of("steps=3", "optim.name=es", "optim.population=2", "optim.sigma=0.5", "optim.lr=0.05",
+                   "scheme.name=lora_svd", "scheme.r=2", *QUIET, f"out_dir={out}"), progress=False)
+    trained = {n: p.detach().clone() for n, p in s["model"].named_parameters() if p.requires_grad}
+    assert s["trainable_parameters"] == 2 * len(trained) and all(n.endswith("svd_values.default.s") for n in trained)
+    assert any(bool(p.abs().sum() > 0) for p in trained.values())
+    replayed, _ = replay_seedlog(out / "seedlog.json")
+    got = dict(replayed.named_parameters())
+    assert all(torch.equal(trained[n], got[n]) for n in trained)
+    assert (out / "final" / "adapter_model.safetensors").is_file()  # a plain LoRA adapter (U diag(s), V^T)
