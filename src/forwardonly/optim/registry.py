@@ -53,7 +53,8 @@ class OptimizerInfo:
         config: the dataclass of its options (``optim``'s typed section).
         fixed: keyword arguments the name implies (defaults of the section too).
         test: settings of the generic tests (``lr``: a learning rate that learns the test problem;
-            ``kwargs``: further options the test problem needs, e.g. a rank its 1 x 16 head admits).
+            ``kwargs``: further options the test problem needs, e.g. a rank its 1 x 16 head admits;
+            ``steps``: steps of the "loss goes down" test, default 300).
         summary: one line for listings.
     """
 
@@ -127,7 +128,8 @@ _ROWS = [
     # evolution strategies (issue 23)
     OptimizerInfo("es", ES, ESReference, ESConfig, test={"lr": 1e-4},
                   summary="antithetic ES: N seeded pairs per step, centered-rank fitness shaping"),
-    OptimizerInfo("cma-es", CMAES, CMAESReference, CMAESConfig, test={"lr": 1.0, "kwargs": {"sigma": 0.1}},
+    OptimizerInfo("cma-es", CMAES, CMAESReference, CMAESConfig,
+                  test={"lr": 1.0, "kwargs": {"sigma": 0.1}, "steps": 30},
                   summary="CMA-ES (the cma package) over a small parameter set: a per-label bias, a short prompt"),
 ]
 
