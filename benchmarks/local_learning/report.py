@@ -5,10 +5,12 @@ Usage (from the repository root)::
     python benchmarks/local_learning/report.py
 
 Reads ``results/*.json`` only; never trains or measures anything. Writes
-``results/*.png`` and README.md's generated blocks ``results`` and ``memory``.
+``results/*.png`` and README.md's generated blocks ``results``, ``memory`` and ``round2``.
 Every record of an experiment counts: ``run.py`` writes a new file per invocation
 (``results/<experiment>.<UTC time>.json``), and the runs of every record of an
-experiment with the same config are pooled (a seed run twice counts twice).
+experiment with the same config are pooled (a seed run twice counts twice). The
+second round (conv nets, tpSGD, CaFo as published, NoProp) is reported as the
+median over the pooled seeds with their range, each method beside its backprop twin.
 """
 
 from __future__ import annotations
@@ -218,6 +220,107 @@ def plots(runs: dict, mem: dict | None) -> list[str]:
     return out
 
 
+# second round: experiment -> its backprop twin (same data, protocol and architecture where the method has one)
+ROUND2 = {"cnv-bp": None, "cnv-mf": "cnv-bp", "cnv-ff": "cnv-bp", "cnv-cafo-dfa": "cnv-bp", "cnv-cafo-rand": "cnv-bp",
+          "cnv-ff-ls1": "cnv-bp", "cnv-noprop": "cnv-bp", "cnv-bp-tanh": None, "cnv-tpsgd": "cnv-bp-tanh"}
+ROUND2_LABELS = {"cnv-bp": "Backprop (conv)", "cnv-mf": "Mono-Forward (conv)",
+                 "cnv-ff": "Forward-Forward, label scale 10 (conv)", "cnv-ff-ls1": "Forward-Forward, label scale 1 (conv)",
+                 "cnv-cafo-dfa": "CaFo, DFA blocks, CE predictors (conv)",
+                 "cnv-cafo-rand": "CaFo, random blocks, CE predictors (conv)", "cnv-noprop": "NoProp-DT, 10 blocks (conv)",
+                 "cnv-bp-tanh": "Backprop, tanh (conv)", "cnv-tpsgd": "tpSGD, mse, tanh (conv)"}
+
+
+def load_round2(rs) -> tuple[dict, dict | None]:
+    """The second round's records (every record of an experiment pooled) and its memory records (median)."""
+    runs = {}
+    for name in ROUND2:
+        recs = rs.glob(f"results/{name}.json") + rs.glob(f"results/{name}.*.json")
+        if recs:
+            runs[name] = _pooled(recs)
+    mem = rs.glob("results/memory-round2.json") + rs.glob("results/memory-round2.*.json")
+    return runs, _median_memory(mem)
+
+
+def _median_range(vals: list[float]) -> str:
+    import statistics
+
+    v = [x * 100 for x in vals]
+    return f"{statistics.median(v):.2f} [{min(v):.2f}-{max(v):.2f}]"
+
+
+def round2_table(runs: dict, mem: dict | None) -> str:
+    import statistics
+
+    head = ("| method | test acc. %, median [range] | seeds | twin | gap to twin, points (median) | epochs run "
+            "| s / epoch (median) | MFLOP / train ex. | autograd-saved peak MiB @1024, shallow / deep | "
+            "peak RSS above start MiB, shallow / deep |")
+    lines = [head, "|" + "---|" * 10]
+    for name, twin in ROUND2.items():
+        if name not in runs:
+            lines.append(f"| {ROUND2_LABELS[name]} | not run | 0 | {twin or '-'} | - | - | - | - | - | - |")
+            continue
+        res = runs[name]["results"]
+        accs = [r["test_acc"] for r in res["runs"]]
+        gap = "-"
+        if twin and twin in runs:
+            gap = f"{(statistics.median(accs) - statistics.median([r['test_acc'] for r in runs[twin]['results']['runs']])) * 100:+.2f}"
+        elif twin:
+            gap = "twin not run"
+        epochs = statistics.median([r["epochs_run"] for r in res["runs"]])
+        sec = statistics.median([r["seconds_per_epoch"] for r in res["runs"]])
+        flops = res["runs"][0]["flops_per_example"]["train"] / 1e6
+        saved = rss = "-"
+        parts = [mem["results"].get(a, {}).get(name) for a in ("mlp-2x1000", "mlp-6x2000")] if mem else [None]
+        if all(parts):
+            saved = " / ".join(f"{p['autograd_saved_peak_bytes'] / 2**20:.1f}" for p in parts)
+            rss = " / ".join(f"{p['peak_rss_above_start'] / 2**20:.0f}" for p in parts)
+        lines.append(f"| {ROUND2_LABELS[name]} | {_median_range(accs)} | {len(accs)} | {twin or '-'} | {gap} "
+                     f"| {epochs:g} | {sec:.1f} | {flops:.2f} | {saved} | {rss} |")
+    return "\n".join(lines)
+
+
+def round2_plots(runs: dict) -> list[str]:
+    import statistics
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [n for n in ROUND2 if n in runs]
+    if not names:
+        return []
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(13, 1.4 + 0.42 * len(names)), gridspec_kw={"width_ratios": [1, 1.1]},
+                                 layout="constrained")
+    ys = list(range(len(names)))[::-1]
+    for y, n in zip(ys, names):
+        accs = [r["test_acc"] * 100 for r in runs[n]["results"]["runs"]]
+        colour = "C0" if runs[n]["config"]["algo"] == "bp" else "C1"
+        ax.scatter(accs, [y] * len(accs), color=colour, s=22, zorder=3)
+        med = statistics.median(accs)
+        ax.vlines(med, y - 0.3, y + 0.3, color=colour, lw=2)
+        ax.text(max(accs) + 0.4, y, f"{med:.1f}" + ("" if len(accs) >= 3 else f" ({len(accs)} seed)"),
+                va="center", fontsize=9)
+    ax.set_yticks(ys, [ROUND2_LABELS[n] for n in names], fontsize=9)
+    ax.set_xlabel("test accuracy %, each seed (dots) and the median (bar)")
+    ax.set_title("Fashion-MNIST; conv: 5,000 training images", fontsize=10)
+    ax.grid(axis="x", alpha=0.3)
+    lo = min(r["test_acc"] * 100 for n in names for r in runs[n]["results"]["runs"])
+    ax.set_xlim(lo - 2, 95)
+    for i, n in enumerate(names):
+        hist = runs[n]["results"]["runs"][0]["history"]
+        bx.plot([h["epoch"] for h in hist], [h["val_acc"] * 100 for h in hist], marker="o", ms=3,
+                color=f"C{i % 10}", ls="-" if i < 10 else "--", label=n)
+    bx.set_xlabel("epoch (seed 0)")
+    bx.set_ylabel("validation accuracy %")
+    bx.set_title("Validation curves: flat by the end?", fontsize=10)
+    bx.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)  # outside the curves
+    bx.grid(alpha=0.3)
+    fig.savefig(RESULTS / "round2.png", dpi=100)
+    plt.close(fig)
+    return ["results/round2.png"]
+
+
 MEMORY_ROWS = [("bp", "backprop"), ("mf", "Mono-Forward"), ("dfa", "DFA"), ("drtp", "DRTP"),
                ("fg-local", "forward gradient, local-guided"), ("fg-weight", "forward gradient, weight perturbation"),
                ("ff", "Forward-Forward"), ("cafo", "CaFo, closed form")]
@@ -241,11 +344,14 @@ def memory_table(mem: dict | None) -> str:
 
 def blocks(rs) -> dict[str, str]:
     runs, mem = load(rs)
+    r2, mem2 = load_round2(rs)
     return {"results": table(runs, mem) + "\n\n" + "\n".join(f"![{Path(p).stem}]({p})" for p in PLOT_FILES),
-            "memory": memory_table(mem)}
+            "memory": memory_table(mem),
+            "round2": round2_table(r2, mem2) + "\n\n" + "\n".join(f"![{Path(p).stem}]({p})" for p in ROUND2_PLOTS)}
 
 
 PLOT_FILES = ["results/accuracy.png", "results/curves.png", "results/memory.png"]
+ROUND2_PLOTS = ["results/round2.png"]
 
 
 def main() -> int:
@@ -258,6 +364,7 @@ def main() -> int:
         raise SystemExit(f"no results in {RESULTS}; run run.py first")
     made = blocks(rs)
     assert plots(runs, mem) == PLOT_FILES[: 2 + bool(mem)]
+    assert round2_plots(load_round2(rs)[0]) == ROUND2_PLOTS
     write_blocks(HERE / "README.md", made)
     print(made["results"])
     return 0

@@ -144,4 +144,6 @@ def kept_runs(results: Path, name: str, config: dict, seeds: list[int]) -> list[
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from forwardonly.errors import script_main
+
+    sys.exit(script_main(main))

@@ -101,7 +101,7 @@ def test_resume_with_weight_average_matches_uninterrupted_run(tmp_path, capsys):
     keys = [*SMALL, "patience=0", "ema=0.9"]
     assert run(capsys, *common, "--out", str(tmp_path / "a"), *keys, "epochs=3")[0] == 0
     assert run(capsys, *common, "--out", str(tmp_path / "b"), *keys, "epochs=1")[0] == 0
-    code, out, _ = run(capsys, *common, "--out", str(tmp_path / "b"), "--resume", *keys, "epochs=3")
+    code, _out, _ = run(capsys, *common, "--out", str(tmp_path / "b"), "--resume", *keys, "epochs=3")
     assert code == 0
     for name in ("model.safetensors", "best.safetensors", "ema.safetensors"):
         a = load_file(str(tmp_path / "a" / "checkpoint" / name))
@@ -128,3 +128,42 @@ def test_weight_average_is_what_is_scored_and_kept(tmp_path, capsys):
 def test_bad_weight_average(capsys):
     code, _, err = run(capsys, "--algo", "mf", *FAST, *SMALL, "ema=1.0")
     assert code == 2 and "ema=1.0 must be in [0, 1)" in err
+
+
+def test_resume_after_a_save_killed_between_its_renames(tmp_path, capsys):
+    """A save killed after moving the old checkpoint aside and before putting the new one in place leaves
+    ``.checkpoint.old<pid>``: resume puts it back and continues as if nothing happened."""
+    import subprocess
+    import sys
+
+    common = ["--algo", "mf", *FAST]
+    keys = [*SMALL, "patience=0"]
+    assert run(capsys, *common, "--out", str(tmp_path / "a"), *keys, "epochs=3")[0] == 0
+    assert run(capsys, *common, "--out", str(tmp_path / "b"), *keys, "epochs=2")[0] == 0
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / "b" / "checkpoint").rename(tmp_path / "b" / f".checkpoint.old{int(dead.stdout)}")
+    code, out, _ = run(capsys, *common, "--out", str(tmp_path / "b"), "--resume", *keys, "epochs=3")
+    assert code == 0 and json.loads(out)["epochs_run"] == 3
+    a = load_file(str(tmp_path / "a" / "checkpoint" / "model.safetensors"))
+    b = load_file(str(tmp_path / "b" / "checkpoint" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not list((tmp_path / "b").glob(".checkpoint.*"))
+
+
+def test_failed_checkpoint_write_keeps_the_previous_one(tmp_path, capsys, monkeypatch):
+    """A checkpoint write that fails half-way (here: the optimizer state) leaves the last good checkpoint."""
+    import forwardonly.local.trainer as trainer
+
+    assert run(capsys, "--algo", "mf", *FAST, "--out", str(tmp_path), *SMALL, "patience=0", "epochs=1")[0] == 0
+    before = load_file(str(tmp_path / "checkpoint" / "model.safetensors"))
+
+    def broken(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(trainer.torch, "save", broken)
+    code, _, err = run(capsys, "--algo", "mf", *FAST, "--out", str(tmp_path), "--resume", *SMALL, "patience=0",
+                       "epochs=2")
+    assert code != 0
+    after = load_file(str(tmp_path / "checkpoint" / "model.safetensors"))
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert not list(tmp_path.glob(".checkpoint.*"))

@@ -71,3 +71,80 @@ def test_split_is_seeded_and_disjoint():
 def test_unknown_dataset():
     with pytest.raises(UserError, match="unknown data set"):
         load_dataset("imagenet")
+
+
+def _fake_cifar_bin(root, ten=True, n=6):
+    rng = np.random.default_rng(1)
+    d = root / ("cifar-10-batches-bin" if ten else "cifar-100-binary")
+    d.mkdir()
+    lab = 1 if ten else 2
+    names = [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"] if ten else ["train.bin", "test.bin"]
+    for j, name in enumerate(names):
+        rec = rng.integers(0, 255, (n, lab + 3072)).astype(np.uint8)
+        rec[:, lab - 1] = (np.arange(n) + j) % (10 if ten else 100)  # the (fine) label
+        if not ten:
+            rec[:, 0] = 3  # coarse label: must not be the one used
+        rec.tofile(d / name)
+    return d
+
+
+@pytest.mark.parametrize("ten", [True, False])
+def test_cifar_binary_release(tmp_path, ten):
+    _fake_cifar_bin(tmp_path, ten)
+    d = load_dataset("cifar10" if ten else "cifar100", str(tmp_path), val_fraction=0.0)
+    assert d.x_train.shape == ((30 if ten else 6), 3072) and d.shape == (3, 32, 32)
+    assert d.y_test.tolist() == [(i + (5 if ten else 1)) % (10 if ten else 100) for i in range(6)]
+
+
+def test_cifar_binary_truncated_file_is_named(tmp_path):
+    d = _fake_cifar_bin(tmp_path)
+    (d / "test_batch.bin").write_bytes(b"\x00" * 3000)
+    with pytest.raises(UserError, match="test_batch.bin: 3000 bytes is not a whole number of 3073-byte"):
+        load_dataset("cifar10", str(tmp_path))
+
+
+def test_cifar_python_release_reads_arrays(tmp_path):
+    import pickle
+
+    d = tmp_path / "cifar-10-batches-py"
+    d.mkdir()
+    rng = np.random.default_rng(2)
+    for i, name in enumerate([*(f"data_batch_{k}" for k in range(1, 6)), "test_batch"]):
+        batch = {b"data": rng.integers(0, 255, (4, 3072)).astype(np.uint8), b"labels": [i % 10] * 4,
+                 b"batch_label": b"x", b"filenames": [b"a.png"] * 4}
+        (d / name).write_bytes(pickle.dumps(batch, protocol=2))
+    data = load_dataset("cifar10", str(tmp_path), val_fraction=0.0)
+    assert data.x_train.shape == (20, 3072) and data.y_test.tolist() == [5] * 4
+
+
+class _Evil:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        import os
+
+        return os.mkdir, (self.path,)
+
+
+def test_crafted_pickle_is_refused_before_it_runs(tmp_path):
+    import pickle
+
+    from forwardonly.local.data import safe_unpickle
+
+    marker = tmp_path / "ran"
+    bad = tmp_path / "cifar-10-batches-py"
+    bad.mkdir()
+    (bad / "data_batch_1").write_bytes(pickle.dumps({b"data": _Evil(str(marker)), b"labels": [0]}, protocol=2))
+    with pytest.raises(UserError, match=r"data_batch_1: not a CIFAR python batch \(refused global (posix|os)\.mkdir"):
+        load_dataset("cifar10", str(tmp_path))
+    assert not marker.exists()
+    obj = tmp_path / "obj"
+    obj.write_bytes(pickle.dumps({b"data": np.array([object()], dtype=object)}))
+    with pytest.raises(UserError, match="obj: not a CIFAR python batch"):
+        safe_unpickle(obj)
+
+
+def test_missing_cifar_says_what_is_needed(tmp_path):
+    with pytest.raises(UserError, match="cifar100 needs --data-dir DIR containing cifar-100-binary/"):
+        load_dataset("cifar100", str(tmp_path))

@@ -1,4 +1,7 @@
-"""Screen Forward-Forward read-outs on validation: one ff-hard run, several predictions scored per epoch.
+"""Historic (rounds 3-5): how ff-seed100-combined.json and ff-seed100-round5.json were made. It ends by
+scoring the test split, as every training run did then; new screens use ../screen.py, which never reads it.
+
+Screen Forward-Forward read-outs on validation: one ff-hard run, several predictions scored per epoch.
 
     PYTHONPATH=src python benchmarks/local_learning/screens/readouts.py OUT.json seed=100 threads=1 epochs=12 patience=0 [KEY=VALUE ...]
 

@@ -6,6 +6,7 @@ Examples::
     forwardonly local train --config local/ff-fashion-mnist out_dir=runs/ff --resume
     forwardonly local train --config local/mf-digits --print-config
     forwardonly local eval runs/mf
+    forwardonly local graph --algo sf --data cora --data-dir DIR layer=sage
 """
 
 from __future__ import annotations
@@ -19,6 +20,12 @@ from ..errors import UserError
 from .common import add_out_dir, print_config, resolve_config
 
 
+def _flags(args, **more) -> list[str]:
+    """``key=value`` overrides from the ``--algo/--data/--data-dir`` options (and ``more``: config key -> option)."""
+    names = {"algo": "algo", "data": "data", "data_dir": "data_dir", **more}
+    return [f"{key}={getattr(args, opt)}" for key, opt in names.items() if getattr(args, opt)]
+
+
 class Train:
     """Train one method; config from ``--config`` YAML, then ``--algo/--data/--data-dir``, then ``key=value``."""
 
@@ -28,8 +35,8 @@ class Train:
     def add_arguments(p):
         p.add_argument("--config", help="YAML config (a LocalConfig) or a shipped config's name "
                                         "(forwardonly configs list); keys may be overridden with key=value")
-        p.add_argument("--algo", help="ff, mf, cafo, dfa, drtp, fg or bp (same as algo=...)")
-        p.add_argument("--data", help="fashion-mnist, mnist, digits or cifar10 (same as data=...)")
+        p.add_argument("--algo", help="ff, mf, cafo, dfa, drtp, fg, bp, tpsgd or noprop (same as algo=...)")
+        p.add_argument("--data", help="fashion-mnist, mnist, digits, cifar10 or cifar100 (same as data=...)")
         p.add_argument("--data-dir", help="directory with the raw data files (same as data_dir=...)")
         add_out_dir(p, "output directory for checkpoint/metrics")
         p.add_argument("--resume", action="store_true", help="continue from out_dir/checkpoint")
@@ -88,7 +95,7 @@ class Eval:
             saved["data_dir"] = args.data_dir
         cfg = load_config(LocalConfig, None, None, base=saved)
         data = load_dataset(cfg.data, cfg.data_dir, cfg.val_fraction, cfg.limit_train)
-        model = build_model(cfg, data.n_features, data.n_classes)
+        model = build_model(cfg, data.n_features, data.n_classes, data.shape)
         try:
             model.load_state_dict(load_safetensors(ckpt / "best.safetensors", "checkpoint weights"))
         except RuntimeError as e:
@@ -98,7 +105,32 @@ class Eval:
         return 0
 
 
-COMMANDS = {"train": Train, "eval": Eval}
+class GraphTrain:
+    """Node classification on a citation graph: ForwardGNN (``ff``, ``sf``) or the backprop twin (``bp``)."""
+
+    help = "train a GCN/GraphSAGE forward-only (ForwardGNN) or by backprop on a citation graph"
+
+    @staticmethod
+    def add_arguments(p):
+        p.add_argument("--config", help="YAML config (a GraphConfig); keys may be overridden after it")
+        p.add_argument("--algo", help="ff, sf or bp (same as algo=...)")
+        p.add_argument("--data", help="cora, citeseer, pubmed or csbm (same as data=...)")
+        p.add_argument("--data-dir", help="directory with <name>.content and <name>.cites (same as data_dir=...)")
+        p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. layer=sage top_down=true")
+
+    @staticmethod
+    def run(args) -> int:
+        from ..local.graph import GraphConfig, train_graph
+
+        cfg = load_config(GraphConfig, args.config, [*_flags(args), *args.overrides])
+        summary = train_graph(cfg)
+        summary.pop("model")
+        summary.pop("history")
+        print(json.dumps(summary, indent=2))
+        return 0
+
+
+COMMANDS = {"train": Train, "eval": Eval, "graph": GraphTrain}
 
 
 def _local_config_cls():
@@ -110,9 +142,10 @@ def _local_config_cls():
 def register(subparsers) -> None:
     import argparse
 
-    parser = subparsers.add_parser("local", help="forward-only learning: FF, MF, CaFo, DFA, DRTP, forward gradient",
+    parser = subparsers.add_parser("local", help="forward-only learning: FF, MF, CaFo, DFA, DRTP, tpSGD, NoProp, "
+                                   "forward gradient, ForwardGNN",
                                    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="local_command", metavar="{train,eval}")
+    sub = parser.add_subparsers(dest="local_command", metavar="{train,eval,graph}")
     for name, cmd in COMMANDS.items():
         p = sub.add_parser(name, help=cmd.help, description=cmd.__doc__)
         cmd.add_arguments(p)

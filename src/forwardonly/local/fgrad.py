@@ -37,8 +37,8 @@ class ForwardGradient(LocalModel):
 
     name = "fg"
 
-    def __init__(self, n_in, n_classes, cfg):
-        super().__init__(n_in, n_classes, cfg)
+    def __init__(self, n_in, n_classes, cfg, shape=None):
+        super().__init__(n_in, n_classes, cfg, shape)
         d = [*self.dims, n_classes]
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in pairwise(d))
         self.local = cfg.fg.mode == "local"
@@ -51,9 +51,7 @@ class ForwardGradient(LocalModel):
             self.optimizers = [make_optimizer(self.parameters(), cfg)]
 
     def scores(self, x):
-        for layer in self.layers[:-1]:
-            x = self.act(layer(x))
-        return self.layers[-1](x)
+        return self.feedforward(x)
 
     def _tail_loss(self, k: int, h: torch.Tensor, y: torch.Tensor, weight, bias) -> torch.Tensor:
         """Global loss as a function of layer ``k``'s weights, from its (detached) input ``h``."""

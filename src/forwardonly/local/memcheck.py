@@ -4,7 +4,7 @@
 ``with`` block. Every tensor autograd saves for a backward pass is wrapped in a
 holder that decrements the live count when autograd drops it (after backward,
 or when the graph is freed). Parameters are not counted: saving them allocates
-nothing. ``peak_bytes`` is then the most activation memory any graph held at one
+nothing; neither is a sparse tensor (a graph's fixed adjacency). ``peak_bytes`` is then the most activation memory any graph held at one
 time -- one layer's worth for a local method, the whole network's for backprop.
 
 Example::
@@ -38,7 +38,8 @@ class SavedTensorMeter:
         self._ctx = None
 
     def _pack(self, t: torch.Tensor):
-        if t.data_ptr() in self._params:
+        # a sparse tensor (a graph's fixed adjacency) exists anyway: saving it allocates nothing
+        if t.layout != torch.strided or t.data_ptr() in self._params:
             return t
         nbytes = t.numel() * t.element_size()
         self.live_count += 1

@@ -3,7 +3,8 @@
 One early-stopping rule for all methods: after each epoch the model is scored on
 the validation split; the best-scoring weights are kept; training stops after
 ``patience`` epochs without improvement or at ``epochs``. The test set is scored
-once, with the best weights. Time counts training steps only (not evaluation);
+once, with the best weights, and not at all with ``score_test=False`` (screens:
+choices are made on validation, and the test split is never read). Time counts training steps only (not evaluation);
 ``time_to_target`` is the training time until validation accuracy first reaches
 ``target_acc``.
 
@@ -28,9 +29,9 @@ from pathlib import Path
 
 import torch
 
-from ..config import to_dict
+from ..config import load_config, to_dict
 from ..errors import UserError
-from ..io import atomic_path, atomic_write_json, atomic_write_text
+from ..io import atomic_path, atomic_write_json, atomic_write_text, recover
 from . import build_model
 from .config import LocalConfig
 from .data import Dataset, load_dataset
@@ -95,7 +96,8 @@ def load_checkpoint(path: Path, model, shuffle: torch.Generator, cfg, ema: _EMA 
         ema.state = load_safetensors(path / "ema.safetensors", "checkpoint weights")
     try:
         model.load_state_dict(weights)
-        saved = json.loads(state["config"])
+        # keys added to LocalConfig since the checkpoint was written take their defaults (the old behaviour)
+        saved = to_dict(load_config(LocalConfig, base=json.loads(state["config"])))
     except (RuntimeError, KeyError, TypeError, ValueError) as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise UserError(f"{path}: cannot resume from this checkpoint: {first}") from None
@@ -109,19 +111,20 @@ def load_checkpoint(path: Path, model, shuffle: torch.Generator, cfg, ema: _EMA 
 
 
 def train(cfg: LocalConfig, data: Dataset | None = None, progress: bool = False, resume: bool = False,
-          log=None) -> dict:
+          log=None, score_test: bool = True) -> dict:
     """Train ``cfg.algo`` on ``cfg.data``; return a summary (test accuracy of the best epoch, timings).
 
     Args:
         cfg: the run's config. data: preloaded data (skips :func:`load_dataset`).
         progress: show a tqdm bar per epoch. resume: continue from ``out_dir/checkpoint``.
         log: optional ``callable(str)`` for one line per epoch.
+        score_test: score the best weights on the test split (default); False never touches it.
     """
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if data is None:
         data = load_dataset(cfg.data, cfg.data_dir, cfg.val_fraction, cfg.limit_train)
-    model = build_model(cfg, data.n_features, data.n_classes)
+    model = build_model(cfg, data.n_features, data.n_classes, data.shape)
     shuffle = torch.Generator().manual_seed(cfg.seed)
     out = Path(cfg.out_dir) if cfg.out_dir else None
     best = _clone_state(model)
@@ -129,46 +132,24 @@ def train(cfg: LocalConfig, data: Dataset | None = None, progress: bool = False,
     prog = {"epoch": 0, "best_val": -1.0, "best_epoch": 0, "bad_epochs": 0, "train_seconds": 0.0,
             "time_to_target": None, "history": []}
     if resume:
+        if out is not None:
+            recover(out / _CKPT)  # a save killed between its two renames left the previous checkpoint aside
         if out is None or not (out / _CKPT).is_dir():
             raise UserError(f"--resume: no checkpoint in {out / _CKPT if out else '(no out_dir set)'}")
         best, prog = load_checkpoint(out / _CKPT, model, shuffle, cfg, ema)
 
-    n, bs = len(data.y_train), cfg.batch_size
     for epoch in range(prog["epoch"], cfg.epochs):
         if cfg.patience and prog["bad_epochs"] >= cfg.patience:
             break
-        perm = torch.randperm(n, generator=shuffle)
-        bar = _bar(range(0, n, bs), progress, f"{cfg.algo} epoch {epoch + 1}/{cfg.epochs}")
-        losses, t0 = [], time.perf_counter()
-        model.train()
-        for i in bar:
-            idx = perm[i:i + bs]
-            losses.append(model.train_step(data.x_train[idx], data.y_train[idx]))
-            if ema is not None:
-                ema.update(model)
-            if progress and len(losses) % 20 == 0:
-                bar.set_postfix(loss=f"{losses[-1]:.4f}")
-        model.end_epoch()
-        seconds = time.perf_counter() - t0
-        for opt in model.optimizers:  # saved with the optimizer state, so a resumed run continues the decay
-            for group in opt.param_groups:
-                group["lr"] *= cfg.lr_decay
+        losses, seconds = _train_epoch(model, data, cfg, shuffle, ema, progress, epoch)
         prog["train_seconds"] += seconds
         with ema.swapped(model) if ema is not None else _nothing():
             scored = model.evaluate(data.x_val, data.y_val, cfg.eval_batch_size) if len(data.y_val) else {}
             snapshot = _clone_state(model)  # the weights scored (the average, with ema)
-        val = scored.get("acc", float(epoch))  # no validation split: the last epoch wins
         row = {"epoch": epoch + 1, "train_loss": sum(losses) / max(1, len(losses)), "epoch_seconds": seconds,
                "train_seconds": prog["train_seconds"], **{f"val_{k}": v for k, v in scored.items()}}
-        prog["history"].append(row)
-        if val > prog["best_val"]:
-            prog.update(best_val=val, best_epoch=epoch + 1, bad_epochs=0)
+        if _note_epoch(prog, row, scored.get("acc", float(epoch)), cfg.target_acc):  # no validation: last wins
             best = snapshot
-        else:
-            prog["bad_epochs"] += 1
-        if cfg.target_acc is not None and prog["time_to_target"] is None and val >= cfg.target_acc:
-            prog["time_to_target"] = prog["train_seconds"]
-        prog["epoch"] = epoch + 1
         if log:
             log(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
         if out is not None:
@@ -176,10 +157,55 @@ def train(cfg: LocalConfig, data: Dataset | None = None, progress: bool = False,
             atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in prog["history"]))
 
     model.load_state_dict(best)
-    test = model.evaluate(data.x_test, data.y_test, cfg.eval_batch_size)
+    summary = _summary(cfg, model, data, prog, score_test)
+    if out is not None:
+        atomic_write_json(out / "summary.json", {"config": to_dict(cfg), **summary})
+    summary["model"] = model
+    return summary
+
+
+def _train_epoch(model, data: Dataset, cfg: LocalConfig, shuffle, ema, progress: bool, epoch: int):
+    """One pass over the training split in a seeded order; returns (step losses, seconds of training)."""
+    n, bs = len(data.y_train), cfg.batch_size
+    perm = torch.randperm(n, generator=shuffle)
+    bar = _bar(range(0, n, bs), progress, f"{cfg.algo} epoch {epoch + 1}/{cfg.epochs}")
+    losses, t0 = [], time.perf_counter()
+    model.train()
+    for i in bar:
+        idx = perm[i:i + bs]
+        losses.append(model.train_step(data.x_train[idx], data.y_train[idx]))
+        if ema is not None:
+            ema.update(model)
+        if progress and len(losses) % 20 == 0:
+            bar.set_postfix(loss=f"{losses[-1]:.4f}")
+    model.end_epoch()
+    seconds = time.perf_counter() - t0
+    for opt in model.optimizers:  # saved with the optimizer state, so a resumed run continues the decay
+        for group in opt.param_groups:
+            group["lr"] *= cfg.lr_decay
+    return losses, seconds
+
+
+def _note_epoch(prog: dict, row: dict, val: float, target_acc: float | None) -> bool:
+    """Add an epoch's row to ``prog`` and advance early stopping; True when this epoch is the best so far."""
+    prog["history"].append(row)
+    improved = val > prog["best_val"]
+    if improved:
+        prog.update(best_val=val, best_epoch=row["epoch"], bad_epochs=0)
+    else:
+        prog["bad_epochs"] += 1
+    if target_acc is not None and prog["time_to_target"] is None and val >= target_acc:
+        prog["time_to_target"] = prog["train_seconds"]
+    prog["epoch"] = row["epoch"]
+    return improved
+
+
+def _summary(cfg: LocalConfig, model, data: Dataset, prog: dict, score_test: bool) -> dict:
+    """The run's summary; the test split is scored here, once, with the weights already loaded (or not at all)."""
+    test = model.evaluate(data.x_test, data.y_test, cfg.eval_batch_size) if score_test else {}
     epoch_times = [r["epoch_seconds"] for r in prog["history"]]
-    summary = {
-        "algo": cfg.algo, "data": cfg.data,
+    return {
+        "algo": cfg.algo, "data": cfg.data, "test_scored": score_test,
         **{f"test_{k}": v for k, v in test.items()},
         "best_val_acc": prog["best_val"], "best_epoch": prog["best_epoch"], "epochs_run": prog["epoch"],
         "seconds_per_epoch": statistics.median(epoch_times) if epoch_times else None,
@@ -187,10 +213,6 @@ def train(cfg: LocalConfig, data: Dataset | None = None, progress: bool = False,
         "target_acc": cfg.target_acc, "flops_per_example": model.flops_per_example(),
         "n_params": sum(p.numel() for p in model.parameters()), "history": prog["history"],
     }
-    if out is not None:
-        atomic_write_json(out / "summary.json", {"config": to_dict(cfg), **summary})
-    summary["model"] = model
-    return summary
 
 
 def _nothing():
