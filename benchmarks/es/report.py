@@ -40,7 +40,7 @@ def spread(values, digits=1) -> str:
 
 
 def results_table(rs) -> str:
-    rows = ["| experiment | seeds | optimizer | scheme | forwards | test accuracy % (400) | train time s | "
+    rows = ["| experiment | seeds | optimizer | scheme | forwards | test accuracy % | train time s | "
             "peak RSS MB |", "|---|---|---|---|---|---|---|---|"]
     for name, recs in runs(rs).items():
         cfg = recs[0]["config"]
