@@ -41,7 +41,7 @@ STEPS = 12
 BATCH = 32  # global batch; micro-batches are consecutive slices of it
 LR = {"zo-sgd": 2e-3, "zo-sgd-mmt": 2e-3, "zo-sgd-sign": 1e-2, "zo-sgd-cons": 2e-3, "zo-adam": 1e-2,
       "forward-grad": 2e-3, "zo-sgd-block": 2e-3, "zo-sgd-sparse": 2e-3, "zo-sgd-hybrid": 2e-3, "fzoo": 1e-5,
-      "hizoo": 1e-2, "sparse-mezo": 1e-2, "lozo": 1e-2, "lozo-m": 1e-2, "es": 1e-4,
+      "hizoo": 1e-2, "sparse-mezo": 1e-2, "lozo": 1e-2, "lozo-m": 1e-2, "es": 1e-4, "hizoo-l": 1e-2,
       "cma-es": 1.0}
 
 # id: (optimizer, mode, reduce, local accum_steps, local q, extra kwargs, bitwise equal to one process)
@@ -92,7 +92,7 @@ CASES = {
     "data-auto-grads": ("zo-adam", "data", "grads", 1, 1, {"lr": "auto"}, False),
     "probe-auto-fzoo": ("fzoo", "probe", "grads", 1, 2, {"lr": "auto"}, True),
 }
-EXTRA_PER_PROBE = {"hizoo": 1, "es": 2}  # scalars sent per probe beside g_k (HiZOO's curvature, ES's losses)
+EXTRA_PER_PROBE = {"hizoo": 1, "hizoo-l": 1, "es": 2}  # scalars sent per probe beside g_k (HiZOO's curvature, ES's losses)
 
 
 # --------------------------------------------------------------------------- the problem
@@ -299,7 +299,7 @@ def expected_bytes(name, mode, reduce, q, extra, candidates_per_step=0.0):
         reduce = "grads"  # its g_k are means of per-batch tangents: always reduced as such
     if reduce == "grads":
         scalars = 8 * (per_probe * q + 1)  # one all-reduce of [loss, g_1..g_q] (and HiZOO's curvatures)
-    elif name == "hizoo":
+    elif name in ("hizoo", "hizoo-l"):
         scalars = 8 * (2 * q + 1)  # the unperturbed loss and two per probe
     elif two_sided(name, extra):
         scalars = 16 * q  # every evaluation's loss: two per probe (paired: one pair of losses)
@@ -371,7 +371,7 @@ def test_bytes_per_step_of_every_optimizer(name, mode, reduce, extra, q):
         pytest.skip(f"{name} runs in one process")
     if extra.get("paired") and name in ("zo-sgd-cons", "forward-grad", "zo-sgd-hybrid"):
         pytest.skip(f"{name} has no paired evaluation")
-    if not extra.get("two_sided", True) and name in ("forward-grad", "es"):
+    if not extra.get("two_sided", True) and name in ("forward-grad", "es", "hizoo", "hizoo-l"):
         pytest.skip(f"{name} has no one- or two-sided choice")
     model, x, y = problem()
     kw = {k: v for k, v in {"fo_lr": 1e-2, **extra}.items() if name == "zo-sgd-hybrid" or k != "fo_lr"}

@@ -66,7 +66,7 @@ class ES(ZOSGD):
 
     A population is ``N`` seeded directions ``z_k`` (probes of the engine, never stored), each evaluated on
     both sides. With ``l+_k = L(w + sigma z_k)``, ``l-_k = L(w - sigma z_k)`` and ``u(l)`` the centered rank of
-    a loss among all ``2N`` (lowest -0.5, highest +0.5, ties averaged)::
+    a loss among all ``2N`` (lowest -0.5, highest +0.5, ties averaged), a step is:
 
         w <- (1 - lr * weight_decay) w - lr / (2 N sigma) * sum_k (u(l+_k) - u(l-_k)) z_k
 
