@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SUITES = ("step_overhead", "zo_bench", "offload", "qzo", "distributed", "local_learning")
+SUITES = ("step_overhead", "zo_bench", "offload", "qzo", "distributed", "local_learning", "convergence")
 NUMBER = re.compile(r"(?<![\w.\-])[+-]?\d[\d,]*(?:\.\d+)?\s?(?:%|x\b|MiB\b|GiB\b|MB\b|GB\b|min\b|s\b|points\b)")
 MiB = 2**20
 

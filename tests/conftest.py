@@ -10,16 +10,26 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
-@pytest.fixture(scope="session")
-def tiny_dir(tmp_path_factory):
-    """A tiny random Llama saved as a Hugging Face directory (what users point model.name at)."""
+def _saved_tiny(tmp_path_factory, kind: str):
     from forwardonly.models import tiny_model
 
-    path = tmp_path_factory.mktemp("tiny-llama")
-    model, tok = tiny_model("llama", seed=0)
+    path = tmp_path_factory.mktemp(f"tiny-{kind}")
+    model, tok = tiny_model(kind, seed=0)
     model.save_pretrained(path)
     tok.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    """A tiny random Llama saved as a Hugging Face directory (what users point model.name at)."""
+    return _saved_tiny(tmp_path_factory, "llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory):
+    """A tiny random BERT sequence classifier saved as a Hugging Face directory."""
+    return _saved_tiny(tmp_path_factory, "bert")
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -347,7 +347,50 @@ def blocks(rs) -> dict[str, str]:
     r2, mem2 = load_round2(rs)
     return {"results": table(runs, mem) + "\n\n" + "\n".join(f"![{Path(p).stem}]({p})" for p in PLOT_FILES),
             "memory": memory_table(mem),
-            "round2": round2_table(r2, mem2) + "\n\n" + "\n".join(f"![{Path(p).stem}]({p})" for p in ROUND2_PLOTS)}
+            "round2": round2_table(r2, mem2) + "\n\n" + "\n".join(f"![{Path(p).stem}]({p})" for p in ROUND2_PLOTS),
+            **{f"screens-{stem}": screens_table(rs, stem) for stem in SCREEN_FILES}}
+
+
+SCREEN_FILES = ["ff-round5"]  # screen files (screens/<name>.yaml) whose records make a generated block each
+SCREEN_KEYS = ("val_acc_goodness", "val_acc_combined", "val_acc_probe")
+
+
+def screens_table(rs, stem: str) -> str:
+    """Every screen of ``screens/<stem>.yaml`` with the median over its records (validation only)."""
+    import statistics
+
+    import yaml
+
+    spec = yaml.safe_load((HERE / "screens" / f"{stem}.yaml").read_text())
+    recs = rs.glob(f"screens/results/{stem}.*.json") + rs.glob(f"screens/results/{stem}-2*.json")
+    runs: dict[str, list[dict]] = {}
+    for rec in recs:
+        if rec["results"].get("test_split_read") is not False:  # a screen never reads the test split
+            raise SystemExit(f"{rec['_path']}: a screen record that does not say the test split went unread")
+        for name, screen in rec["results"]["screens"].items():
+            runs.setdefault(name, []).append(screen["summary"])
+    select, (lo, hi) = spec["select"], spec["window"]
+
+    def med(name, key, stat):
+        return statistics.median(r[key][stat] for r in runs[name]) * 100
+
+    ranked = [n for n in spec["screens"] if n in runs]
+    chosen = max(ranked, key=lambda n: med(n, select, "window_mean")) if ranked else None
+    lines = [f"| screen | overrides | records | best {select} | mean of epochs {lo}-{hi}: goodness / combined / probe |",
+             "|---|---|---:|---:|---:|"]
+    for name, over in spec["screens"].items():
+        shown = ", ".join(f"`{o}`" for o in over) or "none"
+        if name not in runs:
+            lines.append(f"| {name} | {shown} | 0 | not run | - |")
+            continue
+        mark = "**" if name == chosen else ""
+        means = " / ".join(f"{med(name, k, 'window_mean'):.2f}" for k in SCREEN_KEYS)
+        lines.append(f"| {mark}{name}{mark} | {shown} | {len(runs[name])} | {med(name, select, 'best'):.2f} | {means} |")
+    lines.append("")
+    lines.append(f"Median over each screen's records; ranked by the mean {select} of epochs {lo}-{hi} (bold: the highest), "
+                 f"from {len(recs)} record{'s' if len(recs) != 1 else ''} of `screen.py screens/{stem}.yaml`; "
+                 "the test split was never read.")
+    return "\n".join(lines)
 
 
 PLOT_FILES = ["results/accuracy.png", "results/curves.png", "results/memory.png"]

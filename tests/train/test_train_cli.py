@@ -37,10 +37,17 @@ def test_missing_zoo_model_suggests_fetch(tmp_path, monkeypatch, capsys):
     assert "forwardonly models fetch smollm2-135m" in capsys.readouterr().err
 
 
-def test_demo_runs_end_to_end_on_a_tiny_model(ov, tiny_dir, capsys):
+def test_demo_runs_end_to_end_on_a_tiny_model(ov, tiny_dir, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     assert main(["demo", "--no-progress", *ov("steps=2")]) == 0
     out = capsys.readouterr().out
     assert "accuracy before" in out and "accuracy after" in out and "peak memory" in out
+    # a given out_dir holds the record beside the run's seed log
+    assert main(["demo", "--no-progress", *ov("steps=1", f"out_dir={tmp_path / 'mine'}")]) == 0
+    rec = json.loads((tmp_path / "mine" / "record.json").read_text())
+    assert (tmp_path / "mine" / "seedlog.json").is_file() and rec["results"]["forwards"] == 2
+    assert rec["results"]["step"] == 1 and rec["config"]["out_dir"] == str(tmp_path / "mine")
+    assert len(rec["results"]["load_avg"]["end"]) == 3 and rec["results"]["train_examples"] > 0
 
 
 def test_demo_writes_a_record_that_pins_its_run(ov, tmp_path, capsys):

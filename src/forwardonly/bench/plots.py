@@ -322,13 +322,17 @@ def plans(loaded: Loaded) -> list[tuple[str, object]]:
     if loaded.run_dir:
         draw = run_curves_plan(loaded.curve, Path(loaded.run_dir).name)
         return [("curves.png", draw)] if draw is not None else []
-    out = accuracy_plans(r["train_run"])
+    from .convergence import SUITE, plot_plans
+
+    # the convergence suite's runs have curves of their own; the other training runs, the grid plots
+    runs = [x for x in r["train_run"] if not str(x.get("name", "")).startswith(SUITE)]
+    out = accuracy_plans(runs)
     for name, plan in (("accuracy_vs_forwards.png", accuracy_vs_forwards_plan),
                        ("loss_vs_forwards.png", loss_vs_forwards_plan), ("train_memory.png", train_memory_plan)):
-        draw = plan(r["train_run"])
+        draw = plan(runs)
         if draw is not None:
             out.append((name, draw))
-    return out
+    return out + plot_plans(r["train_run"])
 
 
 def all_plots(loaded: Loaded, out_dir: str | Path) -> list[str]:

@@ -360,17 +360,24 @@ def render_markdown(loaded: Loaded, plots: list[str] | None = None, link_prefix:
     """The report as Markdown: one section per kind present, then the plots and the files skipped.
 
     Plots are linked as ``link_prefix + file name`` (the prefix places them relative to the Markdown file)."""
+    from .convergence import SUITE
+    from .convergence import render as convergence_section
+
     r = loaded.records
     parts = []
+    runs = [x for x in r["train_run"] if not str(x.get("name", "")).startswith(SUITE)]
     if loaded.run_dir:
         rec = (r["train_run"] + r["other"])[0]
         parts.append("## One run\n\n" + run_table(rec, loaded.curve))
     elif r["train_run"]:
-        n_ok = sum(1 for x in r["train_run"] if x.get("status", "ok") == "ok")
-        parts.append(f"## Accuracy per task x scheme x optimizer\n\n{n_ok} finished runs, "
-                     f"{len(r['train_run']) - n_ok} failed. Test metric in %, median [min-max] over the runs "
-                     "(every record is one run); zero-shot is the same model before training.\n\n"
-                     + train_table(r["train_run"]))
+        if runs:
+            n_ok = sum(1 for x in runs if x.get("status", "ok") == "ok")
+            parts.append(f"## Accuracy per task x scheme x optimizer\n\n{n_ok} finished runs, "
+                         f"{len(runs) - n_ok} failed. Test metric in %, median [min-max] over the runs "
+                         "(every record is one run); zero-shot is the same model before training.\n\n"
+                         + train_table(runs))
+        if len(runs) < len(r["train_run"]):  # the convergence suite's records: curves, not one number per run
+            parts.append(convergence_section(r["train_run"]))
         failed = failed_table(r["train_run"])
         if failed:
             parts.append("### Failed runs\n\n" + failed)

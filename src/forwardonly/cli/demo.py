@@ -7,13 +7,19 @@ accuracies, the time and the peak memory. Overrides work as for ``train``::
 
     forwardonly demo
     forwardonly demo steps=40                 # a shorter run
-    forwardonly demo out_dir=runs/demo        # keep the checkpoint and the seed log
+    forwardonly demo out_dir=runs/demo        # keep the checkpoint, the seed log and the result record
     forwardonly demo --record benchmarks/demo/results   # also write a result record (the README's figures)
+
+The result record (accuracy before and after, forward passes, training, evaluation and total time,
+whole-process peak RSS, the machine's load average, the config, the command, commit and versions)
+goes to ``out_dir/record.json`` when the run has an ``out_dir``, and to a new ``DIR/demo.<UTC time>.json``
+with ``--record DIR``; neither replaces an existing file.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -44,7 +50,7 @@ class Demo:
             from .common import print_config
 
             return print_config(cfg)
-        total = time.perf_counter()
+        total, load_start = time.perf_counter(), os.getloadavg()
         if cfg.model.name in zoo.ZOO and zoo.cached(cfg.model.name) is None:
             log = logging.getLogger("forwardonly")
             log.info(f"fetching {cfg.model.name} into {zoo.model_dir(cfg.model.name)} (once) ...")
@@ -64,17 +70,35 @@ class Demo:
         print(f"  steps {s['step']}, forward passes {s['forwards']}, training {s['train_time_s']:.0f} s, "
               f"total {wall:.0f} s")
         print(f"  peak memory (RSS) {rss / 2**20:.0f} MiB" if rss else "  peak memory: unavailable here")
-        if args.record:
-            from ..bench.record import make_record, new_record_path, write_record
-            from ..config import to_dict
-
-            keep = ("test_before", "test_after", "step", "forwards", "train_time_s", "peak_rss_bytes",
-                    "trainable_parameters", "history")
-            results = {**{k: s[k] for k in keep if k in s}, "run_time_s": wall,
-                       "total_time_s": time.perf_counter() - total}
-            path = write_record(new_record_path(args.record, "demo"), make_record("demo", to_dict(cfg), results))
-            print(f"  record {path}")
+        if cfg.out_dir or args.record:
+            for path in write_demo_records(cfg, s, args.record, run_s=wall, total_s=time.perf_counter() - total,
+                                           load_start=load_start):
+                print(f"  record {path}")
         return 0
+
+
+def write_demo_records(cfg, summary: dict, record_dir: str | None, *, run_s: float, total_s: float,
+                       load_start) -> list[Path]:
+    """The demo's result record, as ``out_dir/record.json`` (if the run has an ``out_dir``) and as a new
+    ``record_dir/demo.<UTC time>.json`` (if given): what it measured, with config, command, code and machine."""
+    from ..bench.record import make_record, new_record_path, write_record
+    from ..config import to_dict
+
+    keep = ("test_before", "test_after", "step", "forwards", "train_time_s", "peak_rss_bytes",
+            "trainable_parameters", "history", "train_examples")
+    results = {**{k: summary[k] for k in keep if k in summary}, "run_time_s": run_s, "total_time_s": total_s,
+               "eval_and_load_time_s": run_s - summary["train_time_s"],
+               "load_avg": {"start": list(load_start), "end": list(os.getloadavg())}}
+    rec = make_record("demo", to_dict(cfg), results)
+    paths = []
+    if cfg.out_dir:
+        path = Path(cfg.out_dir) / "record.json"
+        if path.exists():  # run() refuses a used out_dir, so this is a file someone put there: keep it
+            path = new_record_path(cfg.out_dir, "record")
+        paths.append(write_record(path, rec))
+    if record_dir:
+        paths.append(write_record(new_record_path(record_dir, "demo"), rec))
+    return paths
 
 
 def register(subparsers) -> None:

@@ -59,6 +59,10 @@ class ModelConfig:
             ``{tier: disk}``), ZO2-style; ZO-SGD only.
         precision: ``pure`` (arithmetic in ``dtype``) or ``mixed`` (``bfloat16``/``float16`` weights, fp32
             arithmetic: :class:`forwardonly.quant.mixed.MixedPrecision`).
+        head_init: how a classifier's new head starts: ``random`` (the model's own initialisation, seeded
+            by ``seed``) or ``linear_probe``, a logistic regression on the training examples' features
+            fitted before training (:mod:`forwardonly.models.head_init`; without it zeroth-order
+            fine-tuning of an encoder stalls on the majority class).
     """
 
     name: str = "smollm2-135m"
@@ -68,6 +72,7 @@ class ModelConfig:
     quant: QuantConfig | None = None
     offload: OffloadConfig | None = None
     precision: Literal["pure", "mixed"] = "pure"
+    head_init: Literal["random", "linear_probe"] = "random"
 
     def __post_init__(self):
         if self.chunk_feedforward < 0:
@@ -252,13 +257,16 @@ class TaskConfig:
     max_train: int | None = None
     max_eval: int | None = None
     max_test: int | None = None
+    # Few-shot training (MeZO's protocol): this many training examples of every class, drawn with the run's
+    # ``seed`` from the training split (before ``max_train``). None: the whole split.
+    shots_per_class: int | None = None
 
     def __post_init__(self):
         from ..tasks.task import Template
 
         if self.max_length < 8:
             raise ValueError(f"task.max_length={self.max_length} must be at least 8")
-        for key in ("max_train", "max_eval", "max_test"):
+        for key in ("max_train", "max_eval", "max_test", "shots_per_class"):
             v = getattr(self, key)
             if v is not None and v < 1:
                 raise ValueError(f"task.{key}={v} must be at least 1")
@@ -289,6 +297,8 @@ class TrainConfig:
             every perturbed evaluation; first-order counts one per micro-batch).
         eval_every: evaluate on ``task.eval_split`` every N steps (0: only at the end).
         eval_before: also evaluate before training (the zero-shot number).
+        test_every: also score ``task.test_split`` every N steps (0: never), for curves of the test
+            metric against forward passes and time (``test_curve`` in the summary); nothing is chosen on it.
         validate: score ``task.eval_split`` before and after training (and every ``eval_every``).
         test: score ``task.test_split`` before and after training.
         save_every: write a checkpoint every N steps (0: only at the end); needs ``out_dir``.
@@ -314,6 +324,7 @@ class TrainConfig:
     budget_forwards: int | None = None
     eval_every: int = 0
     eval_before: bool = True
+    test_every: int = 0
     validate: bool = True
     test: bool = True
     eval_batch_size: int = 32
@@ -337,7 +348,7 @@ class TrainConfig:
             raise ValueError(f"report_to={','.join(self.report_to)} needs out_dir (tracking files go into "
                              f"the run)")
         checks = {"steps": 0, "batch_size": 1, "bucket": 0, "accum_steps": 1, "eval_batch_size": 1, "log_every": 1,
-                  "eval_every": 0, "save_every": 0, "nproc": 1}
+                  "eval_every": 0, "test_every": 0, "save_every": 0, "nproc": 1}
         for key, low in checks.items():
             if getattr(self, key) < low:
                 raise ValueError(f"{key}={getattr(self, key)} must be at least {low}")

@@ -81,17 +81,36 @@ def build_optimizer(cfg: TrainConfig, params: list, names: list[str] | None = No
         raise UserError(f"optim: {e}") from None
 
 
-def setup(cfg: TrainConfig, log=lambda msg: None, holder: Holder | None = None, needs: list[str] | None = None):
+def training_examples(cfg: TrainConfig, task) -> list:
+    """The run's training examples: the training split, ``task.shots_per_class`` of each class if set (drawn
+    with ``seed``), then at most ``task.max_train``. Empty if the split was not loaded."""
+    from ..tasks import per_class
+
+    train = task.splits.get(cfg.task.train_split, [])
+    if cfg.task.shots_per_class is not None and train:
+        train = per_class(train, cfg.task.shots_per_class, cfg.seed,
+                          f"task '{task.name}' split {cfg.task.train_split!r}")
+    return train[: cfg.task.max_train]
+
+
+def setup(cfg: TrainConfig, log=lambda msg: None, holder: Holder | None = None, needs: list[str] | None = None,
+          info: dict | None = None):
     """Model (with the scheme applied), tokenizer, task, objective, trainable parameters.
 
     ``holder`` (default: a new :class:`~forwardonly.lm.holders.Holder` of ``cfg.model``) loads the
     model as configured (quantized, streamed, ...); attach it before running the model.
-    ``needs``: the task splits that must exist (default: those the run uses, :func:`used_splits`).
+    ``needs``: the task splits that must exist (default: those the run uses, :func:`used_splits`; the
+    training split too with a linear-probe head). With ``model.head_init=linear_probe`` the classifier's head is fitted on the training examples'
+    features before the scheme is applied; ``info["head"]`` (when ``info`` is given) receives the fit
+    (:func:`forwardonly.models.head_init.linear_probe_head`).
     """
     from ..models import apply_scheme, trainable_parameters
     from ..tasks import make_objective, task_for_run
 
-    task = task_for_run(cfg.task, used_splits(cfg) if needs is None else needs)
+    needs = used_splits(cfg) if needs is None else list(needs)
+    if cfg.model.head_init == "linear_probe" and cfg.task.train_split not in needs:
+        needs.append(cfg.task.train_split)  # the head is fitted on it (also when a run is evaluated or exported)
+    task = task_for_run(cfg.task, needs)
     for split, note in task.notes.items():
         log(f"{split}: {note['n']} examples cut from {note['cut_from']} ({note['fraction']:g}, seed {note['seed']})")
     log(f"loading {cfg.model.name} ({cfg.model.dtype}) ...")
@@ -102,6 +121,8 @@ def setup(cfg: TrainConfig, log=lambda msg: None, holder: Holder | None = None, 
         from ..models.chunking import chunk_feedforward
 
         chunk_feedforward(model, tokens=cfg.model.chunk_feedforward)
+    if cfg.model.head_init == "linear_probe":
+        _fit_head(cfg, model, tok, task, log, info)
     model = apply_scheme(model, cfg.scheme.name, **cfg.scheme.options())
     if getattr(cfg.optim.options, "grad_checkpointing", False):
         model.gradient_checkpointing_enable()
@@ -121,6 +142,22 @@ def _label_bias(model, objective, task) -> None:
         raise UserError(f"scheme.name=label_bias needs single-token label words scored by a causal LM; task "
                         f"'{task.name}' ({task.kind}) is scored otherwise")
     attach_label_bias(model, objective.label_ids.tolist())
+
+
+def _fit_head(cfg: TrainConfig, model, tok, task, log, info: dict | None) -> None:
+    from ..models.head_init import linear_probe_head
+    from ..tasks import make_objective
+
+    train = training_examples(cfg, task)
+    if not train:
+        raise UserError(f"task '{task.name}' split {cfg.task.train_split!r} is empty: "
+                        "model.head_init=linear_probe has nothing to fit")
+    objective = make_objective(task, tok, cfg.task.objective, cfg.task.max_length, model=model)
+    fit = linear_probe_head(model, objective, train, batch_size=cfg.eval_batch_size, device=cfg.device)
+    log(f"head {fit['layer']}: linear probe on {fit['examples']} training examples "
+        f"(training accuracy {fit['train_accuracy']:.4f})")
+    if info is not None:
+        info["head"] = fit
 
 
 def used_splits(cfg: TrainConfig) -> list[str]:
@@ -166,13 +203,19 @@ def replay_seedlog(path, device: str = "cpu"):
     # None meant "the optimizer's default" in logs written before optimizers had typed sections
     optim = {k: v for k, v in log.optimizer.items() if k not in ("seed", "accum_steps") and v is not None}
     optim = _known_options(optim)
-    model_cfg = {k: v for k, v in log.model.items() if k != "num_labels"}
+    model_cfg = {k: v for k, v in log.model.items() if k not in ("num_labels", "head")}
     cfg = load_config(TrainConfig, None, None, base={"model": model_cfg, "scheme": log.scheme, "optim": optim,
                                                       "seed": log.optimizer["seed"]})
     torch.manual_seed(cfg.seed)  # as in setup(): the same newly initialised head, if any
     # the updates are replayed in memory (a streamed run's base model is loaded whole)
     holder = Holder(dataclasses.replace(cfg.model, offload=None), None, device)
     model, tok = holder.load(num_labels=int(log.model.get("num_labels", 2)), attn_implementation=attention(cfg))
+    if cfg.model.head_init == "linear_probe":  # the head the run started from, as fitted then
+        from ..models.head_init import restore_head
+
+        if "head" not in log.model:
+            raise UserError(f"{path}: model.head_init=linear_probe but the seed log holds no fitted head")
+        restore_head(model, log.model["head"])
     model = apply_scheme(model, cfg.scheme.name, **cfg.scheme.options())
     named = trainable_parameters(model)
     opt = build_optimizer(dataclasses.replace(cfg, accum_steps=1), [p for _, p in named], [n for n, _ in named])

@@ -47,7 +47,15 @@ from ..tracking import check_backends, open_trackers
 from .config import TrainConfig
 from .export import save_final
 from .holders import Holder
-from .setup import build_optimizer, lr_at, replay_seedlog, setup, step_examples, trainable_names
+from .setup import (
+    build_optimizer,
+    lr_at,
+    replay_seedlog,
+    setup,
+    step_examples,
+    trainable_names,
+    training_examples,
+)
 
 __all__ = ["build_optimizer", "lr_at", "replay_seedlog", "run", "setup", "step_examples"]
 
@@ -92,13 +100,16 @@ class _Run:
         # Everything a resumed run needs to continue exactly, saved in trainer.json: the losses since the
         # last metrics row ("recent") and the score before training are part of it.
         self.state = {"step": 0, "forwards": 0, "backwards": 0, "train_time_s": 0.0, "history": [], "evals": [],
-                      "recent": [], "test_before": None}
+                      "recent": [], "test_before": None, "test_curve": []}
         self._restore_or_start()
         task = self.task
         self.summary: dict = {"config": to_dict(cfg), "trainable_parameters": self.n_train,
                               "task": {"name": task.name, "kind": task.kind,
                                        "splits": {s: len(v) for s, v in task.splits.items()},
-                                       **({"cut": task.notes} if task.notes else {})}}
+                                       **({"cut": task.notes} if task.notes else {})},
+                              "train_examples": len(self.train_set)}
+        if "head" in self.fitted:
+            self.summary["head_init"] = {k: self.fitted["head"][k] for k in ("layer", "examples", "train_accuracy")}
         state = self.state
         if state["test_before"] is not None:
             self.summary["test_before"] = state["test_before"]
@@ -107,6 +118,8 @@ class _Run:
         at_end = resume and state["step"] >= cfg.steps
         if at_end and state["evals"] and state["evals"][-1]["step"] == state["step"]:
             state["evals"].pop()
+        if at_end and state["test_curve"] and state["test_curve"][-1]["step"] == state["step"]:
+            state["test_curve"].pop()
         self.rows = _Rows(out / "metrics.jsonl" if out and self.main_rank else None,
                           state["step"] if resume else None,
                           open_trackers(cfg.report_to if self.main_rank else [], out, to_dict(cfg)),
@@ -117,8 +130,8 @@ class _Run:
         from ..distributed import distribute
 
         cfg, say = self.cfg, self.say
-        self.holder = Holder(cfg.model, self.out, cfg.device)
-        self.model, self.tok, self.task, self.objective, params = setup(cfg, say, self.holder)
+        self.holder, self.fitted = Holder(cfg.model, self.out, cfg.device), {}
+        self.model, self.tok, self.task, self.objective, params = setup(cfg, say, self.holder, info=self.fitted)
         self.n_train = sum(p.numel() for p in params)
         say(f"{type(self.model).__name__}: {self.n_train:,} trainable of "
             f"{sum(p.numel() for p in self.model.parameters()):,} parameters (scheme {cfg.scheme.name})")
@@ -136,11 +149,12 @@ class _Run:
             opt = distribute(opt, comm, mode=cfg.dist_mode)
         self.opt = opt
         self.holder.attach(self.model, opt if self.zo else None)  # streaming, mixed precision: from here on
-        labels = max(2, len(self.task.label_names))
+        base_model = to_dict(cfg.model) | {"num_labels": max(2, len(self.task.label_names))}
+        if "head" in self.fitted:  # the fitted head is part of the base model: a replay restores exactly it
+            base_model["head"] = {k: self.fitted["head"][k] for k in ("layer", "weight", "bias")}
         self.seedlog = checkpoint.SeedLog(to_dict(cfg.optim) | {"seed": cfg.seed, "accum_steps": cfg.accum_steps},
-                                          to_dict(cfg.model) | {"num_labels": labels},
-                                          to_dict(cfg.scheme)) if self.zo and caps.replay else None
-        self.train_set = self.task.splits.get(cfg.task.train_split, [])[: cfg.task.max_train]
+                                          base_model, to_dict(cfg.scheme)) if self.zo and caps.replay else None
+        self.train_set = training_examples(cfg, self.task)
         if not self.train_set and cfg.steps > 0:
             raise UserError(f"task '{self.task.name}' split {cfg.task.train_split!r} is empty")
 
@@ -166,8 +180,9 @@ class _Run:
 
     def validate(self) -> None:
         cfg, state = self.cfg, self.state
-        state["evals"].append({"step": state["step"], **self.score(cfg.task.eval_split, cfg.task.max_eval)})
-        self.rows.eval(cfg.task.eval_split, state["evals"][-1], state["forwards"])
+        scores = self.score(cfg.task.eval_split, cfg.task.max_eval)
+        state["evals"].append({**_point(state), **scores})
+        self.rows.eval(cfg.task.eval_split, {"step": state["step"], **scores}, state["forwards"])
         self.say(f"step {state['step']}: {cfg.task.eval_split} {_fmt(state['evals'][-1])}")
 
     def test(self, when: str) -> None:
@@ -176,9 +191,18 @@ class _Run:
         self.summary[key] = self.score(cfg.task.test_split, cfg.task.max_test)
         if when == "before":
             state["test_before"] = self.summary[key]  # a resumed run reports it too
+        elif cfg.test_every:
+            state["test_curve"].append({**_point(state), **self.summary[key]})
         step = 0 if when == "before" else state["step"]
         self.rows.eval(cfg.task.test_split, {"step": step, **self.summary[key]}, state["forwards"] if step else 0)
         self.say(f"{when}: {cfg.task.test_split} {_fmt(self.summary[key])}")
+
+    def test_point(self) -> None:
+        """A point of the test curve (``test_every``): the test split scored in the middle of the run."""
+        cfg, state = self.cfg, self.state
+        scores = self.score(cfg.task.test_split, cfg.task.max_test)
+        state["test_curve"].append({**_point(state), **scores})
+        self.rows.eval(cfg.task.test_split, {"step": state["step"], **scores}, state["forwards"])
 
     # ------------------------------------------------------------------- steps
     def step(self, t: int) -> tuple[float, float]:
@@ -248,6 +272,8 @@ class _Run:
                     recent.clear()
                 if cfg.validate and cfg.eval_every and state["step"] % cfg.eval_every == 0 and state["step"] < cfg.steps:
                     self.validate()
+                if cfg.test and cfg.test_every and state["step"] % cfg.test_every == 0 and state["step"] < cfg.steps:
+                    self.test_point()
                 if cfg.save_every and state["step"] % cfg.save_every == 0 and self.main_rank:
                     self.save()
         finally:
@@ -287,6 +313,8 @@ class _Run:
             summary["final"] = str(save_final(self.model, self.tok, out / "final",
                                               state_dict=self.holder.standard_state(self.model)))
         summary.update({k: state[k] for k in ("step", "forwards", "backwards", "train_time_s", "history", "evals")})
+        if self.cfg.test_every:
+            summary["test_curve"] = state["test_curve"]
         summary["peak_rss_bytes"] = peak_rss_bytes()
         if self.zo:
             summary["skipped_steps"] = int(self.opt.zo_state["skipped"])
@@ -348,6 +376,11 @@ def _fo_step(opt, model, objective, batches) -> float:
         total += float(loss.detach())
     opt.step()
     return total
+
+
+def _point(state) -> dict:
+    """Where a run is, for a point of a curve: step, forward passes and training time so far."""
+    return {"step": state["step"], "forwards": state["forwards"], "train_time_s": round(state["train_time_s"], 3)}
 
 
 def _trainer_json(cfg, state) -> dict:

@@ -11,7 +11,7 @@
 from .evaluate import evaluate
 from .load import builtin_names, get_task, task_for_run
 from .objectives import OBJECTIVES, Batch, Objective, make_objective
-from .task import KINDS, Task, TaskSpec, Template
+from .task import KINDS, Task, TaskSpec, Template, per_class
 
 __all__ = [
            "KINDS",
@@ -25,5 +25,6 @@ __all__ = [
            "evaluate",
            "get_task",
            "make_objective",
+           "per_class",
            "task_for_run",
 ]

@@ -39,6 +39,7 @@ and line.
 
 from __future__ import annotations
 
+import random
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -126,6 +127,32 @@ class Task:
     def __repr__(self):
         sizes = ", ".join(f"{k}={len(v)}" for k, v in self.splits.items())
         return f"Task({self.name!r}, kind={self.kind!r}, {sizes})"
+
+
+def per_class(examples: list[dict], k: int, seed: int, where: str = "the training split") -> list[dict]:
+    """``k`` examples of every class of ``examples`` (by ``target``), drawn with ``seed``, in their original order.
+
+    MeZO's few-shot protocol (Malladi et al., 2023; after Gao et al., 2021): k training examples per
+    class, a different draw per seed. A class with fewer than ``k`` examples is an error naming it.
+
+    Example::
+
+        train = per_class(task.splits["train"], 16, seed=0)   # 16 negative + 16 positive sentences
+    """
+    by_class: dict[int, list[int]] = {}
+    for i, ex in enumerate(examples):
+        if "target" not in ex:
+            raise UserError(f"task.shots_per_class={k}: {where} has examples without a class (a QA task?)")
+        by_class.setdefault(int(ex["target"]), []).append(i)
+    chosen: list[int] = []
+    for target in sorted(by_class):
+        rows = by_class[target]
+        if len(rows) < k:
+            label = examples[rows[0]].get("choices", [target])[target] if rows else target
+            raise UserError(f"task.shots_per_class={k}: class {target} ({str(label).strip()!r}) of {where} has only "
+                            f"{len(rows)} examples")
+        chosen += random.Random(f"shots:{seed}:{target}").sample(rows, k)
+    return [examples[i] for i in sorted(chosen)]
 
 
 def fields_of(fmt: str) -> list[str]:

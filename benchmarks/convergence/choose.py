@@ -1,0 +1,110 @@
+"""Choose each method's learning rate on validation from a cell's sweep, and write its final experiment.
+
+Usage (from the repository root)::
+
+    PYTHONPATH=src python benchmarks/convergence/choose.py E/k16            # show the choice, write nothing
+    PYTHONPATH=src python benchmarks/convergence/choose.py E/k16 --write    # write E/k16/<method>/overrides.yaml
+
+A cell's sweep is ``experiments/<cell>/sweep/<method>-lr<value>/`` (validation only, no test). For each
+method the sweep run with the highest median final validation accuracy over its seeds wins (ties: the
+lower median final training loss, then the smaller learning rate); a run whose training loss became
+non-finite never wins. ``--write`` copies the winner's ``overrides.yaml`` to ``<cell>/<method>/``
+under a header that states the choice and the records it was read from; a method whose final
+experiment already has records is left alone (its runs were made with the file as it is).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import statistics
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+EXPERIMENTS, RESULTS = HERE / "experiments", HERE / "results"
+SWEEP_NAME = re.compile(r"^(?P<method>.+)-lr(?P<lr>[0-9.eE+-]+)$")
+
+
+def sweep_records(cell: str, results: Path = RESULTS) -> dict[str, dict[str, list[dict]]]:
+    """``{method: {run name: [ok records]}}`` of ``cell``'s sweep."""
+    out: dict[str, dict[str, list[dict]]] = {}
+    for path in sorted((results / cell / "sweep").glob("*.json")):
+        rec = json.loads(path.read_text())
+        if rec.get("status") != "ok":
+            continue
+        run = Path(rec["experiment"]).name
+        m = SWEEP_NAME.match(run)
+        if m:
+            rec["_path"] = str(path.relative_to(HERE))
+            out.setdefault(m["method"], {}).setdefault(run, []).append(rec)
+    return out
+
+
+def score(recs: list[dict]) -> tuple[float, float, float]:
+    """(median final validation accuracy, -median final training loss, -lr): higher is better."""
+    finals, losses = [], []
+    for r in recs:
+        evals = r["results"].get("evals") or []
+        hist = r["results"].get("history") or []
+        if not evals or any(not math.isfinite(h.get("loss", 0.0)) for h in hist):
+            return (-1.0, -math.inf, 0.0)
+        finals.append(evals[-1]["accuracy"])
+        losses.append(hist[-1]["loss"] if hist else math.inf)
+    return statistics.median(finals), -statistics.median(losses), -float(recs[0]["config"]["optim"]["lr"])
+
+
+def choose(cell: str, results: Path = RESULTS) -> dict[str, dict]:
+    out = {}
+    for method, runs in sweep_records(cell, results).items():
+        ranked = sorted(runs, key=lambda run: score(runs[run]), reverse=True)
+        out[method] = {"run": ranked[0], "score": score(runs[ranked[0]]),
+                       "table": [(run, runs[run][0]["config"]["optim"]["lr"], score(runs[run])[0], len(runs[run]))
+                                 for run in ranked],
+                       "records": sorted(r["_path"] for run in runs.values() for r in run)}
+    return out
+
+
+def write_final(cell: str, method: str, choice: dict, experiments: Path = EXPERIMENTS,
+                results: Path = RESULTS) -> Path | None:
+    dest = experiments / cell / method / "overrides.yaml"
+    if list((results / cell).glob(f"{method}.seed*.json")):
+        print(f"{dest}: left as it is, its runs have records", file=sys.stderr)
+        return None
+    src = experiments / cell / "sweep" / choice["run"] / "overrides.yaml"
+    body = [line for line in src.read_text().splitlines() if not line.startswith("#")]
+    table = "; ".join(f"lr {lr:g}: {100 * acc:.1f} %" + (f" ({n} seeds)" if n > 1 else "")
+                      for _, lr, acc, n in sorted(choice["table"], key=lambda t: t[1]))
+    head = [f"# PYTHONPATH=src python benchmarks/convergence/run.py --only '{cell}/{method}' --seeds 0,1,2",
+            f"# Written by choose.py: the learning rate of sweep/{choice['run']}, the best median final",
+            f"# validation accuracy of the sweep ({table}).",
+            "# Sweep records: " + ", ".join(Path(p).name for p in choice["records"])]
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_text("\n".join(head + body) + "\n")
+    return dest
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("cell", help="e.g. E/k16")
+    ap.add_argument("--write", action="store_true", help="write each method's final overrides.yaml")
+    ap.add_argument("--results", default=str(RESULTS))
+    args = ap.parse_args(argv)
+    chosen = choose(args.cell, Path(args.results))
+    if not chosen:
+        print(f"choose.py: no sweep records for {args.cell} under {args.results}", file=sys.stderr)
+        return 2
+    for method, c in sorted(chosen.items()):
+        rows = ", ".join(f"{lr:g} -> {100 * acc:.1f} %" for _, lr, acc, _ in c["table"])
+        print(f"{method}: {c['run']} ({rows})")
+        if args.write:
+            path = write_final(args.cell, method, c, results=Path(args.results))
+            if path:
+                print(f"  wrote {path.relative_to(HERE)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
