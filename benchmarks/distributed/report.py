@@ -52,8 +52,29 @@ def table(rs) -> str:
     return "\n".join(lines)
 
 
+def scaling_table(rs) -> str:
+    """``scaling_check.py``'s records: per kind of work, the median time alone and of each of two processes at
+    once, and the throughput ratio ``2 x alone / each of the pair`` over every pair member of every record."""
+    from forwardonly.bench.report import spread
+
+    recs = rs.glob("results/scaling_check.*.json")
+    if not recs:
+        return "(no record of scaling_check.py yet)"
+    lines = ["| work | records (commit) | alone (s) | each of two at once (s) | throughput ratio (x) | 1-min load average |",
+             "|---|---|---:|---:|---:|---|"]
+    for kind, what in (("forward", "forward with the LM loss"), ("zo", "ZO-SGD step (two perturbed forwards + update)")):
+        alone = [r["results"][kind]["alone"]["median_s"] for r in recs]
+        pair = [p["median_s"] for r in recs for p in r["results"][kind]["pair"]]
+        ratio = [x for r in recs for x in r["results"][kind]["throughput_ratio"]]
+        commits = ", ".join(sorted({str((r.get("git") or {}).get("commit"))[:7] for r in recs}))
+        load = [x for r in recs for x in r["load_average_1min"]]
+        lines.append(f"| {what} | {len(recs)} ({commits}) | {spread(alone, digits=3)} | {spread(pair, digits=3)} "
+                     f"| {spread(ratio, digits=2)} | {min(load):.1f}-{max(load):.1f} |")
+    return "\n".join(lines)
+
+
 def blocks(rs) -> dict[str, str]:
-    return {"results": table(rs)}
+    return {"results": table(rs), "scaling": scaling_table(rs)}
 
 
 def main(argv=None) -> int:

@@ -1,14 +1,15 @@
-"""The offload README's table, from the committed records only (nothing is re-run).
+"""The offload README's tables, from the committed records only (nothing is re-run).
 
-    python benchmarks/offload/report.py            # print it
-    python benchmarks/offload/report.py --write    # replace README.md's generated block
+    python benchmarks/offload/report.py            # print them
+    python benchmarks/offload/report.py --write    # replace README.md's generated blocks
 
-One row per record of ``run.py`` and a row of medians over them. Memory comes
-first as whole-process peak RSS (``VmHWM``) over the streamed run's steps, against
-the fp32 weights; peak anonymous memory (the heap, without the mapped weights in
-the page cache) follows, labelled. The set-up before the steps (validating and
-copying the weights file) is not inside the measured window: the whole-run peak
-is pending a re-measurement.
+``train-path``: the suite's experiments run through ``forwardonly train`` by the shared runner
+(``results/runs/``), one row per experiment: whole-process peak RSS over the whole run (set-up and
+loading included), against the in-memory run and the fp32 weights, and seconds per step.
+
+``results``: the records of the suite's former trainer (``run.py``, removed; 25 Nov), one row each and a
+row of medians. Memory there is whole-process peak RSS (``VmHWM``) over the streamed run's steps only,
+against the fp32 weights; peak anonymous memory follows, labelled.
 """
 
 from __future__ import annotations
@@ -53,14 +54,24 @@ def table(recs: list[dict]) -> str:
     lines += ["", (f"1-minute load average over the runs {min(loads):.1f}-{max(loads):.1f} on "
                    f"{recs[0]['cpu_count']} CPUs. Targets, on the median: peak memory <= 0.5x the weights: "
                    f"**{'met' if rss <= 0.5 else 'missed'}** on whole-process peak RSS over the steps ({rss:.2f}x; "
-                   "the whole run with set-up: pending); step time <= 1.5x in-memory: "
+                   "the whole run with set-up: the train-path table); step time <= 1.5x in-memory: "
                    f"**{'met' if ratio <= 1.5 else 'missed'}** ({ratio:.2f}x).")]
     return "\n".join(lines)
 
 
+def suite_table(rs) -> str:
+    """The suite's experiments run through ``forwardonly train`` (``benchmarks/zo_bench/run.py --suite offload``),
+    peak RSS also against the model's fp32 weights (4 bytes per parameter: every parameter is trained)."""
+    from forwardonly.bench.report import experiments_table
+
+    runs = rs.glob("results/runs/*.json")
+    params = {r["results"]["trainable_parameters"] for r in runs if r.get("status") == "ok"}
+    return experiments_table(runs, "in-memory", {"fp32 weights": 4 * max(params)} if params else None)
+
+
 def blocks(rs) -> dict[str, str]:
-    recs = sorted(rs.glob("results/*"), key=lambda r: r["created"])
-    return {"results": table(recs)}
+    recs = sorted(rs.glob("results/tinyllama-1.1b*.json"), key=lambda r: r["created"])
+    return {"results": table(recs), "train-path": suite_table(rs)}
 
 
 def main(argv=None) -> int:

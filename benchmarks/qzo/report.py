@@ -297,7 +297,7 @@ def seeds_table(rs, folders: tuple[str, ...] = ("v3", "v4")) -> str:
 
 
 def modes_table(rs) -> str:
-    """The layouts of run.py's int4 modes, with the model's tensor bytes as the sixth measurement's records give."""
+    """The layouts of the former run.py's int4 modes, with the model's tensor bytes as the sixth measurement's records give."""
     layouts = [("int4", "`int4` (every earlier measurement)", "int4, group 64, integer zero points (re-rounds the checkpoint)",
                 "the same", "memory_int4_scales_r*.json", ""),
                ("int4-q41", "`int4-q41`", "Q4_1 (exact)", "int4, group 64, integer zero points", "memory_int4-q41_r*.json",
@@ -388,9 +388,16 @@ def peak_parts_table(rs) -> str:
          f"(4 MB), allocator and library slack | {rng(work)} |")])
 
 
+def suite_table(rs) -> str:
+    """The suite's experiments run through ``forwardonly train`` (``benchmarks/zo_bench/run.py --suite qzo``)."""
+    from forwardonly.bench.report import experiments_table
+
+    return experiments_table(rs.glob("results/runs/*.json"), "bf16-zo")
+
+
 def blocks(rs) -> dict[str, str]:
     """README.md's generated blocks, newest measurement first."""
-    return {"v6-modes": modes_table(rs), "v6-runs": train_table_v6(rs), "v6-seeds": seeds_table(rs, ("v3", "v4", "v6")),
+    return {"train-path": suite_table(rs), "v6-modes": modes_table(rs), "v6-runs": train_table_v6(rs), "v6-seeds": seeds_table(rs, ("v3", "v4", "v6")),
             "v6-memory": memory_table_v6(rs), "v4-seeds": seeds_table(rs), "v4-variants": variants_table(rs),
             "v4-gradients": gradients_table(rs), "v3-memory": memory_table_v3(rs), "v3-train": train_table_v3(rs),
             "v2-memory": memory_table_v2(rs), "v2-peak-parts": peak_parts_table(rs),

@@ -216,3 +216,31 @@ def test_records_of_an_older_config_shape_still_group_by_seed():
     del runs[0]["config"]["optim"]["density"]  # written before the key existed
     (g,) = report.group_runs(runs)
     assert len(g["ok"]) == 3 and g["flat"]["optim.density"] is None
+
+
+def _suite_run(experiment, commit, rss_mib, times, created):
+    history = [{"step": i + 1, "loss": 1.0, "train_time_s": t} for i, t in enumerate(times)]
+    return {"experiment": experiment, "created": created, "status": "ok", "git": {"commit": commit, "dirty": False},
+            "results": {"memory": {"peak_rss": rss_mib * 2**20}, "history": history, "step": len(times),
+                        "train_time_s": times[-1], "test_after": {"accuracy": 0.5}}}
+
+
+def test_step_seconds_leave_out_the_first_step():
+    rec = _suite_run("a", "c" * 40, 100, [10.0, 12.0, 15.0, 19.0], "1")
+    assert report.step_seconds(rec) == [2.0, 3.0, 4.0]
+    one_row = {"results": {"history": [{"step": 4, "loss": 1.0, "train_time_s": 8.0}], "step": 4, "train_time_s": 8.0}}
+    assert report.step_seconds(one_row) == [2.0]
+
+
+def test_experiments_table_compares_with_the_reference_at_the_same_commit():
+    runs = [_suite_run("ref", "a" * 40, 1000, [1.0, 2.0, 3.0], "1"), _suite_run("ref", "a" * 40, 1200, [1, 2, 3], "2"),
+            _suite_run("new", "a" * 40, 550, [1.0, 3.0, 5.0], "3"),
+            _suite_run("new", "b" * 40, 300, [1.0, 2.0, 3.0], "4"),  # no reference at this commit
+            {"experiment": "new", "status": "failed", "git": {"commit": "a" * 40}}]
+    rows = {tuple(c.strip() for c in line.split("|")[1:4]): line
+            for line in report.experiments_table(runs, "ref", {"weights": 500 * 2**20}).splitlines()[2:]}
+    assert set(rows) == {("ref", "aaaaaaa", "2"), ("new", "aaaaaaa", "1"), ("new", "bbbbbbb", "1")}
+    ref, new, other = rows["ref", "aaaaaaa", "2"], rows["new", "aaaaaaa", "1"], rows["new", "bbbbbbb", "1"]
+    assert "| 1100 [1000-1200] | 1.00 | 2.20 | 1.00 | 1.00 | - | 50.0 |" in ref
+    assert "| 550 | 0.50 | 1.10 | 2.00 | 2.00 |" in new  # RSS and s/step as ratios of the medians
+    assert "| 300 | - | 0.60 |" in other

@@ -162,7 +162,11 @@ def test_a_broken_example_is_caught(scratch):
 # ``model`` or ``loss_fn`` from the surrounding text), so they are compiled, not run; commands among
 # them are checked as above and YAML examples parsed. Blocks that are neither (a directory layout, a
 # formula) are listed here by their first line.
-NOT_CODE = {"checkpoint/", "w  ~  (q - z) * s"}
+NOT_CODE = {"checkpoint/", "w  ~  (q - z) * s",
+            # update rules written as mathematics in the optimizers' docstrings
+            "g_k   = (l_k - l_0) / eps", "g     = (l_+ - l_-) / (2 eps)",
+            "c = (L(w + eps Z) - L(w - eps Z)) / (2 eps)", "N <- beta N + (1 - beta) c U,      W <- W - lr N V^T / r",
+            "g = (L(w + eps z*m) - L(w - eps z*m)) / (2 eps),     w <- w - lr g z*m"}
 
 
 def literal_blocks(doc: str) -> list[str]:

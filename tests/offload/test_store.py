@@ -126,3 +126,36 @@ def test_too_large_for_the_working_device(tmp_path):
     with pytest.raises(TierCapacityError, match="two blocks"):
         StreamedZO(model, ZOSGD(model.parameters(), lr=1e-3), store, mode="copy", capacity=1000)
     assert not any(m._forward_pre_hooks for m in model.modules())
+
+
+_PEAK_SCRIPT = """
+import sys
+from forwardonly.offload import WeightStore
+
+def hwm():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+
+before = hwm()
+store = WeightStore(sys.argv[1], sys.argv[2], tier=sys.argv[3])
+print(hwm() - before)
+"""
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/status"), reason="reads VmHWM from /proc")
+@pytest.mark.parametrize("tier", ["disk", "memory"])
+def test_validating_the_file_does_not_hold_it_in_memory(tmp_path, tier):
+    """The finite-values scan reads the whole file through a mapping; its pages must not stay mapped (they would
+    count in the run's peak RSS: a 4 GiB model's streamed run peaked above the in-memory one's)."""
+    import subprocess
+    import sys
+
+    n, size = 16, 4 << 20  # 16 tensors of 4 MiB: 64 MiB of weights
+    save_file({f"w{i}": torch.full((size // 4,), float(i)) for i in range(n)}, str(tmp_path / "big.safetensors"))
+    out = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT, str(tmp_path / "big.safetensors"), str(tmp_path / "w"),
+                          tier], capture_output=True, text=True, check=True)
+    growth = int(out.stdout.split()[-1])
+    held = 0 if tier == "disk" else n * size  # the memory tier holds a copy, by design
+    # one tensor's pages (4 MiB) at a time plus the scan's temporaries, not the 64 MiB file
+    assert growth - held < 24 << 20, f"peak RSS grew by {growth / 2**20:.1f} MiB while building the {tier} store"

@@ -216,7 +216,7 @@ def plot_plans(recs: list[dict]) -> list[tuple[str, object]]:
 
 
 def _curves_figure(cell: str, methods: dict[str, list[dict]]):
-    from .plots import grid, plt_module
+    from .figure import grid, plt_module
 
     fig, axes = grid(2, 4.6, 3.6, ncols=2, legend_rows=len(methods))
     colours = plt_module().rcParams["axes.prop_cycle"].by_key()["color"]

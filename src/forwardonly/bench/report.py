@@ -26,6 +26,7 @@ Example::
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import re
@@ -275,6 +276,49 @@ def train_table(runs: list[dict]) -> str:
                      c.get("budget_forwards") or "-", s["n"], s["metric"], spread(s["after"], 100),
                      spread(s["before"], 100), spread(s["forwards"], digits=0), spread(s["train_time_s"], digits=0),
                      spread(s["peak_rss"], 1 / MiB, 0), s["n_failed"] or ""])
+    return table(head, rows)
+
+
+def step_seconds(rec: dict) -> list[float]:
+    """Seconds of each training step after the first (a warm-up) from a run record's metrics rows (cumulative
+    ``train_time_s``); with fewer than two rows, the run's mean step (``train_time_s / step``) alone."""
+    res = rec.get("results", {})
+    rows = [(h["step"], h["train_time_s"]) for h in res.get("history", []) if "train_time_s" in h and "loss" in h]
+    if len(rows) >= 2:
+        return [(t1 - t0) / (s1 - s0) for (s0, t0), (s1, t1) in itertools.pairwise(rows) if s1 > s0]
+    return [res["train_time_s"] / res["step"]] if res.get("step") else []
+
+
+def _commit(rec: dict) -> str:
+    git = rec.get("git") or {}
+    return str(git.get("commit"))[:7] + (" (dirty)" if git.get("dirty") else "")
+
+
+def experiments_table(runs: list[dict], reference: str, per_bytes: dict[str, float] | None = None) -> str:
+    """A suite's experiments against one of them (``reference``): a row per experiment and commit, with the runs,
+    whole-process peak RSS (the child process from start-up, loading included) and seconds per step, each
+    ``median [min-max]`` and as a ratio of medians to the reference's at the same commit; the test metric before
+    and after. ``per_bytes``: ``{label: bytes}`` adds the median peak RSS as a multiple of each (e.g. the model's
+    fp32 weights)."""
+    by: dict[tuple[str, str], list[dict]] = {}
+    for r in sorted(runs, key=lambda r: r.get("created", "")):
+        if r.get("status", "ok") == "ok":
+            by.setdefault((r.get("experiment") or r.get("name", "?"), _commit(r)), []).append(r)
+    rss = {k: [r["results"]["memory"]["peak_rss"] for r in v] for k, v in by.items()}
+    step = {k: [t for r in v for t in step_seconds(r)] for k, v in by.items()}
+    head = ["experiment", "commit", "runs", "peak RSS, whole run (MiB)", f"x {reference}",
+            *(f"x {label}" for label in per_bytes or {}), "s / step", f"x {reference} (s / step)",
+            "test before %", "test after %"]
+    rows = []
+    for name, commit in sorted(by, key=lambda k: (k[1], k[0] != reference, k[0])):
+        recs, ref = by[name, commit], (reference, commit)
+        rows.append([name, commit, len(recs), spread(rss[name, commit], 1 / MiB, 0),
+                     f"{median(rss[name, commit]) / median(rss[ref]):.2f}" if ref in by else "-",
+                     *(f"{median(rss[name, commit]) / b:.2f}" for b in (per_bytes or {}).values()),
+                     spread(step[name, commit], digits=2),
+                     f"{median(step[name, commit]) / median(step[ref]):.2f}" if ref in by else "-",
+                     spread((metric_of(r["results"].get("test_before"))[1] for r in recs), 100),
+                     spread((metric_of(r["results"].get("test_after"))[1] for r in recs), 100)])
     return table(head, rows)
 
 

@@ -139,6 +139,17 @@ def add_out_dir(p, help_text: str) -> None:
                    help=f"out_dir=DIR: {help_text}; --out DIR is its deprecated spelling")
 
 
+def add_config_arguments(p, config: str | None, overrides: str, progress: str = "no progress bar") -> None:
+    """The arguments of every config-driven subcommand: ``--config`` (a ``config`` YAML file or a shipped
+    config's name; none when ``config`` is None), ``--print-config``, ``--no-progress`` and the ``key=value``
+    overrides (``overrides``: their help). A subcommand calls this first, then adds its own flags."""
+    if config is not None:
+        p.add_argument("--config", help=f"YAML config (a {config}) or a shipped config's name (forwardonly configs list)")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+    p.add_argument("--no-progress", action="store_true", help=progress)
+    p.add_argument("overrides", nargs="*", metavar="key=value", help=overrides)
+
+
 def take_out_dir(args, extras: list[str]) -> list[str]:
     """Move ``out_dir=DIR`` from ``extras`` into ``args.out`` (subcommands without config overrides)."""
     rest = []

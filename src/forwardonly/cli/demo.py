@@ -23,6 +23,8 @@ import os
 import time
 from pathlib import Path
 
+from .common import add_config_arguments
+
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
 
 
@@ -31,12 +33,10 @@ class Demo:
 
     @staticmethod
     def add_arguments(p):
-        p.add_argument("--no-progress", action="store_true", help="no progress bars")
-        p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+        add_config_arguments(p, None, "overrides of the demo config", progress="no progress bars")
         p.add_argument("--record", metavar="DIR",
                        help="also write a result record (config, command, code, accuracies, times, peak RSS) as a "
                             "new DIR/demo.<UTC time>.json")
-        p.add_argument("overrides", nargs="*", metavar="key=value", help="overrides of the demo config")
 
     @staticmethod
     def run(args) -> int:

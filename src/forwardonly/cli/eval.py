@@ -14,20 +14,18 @@ import json
 import logging
 from pathlib import Path
 
+from .common import add_config_arguments
+
 
 class Eval:
     help = "evaluate a model, a finished run or a seed log on a task split"
 
     @staticmethod
     def add_arguments(p):
-        p.add_argument("--config", help="YAML config (a TrainConfig) or a shipped config's name; model, scheme "
-                                        "and task are used")
-        p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+        add_config_arguments(p, "TrainConfig, of which model, scheme and task are used", "config overrides")
         p.add_argument("--run", help="a run's out_dir: evaluate its checkpoint with its config")
         p.add_argument("--seedlog", help="rebuild the fine-tuned model from this seed log, then evaluate")
         p.add_argument("--split", default=None, help="split to score (default: the config's task.test_split)")
-        p.add_argument("--no-progress", action="store_true", help="no progress bar")
-        p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
 
     @staticmethod
     def run(args) -> int:

@@ -17,13 +17,21 @@ from pathlib import Path
 
 from ..config import load_config
 from ..errors import UserError
-from .common import add_out_dir, print_config, resolve_config
+from .common import add_config_arguments, add_out_dir, print_config, resolve_config
 
 
 def _flags(args, **more) -> list[str]:
     """``key=value`` overrides from the ``--algo/--data/--data-dir`` options (and ``more``: config key -> option)."""
     names = {"algo": "algo", "data": "data", "data_dir": "data_dir", **more}
     return [f"{key}={getattr(args, opt)}" for key, opt in names.items() if getattr(args, opt)]
+
+
+def _print_summary(summary: dict) -> int:
+    """A finished run's summary as JSON on stdout, without the model and the per-epoch history."""
+    summary.pop("model")
+    summary.pop("history")
+    print(json.dumps(summary, indent=2))
+    return 0
 
 
 class Train:
@@ -33,17 +41,13 @@ class Train:
 
     @staticmethod
     def add_arguments(p):
-        p.add_argument("--config", help="YAML config (a LocalConfig) or a shipped config's name "
-                                        "(forwardonly configs list); keys may be overridden with key=value")
+        add_config_arguments(p, "LocalConfig", "config overrides, anywhere on the line, e.g. out_dir=runs/a lr=3e-4 "
+                                               "ff.loss=hinton")
         p.add_argument("--algo", help="ff, mf, cafo, dfa, drtp, fg, bp, tpsgd or noprop (same as algo=...)")
         p.add_argument("--data", help="fashion-mnist, mnist, digits, cifar10 or cifar100 (same as data=...)")
         p.add_argument("--data-dir", help="directory with the raw data files (same as data_dir=...)")
         add_out_dir(p, "output directory for checkpoint/metrics")
         p.add_argument("--resume", action="store_true", help="continue from out_dir/checkpoint")
-        p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
-        p.add_argument("--no-progress", action="store_true", help="no progress bar")
-        p.add_argument("overrides", nargs="*", metavar="key=value",
-                       help="config overrides, anywhere on the line, e.g. out_dir=runs/a lr=3e-4 ff.loss=hinton")
 
     @staticmethod
     def run(args) -> int:
@@ -58,12 +62,8 @@ class Train:
             return print_config(cfg)
         if args.resume and not cfg.out_dir:
             raise UserError("--resume needs an output directory (out_dir=DIR)")
-        summary = train(cfg, progress=show_progress(args), resume=args.resume,
-                        log=logging.getLogger("forwardonly").info)
-        summary.pop("model")
-        summary.pop("history")
-        print(json.dumps(summary, indent=2))
-        return 0
+        return _print_summary(train(cfg, progress=show_progress(args), resume=args.resume,
+                                    log=logging.getLogger("forwardonly").info))
 
 
 class Eval:
@@ -123,11 +123,7 @@ class GraphTrain:
         from ..local.graph import GraphConfig, train_graph
 
         cfg = load_config(GraphConfig, args.config, [*_flags(args), *args.overrides])
-        summary = train_graph(cfg)
-        summary.pop("model")
-        summary.pop("history")
-        print(json.dumps(summary, indent=2))
-        return 0
+        return _print_summary(train_graph(cfg))
 
 
 COMMANDS = {"train": Train, "eval": Eval, "graph": GraphTrain}

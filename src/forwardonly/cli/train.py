@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import json
 
+from .common import add_config_arguments
+
 
 def load_train_config(path, overrides):
     from ..config import load_config
@@ -43,16 +45,11 @@ class Train:
 
     @staticmethod
     def add_arguments(p):
-        p.add_argument("--config", help="YAML config (a TrainConfig) or a shipped config's name "
-                                        "(forwardonly configs list)")
+        add_config_arguments(p, "TrainConfig", "config overrides, e.g. optim.lr=1e-4 steps=200 scheme.name=lora")
         p.add_argument("--resume", action="store_true",
                        help="continue the run in out_dir from its last checkpoint (from step 0 if it has none yet)")
-        p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
         p.add_argument("--nproc", type=int, default=None,
                        help="processes for distributed ZO (starts torchrun; gloo on CPU, NCCL on CUDA)")
-        p.add_argument("--no-progress", action="store_true", help="no progress bar")
-        p.add_argument("overrides", nargs="*", metavar="key=value",
-                       help="config overrides, e.g. optim.lr=1e-4 steps=200 scheme.name=lora")
 
     @staticmethod
     def run(args) -> int:

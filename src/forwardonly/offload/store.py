@@ -188,6 +188,7 @@ class WeightStore:
                     t = host_empty(e.shape, e.dtype, pinned=pin)
                     t.copy_(self._view(src[1], e))
                     self._tensors[k] = t
+                    self._release(src[0], k)
         finally:
             del src
 
@@ -216,6 +217,15 @@ class WeightStore:
                 if not torch.isfinite(flat[s: s + _SCAN]).all():
                     raise WeightsFileError(f"{self.source}: tensor {name!r} holds NaN or Inf values "
                                            "(corrupt weights)")
+            self._release(src[0], name)
+
+    def _release(self, mm: mmap.mmap, name: str) -> None:
+        """Unmap ``name``'s pages of the read-only source mapping once they are read. File pages a process
+        has mapped count in its RSS: reading the whole file through one mapping would otherwise raise the
+        run's peak RSS to the file's size (plus the copy, on the memory tier). The page cache keeps them."""
+        if hasattr(mm, "madvise"):  # not on Windows
+            for lo, n in self._ranges([name]):
+                mm.madvise(mmap.MADV_DONTNEED, lo, n)
 
     # ------------------------------------------------------------------ access
     def __contains__(self, name: str) -> bool:

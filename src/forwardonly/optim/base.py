@@ -25,14 +25,18 @@ import contextlib
 import copy
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Literal
 
 import torch
 
 from .autolr import AutoStep
+from .deferral import Deferral
 from .evaluate import Evaluator, as_loss, call_closure, check_closure, slice_losses
+from .options import Capabilities, ZOConfig
 from .perturb import KINDS, Directions
+
+# Capabilities, ZOConfig (options.py) and Deferral (deferral.py) are part of the step's interface: the
+# optimizer files import them from here.
+__all__ = ["Capabilities", "Deferral", "ZOConfig", "ZOOptimizer", "indexed"]
 
 ZO_KEY = "zo"
 IMPLS = ("auto", "torch", "plain")
@@ -57,96 +61,6 @@ def indexed(param_groups):
 def _check(cond: bool, msg: str) -> None:
     if not cond:
         raise ValueError(msg)
-
-
-@dataclass(frozen=True)
-class Capabilities:
-    """What an optimizer class can do, for the training loop and the registry (no ``getattr`` probing).
-
-    Args:
-        takes_names: forms blocks from parameter names (pass ``(name, param)`` pairs).
-        first_order: part of the model is trained by backpropagation (the loop must allow autograd).
-        pairs: honours ``paired=True``.
-        replay: a run can be rebuilt from its seed log.
-        streams: can run over a streamed model (:class:`forwardonly.offload.StreamedZO`).
-        auto_lr: takes ``lr="auto"`` (:mod:`forwardonly.optim.autolr`).
-        distributes: can run over several processes (:func:`forwardonly.distributed.distribute`).
-    """
-
-    takes_names: bool = False
-    first_order: bool = False
-    pairs: bool = True
-    replay: bool = True
-    streams: bool = False
-    auto_lr: bool = True
-    distributes: bool = True
-
-
-@dataclass
-class ZOConfig:
-    """Estimator options shared by every ZO optimizer (the typed section of ``optim`` in a config).
-
-    Args:
-        eps: perturbation scale.
-        q: probes (directions) per step.
-        two_sided: two-sided differences (else one-sided).
-        direction: ``rademacher`` or ``gaussian`` entries.
-        clip: clip projected gradients to ``[-clip, clip]`` (none by default).
-        paired: evaluate a step's points in one forward over the batch stacked once per point.
-        impl: ``auto`` (native kernel and fused layers where they apply), ``torch`` (fused layers, no
-            native kernel) or ``plain`` (whole perturbed copies); the values are the same.
-    """
-
-    eps: float = 1e-3
-    q: int = 1
-    two_sided: bool = True
-    direction: Literal["rademacher", "gaussian"] = "rademacher"
-    clip: float | None = None
-    paired: bool = False
-    impl: Literal["auto", "torch", "plain"] = "auto"
-
-
-class Deferral:
-    """Updates recorded by a step and written by the next pass over each parameter.
-
-    ``wants(index)`` says which parameters defer; an entry is ``(step, coeffs, hyper, terms)``:
-    the group's hyperparameters at that step, and the update as plain ``terms`` when the optimizer
-    can fold it into a perturbed linear layer (:meth:`ZOOptimizer._fold_terms`). This object is also
-    the ``pending`` a :class:`~forwardonly.optim.perturb.Perturbation` settles.
-    """
-
-    def __init__(self, opt: ZOOptimizer, wants: Callable[[int], bool]):
-        self.opt, self.wants = opt, wants
-        self.entries: dict[int, tuple] = {}
-
-    def __bool__(self) -> bool:
-        return bool(self.entries)
-
-    def __contains__(self, index: int) -> bool:
-        return index in self.entries
-
-    def add(self, index: int, entry: tuple) -> None:
-        if index in self.entries:  # one pending update per parameter: apply the older one first
-            self.settle(index)
-        self.entries[index] = entry
-
-    def fold(self, index: int):
-        """``(step, terms)`` of the pending update of ``index`` when it is a plain sum of directions."""
-        entry = self.entries.get(index)
-        if entry is None or entry[3] is None:
-            return None
-        del self.entries[index]
-        return entry[0], entry[3]
-
-    def settle(self, index: int) -> None:
-        entry = self.entries.pop(index, None)
-        if entry is not None:
-            step, coeffs, hyper, _ = entry
-            self.opt._update(index, self.opt.param_at(index), hyper, step, coeffs)
-
-    def settle_all(self) -> None:
-        for i in sorted(self.entries):
-            self.settle(i)
 
 
 class ZOOptimizer(torch.optim.Optimizer):

@@ -10,7 +10,8 @@
 
 from .evaluate import evaluate
 from .load import builtin_names, get_task, task_for_run
-from .objectives import OBJECTIVES, Batch, Objective, make_objective
+from .objectives import OBJECTIVES, Batch, Objective
+from .pick import make_objective
 from .task import KINDS, Task, TaskSpec, Template, per_class
 
 __all__ = [

@@ -8,7 +8,8 @@ import torch
 
 from ..errors import UserError
 from . import metrics
-from .objectives import QA, make_objective
+from .objectives import QA
+from .pick import make_objective
 
 
 def evaluate(model, tokenizer, task, split: str = "test", *, batch_size: int = 16, max_examples=None,

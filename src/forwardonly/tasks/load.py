@@ -16,16 +16,12 @@ from ..config import load_config
 from ..errors import UserError
 from .data import SUFFIXES, read_rows
 from .sources import ALL, PACKAGED, read_dataset
-from .task import BUILTIN_DIR, Task, TaskSpec, Template, render
+from .task import BUILTIN_DIR, Task, TaskSpec, Template, builtin_names, render
 
 
 def _builtin_path(name: str) -> Path | None:
     p = BUILTIN_DIR / f"{name}.yaml"
     return p if p.is_file() else None
-
-
-def builtin_names() -> list[str]:
-    return sorted(p.stem for p in BUILTIN_DIR.glob("*.yaml"))
 
 
 def _split_rows(rows: list, seed: int) -> dict[str, list]:

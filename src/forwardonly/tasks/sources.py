@@ -20,6 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import UserError
+from .task import builtin_names
 
 PACKAGED = ("json", "csv", "parquet", "text", "arrow")
 ALL = "*"
@@ -71,7 +72,5 @@ def read_dataset(source: str | Path, subset: str | None = None, data_files: dict
         if isinstance(source, Path) or source in PACKAGED:
             what = "dataset directory" if isinstance(source, Path) else f"{source} data"
             raise UserError(f"{label}: could not load {what}: {_first_line(e)}") from None
-        from .load import builtin_names
-
         raise UserError(f"unknown task {label!r}: not a built-in task ({', '.join(builtin_names())}), a file or a "
                         f"directory, and datasets.load_dataset could not load it ({_first_line(e)})") from None

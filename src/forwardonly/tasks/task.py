@@ -54,6 +54,11 @@ SPLITS = ("train", "validation", "test")
 BUILTIN_DIR = Path(__file__).parent / "builtin"
 
 
+def builtin_names() -> list[str]:
+    """The built-in tasks' names (``builtin/NAME.yaml``)."""
+    return sorted(p.stem for p in BUILTIN_DIR.glob("*.yaml"))
+
+
 @dataclass
 class Template:
     """How a row becomes a prompt and its candidates (fields unused by a kind are ignored).
