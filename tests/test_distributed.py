@@ -41,7 +41,8 @@ STEPS = 12
 BATCH = 32  # global batch; micro-batches are consecutive slices of it
 LR = {"zo-sgd": 2e-3, "zo-sgd-mmt": 2e-3, "zo-sgd-sign": 1e-2, "zo-sgd-cons": 2e-3, "zo-adam": 1e-2,
       "forward-grad": 2e-3, "zo-sgd-block": 2e-3, "zo-sgd-sparse": 2e-3, "zo-sgd-hybrid": 2e-3, "fzoo": 1e-5,
-      "hizoo": 1e-2, "hizoo-l": 1e-2, "sparse-mezo": 1e-2, "lozo": 1e-2, "lozo-m": 1e-2}
+      "hizoo": 1e-2, "hizoo-l": 1e-2, "sparse-mezo": 1e-2, "lozo": 1e-2, "lozo-m": 1e-2, "es": 1e-4,
+      "cma-es": 1.0}
 
 # id: (optimizer, mode, reduce, local accum_steps, local q, extra kwargs, bitwise equal to one process)
 CASES = {
@@ -82,12 +83,16 @@ CASES = {
     "probe-sparse-mezo": ("sparse-mezo", "probe", "grads", 1, 2, {"density": 0.5, "refresh": 3}, True),
     "data-lozo-losses": ("lozo", "data", "losses", 1, 1, {"rank": 1}, True),
     "probe-lozo-m": ("lozo-m", "probe", "grads", 1, 1, {"rank": 1, "interval": 4}, True),
+    # ES: the ranks need every probe's two losses, which travel with its g_k (gathered or averaged)
+    "probe-es": ("es", "probe", "grads", 1, 2, {}, True),
+    "data-es-losses": ("es", "data", "losses", 1, 2, {}, True),
+    "data-es-grads": ("es", "data", "grads", 1, 2, {"eps": 1e-2}, False),
     # lr="auto": calibrations and the guard read reduced losses, so every rank decides alike
     "data-auto-losses": ("zo-sgd", "data", "losses", 1, 1, {"lr": "auto"}, True),
     "data-auto-grads": ("zo-adam", "data", "grads", 1, 1, {"lr": "auto"}, False),
     "probe-auto-fzoo": ("fzoo", "probe", "grads", 1, 2, {"lr": "auto"}, True),
 }
-EXTRA_PER_PROBE = {"hizoo": 1, "hizoo-l": 1}  # scalars sent per probe beside g_k (HiZOO's curvature)
+EXTRA_PER_PROBE = {"hizoo": 1, "hizoo-l": 1, "es": 2}  # scalars sent per probe beside g_k (HiZOO's curvature, ES's losses)
 
 
 # --------------------------------------------------------------------------- the problem
@@ -362,10 +367,12 @@ def test_bytes_per_step_of_every_optimizer(name, mode, reduce, extra, q):
     from forwardonly.optim import OPTIMIZERS
 
     assert set(LR) == set(OPTIMIZERS)  # a new optimizer needs a row here and in the table
+    if not OPTIMIZERS[name].capabilities.distributes:
+        pytest.skip(f"{name} runs in one process")
     if extra.get("paired") and name in ("zo-sgd-cons", "forward-grad", "zo-sgd-hybrid"):
         pytest.skip(f"{name} has no paired evaluation")
-    if not extra.get("two_sided", True) and name == "forward-grad":
-        pytest.skip("forward-grad has no one- or two-sided choice")
+    if not extra.get("two_sided", True) and name in ("forward-grad", "es"):
+        pytest.skip(f"{name} has no one- or two-sided choice")
     if name == "fzoo" and q < 2:
         pytest.skip("FZOO needs q >= 2 (the spread of its probe losses)")
     if name.startswith("hizoo") and not extra.get("two_sided", True):

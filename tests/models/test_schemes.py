@@ -24,6 +24,8 @@ CASES = [
     ("bert", "lora", {}, 10),
     ("bert", "bitfit", {}, 20),
     ("llama-int4", "scales", {}, None),
+    ("llama", "lora_svd", {"r": 4}, 4),  # one vector of singular values per adapted matrix
+    ("llama", "label_bias", {}, 0),  # the bias is attached with the task's label words (below)
 ]
 
 
@@ -59,6 +61,13 @@ def test_frozen_weights_bitwise_unchanged(arch, scheme, opts, n_trainable):
     before = {n: p.detach().clone() for n, p in trainable}
     task = get_task("sentiment")
     obj = make_objective(task, tok, "ce", max_length=64, model=model)
+    if scheme == "label_bias":
+        from forwardonly.models.lowdim import attach_label_bias
+
+        attach_label_bias(model, obj.label_ids.tolist())
+        trainable = trainable_parameters(model)
+        assert [n for n, _ in trainable] == ["label_bias.bias"]
+        before = {n: p.detach().clone() for n, p in trainable}
     batch = obj.batch(task.splits["train"][:4])
     with torch.no_grad():
         l0 = obj.loss(model, batch)

@@ -30,7 +30,8 @@ def weights(model):
 
 
 def test_every_zo_optimizer_but_the_hybrid_takes_it():
-    assert set(OPTIMIZERS) - set(AUTO) == {"zo-sgd-hybrid"}
+    # ES: a rank-shaped step has no curvature to fit; CMA-ES adapts its own step size
+    assert set(OPTIMIZERS) - set(AUTO) == {"zo-sgd-hybrid", "es", "cma-es"}
 
 
 @pytest.mark.parametrize("name", AUTO)

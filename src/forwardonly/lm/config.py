@@ -84,15 +84,16 @@ class ModelConfig:
 
 @dataclass
 class SchemeConfig:
-    """What to train: ``full``, ``lora``, ``prefix``, ``prompt``, ``head``, ``bitfit`` or ``scales`` (the
-    quantization scales of a ``model.quant`` model: QZO), and its options.
+    """What to train: ``full``, ``lora``, ``lora_svd`` (LoRA's singular values only, ESSA), ``prefix``,
+    ``prompt``, ``head``, ``bitfit``, ``scales`` (the quantization scales of a ``model.quant`` model: QZO) or
+    ``label_bias`` (one value per label word's logit), and its options.
 
     Options left at ``None`` take the scheme's defaults (LoRA ``r=8``,
     ``alpha=2r``; ``num_virtual_tokens=10``; BitFit ``norm=false``). ``freeze``: ``fnmatch`` patterns
     of parameter names kept frozen whatever the scheme (e.g. ``["model.embed_tokens.*"]``).
     """
 
-    name: Literal["full", "lora", "prefix", "prompt", "head", "bitfit", "scales"] = "full"
+    name: Literal["full", "lora", "lora_svd", "prefix", "prompt", "head", "bitfit", "scales", "label_bias"] = "full"
     r: int | None = None
     alpha: float | None = None
     dropout: float | None = None
@@ -362,7 +363,8 @@ class TrainConfig:
             raise ValueError(f"budget_forwards={self.budget_forwards} must be at least 1")
         if self.save_every and not self.out_dir:
             raise ValueError(f"save_every={self.save_every} needs out_dir")
-        if self.optim.zeroth_order and self.optim.paired and self.scheme.name == "prompt":
+        paired = getattr(self.optim.options, "paired", False)  # (CMA-ES has no paired evaluation)
+        if self.optim.zeroth_order and paired and self.scheme.name == "prompt":
             raise ValueError("optim.paired=true with scheme.name=prompt: PEFT's prompt tuning looks up one copy of "
                              "the prompt and repeats it over the batch, so the two halves of a paired forward "
                              "cannot see different prompts; set optim.paired=false")
@@ -372,6 +374,11 @@ class TrainConfig:
         if self.nproc > 1 and not self.optim.zeroth_order:
             raise ValueError(f"nproc={self.nproc}: distributed training is for zeroth-order optimizers, "
                              f"not {self.optim.name}")
+        if self.nproc > 1 and self.optim.zeroth_order:
+            from ..optim import info
+
+            if not info(self.optim.name).capabilities.distributes:
+                raise ValueError(f"nproc={self.nproc}: optim.name={self.optim.name} runs in one process")
         if self.nproc > 1 and self.dist_mode == "data" and (self.batch_size * self.accum_steps) % self.nproc:
             raise ValueError(f"batch_size*accum_steps={self.batch_size * self.accum_steps} must be divisible "
                              f"by nproc={self.nproc} in data-parallel mode")
@@ -394,7 +401,7 @@ def check_holding(model_cfg, scheme: str, optim_name: str) -> None:
         if optim_name not in ("zo-sgd", "zo-sgd-sign"):
             raise ValueError(f"model.offload streams plain or sign ZO-SGD steps (optim.name=zo-sgd or zo-sgd-sign); "
                              f"got optim.name={optim_name}")
-        if scheme in ("lora", "prefix", "prompt"):
+        if scheme in ("lora", "lora_svd", "prefix", "prompt", "label_bias"):
             raise ValueError(f"model.offload streams the model's own weights; scheme.name={scheme} (PEFT) is "
                              f"not supported: use full, head or bitfit")
         if model_cfg.dtype != "float32" or model_cfg.precision != "pure":

@@ -32,7 +32,7 @@ from pathlib import Path
 from ..errors import UserError
 from ..io import atomic_path
 
-ADAPTER_SCHEMES = ("lora", "prefix", "prompt")
+ADAPTER_SCHEMES = ("lora", "lora_svd", "prefix", "prompt")
 QUANTIZED = "quantized.safetensors"  # a quantized run's integer layout, beside the dequantized model
 MERGEABLE = ("lora",)
 
@@ -47,11 +47,13 @@ def save_final(model, tokenizer, dest, state_dict: dict | None = None) -> Path:
     quantized model's, dequantized), so that every run's ``final/`` loads with ``from_pretrained``."""
     from transformers.utils import logging as hf_logging
 
+    from ..models.lowdim import folded
+
     dest = Path(dest)
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # a "Writing model shards" bar per run says nothing
     try:
-        with atomic_path(dest) as tmp:
+        with atomic_path(dest) as tmp, folded(model):  # lora_svd: U diag(s) into lora_B, a plain LoRA adapter
             model.save_pretrained(tmp, state_dict=state_dict)
             tokenizer.save_pretrained(tmp)
             if getattr(model, "quant_config", None) is not None and not hasattr(model, "peft_config"):

@@ -128,8 +128,20 @@ def setup(cfg: TrainConfig, log=lambda msg: None, holder: Holder | None = None, 
         model.gradient_checkpointing_enable()
         model.config.use_cache = False
     objective = make_objective(task, tok, cfg.task.objective, cfg.task.max_length, model=model)
+    if cfg.scheme.name == "label_bias":
+        _label_bias(model, objective, task)
     params = [p for _, p in trainable_parameters(model)]
     return model, tok, task, objective, params
+
+
+def _label_bias(model, objective, task) -> None:
+    from ..models.lowdim import attach_label_bias
+    from ..tasks.objectives import LabelWords
+
+    if not isinstance(objective, LabelWords):
+        raise UserError(f"scheme.name=label_bias needs single-token label words scored by a causal LM; task "
+                        f"'{task.name}' ({task.kind}) is scored otherwise")
+    attach_label_bias(model, objective.label_ids.tolist())
 
 
 def _fit_head(cfg: TrainConfig, model, tok, task, log, info: dict | None) -> None:
@@ -185,6 +197,9 @@ def replay_seedlog(path, device: str = "cpu"):
     from ..models import apply_scheme, trainable_parameters
 
     log = checkpoint.SeedLog.load(path)
+    if (log.scheme or {}).get("name") == "label_bias":
+        raise UserError(f"{path}: a label_bias run's bias sits on its task's label words, which a seed log does not "
+                        f"name; its checkpoint holds the bias (label_bias.bias)")
     # None meant "the optimizer's default" in logs written before optimizers had typed sections
     optim = {k: v for k, v in log.optimizer.items() if k not in ("seed", "accum_steps") and v is not None}
     optim = _known_options(optim)

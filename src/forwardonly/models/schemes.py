@@ -18,6 +18,10 @@ bitfit     bias terms only (Ben Zaken et al., 2022); ``norm=True`` adds the
            normalisation weights, needed for bias-free models such as Llama.
 scales     the quantization scales of a quantized model (QZO, Shang et al., 2025:
            :mod:`forwardonly.quant`), nothing else.
+lora_svd   LoRA adapters in SVD form, only their ``r`` singular values trained
+           (ESSA; :mod:`forwardonly.models.lowdim`); LoRA's options
+label_bias one bias per label word's logit (:mod:`forwardonly.models.lowdim`); the
+           training run attaches it once the task's label words are known
 =========  =====================================================================
 
 Every scheme also takes ``freeze``: ``fnmatch`` patterns of parameter names kept
@@ -35,16 +39,18 @@ import warnings
 
 from ..errors import UserError
 
-SCHEMES = ("full", "lora", "prefix", "prompt", "head", "bitfit", "scales")
+SCHEMES = ("full", "lora", "lora_svd", "prefix", "prompt", "head", "bitfit", "scales", "label_bias")
 
 _OPTIONS = {
     "full": set(),
     "lora": {"r", "alpha", "dropout", "target_modules"},
+    "lora_svd": {"r", "alpha", "dropout", "target_modules"},
     "prefix": {"num_virtual_tokens"},
     "prompt": {"num_virtual_tokens", "init_text"},
     "head": set(),
     "bitfit": {"norm"},
     "scales": set(),
+    "label_bias": set(),
 }
 
 
@@ -146,6 +152,16 @@ def _apply(model, scheme: str, opts: dict):
         raise UserError(f"unknown option(s) {', '.join(sorted(unknown))} for scheme {scheme!r}; valid: {valid}")
     if scheme in ("lora", "prefix", "prompt"):
         return _peft(model, scheme, opts)
+    if scheme == "lora_svd":
+        from .lowdim import to_svd_form
+
+        wrapped = _peft(model, "lora", opts)
+        to_svd_form(wrapped)
+        return wrapped
+    if scheme == "label_bias":  # the bias itself comes with the task (lowdim.attach_label_bias)
+        for p in model.parameters():
+            p.requires_grad_(False)
+        return model
     if scheme == "full":
         for p in model.parameters():
             p.requires_grad_(True)

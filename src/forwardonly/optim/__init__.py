@@ -7,6 +7,10 @@ perturbation engine they share is :mod:`forwardonly.optim.perturb`.
 """
 
 from .base import Capabilities, ZOConfig, ZOOptimizer
+from .cmaes import CMAES
+from .cmaes_reference import CMAESReference
+from .es import ES
+from .es_reference import ESReference
 from .forward_grad import ForwardGrad
 from .forward_grad_reference import ForwardGradReference
 from .fzoo import FZOO
@@ -41,10 +45,45 @@ from .zosgd_sparse import ZOSGDSparse
 from .zosgd_sparse_reference import ZOSGDSparseReference
 
 __all__ = [
-    "CHUNK", "FZOO", "LOZO", "OPTIMIZERS", "ZOSGD", "Capabilities", "Directions", "FZOOReference",
-    "ForwardGrad", "ForwardGradReference", "HiZOO", "HiZOOReference", "LOZOReference", "MagnitudeMask",
-    "OptimizerInfo", "Perturbation", "RandomMask", "SparseMeZO", "SparseMeZOReference", "Unpairable",
-    "ZOAdam", "ZOAdamReference", "ZOConfig", "ZOFOHybrid", "ZOFOHybridReference", "ZOOptimizer", "ZOSGDBlock",
-    "ZOSGDBlockReference", "ZOSGDReference", "ZOSGDSparse", "ZOSGDSparseReference", "build_optimizer",
-    "direction", "info", "pair_batch", "pair_losses", "takes_names",
+    "CHUNK",
+    "CMAES",
+    "ES",
+    "FZOO",
+    "LOZO",
+    "OPTIMIZERS",
+    "ZOSGD",
+    "CMAESReference",
+    "Capabilities",
+    "Directions",
+    "ESReference",
+    "FZOOReference",
+    "ForwardGrad",
+    "ForwardGradReference",
+    "HiZOO",
+    "HiZOOReference",
+    "LOZOReference",
+    "MagnitudeMask",
+    "OptimizerInfo",
+    "Perturbation",
+    "RandomMask",
+    "SparseMeZO",
+    "SparseMeZOReference",
+    "Unpairable",
+    "ZOAdam",
+    "ZOAdamReference",
+    "ZOConfig",
+    "ZOFOHybrid",
+    "ZOFOHybridReference",
+    "ZOOptimizer",
+    "ZOSGDBlock",
+    "ZOSGDBlockReference",
+    "ZOSGDReference",
+    "ZOSGDSparse",
+    "ZOSGDSparseReference",
+    "build_optimizer",
+    "direction",
+    "info",
+    "pair_batch",
+    "pair_losses",
+    "takes_names",
 ]

@@ -21,6 +21,7 @@ class Capabilities:
         replay: a run can be rebuilt from its seed log.
         streams: can run over a streamed model (:class:`forwardonly.offload.StreamedZO`).
         auto_lr: takes ``lr="auto"`` (:mod:`forwardonly.optim.autolr`).
+        distributes: can run over several processes (:func:`forwardonly.distributed.distribute`).
     """
 
     takes_names: bool = False
@@ -29,6 +30,7 @@ class Capabilities:
     replay: bool = True
     streams: bool = False
     auto_lr: bool = True
+    distributes: bool = True
 
 
 @dataclass

@@ -16,6 +16,10 @@ from dataclasses import dataclass, field
 import torch
 
 from .base import Capabilities
+from .cmaes import CMAES, CMAESConfig
+from .cmaes_reference import CMAESReference
+from .es import ES, ESConfig
+from .es_reference import ESReference
 from .forward_grad import ForwardGrad, ForwardGradConfig
 from .forward_grad_reference import ForwardGradReference
 from .fzoo import FZOO, FZOOConfig
@@ -49,7 +53,8 @@ class OptimizerInfo:
         config: the dataclass of its options (``optim``'s typed section).
         fixed: keyword arguments the name implies (defaults of the section too).
         test: settings of the generic tests (``lr``: a learning rate that learns the test problem;
-            ``kwargs``: further options the test problem needs, e.g. a rank its 1 x 16 head admits).
+            ``kwargs``: further options the test problem needs, e.g. a rank its 1 x 16 head admits;
+            ``steps``: steps of the "loss goes down" test, default 300).
         summary: one line for listings.
     """
 
@@ -120,6 +125,12 @@ _ROWS = [
     OptimizerInfo("lozo-m", LOZO, LOZOReference, LOZOConfig, {"momentum": 0.9},
                   {"lr": 1e-2, "kwargs": {"rank": 1, "interval": 5}},
                   "LOZO-M: LOZO with momentum kept as an m x r factor per matrix"),
+    # evolution strategies (issue 23)
+    OptimizerInfo("es", ES, ESReference, ESConfig, test={"lr": 1e-4},
+                  summary="antithetic ES: N seeded pairs per step, centered-rank fitness shaping"),
+    OptimizerInfo("cma-es", CMAES, CMAESReference, CMAESConfig,
+                  test={"lr": 1.0, "kwargs": {"sigma": 0.1}, "steps": 30},
+                  summary="CMA-ES (the cma package) over a small parameter set: a per-label bias, a short prompt"),
 ]
 
 OPTIMIZERS: dict[str, OptimizerInfo] = {row.name: row for row in _ROWS}
