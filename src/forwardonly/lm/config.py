@@ -20,6 +20,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from ..federated.config import FederatedConfig
 from ..quant.model import QuantConfig
 
 
@@ -299,6 +300,8 @@ class TrainConfig:
             seconds, with an error naming it; a dead one is seen at once (gloo).
         report_to: tracking backends, any of ``tensorboard``, ``wandb``, ``mlflow`` (each an extra;
             see :mod:`forwardonly.tracking`); needs ``out_dir``.
+        federated: clients, rounds and split of a federated ZO run (``forwardonly federated``;
+            :class:`forwardonly.federated.FederatedConfig`); ``forwardonly train`` refuses it.
     """
 
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -325,6 +328,7 @@ class TrainConfig:
     dist_mode: Literal["data", "probe"] = "data"
     dist_timeout_s: float = 300.0
     report_to: list[str] = field(default_factory=list)
+    federated: FederatedConfig | None = None
 
     def __post_init__(self):
         from ..tracking import BACKENDS

@@ -58,6 +58,8 @@ logger = logging.getLogger("forwardonly")
 # ----------------------------------------------------------------------------- the loop
 def run(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, log=None) -> dict:
     """Fine-tune as ``cfg`` says; returns a summary (metrics before/after, time, memory, forwards)."""
+    if cfg.federated is not None:
+        raise UserError("federated: this config is a federated run; start it with forwardonly federated")
     return _Run(cfg, resume, progress, log or logger.info).run()
 
 
