@@ -5,11 +5,9 @@ import math
 import pytest
 import torch
 
-from forwardonly.config import load_config
 from forwardonly.errors import UserError
 from forwardonly.federated import dirichlet_split, wire
 from forwardonly.federated.engine import run_federated
-from forwardonly.lm.config import TrainConfig
 from forwardonly.lm.train import run
 
 LABELS = [i % 3 for i in range(300)]
@@ -75,7 +73,7 @@ def test_bytes_per_client_round_and_forwards(cfg_of, tiny_dir):
     s = run_federated(cfg_of(*BASE, "federated.clients=3", "federated.local_steps=2", "federated.alpha=0.5"))
     assert s["rounds"] == 4
     assert s["bytes_sent"] == [[24, 24, 24]] * 4
-    assert s["bytes_per_client_round"] == 24 <= 64
+    assert s["bytes_per_client_round"] == 24
     assert s["forwards"] == 3 * 8 * 2  # clients x local steps x two-sided
     assert sum(s["client_examples"]) == 32
     again = run_federated(cfg_of(*BASE, "federated.clients=3", "federated.local_steps=2", "federated.alpha=0.5"))

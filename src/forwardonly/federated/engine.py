@@ -121,37 +121,42 @@ class Federation:
     def client_round(self, client: int, rnd: int) -> tuple[bytes, float]:
         """Client ``client``'s local steps of round ``rnd`` from the current (global) weights, undone
         afterwards; returns its message and its mean training loss."""
-        cfg, opt = self.cfg, self.opt
+        opt = self.opt
         weights = [p.detach().clone() for p in self.params]
         state = copy.deepcopy(opt.state_dict())
-        zs = opt.zo_state
-        forwards, pairs, losses = zs["forwards"], [], []
-        lossf = self.objective.paired_loss if opt.paired else self.objective.loss
+        forwards, pairs, losses = opt.zo_state["forwards"], [], []
         for k in range(self.fc.local_steps):
-            t = rnd * self.fc.local_steps + k
-            examples = step_examples(self.shards[client], cfg.seed, t, cfg.batch_size * cfg.accum_steps, cfg.bucket)
-            micro = len(examples) // cfg.accum_steps
-            batches = [self.objective.batch(examples[i * micro:(i + 1) * micro], cfg.device)
-                       for i in range(cfg.accum_steps)]
-            self._set_lr(lr_at(cfg, t, cfg.steps))
-            zs["step"] = self.key(rnd, client, k)
-            skipped = zs["skipped"]
-            if len(batches) == 1:
-                loss = float(opt.step(lambda: lossf(self.model, batches[0])))
-            else:
-                loss = float(opt.step(lambda i: lossf(self.model, batches[i])))
-            if zs.get("last_scalars"):
-                raise UserError(f"federated: optim.name={cfg.optim.name} logs scalars beyond its projected gradients "
-                                f"({', '.join(zs['last_scalars'])}); its steps cannot be sent as (seed, gradient)")
-            ok = zs["skipped"] == skipped
-            pairs.append((self.key(rnd, client, k), list(zs["last_grads"]) if ok else None))
-            if ok:
+            key = self.key(rnd, client, k)
+            loss, grads = self._local_step(client, rnd * self.fc.local_steps + k, key)
+            pairs.append((key, grads))
+            if grads is not None:
                 losses.append(loss)
-        self.forwards += zs["forwards"] - forwards
+        self.forwards += opt.zo_state["forwards"] - forwards
         for p, w in zip(self.params, weights):  # back to the global weights: the server's replay moves them
             p.copy_(w)
         opt.load_state_dict(state)
         return wire.encode(pairs, opt.q), sum(losses) / len(losses) if losses else float("nan")
+
+    def _local_step(self, client: int, t: int, key: int) -> tuple[float, list[float] | None]:
+        """One ZO step of ``client`` (its local step ``t``) with directions ``key``: ``(loss, grads)``,
+        ``grads`` None for a step skipped as non-finite."""
+        cfg, opt, zs = self.cfg, self.opt, self.opt.zo_state
+        examples = step_examples(self.shards[client], cfg.seed, t, cfg.batch_size * cfg.accum_steps, cfg.bucket)
+        micro = len(examples) // cfg.accum_steps
+        batches = [self.objective.batch(examples[i * micro:(i + 1) * micro], cfg.device)
+                   for i in range(cfg.accum_steps)]
+        lossf = self.objective.paired_loss if opt.paired else self.objective.loss
+        self._set_lr(lr_at(cfg, t, cfg.steps))
+        zs["step"] = key
+        skipped = zs["skipped"]
+        if len(batches) == 1:
+            loss = float(opt.step(lambda: lossf(self.model, batches[0])))
+        else:
+            loss = float(opt.step(lambda i: lossf(self.model, batches[i])))
+        if zs.get("last_scalars"):
+            raise UserError(f"federated: optim.name={cfg.optim.name} logs scalars beyond its projected gradients "
+                            f"({', '.join(zs['last_scalars'])}); its steps cannot be sent as (seed, gradient)")
+        return loss, (list(zs["last_grads"]) if zs["skipped"] == skipped else None)
 
     # -------------------------------------------------------------- server
     @torch.no_grad()
