@@ -51,12 +51,12 @@ def results_table(rs) -> str:
         setup = (f"{fed['clients']} clients, {fed['local_steps']} local steps x {res[0]['rounds']} rounds, "
                  f"alpha {fed['alpha'] if fed['alpha'] is not None else 'IID'}, {fed['aggregate']}, {fed['engine']}"
                  if fed else f"{recs[0]['config']['steps']} steps")
-        rows.append([name, setup, len(recs), spread([_acc(r, "test_before") for r in recs if "test_before" in r["results"]]),
-                     spread([_acc(r) for r in recs]), spread(gaps) if gaps else "-",
+        rows.append([name, setup, len(recs), spread([_acc(r) for r in recs]),
+                     spread([100 * x["test_after"]["macro_f1"] for x in res]), spread(gaps) if gaps else "-",
                      spread([x["forwards"] for x in res], digits=0),
                      spread(per_round, digits=0) if per_round else "-",
                      spread([x["memory"]["peak_rss"] for x in res if x.get("memory")], 1 / MiB, 0)])
-    return table(["experiment", "setting", "seeds", "test acc. before %", "test acc. after %",
+    return table(["experiment", "setting", "seeds", "test accuracy %", "test macro-F1 %",
                   "gap to centralised (points, per seed)", "forwards", "bytes sent per client per round",
                   "peak RSS MiB"], rows)
 

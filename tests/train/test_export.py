@@ -51,7 +51,7 @@ def test_a_lora_run_ends_with_a_peft_adapter_and_exports_merged(cfg_of, tiny_dir
     assert _score(adapted, tok) == summary["test_after"]
 
     merged_dir = tmp_path / "merged"
-    assert main(["export", "--run", str(out), "--merge", "--out", str(merged_dir)]) == 0
+    assert main(["export", "--run", str(out), "--merge", f"out_dir={merged_dir}"]) == 0
     assert capsys.readouterr().out.strip() == str(merged_dir)
     assert not (merged_dir / "adapter_config.json").exists()
     merged = auto.from_pretrained(merged_dir).eval()
@@ -59,7 +59,7 @@ def test_a_lora_run_ends_with_a_peft_adapter_and_exports_merged(cfg_of, tiny_dir
     assert _score(merged, AutoTokenizer.from_pretrained(merged_dir)) == summary["test_after"]
 
     adapter_dir = tmp_path / "adapter"
-    assert main(["export", "--run", str(out), "--out", str(adapter_dir)]) == 0
+    assert main(["export", "--run", str(out), f"out_dir={adapter_dir}"]) == 0
     labels = {"num_labels": 2} if kind == "classifier" else {}
     again = PeftModel.from_pretrained(auto.from_pretrained(tiny_dir, **labels), adapter_dir).eval()
     assert torch.equal(_logits(again, tok), _logits(summary["model"], tok))
@@ -80,7 +80,7 @@ def test_a_full_run_ends_with_the_whole_model_and_its_tokenizer(cfg_of, tmp_path
 def test_export_refuses_what_it_cannot_do_and_overwrites_nothing(cfg_of, tmp_path, capsys):
     out, _ = _train(cfg_of, tmp_path, "scheme.name=prefix", "test=false")
     capsys.readouterr()
-    assert main(["export", "--run", str(out), "--merge", "--out", str(tmp_path / "m")]) == 2
+    assert main(["export", "--run", str(out), "--merge", f"out_dir={tmp_path / 'm'}"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == ("forwardonly export: error: --merge: the run's scheme is 'prefix': its virtual tokens "
                    "have no base weights to merge into; export without --merge")
@@ -91,6 +91,8 @@ def test_export_refuses_what_it_cannot_do_and_overwrites_nothing(cfg_of, tmp_pat
     assert "already exists" in capsys.readouterr().err and (taken / "keep.txt").read_text() == "mine"
     assert main(["export", "--run", str(tmp_path), "--out", str(tmp_path / "x")]) == 2
     assert "is not a run directory" in capsys.readouterr().err and not (tmp_path / "x").exists()
+    assert main(["export", "--run", str(out)]) == 2  # no output directory named
+    assert capsys.readouterr().err.strip() == "forwardonly export: error: export: name the directory to write: out_dir=DIR"
 
 
 def test_eval_of_a_seed_log_names_the_model_the_run_was_made_on(ov, tiny_dir, tmp_path, capsys):

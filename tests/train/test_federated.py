@@ -123,11 +123,13 @@ def test_cli_prints_bytes_and_refuses_bad_values(ov, tmp_path, capsys):
 
     from forwardonly.cli.main import main
 
-    out = tmp_path / "s.json"
-    assert main(["federated", *ov(*BASE, "federated.clients=2", "federated.local_steps=2"), "--out", str(out)]) == 0
-    summary = json.loads(out.read_text())
+    out = tmp_path / "fed"
+    assert main(["federated", *ov(*BASE, "federated.clients=2", "federated.local_steps=2", f"out_dir={out}")]) == 0
+    summary = json.loads((out / "summary.json").read_text())
     assert summary["bytes_per_client_round"] == 24 and summary["clients"] == 2
-    assert main(["federated", *ov(*BASE, "federated.clients=2"), "--out", str(out)]) == 2  # exists: refused
+    before = (out / "summary.json").read_bytes()
+    assert main(["federated", *ov(*BASE, "federated.clients=2", f"out_dir={out}")]) == 2  # a finished run: refused
+    assert (out / "summary.json").read_bytes() == before
     assert main(["federated", *ov(*BASE, "federated.alpha=-2")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert "federated.alpha=-2.0 must be > 0" in err[-1]

@@ -2,8 +2,8 @@
 
 Examples::
 
-    forwardonly export --run runs/a --out exported/a            # LoRA run: the PEFT adapter directory
-    forwardonly export --run runs/a --merge --out exported/a    # adapters folded into the base weights
+    forwardonly export --run runs/a out_dir=exported/a            # LoRA run: the PEFT adapter directory
+    forwardonly export --run runs/a --merge out_dir=exported/a    # adapters folded into the base weights
 
 The output loads with ``PeftModel.from_pretrained(base, DIR)`` (adapters) or
 ``AutoModelForCausalLM.from_pretrained(DIR)`` (``--merge``, or full/head/bitfit runs;
@@ -20,15 +20,20 @@ class Export:
     def add_arguments(p):
         p.add_argument("--run", required=True, metavar="DIR",
                        help="the run's out_dir (config.json, checkpoint/)")
-        p.add_argument("--out", required=True, metavar="DIR", help="a new directory to write")
+        from .common import add_out_dir
+
+        add_out_dir(p, "a new directory to write (required)")
         p.add_argument("--merge", action="store_true", help="fold LoRA adapters into the base weights")
 
     @staticmethod
     def run(args) -> int:
         import logging
 
+        from ..errors import UserError
         from ..lm.export import export_run
 
+        if not args.out:
+            raise UserError("export: name the directory to write: out_dir=DIR")
         out = export_run(args.run, args.out, merge=args.merge)
         logging.getLogger("forwardonly.export").info("wrote %s", out)
         print(out)

@@ -9,7 +9,9 @@ each client's local steps. Examples::
 
 It prints a JSON summary: accuracy before and after, the forwards all clients spent, and
 ``bytes_per_client_round``, the most any client sent in a round (its packed steps:
-:mod:`forwardonly.federated.wire`).
+:mod:`forwardonly.federated.wire`). With ``out_dir=DIR`` the summary and the resolved config are also
+written there (``summary.json``, ``config.json``, atomically); a directory that already holds a summary
+is refused.
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ class Federated:
     @staticmethod
     def add_arguments(p):
         p.add_argument("--config", help="YAML config (a TrainConfig) or a shipped config's name")
-        p.add_argument("--out", help="write the summary JSON here (atomically; refuses an existing file)")
         p.add_argument("overrides", nargs="*", metavar="key=value",
                        help="config overrides, e.g. federated.clients=8 federated.alpha=0.5 steps=40")
 
@@ -44,14 +45,19 @@ class Federated:
             import dataclasses
 
             cfg = dataclasses.replace(cfg, federated=FederatedConfig())
-        if args.out and Path(args.out).exists():
-            raise UserError(f"--out {args.out} already exists; choose another file")
+        out = Path(cfg.out_dir) if cfg.out_dir else None
+        if out is not None and (out / "summary.json").exists():
+            raise UserError(f"{out} already holds a federated run's summary.json; choose another out_dir")
         import logging
 
         summary = run_federated(cfg, log=logging.getLogger("forwardonly").info)
         text = json.dumps({k: v for k, v in summary.items() if k not in ("model", "tokenizer")}, indent=1)
-        if args.out:
-            atomic_write_text(Path(args.out), text + "\n")
+        if out is not None:
+            from ..config import to_dict
+
+            out.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(out / "config.json", json.dumps(to_dict(cfg), indent=1) + "\n")
+            atomic_write_text(out / "summary.json", text + "\n")
         print(text)
         return 0
 

@@ -11,7 +11,7 @@ Every ``forwardonly train`` run with an ``out_dir`` ends by writing ``final/``:
   its store; a quantized run's layers are written dequantized (the trained scales applied), in
   ``model.dtype``.
 
-:func:`export_run` (``forwardonly export --run RUN --out DIR [--merge]``) writes the same from
+:func:`export_run` (``forwardonly export --run RUN out_dir=DIR [--merge]``) writes the same from
 a run's checkpoint, and with ``merge`` folds LoRA adapters into the base weights
 (``merge_and_unload``) so the result loads without PEFT.
 
