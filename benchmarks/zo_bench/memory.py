@@ -55,6 +55,12 @@ METHODS = {
     "fo-adam": ("full", "fo-adam", {}),
     "fo-adam-lora": ("lora", "fo-adam", {}),
     "fo-adam-ckpt": ("full", "fo-adam", {"grad_checkpointing": True}),
+    # memory-efficient first-order baselines (the ``baselines`` extra; forwardonly.lm.baselines)
+    "fo-lomo": ("full", "fo-lomo", {}),
+    "fo-lomo-ckpt": ("full", "fo-lomo", {"grad_checkpointing": True}),
+    "fo-adalomo": ("full", "fo-adalomo", {}),  # lomo-optim's AdaLomo is CUDA only: fails on this CPU
+    "fo-galore": ("full", "fo-galore", {}),
+    "fo-galore-ckpt": ("full", "fo-galore", {"grad_checkpointing": True}),
 }
 # (batch, seq): 16x256 is the target point (first, so it is measured even if the sweep is cut short),
 # then sequence length 64..1024 at batch 1 and batch 1..16 at 256 tokens (coarse: CPU time is scarce)
@@ -69,6 +75,7 @@ def measure(method: str, batch: int, seq: int) -> dict:
 
     from forwardonly.bench.measure import PeakMemory, anon_bytes, peak_rss_bytes, rss_bytes
     from forwardonly.config import load_config
+    from forwardonly.lm.baselines import FusedBackward
     from forwardonly.lm.config import TrainConfig
     from forwardonly.lm.train import build_optimizer
     from forwardonly.models import apply_scheme, load_model, trainable_parameters
@@ -105,8 +112,8 @@ def measure(method: str, batch: int, seq: int) -> dict:
         if getattr(cfg.optim.options, "grad_checkpointing", False):
             model.gradient_checkpointing_enable()
             model.config.use_cache = False
-        params = [p for _, p in trainable_parameters(model)]
-        opt = build_optimizer(cfg, params)
+        named = trainable_parameters(model)
+        opt = build_optimizer(cfg, [p for _, p in named], [n for n, _ in named])
         model.train(not cfg.optim.zeroth_order)  # as train.run: FO in train mode (checkpointing needs it)
     gc.collect()
     before = peak_rss_bytes()  # loading and set-up: PeakMemory resets the high-water mark
@@ -117,6 +124,9 @@ def measure(method: str, batch: int, seq: int) -> dict:
                 loss = loss_fn()
         elif cfg.optim.zeroth_order:
             loss = opt.step(loss_fn)
+        elif isinstance(opt, FusedBackward):  # LOMO: the update happens inside backward
+            loss = loss_fn()
+            opt.backward_step(loss)
         else:
             opt.zero_grad(set_to_none=True)
             loss = loss_fn()

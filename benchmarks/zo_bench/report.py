@@ -22,7 +22,10 @@ PLOTS = HERE / "report"
 # the targets of issue 4, at batch 16 x 256 tokens, full-parameter SmolLM2-135M
 TARGET_POINT = (16, 256)
 TARGETS = (("fo-adam", "zo-sgd", ">=", 4.0), ("zo-sgd", "inference", "<=", 1.1))
-METHOD_ORDER = ("inference", "zo-sgd", "fo-sgd", "fo-adam", "fo-adam-lora", "fo-adam-ckpt")
+METHOD_ORDER = ("inference", "zo-sgd", "fo-sgd", "fo-adam", "fo-adam-lora", "fo-adam-ckpt", "fo-lomo", "fo-lomo-ckpt",
+                "fo-adalomo", "fo-galore", "fo-galore-ckpt")
+# memory-efficient first-order baselines whose peak ZO-SGD's is stated against (issue 23)
+BASELINES = ("fo-adam-ckpt", "fo-lomo", "fo-lomo-ckpt", "fo-adalomo", "fo-galore", "fo-galore-ckpt")
 MiB = 2**20
 
 
@@ -121,6 +124,30 @@ def ratio_table(recs: list[dict]) -> str:
                   "step peak RSS above baseline", "verdict"], rows)
 
 
+def baseline_ratio_table(recs: list[dict], point: tuple[int, int] = TARGET_POINT) -> str:
+    """ZO-SGD's peak as a fraction of each memory-efficient baseline's at ``point``, from the sweeps that
+    measured both (ratios of medians; below 1: ZO needs less)."""
+    from forwardonly.bench.report import median, table
+
+    rows = []
+    for base in BASELINES:
+        pairs = [(memory_points([rec]), rec) for rec in recs]
+        both = [p for p, _ in pairs if ("zo-sgd", *point) in p and (base, *point) in p]
+        if not both:
+            continue
+        cells = []
+        for key in ("whole_run", "peak_rss"):
+            zo = [v for p in both for v in p[("zo-sgd", *point)][key]]
+            fo = [v for p in both for v in p[(base, *point)][key]]
+            cells.append(f"{median(zo) / median(fo):.2f}" if zo and fo else "pending")
+        rows.append([f"zo-sgd / {base}", *cells, len(both)])
+    if not rows:
+        return ""
+    b, s = point
+    return (f"ZO-SGD against the memory-efficient first-order baselines at {b}x{s} (sweeps that measured both):\n\n"
+            + table(["ratio", "whole-run peak RSS", "step peak RSS (whole process)", "sweeps"], rows))
+
+
 def memory_plan(recs: list[dict]):
     """Step peak RSS against sequence length (at batch 1) and against batch size (at 256 tokens)."""
     from forwardonly.bench.report import median
@@ -192,7 +219,8 @@ def blocks(rs) -> dict[str, str]:
     if failed:
         parts.append("### Failed runs\n\n" + failed)
     if sweeps:
-        parts.append("## Memory (`memory.py`)\n\n" + memory_table(sweeps) + "\n\n" + ratio_table(sweeps))
+        parts.append("## Memory (`memory.py`)\n\n" + memory_table(sweeps) + "\n\n" + ratio_table(sweeps)
+                     + "\n\n" + baseline_ratio_table(sweeps))
     parts.append("## Plots\n\n" + "\n".join(f"![{Path(n).stem}](report/{n})" for n, _ in plans(rs)))
     return {"report": "\n\n".join(parts)}
 

@@ -9,7 +9,8 @@ Usage (from the repository root)::
     forwardonly report benchmarks/zo_bench/results --out benchmarks/zo_bench/report
 
 ``--suite NAME`` runs ``benchmarks/NAME/``'s experiments with its own ``defaults.yaml`` into
-``benchmarks/NAME/results/runs/`` (the runner is shared: qzo, offload and convergence use it too).
+``benchmarks/NAME/results/runs/`` (the runner is shared: qzo, offload and convergence use it too). A config
+with a ``federated`` section runs :func:`forwardonly.federated.engine.run_federated` (the federated suite).
 
 An experiment is a folder ``experiments/NAME/`` holding ``overrides.yaml``: the
 keys of a :class:`forwardonly.lm.config.TrainConfig` that differ from
@@ -102,10 +103,17 @@ def child(spec_path: str) -> int:
     cfg = load_config(TrainConfig, None, None, base=spec["config"])
     t0 = time.perf_counter()
     with PeakMemory(interval=0.01) as mem:
-        summary = run(cfg, progress=False)
+        if cfg.federated is not None:  # a federated ZO run (forwardonly federated)
+            from forwardonly.federated.engine import run_federated
+
+            summary = run_federated(cfg)
+        else:
+            summary = run(cfg, progress=False)
     wall = time.perf_counter() - t0
     keep = ("test_before", "test_after", "forwards", "backwards", "step", "train_time_s", "history", "evals",
-            "peak_rss_bytes", "skipped_steps", "trainable_parameters")
+            "peak_rss_bytes", "skipped_steps", "trainable_parameters", "clients", "rounds", "client_examples",
+            "client_labels", "bytes_sent", "bytes_per_client_round", "bytes_total_uplink",
+            "bytes_down_per_client_round", "engine")
     results = {k: summary[k] for k in keep if k in summary}
     results.update(wall_time_s=wall, budget_forwards=cfg.budget_forwards, memory=mem.result(),
                    torch_threads=torch.get_num_threads())

@@ -38,7 +38,8 @@ def where(path, line: int | None = None) -> str:
 # The optional dependencies, by top-level module, and the extra that installs each.
 EXTRAS = {"transformers": "lm", "peft": "lm", "accelerate": "lm", "tokenizers": "lm", "gguf": "lm",
           "datasets": "lm", "matplotlib": "plot", "sklearn": "local", "tensorboard": "tensorboard",
-          "wandb": "wandb", "mlflow": "mlflow", "cma": "cma"}
+          "wandb": "wandb", "mlflow": "mlflow", "flwr": "federated", "ray": "federated",
+          "lomo_optim": "baselines", "galore_torch": "baselines", "cma": "cma"}
 
 
 class MissingExtra(UserError, ImportError):

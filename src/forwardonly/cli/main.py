@@ -16,7 +16,7 @@ import sys
 
 from ..errors import EXTRAS, RunError, UserError, missing_extra
 
-SUBCOMMANDS = ("demo", "train", "eval", "export", "models", "data", "configs", "local", "report")
+SUBCOMMANDS = ("demo", "train", "eval", "export", "models", "data", "configs", "local", "report", "federated")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -20,7 +20,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from ..federated.config import FederatedConfig
 from ..quant.model import QuantConfig
+from .baselines import BASELINES, FUSED
 
 
 @dataclass
@@ -141,8 +143,9 @@ class FOAdamConfig:
     grad_checkpointing: bool = False
 
 
-FO_OPTIMIZERS = {"fo-sgd": FOSGDConfig, "fo-adam": FOAdamConfig}
-"""First-order baselines (backpropagation), for comparisons only: name -> options."""
+FO_OPTIMIZERS = {"fo-sgd": FOSGDConfig, "fo-adam": FOAdamConfig, **BASELINES}
+"""First-order baselines (backpropagation), for comparisons only: name -> options (LOMO, AdaLomo and GaLore:
+:mod:`forwardonly.lm.baselines`)."""
 
 
 def optimizer_names() -> list[str]:
@@ -156,7 +159,7 @@ class OptimConfig:
     """The optimizer, its schedule, and that optimizer's own options.
 
     ``name`` is a row of ``forwardonly.optim.OPTIMIZERS`` or a first-order baseline (``fo-sgd``,
-    ``fo-adam``). The optimizer's own options (its typed section: ``ZOSGDConfig``, ``ZOAdamConfig``,
+    ``fo-adam``, ``fo-lomo``, ``fo-adalomo``, ``fo-galore``). The optimizer's own options (its typed section: ``ZOSGDConfig``, ``ZOAdamConfig``,
     ...; ``forwardonly.optim.info(name).config``) are written beside ``name`` in the same mapping::
 
         optim: {name: zo-sgd-sparse, lr: 1e-6, eps: 1e-3, density: 0.2, schedule: cosine}
@@ -313,6 +316,8 @@ class TrainConfig:
             seconds, with an error naming it; a dead one is seen at once (gloo).
         report_to: tracking backends, any of ``tensorboard``, ``wandb``, ``mlflow`` (each an extra;
             see :mod:`forwardonly.tracking`); needs ``out_dir``.
+        federated: clients, rounds and split of a federated ZO run (``forwardonly federated``;
+            :class:`forwardonly.federated.FederatedConfig`); ``forwardonly train`` refuses it.
     """
 
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -340,6 +345,7 @@ class TrainConfig:
     dist_mode: Literal["data", "probe"] = "data"
     dist_timeout_s: float = 300.0
     report_to: list[str] = field(default_factory=list)
+    federated: FederatedConfig | None = None
 
     def __post_init__(self):
         from ..tracking import BACKENDS
@@ -371,6 +377,9 @@ class TrainConfig:
         check_holding(self.model, self.scheme.name, self.optim.name)
         if self.model.offload is not None and self.nproc > 1:
             raise ValueError("model.offload streams one process's model: nproc must be 1")
+        if self.optim.name in FUSED and self.accum_steps != 1:
+            raise ValueError(f"optim.name={self.optim.name} updates inside backward, one micro-batch per step: "
+                             f"accum_steps={self.accum_steps} must be 1")
         if self.nproc > 1 and not self.optim.zeroth_order:
             raise ValueError(f"nproc={self.nproc}: distributed training is for zeroth-order optimizers, "
                              f"not {self.optim.name}")

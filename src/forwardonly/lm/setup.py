@@ -16,6 +16,7 @@ import torch
 
 from .. import checkpoint
 from ..errors import UserError
+from .baselines import BASELINES, build_baseline
 from .config import TrainConfig
 from .holders import Holder
 
@@ -70,6 +71,8 @@ def build_optimizer(cfg: TrainConfig, params: list, names: list[str] | None = No
         return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
     if o.name == "fo-adam":
         return torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+    if o.name in BASELINES:
+        return build_baseline(o.name, o.options, params, names)
     from ..optim import info
 
     row = info(o.name)

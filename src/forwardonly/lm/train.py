@@ -44,6 +44,7 @@ from ..config import to_dict
 from ..errors import UserError, WriteError
 from ..io import atomic_write_text, recover
 from ..tracking import check_backends, open_trackers
+from .baselines import FusedBackward
 from .config import TrainConfig
 from .export import save_final
 from .holders import Holder
@@ -66,6 +67,8 @@ logger = logging.getLogger("forwardonly")
 # ----------------------------------------------------------------------------- the loop
 def run(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, log=None) -> dict:
     """Fine-tune as ``cfg`` says; returns a summary (metrics before/after, time, memory, forwards)."""
+    if cfg.federated is not None:
+        raise UserError("federated: this config is a federated run; start it with forwardonly federated")
     return _Run(cfg, resume, progress, log or logger.info).run()
 
 
@@ -368,6 +371,10 @@ def _record_settled(opt, seedlog) -> None:
 
 
 def _fo_step(opt, model, objective, batches) -> float:
+    if isinstance(opt, FusedBackward):  # LOMO, AdaLomo: backward applies the update (one micro-batch)
+        loss = objective.loss(model, batches[0])
+        opt.backward_step(loss)
+        return float(loss.detach())
     opt.zero_grad(set_to_none=True)
     total = 0.0
     for b in batches:
