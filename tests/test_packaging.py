@@ -65,4 +65,4 @@ def test_missing_extra_messages_name_an_extra_that_installs_the_module():
     for module, extra in EXTRAS.items():
         assert extra in extras, f"{module}: no extra {extra!r}"
         installs = {_name(r) for r in extras[extra]}
-        assert DIST.get(module, module) in installs, f"[{extra}] does not install {module}"
+        assert DIST.get(module, module).replace("_", "-") in installs, f"[{extra}] does not install {module}"

@@ -34,8 +34,10 @@ def dirichlet_split(labels: list, clients: int, alpha: float | None, seed: int) 
 
     Example::
 
-        >>> dirichlet_split([0, 0, 1, 1], clients=2, alpha=None, seed=0)
-        [[0, 3], [1, 2]]
+        from forwardonly.federated.split import dirichlet_split
+
+        parts = dirichlet_split([0, 0, 1, 1], clients=2, alpha=None, seed=0)  # alpha=None: an IID split
+        assert sorted(i for part in parts for i in part) == [0, 1, 2, 3]
     """
     if not isinstance(clients, int) or isinstance(clients, bool) or clients < 1:
         raise UserError(f"federated.clients={clients!r} must be a positive integer")

@@ -15,7 +15,7 @@ Each has ``grad_checkpointing`` like ``fo-sgd``/``fo-adam``. LOMO and AdaLomo up
 
 Example::
 
-    forwardonly train --config lm/sentiment-smollm2-zo-full optim.name=fo-galore optim.lr=1e-4 optim.rank=64
+    forwardonly train model=smollm2-135m task=sentiment scheme.name=full optim.name=fo-galore optim.lr=1e-4 optim.rank=64
 """
 
 from __future__ import annotations
