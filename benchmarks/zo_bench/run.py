@@ -10,7 +10,7 @@ Usage (from the repository root)::
 
 ``--suite NAME`` runs ``benchmarks/NAME/``'s experiments with its own ``defaults.yaml`` into
 ``benchmarks/NAME/results/runs/`` (the runner is shared: qzo, offload and convergence use it too). A config
-with a ``federated`` section runs :func:`forwardonly.federated.engine.run_federated` (the federated suite).
+with a ``federated`` section runs :func:`forwardonly.federated.run.run_federated` (the federated suite).
 
 An experiment is a folder ``experiments/NAME/`` holding ``overrides.yaml``: the
 keys of a :class:`forwardonly.lm.config.TrainConfig` that differ from
@@ -104,7 +104,7 @@ def child(spec_path: str) -> int:
     t0 = time.perf_counter()
     with PeakMemory(interval=0.01) as mem:
         if cfg.federated is not None:  # a federated ZO run (forwardonly federated)
-            from forwardonly.federated.engine import run_federated
+            from forwardonly.federated.run import run_federated
 
             summary = run_federated(cfg)
         else:

@@ -236,14 +236,17 @@ def test_kernel_split_over_threads_gives_the_same_values(threads, openmp, monkey
                     reason="the OpenMP runtime is looked up in /proc/self/maps, with torch built with OpenMP")
 @needs_native
 def test_kernel_runs_in_torchs_openmp_runtime():
-    """Built against the runtime torch loaded: no second OpenMP runtime in the process (whose threads
-    would compete with torch's for the cores)."""
+    """Built against the runtime torch loaded, and loading it brought no runtime of its own (whose team
+    would compete with torch's threads for the cores). Other libraries may have loaded theirs (scikit-learn
+    ships its own libgomp): the kernel still links and splits on torch's."""
     st = _native.status()
-    runtimes = _native._openmp_runtimes()
-    assert len(runtimes) == 1, runtimes
-    if shutil.which("readelf") and st["openmp"]:
+    runtime = _native._torch_openmp()
+    if runtime is None:
+        pytest.skip("no way to tell which OpenMP runtime torch uses in this process")
+    assert st["openmp"], st  # split calls run in torch's team (loading the kernel added no runtime)
+    if shutil.which("readelf"):
         needed = subprocess.run(["readelf", "-d", st["path"]], capture_output=True, text=True, check=False).stdout
-        assert os.path.basename(runtimes[0]).split(".so")[0] in needed
+        assert os.path.basename(runtime).split(".so")[0] in needed
 
 
 @needs_native

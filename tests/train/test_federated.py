@@ -7,7 +7,7 @@ import torch
 
 from forwardonly.errors import UserError
 from forwardonly.federated import dirichlet_split, wire
-from forwardonly.federated.engine import run_federated
+from forwardonly.federated.run import run_federated
 from forwardonly.lm.train import run
 
 LABELS = [i % 3 for i in range(300)]

@@ -36,7 +36,7 @@ class Federated:
 
         from ..errors import UserError
         from ..federated.config import FederatedConfig
-        from ..federated.engine import run_federated
+        from ..federated.run import run_federated
         from ..io import atomic_write_text
         from .train import load_train_config
 

@@ -2,7 +2,7 @@
 
 :func:`run_federated` trains a ``TrainConfig`` with a ``federated`` section (:class:`FederatedConfig`);
 ``forwardonly federated --config ...`` is its command line. :mod:`.split` makes the non-IID client
-splits, :mod:`.wire` packs a client's steps, :mod:`.engine` runs the rounds in this process and
+splits, :mod:`.wire` packs a client's steps, :mod:`.engine` holds a federation (clients, their steps, the server replay), :mod:`.run` runs it in this process or
 :mod:`.flower` on Flower's simulation engine.
 """
 
@@ -14,7 +14,7 @@ __all__ = ["FederatedConfig", "dirichlet_split", "run_federated"]
 
 def __getattr__(name):
     if name == "run_federated":  # the engine imports the training stack: only when it is used
-        from .engine import run_federated
+        from .run import run_federated
 
         return run_federated
     raise AttributeError(name)
