@@ -53,26 +53,10 @@ def test_frozen_weights_unchanged_under_lora(cfg_of, tiny_dir):
     assert changed > 0
 
 
-def test_resume_is_bitwise_identical(cfg_of, tmp_path, monkeypatch):
-    import forwardonly.lm.train as train_mod
-
+def test_resume_is_bitwise_identical(full_and_resumed, tmp_path):
     common = ("steps=8", "optim.name=zo-sgd-mmt", "optim.lr=1e-3", "optim.schedule=cosine", "optim.warmup_steps=2",
               "accum_steps=2", "test=false", "validate=false", "save_every=4", "log_every=3")
-    full = run(cfg_of(*common, f"out_dir={tmp_path / 'a'}"), progress=False)
-    # Interrupt the second run during step 6 (the checkpoint of step 4 is on disk, between the metrics
-    # rows of steps 3 and 6), then resume it.
-    real = train_mod._zo_step
-
-    def crash_at_5(opt, model, objective, batches, seedlog, t):
-        if t == 5:
-            raise KeyboardInterrupt
-        return real(opt, model, objective, batches, seedlog, t)
-
-    monkeypatch.setattr(train_mod, "_zo_step", crash_at_5)
-    with pytest.raises(KeyboardInterrupt):
-        run(cfg_of(*common, f"out_dir={tmp_path / 'b'}"), progress=False)
-    monkeypatch.setattr(train_mod, "_zo_step", real)
-    resumed = run(cfg_of(*common, f"out_dir={tmp_path / 'b'}"), resume=True, progress=False)
+    full, resumed = full_and_resumed(common, crash_at=5)
     a, b = _weights(full["model"]), _weights(resumed["model"])
     assert all(torch.equal(a[n], b[n]) for n in a)
     rows = {d: [{k: v for k, v in json.loads(x).items() if k != "train_time_s"}

@@ -8,8 +8,8 @@ import torch
 from forwardonly.cli.main import main
 from forwardonly.config import load_config
 from forwardonly.errors import UserError
-from forwardonly.lm.train import replay_seedlog, run
 from forwardonly.lm.config import TrainConfig
+from forwardonly.lm.train import replay_seedlog, run
 
 QUIET = ("test=false", "validate=false", "scheme.name=full")
 
@@ -81,24 +81,10 @@ def test_hybrid_first_order_lr_follows_the_schedule(cfg_of, monkeypatch):
     assert seen == [[1e-3, 1e-2], [7.5e-4, 7.5e-3], [5e-4, 5e-3]]
 
 
-def test_hybrid_resume_is_bitwise_identical(cfg_of, tmp_path, monkeypatch):
-    import forwardonly.lm.train as train_mod
-
+def test_hybrid_resume_is_bitwise_identical(full_and_resumed, tmp_path):
     common = ("steps=6", "optim.name=zo-sgd-hybrid", "optim.lr=1e-3", "optim.fo_lr=1e-2", "accum_steps=2",
               "save_every=3", *QUIET)
-    full = run(cfg_of(*common, f"out_dir={tmp_path / 'a'}"), progress=False)
-    real = train_mod._zo_step
-
-    def crash_at_4(opt, model, objective, batches, seedlog, t):
-        if t == 4:
-            raise KeyboardInterrupt
-        return real(opt, model, objective, batches, seedlog, t)
-
-    monkeypatch.setattr(train_mod, "_zo_step", crash_at_4)
-    with pytest.raises(KeyboardInterrupt):
-        run(cfg_of(*common, f"out_dir={tmp_path / 'b'}"), progress=False)
-    monkeypatch.setattr(train_mod, "_zo_step", real)
-    resumed = run(cfg_of(*common, f"out_dir={tmp_path / 'b'}"), resume=True, progress=False)
+    full, resumed = full_and_resumed(common, crash_at=4)
     a, b = _weights(full["model"]), _weights(resumed["model"])
     assert all(torch.equal(a[n], b[n]) for n in a)
     assert resumed["forwards"] == full["forwards"] == 6 * 3 * 2

@@ -119,24 +119,10 @@ def test_lr_auto_trains_and_its_seed_log_replays_bitwise(cfg_of, tmp_path, name)
     assert all(torch.equal(trained[n], got[n]) for n in trained)
 
 
-def test_lr_auto_resumes_bitwise_through_a_checkpoint_with_a_tentative_update(cfg_of, tmp_path, monkeypatch):
-    import forwardonly.lm.train as train_mod
-
+def test_lr_auto_resumes_bitwise_through_a_checkpoint_with_a_tentative_update(full_and_resumed, tmp_path):
     common = ("steps=8", "optim.lr=auto", "optim.schedule=cosine", *QUIET, "task.max_train=8", "batch_size=8",
               "save_every=4")
-    full = run(cfg_of(*common, f"out_dir={tmp_path / 'a'}"), progress=False)
-    real = train_mod._zo_step
-
-    def crash_at_5(opt, model, objective, batches, seedlog, t):
-        if t == 5:
-            raise KeyboardInterrupt
-        return real(opt, model, objective, batches, seedlog, t)
-
-    monkeypatch.setattr(train_mod, "_zo_step", crash_at_5)
-    with pytest.raises(KeyboardInterrupt):
-        run(cfg_of(*common, f"out_dir={tmp_path / 'b'}"), progress=False)
-    monkeypatch.setattr(train_mod, "_zo_step", real)
-    resumed = run(cfg_of(*common, f"out_dir={tmp_path / 'b'}"), resume=True, progress=False)
+    full, resumed = full_and_resumed(common, crash_at=5)
     a, b = _weights(full["model"]), _weights(resumed["model"])
     assert all(torch.equal(a[n], b[n]) for n in a)
     assert SeedLog.load(tmp_path / "a" / "seedlog.json").entries == SeedLog.load(tmp_path / "b" / "seedlog.json").entries
