@@ -10,7 +10,8 @@
   (``galore-torch``'s ``GaLoreAdamW``); the matrices of the blocks are projected, vectors, embeddings and
   the output head take plain Adam.
 
-Each has ``grad_checkpointing`` like ``fo-sgd``/``fo-adam``. LOMO and AdaLomo update inside
+The options of every first-order baseline, ``fo-sgd`` and ``fo-adam`` included, are here too: each is a
+:class:`FirstOrderConfig` (``lr``, ``weight_decay``, ``grad_checkpointing``) plus its own. LOMO and AdaLomo update inside
 ``backward``: a step is one micro-batch (``accum_steps`` must be 1), run through :class:`FusedBackward`.
 
 Example::
@@ -29,62 +30,79 @@ from ..errors import UserError, require
 
 
 @dataclass
-class FOLomoConfig:
+class FirstOrderConfig:
+    """The options every first-order baseline takes (the base of each one's typed ``optim`` section).
+
+    Args:
+        lr: learning rate.
+        weight_decay: L2 penalty (decoupled for the AdamW-style ones: ``fo-adam``, AdaLomo, GaLore).
+        grad_checkpointing: recompute activations in the backward pass (less memory).
+    """
+
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    grad_checkpointing: bool = False
+
+
+@dataclass
+class FOSGDConfig(FirstOrderConfig):
+    """``fo-sgd``: backpropagation with ``torch.optim.SGD`` (a baseline).
+
+    Args:
+        momentum: SGD momentum.
+    """
+
+    momentum: float = 0.0
+
+
+@dataclass
+class FOAdamConfig(FirstOrderConfig):
+    """``fo-adam``: backpropagation with ``torch.optim.AdamW`` (a baseline).
+
+    Args:
+        betas: Adam's moment decays.
+    """
+
+    betas: tuple[float, float] = (0.9, 0.999)
+
+
+@dataclass
+class FOLomoConfig(FirstOrderConfig):
     """``fo-lomo``: LOMO, SGD fused into the backward pass.
 
     Args:
-        lr: learning rate.
-        weight_decay: L2 penalty.
         clip_grad_value: clip each gradient entry to ``[-v, v]`` (none by default).
-        grad_checkpointing: recompute activations in the backward pass (less memory).
     """
 
-    lr: float = 1e-3
-    weight_decay: float = 0.0
     clip_grad_value: float | None = None
-    grad_checkpointing: bool = False
 
 
 @dataclass
-class FOAdaLomoConfig:
+class FOAdaLomoConfig(FirstOrderConfig):
     """``fo-adalomo``: AdaLomo, LOMO with factored second moments (CUDA only, as ``lomo-optim`` ships it).
 
     Args:
-        lr: learning rate.
-        weight_decay: decoupled weight decay.
         clip_threshold: Adafactor's update clipping threshold.
-        grad_checkpointing: recompute activations in the backward pass (less memory).
     """
 
-    lr: float = 1e-3
-    weight_decay: float = 0.0
     clip_threshold: float = 1.0
-    grad_checkpointing: bool = False
 
 
 @dataclass
-class FOGaLoreConfig:
+class FOGaLoreConfig(FOAdamConfig):
     """``fo-galore``: GaLore-AdamW, Adam moments in a low-rank projection of each matrix's gradient.
 
     Args:
-        lr: learning rate.
-        betas: Adam's moment decays.
-        weight_decay: decoupled weight decay.
         rank: rank of the projection (GaLore's r).
         update_proj_gap: steps between recomputing a projection (an SVD of the gradient).
         scale: GaLore's alpha, the factor on the projected-back update.
         proj_type: which side is projected (``std``: the smaller one).
-        grad_checkpointing: recompute activations in the backward pass (less memory).
     """
 
-    lr: float = 1e-3
-    betas: tuple[float, float] = (0.9, 0.999)
-    weight_decay: float = 0.0
     rank: int = 128
     update_proj_gap: int = 200
     scale: float = 0.25
     proj_type: Literal["std", "reverse_std", "right", "left"] = "std"
-    grad_checkpointing: bool = False
 
     def __post_init__(self):
         if self.rank < 1:

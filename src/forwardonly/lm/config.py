@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from ..federated.config import FederatedConfig
 from ..quant.model import QuantConfig
-from .baselines import BASELINES, FUSED
+from .baselines import BASELINES, FUSED, FOAdamConfig, FOSGDConfig
 
 
 @dataclass
@@ -109,43 +109,9 @@ class SchemeConfig:
         return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
 
 
-@dataclass
-class FOSGDConfig:
-    """``fo-sgd``: backpropagation with ``torch.optim.SGD`` (a baseline).
-
-    Args:
-        lr: learning rate.
-        momentum: SGD momentum.
-        weight_decay: L2 penalty.
-        grad_checkpointing: recompute activations in the backward pass (less memory).
-    """
-
-    lr: float = 1e-3
-    momentum: float = 0.0
-    weight_decay: float = 0.0
-    grad_checkpointing: bool = False
-
-
-@dataclass
-class FOAdamConfig:
-    """``fo-adam``: backpropagation with ``torch.optim.AdamW`` (a baseline).
-
-    Args:
-        lr: learning rate.
-        betas: Adam's moment decays.
-        weight_decay: decoupled weight decay.
-        grad_checkpointing: recompute activations in the backward pass (less memory).
-    """
-
-    lr: float = 1e-3
-    betas: tuple[float, float] = (0.9, 0.999)
-    weight_decay: float = 0.0
-    grad_checkpointing: bool = False
-
-
 FO_OPTIMIZERS = {"fo-sgd": FOSGDConfig, "fo-adam": FOAdamConfig, **BASELINES}
-"""First-order baselines (backpropagation), for comparisons only: name -> options (LOMO, AdaLomo and GaLore:
-:mod:`forwardonly.lm.baselines`)."""
+"""First-order baselines (backpropagation), for comparisons only: name -> options (the option classes, and
+LOMO, AdaLomo and GaLore: :mod:`forwardonly.lm.baselines`)."""
 
 
 def optimizer_names() -> list[str]:
