@@ -161,6 +161,19 @@ def take_out_dir(args, extras: list[str]) -> list[str]:
     return rest
 
 
+def add_command(subparsers, name: str, command, doc: str, config_cls=None):
+    """A subcommand that is one class (``forwardonly NAME``): its parser, with ``command.help``, ``doc`` as the
+    description and ``command.add_arguments``, running ``command.run``. ``config_cls`` returns the config
+    class whose keys the hints for unknown flags name (:func:`unknown_arguments`)."""
+    p = subparsers.add_parser(name, help=command.help, description=doc,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    command.add_arguments(p)
+    p.set_defaults(func=command.run)
+    if config_cls is not None:
+        p.set_defaults(config_cls=config_cls)
+    return p
+
+
 def action_parser(subparsers, name: str, help_text: str, doc: str):
     """A subcommand made of actions (``forwardonly NAME ACTION``): its parser and its actions' subparsers.
     Without an action it prints its help and exits 1."""

@@ -102,11 +102,7 @@ def write_demo_records(cfg, summary: dict, record_dir: str | None, *, run_s: flo
 
 
 def register(subparsers) -> None:
-    import argparse
-
-    p = subparsers.add_parser("demo", help=Demo.help, description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-    Demo.add_arguments(p)
+    from .common import add_command
     from .train import train_config_cls
 
-    p.set_defaults(func=Demo.run, config_cls=train_config_cls)
+    add_command(subparsers, "demo", Demo, __doc__, config_cls=train_config_cls)

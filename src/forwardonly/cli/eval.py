@@ -83,11 +83,7 @@ def read_run_config(run: Path) -> dict:
 
 
 def register(subparsers) -> None:
-    import argparse
-
-    p = subparsers.add_parser("eval", help=Eval.help, description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-    Eval.add_arguments(p)
+    from .common import add_command
     from .train import train_config_cls
 
-    p.set_defaults(func=Eval.run, config_cls=train_config_cls)
+    add_command(subparsers, "eval", Eval, __doc__, config_cls=train_config_cls)

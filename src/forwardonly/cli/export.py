@@ -41,9 +41,6 @@ class Export:
 
 
 def register(subparsers) -> None:
-    import argparse
+    from .common import add_command
 
-    p = subparsers.add_parser("export", help=Export.help, description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-    Export.add_arguments(p)
-    p.set_defaults(func=Export.run)
+    add_command(subparsers, "export", Export, __doc__)

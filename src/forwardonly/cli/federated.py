@@ -63,11 +63,7 @@ class Federated:
 
 
 def register(subparsers) -> None:
-    import argparse
-
-    p = subparsers.add_parser("federated", help=Federated.help, description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-    Federated.add_arguments(p)
+    from .common import add_command
     from .train import train_config_cls
 
-    p.set_defaults(func=Federated.run, config_cls=train_config_cls)
+    add_command(subparsers, "federated", Federated, __doc__, config_cls=train_config_cls)

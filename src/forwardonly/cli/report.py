@@ -76,9 +76,6 @@ def splice(readme: Path, block: str) -> str:
 
 
 def register(subparsers) -> None:
-    import argparse
+    from .common import add_command
 
-    p = subparsers.add_parser("report", help=Report.help, description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-    Report.add_arguments(p)
-    p.set_defaults(func=Report.run)
+    add_command(subparsers, "report", Report, __doc__)

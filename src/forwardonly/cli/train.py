@@ -81,7 +81,6 @@ def distributed_rank() -> int:
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("train", help=Train.help, description=__doc__,
-                              formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
-    Train.add_arguments(p)
-    p.set_defaults(func=Train.run, config_cls=train_config_cls)
+    from .common import add_command
+
+    add_command(subparsers, "train", Train, __doc__, config_cls=train_config_cls)
