@@ -20,6 +20,14 @@ from ..errors import UserError
 from .common import add_config_arguments, add_out_dir, print_config, resolve_config
 
 
+def _add_source_flags(p, algos: str, data: str, data_dir: str) -> None:
+    """``--algo``, ``--data`` and ``--data-dir``, short for the config keys ``algo=``, ``data=`` and ``data_dir=``
+    (read back by :func:`_flags`); the arguments say what each takes."""
+    p.add_argument("--algo", help=f"{algos} (same as algo=...)")
+    p.add_argument("--data", help=f"{data} (same as data=...)")
+    p.add_argument("--data-dir", help=f"{data_dir} (same as data_dir=...)")
+
+
 def _flags(args, **more) -> list[str]:
     """``key=value`` overrides from the ``--algo/--data/--data-dir`` options (and ``more``: config key -> option)."""
     names = {"algo": "algo", "data": "data", "data_dir": "data_dir", **more}
@@ -43,9 +51,8 @@ class Train:
     def add_arguments(p):
         add_config_arguments(p, "LocalConfig", "config overrides, anywhere on the line, e.g. out_dir=runs/a lr=3e-4 "
                                                "ff.loss=hinton")
-        p.add_argument("--algo", help="ff, mf, cafo, dfa, drtp, fg, bp, tpsgd or noprop (same as algo=...)")
-        p.add_argument("--data", help="fashion-mnist, mnist, digits, cifar10 or cifar100 (same as data=...)")
-        p.add_argument("--data-dir", help="directory with the raw data files (same as data_dir=...)")
+        _add_source_flags(p, "ff, mf, cafo, dfa, drtp, fg, bp, tpsgd or noprop",
+                          "fashion-mnist, mnist, digits, cifar10 or cifar100", "directory with the raw data files")
         add_out_dir(p, "output directory for checkpoint/metrics")
         p.add_argument("--resume", action="store_true", help="continue from out_dir/checkpoint")
 
@@ -55,9 +62,7 @@ class Train:
         from ..local.trainer import train
         from .main import show_progress
 
-        flags = [f"{k}={v}" for k, v in (("algo", args.algo), ("data", args.data),
-                                          ("data_dir", args.data_dir), ("out_dir", args.out)) if v]
-        cfg = load_config(LocalConfig, resolve_config(args.config), [*flags, *args.overrides])
+        cfg = load_config(LocalConfig, resolve_config(args.config), [*_flags(args, out_dir="out"), *args.overrides])
         if args.print_config:
             return print_config(cfg)
         if args.resume and not cfg.out_dir:
@@ -113,9 +118,8 @@ class GraphTrain:
     @staticmethod
     def add_arguments(p):
         p.add_argument("--config", help="YAML config (a GraphConfig); keys may be overridden after it")
-        p.add_argument("--algo", help="ff, sf or bp (same as algo=...)")
-        p.add_argument("--data", help="cora, citeseer, pubmed or csbm (same as data=...)")
-        p.add_argument("--data-dir", help="directory with <name>.content and <name>.cites (same as data_dir=...)")
+        _add_source_flags(p, "ff, sf or bp", "cora, citeseer, pubmed or csbm",
+                          "directory with <name>.content and <name>.cites")
         p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. layer=sage top_down=true")
 
     @staticmethod
