@@ -11,6 +11,23 @@ from typing import Literal
 
 ALGOS = ("ff", "mf", "cafo", "dfa", "drtp", "fg", "bp", "tpsgd", "noprop")
 
+# what a method's option must be (the words of its error message) -> when a value breaks it
+_BROKEN = {
+    "positive": lambda v: v <= 0,
+    ">= 0": lambda v: v < 0,
+    ">= 1": lambda v: v < 1,
+    "in [0, 1)": lambda v: not 0.0 <= v < 1.0,
+}
+
+
+def _check(name: str, section, **rules: str) -> None:
+    """Raise ``ValueError("NAME.KEY must be RULE, got VALUE")`` for the first option of a method's section
+    (``name``: its key in :class:`LocalConfig`) that breaks its rule (a key of ``_BROKEN``)."""
+    for key, rule in rules.items():
+        value = getattr(section, key)
+        if _BROKEN[rule](value):
+            raise ValueError(f"{name}.{key} must be {rule}, got {value}")
+
 
 @dataclass
 class FFConfig:
@@ -69,18 +86,8 @@ class FFConfig:
     dropout: float = 0.0
 
     def __post_init__(self):
-        if self.n_negatives < 1:
-            raise ValueError(f"ff.n_negatives must be >= 1, got {self.n_negatives}")
-        if self.peer < 0:
-            raise ValueError(f"ff.peer must be >= 0, got {self.peer}")
-        if not 0.0 <= self.peer_momentum < 1.0:
-            raise ValueError(f"ff.peer_momentum must be in [0, 1), got {self.peer_momentum}")
-        if self.alpha <= 0:
-            raise ValueError(f"ff.alpha must be positive, got {self.alpha}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"ff.dropout must be in [0, 1), got {self.dropout}")
-        if self.label_scale <= 0:
-            raise ValueError(f"ff.label_scale must be positive, got {self.label_scale}")
+        _check("ff", self, n_negatives=">= 1", peer=">= 0", peer_momentum="in [0, 1)", alpha="positive",
+               dropout="in [0, 1)", label_scale="positive")
 
 
 @dataclass
@@ -100,8 +107,7 @@ class CaFoConfig:
     blocks: Literal["random", "dfa"] = "random"
 
     def __post_init__(self):
-        if self.ridge <= 0:
-            raise ValueError(f"cafo.ridge must be positive, got {self.ridge}")
+        _check("cafo", self, ridge="positive")
         if self.blocks == "dfa" and self.predictor == "closed_form":
             raise ValueError("cafo.blocks=dfa needs a predictor trained by gradient (cafo.predictor=ce or mse): "
                              "the error a block learns from is its predictor's, every step")
@@ -126,8 +132,7 @@ class TPConfig:
     conv_target: Literal["map", "channel"] = "map"
 
     def __post_init__(self):
-        if self.scale <= 0:
-            raise ValueError(f"tp.scale must be positive, got {self.scale}")
+        _check("tp", self, scale="positive")
 
 
 @dataclass
@@ -149,10 +154,7 @@ class NoPropConfig:
     embed_dim: int = 0  # learned embeddings: their width (0: the number of classes)
 
     def __post_init__(self):
-        if self.blocks < 1:
-            raise ValueError(f"noprop.blocks must be >= 1, got {self.blocks}")
-        if self.embed_dim < 0:
-            raise ValueError(f"noprop.embed_dim must be >= 0, got {self.embed_dim}")
+        _check("noprop", self, blocks=">= 1", embed_dim=">= 0")
 
 
 @dataclass
