@@ -127,6 +127,12 @@ class LocalModel(nn.Module):
         chans = [self.shape[0] + extra_in, *self.cfg.conv] if self.cfg.conv else []
         return nn.ModuleList(ConvBlock(a, b) for a, b in pairwise(chans))
 
+    def make_feedforward(self) -> None:
+        """Build the plain network :meth:`feedforward` runs: the conv blocks of ``cfg.conv`` (``self.convs``),
+        then linear layers from ``dims`` to ``n_classes`` (``self.layers``), initialised in that order."""
+        self.convs = self.make_convs()
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in pairwise([*self.dims, self.n_classes]))
+
     def feedforward(self, x: torch.Tensor) -> torch.Tensor:
         """The plain network: conv blocks, then ``self.layers`` with the activation between, the last one linear."""
         x = self.image(x)

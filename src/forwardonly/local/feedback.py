@@ -23,20 +23,21 @@ Example::
 
 from __future__ import annotations
 
-from itertools import pairwise
-
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from .base import LocalModel, linear_flops, local_step, make_optimizer, one_hot
 
 
 class _RandomFeedback(LocalModel):
+    """The layers, fixed feedback matrices and update pass of DFA and DRTP; a method supplies :meth:`signal`."""
+
+    train_passes = 2
+    """A training step's cost in forward passes: the update pass and its one-layer weight gradients."""
+
     def __init__(self, n_in, n_classes, cfg, shape=None):
         super().__init__(n_in, n_classes, cfg, shape)
-        d = [*self.dims, n_classes]
-        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in pairwise(d))
+        self.make_feedforward()
         for k, width in enumerate(self.dims[1:]):
             b = (torch.rand(n_classes, width) * 2 - 1) * cfg.feedback.scale / n_classes ** 0.5
             self.register_buffer(f"feedback_{k}", b)  # fixed: saved with the weights, never trained
@@ -63,23 +64,31 @@ class _RandomFeedback(LocalModel):
     def _feedback_flops(self) -> int:
         return sum(2 * self.n_classes * w for w in self.dims[1:])
 
+    def signal(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """What every hidden layer's update projects through its feedback matrix, for batch ``(x, y)``."""
+        raise NotImplementedError
+
+    def train_step(self, x, y):
+        signal = self.signal(x, y)
+        h = x
+        for k in range(len(self.layers) - 1):
+            h = self._hidden_update(k, h, signal)
+        return self._output_update(h, y)
+
+    def flops_per_example(self):
+        fwd = linear_flops([*self.dims, self.n_classes])
+        return {"train": self.train_passes * fwd + self._feedback_flops(), "predict": fwd}
+
 
 class DFA(_RandomFeedback):
     """Direct Feedback Alignment with a recomputing second pass (one layer alive at a time)."""
 
     name = "dfa"
+    train_passes = 3  # and the no-grad pass for the output error
 
-    def train_step(self, x, y):
-        with torch.no_grad():
-            err = (F.softmax(self.scores(x), 1) - one_hot(y, self.n_classes)) / len(y)
-        h = x
-        for k in range(len(self.layers) - 1):
-            h = self._hidden_update(k, h, err)
-        return self._output_update(h, y)
-
-    def flops_per_example(self):
-        fwd = linear_flops([*self.dims, self.n_classes])
-        return {"train": 3 * fwd + self._feedback_flops(), "predict": fwd}
+    @torch.no_grad()
+    def signal(self, x, y):
+        return (F.softmax(self.scores(x), 1) - one_hot(y, self.n_classes)) / len(y)
 
 
 class DRTP(_RandomFeedback):
@@ -87,13 +96,5 @@ class DRTP(_RandomFeedback):
 
     name = "drtp"
 
-    def train_step(self, x, y):
-        target = -one_hot(y, self.n_classes) / len(y)
-        h = x
-        for k in range(len(self.layers) - 1):
-            h = self._hidden_update(k, h, target)
-        return self._output_update(h, y)
-
-    def flops_per_example(self):
-        fwd = linear_flops([*self.dims, self.n_classes])
-        return {"train": 2 * fwd + self._feedback_flops(), "predict": fwd}
+    def signal(self, x, y):
+        return -one_hot(y, self.n_classes) / len(y)

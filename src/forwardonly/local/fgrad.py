@@ -39,8 +39,7 @@ class ForwardGradient(LocalModel):
 
     def __init__(self, n_in, n_classes, cfg, shape=None):
         super().__init__(n_in, n_classes, cfg, shape)
-        d = [*self.dims, n_classes]
-        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in pairwise(d))
+        self.make_feedforward()
         self.local = cfg.fg.mode == "local"
         if self.local:
             self.heads = nn.ModuleList(nn.Linear(b, n_classes) for b in self.dims[1:])

@@ -75,9 +75,7 @@ class Backprop(LocalModel):
 
     def __init__(self, n_in, n_classes, cfg, shape=None):
         super().__init__(n_in, n_classes, cfg, shape)
-        d = [*self.dims, n_classes]
-        self.convs = self.make_convs()
-        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in pairwise(d))
+        self.make_feedforward()
         self.optimizers = [make_optimizer(self.parameters(), cfg)]
 
     def scores(self, x):

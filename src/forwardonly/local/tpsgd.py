@@ -23,7 +23,6 @@ from itertools import pairwise
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from .base import LocalModel, local_step, make_optimizer, numel, one_hot
 
@@ -37,9 +36,7 @@ class TargetProjection(LocalModel):
 
     def __init__(self, n_in, n_classes, cfg, shape=None):
         super().__init__(n_in, n_classes, cfg, shape)
-        d = [*self.dims, n_classes]
-        self.convs = self.make_convs()
-        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in pairwise(d))
+        self.make_feedforward()
         scale = cfg.tp.scale
         outs = [*self.conv_out, *((w,) for w in cfg.hidden)]
         self.per_channel = cfg.tp.conv_target == "channel"
