@@ -11,8 +11,9 @@
   the output head take plain Adam.
 
 The options of every first-order baseline, ``fo-sgd`` and ``fo-adam`` included, are here too: each is a
-:class:`FirstOrderConfig` (``lr``, ``weight_decay``, ``grad_checkpointing``) plus its own. LOMO and AdaLomo update inside
-``backward``: a step is one micro-batch (``accum_steps`` must be 1), run through :class:`FusedBackward`.
+:class:`FirstOrderConfig` (``lr``, ``weight_decay``, ``grad_checkpointing``) plus its own. LOMO and AdaLomo
+update inside ``backward``: a step is one micro-batch (``accum_steps`` must be 1), run through
+:class:`FusedBackward`.
 
 Example::
 

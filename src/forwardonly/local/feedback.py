@@ -30,7 +30,7 @@ from .base import LocalModel, linear_flops, local_step, make_optimizer, one_hot
 
 
 class _RandomFeedback(LocalModel):
-    """The layers, fixed feedback matrices and update pass of DFA and DRTP; a method supplies :meth:`signal`."""
+    """The layers, fixed feedback matrices and update pass of DFA and DRTP; each supplies :meth:`signal`."""
 
     train_passes = 2
     """A training step's cost in forward passes: the update pass and its one-layer weight gradients."""

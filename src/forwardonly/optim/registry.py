@@ -78,6 +78,12 @@ class OptimizerInfo:
     def build(self, params, **kwargs):
         return self.cls(params, **{**self.fixed, **kwargs})
 
+    def variant(self, name: str, fixed: dict, summary: str, test: dict | None = None) -> OptimizerInfo:
+        """This row's algorithm under another name with ``fixed`` options (``zo-sgd-mmt``: ZO-SGD with
+        ``momentum=0.9``); it is tested with this row's settings unless ``test`` says otherwise."""
+        return dataclasses.replace(self, name=name, fixed=fixed, summary=summary,
+                                   test=self.test if test is None else test)
+
     def validate(self, kwargs: dict) -> None:
         """Raise ``ValueError`` (the constructor's own message) if ``kwargs`` make no sense for this
         optimizer: it is built over a few stand-in parameters, before any model is loaded."""
@@ -90,15 +96,20 @@ class OptimizerInfo:
             raise ValueError(f"optim ({self.name}): {e}") from None
 
 
+_ZOSGD = OptimizerInfo("zo-sgd", ZOSGD, ZOSGDReference, ZOSGDConfig, test={"lr": 2e-3},
+                       summary="MeZO: two-sided ZO-SGD in place, the memory of inference")
+_HIZOO = OptimizerInfo("hizoo", HiZOO, HiZOOReference, HiZOOConfig, test={"lr": 1e-2},
+                       summary="HiZOO: ZO-SGD preconditioned by a diagonal Hessian from one extra forward")
+_LOZO = OptimizerInfo("lozo", LOZO, LOZOReference, LOZOConfig, test={"lr": 1e-2, "kwargs": {"rank": 1}},
+                      summary="LOZO: low-rank directions U V^T per matrix, V resampled every `interval` steps")
+
 _ROWS = [
-    OptimizerInfo("zo-sgd", ZOSGD, ZOSGDReference, ZOSGDConfig, test={"lr": 2e-3},
-                  summary="MeZO: two-sided ZO-SGD in place, the memory of inference"),
-    OptimizerInfo("zo-sgd-mmt", ZOSGD, ZOSGDReference, ZOSGDConfig, {"momentum": 0.9}, {"lr": 2e-3},
-                  "ZO-SGD with heavy-ball momentum (one parameter-sized buffer)"),
-    OptimizerInfo("zo-sgd-sign", ZOSGD, ZOSGDReference, ZOSGDConfig, {"sign": True}, {"lr": 1e-2},
-                  "ZO-SGD along the sign of the estimate"),
-    OptimizerInfo("zo-sgd-cons", ZOSGD, ZOSGDReference, ZOSGDConfig, {"conservative": True}, {"lr": 2e-3},
-                  "conservative ZO-SGD: keep the best of w, w - lr g, w + lr g"),
+    _ZOSGD,
+    _ZOSGD.variant("zo-sgd-mmt", {"momentum": 0.9},
+                   "ZO-SGD with heavy-ball momentum (one parameter-sized buffer)"),
+    _ZOSGD.variant("zo-sgd-sign", {"sign": True}, "ZO-SGD along the sign of the estimate", test={"lr": 1e-2}),
+    _ZOSGD.variant("zo-sgd-cons", {"conservative": True},
+                   "conservative ZO-SGD: keep the best of w, w - lr g, w + lr g"),
     OptimizerInfo("zo-adam", ZOAdam, ZOAdamReference, ZOAdamConfig, test={"lr": 1e-2},
                   summary="Adam on ZO estimates, scalar second moment (4 B/param)"),
     OptimizerInfo("forward-grad", ForwardGrad, ForwardGradReference, ForwardGradConfig, test={"lr": 2e-3},
@@ -113,18 +124,15 @@ _ROWS = [
     # fewer forwards to the same accuracy (issue 17)
     OptimizerInfo("fzoo", FZOO, FZOOReference, FZOOConfig, test={"lr": 1e-5},
                   summary="FZOO: q one-sided probes in one batched forward, step / std of their losses"),
-    OptimizerInfo("hizoo", HiZOO, HiZOOReference, HiZOOConfig, test={"lr": 1e-2},
-                  summary="HiZOO: ZO-SGD preconditioned by a diagonal Hessian from one extra forward"),
-    OptimizerInfo("hizoo-l", HiZOO, HiZOOReference, HiZOOConfig, {"low_rank": True}, {"lr": 1e-2},
-                  "HiZOO-L: HiZOO with each matrix's diagonal as row and column factors"),
+    _HIZOO,
+    _HIZOO.variant("hizoo-l", {"low_rank": True},
+                   "HiZOO-L: HiZOO with each matrix's diagonal as row and column factors"),
     OptimizerInfo("sparse-mezo", SparseMeZO, SparseMeZOReference, SparseMeZOConfig,
                   test={"lr": 1e-2, "kwargs": {"density": 0.5}},
                   summary="Sparse-MeZO: ZO-SGD on each tensor's smallest-magnitude weights"),
-    OptimizerInfo("lozo", LOZO, LOZOReference, LOZOConfig, test={"lr": 1e-2, "kwargs": {"rank": 1}},
-                  summary="LOZO: low-rank directions U V^T per matrix, V resampled every `interval` steps"),
-    OptimizerInfo("lozo-m", LOZO, LOZOReference, LOZOConfig, {"momentum": 0.9},
-                  {"lr": 1e-2, "kwargs": {"rank": 1, "interval": 5}},
-                  "LOZO-M: LOZO with momentum kept as an m x r factor per matrix"),
+    _LOZO,
+    _LOZO.variant("lozo-m", {"momentum": 0.9}, "LOZO-M: LOZO with momentum kept as an m x r factor per matrix",
+                  test={"lr": 1e-2, "kwargs": {"rank": 1, "interval": 5}}),
     # evolution strategies (issue 23)
     OptimizerInfo("es", ES, ESReference, ESConfig, test={"lr": 1e-4},
                   summary="antithetic ES: N seeded pairs per step, centered-rank fitness shaping"),
