@@ -50,6 +50,7 @@ CURVES = ["bp", "mf", "ff", "cafo", "dfa", "drtp", "fg-local", "fg-weight",
 # Fashion-MNIST MLP anchors from the issue, by method: (lower, upper) bound in %; the target is >= lower
 ANCHORS = {"mf": (89.62, 89.84), "ff": (89.50, 89.73), "bp": (88.22, 89.66)}
 # memory.py measures each method once, with its default recipe; runs it does not stand for show "-"
+MEMORY_ARCHS = ("mlp-2x1000", "mlp-6x2000")  # the two MLPs memory.py measures every method on
 NOT_MEASURED = {"ff-hard", "ff-hard-1000", "ff-hard-1000-d85", "ff-hard-k3", "ff-hard-comb", "ff-hard-ls10",
                 "ff-hard-ls10-lr2", "ff-hard-ls10-lr2-ema"}  # hard negatives add a no-grad pass before the local steps
 
@@ -91,13 +92,27 @@ def _median_memory(recs: list[dict]) -> dict | None:
 def load(rs=None) -> tuple[dict, dict | None]:
     from forwardonly.bench.record import RecordSet
 
-    rs = rs or RecordSet(HERE)
-    runs = {}
-    for name in ORDER:
-        recs = rs.glob(f"results/{name}.json") + rs.glob(f"results/{name}.*.json")
-        if recs:
-            runs[name] = _pooled(recs)
-    return runs, _median_memory(rs.glob("results/memory.json") + rs.glob("results/memory.*.json"))
+    return _load_round(rs or RecordSet(HERE), ORDER, "memory")
+
+
+def _load_round(rs, names, memory: str) -> tuple[dict, dict | None]:
+    """The records of experiments ``names`` (every record of one pooled) and the memory records
+    ``results/<memory>[.*].json`` (median)."""
+    def records(stem: str) -> list[dict]:
+        return rs.glob(f"results/{stem}.json") + rs.glob(f"results/{stem}.*.json")
+
+    runs = {name: _pooled(recs) for name in names if (recs := records(name))}
+    return runs, _median_memory(records(memory))
+
+
+def _memory_cells(mem: dict | None, name: str, saved_digits: int) -> tuple[str, str]:
+    """``name``'s peak RSS above the start and autograd-saved peak in MiB, each as "2x1000 / 6x2000" (the two
+    MLPs of the memory record); "-" for both unless both MLPs have it."""
+    parts = [mem["results"].get(a, {}).get(name) for a in MEMORY_ARCHS] if mem else [None]
+    if not all(parts):
+        return "-", "-"
+    return (" / ".join(f"{p['peak_rss_above_start'] / 2**20:.0f}" for p in parts),
+            " / ".join(f"{p['autograd_saved_peak_bytes'] / 2**20:.{saved_digits}f}" for p in parts))
 
 
 def _pm(agg: dict, key: str, scale: float = 100.0, fmt: str = "{:.2f}") -> str:
@@ -108,10 +123,12 @@ def _pm(agg: dict, key: str, scale: float = 100.0, fmt: str = "{:.2f}") -> str:
 
 
 def table(runs: dict, mem: dict | None) -> str:
-    head = ("| method (784-500-500 unless marked) | test acc. % (mean ± std, 3 seeds) | anchor % | target | epochs run | s / epoch "
-            "| s to 85 % val. | MFLOP / train ex. (proxy) | peak mem. above start, MiB, 2x1000 / 6x2000 @1024 "
-            "| autograd-saved peak MiB, 2x1000 / 6x2000 |")
-    lines = [head, "|" + "---|" * 10]
+    from forwardonly.bench.report import table as markdown_table
+
+    head = ["method (784-500-500 unless marked)", "test acc. % (mean ± std, 3 seeds)", "anchor %", "target",
+            "epochs run", "s / epoch", "s to 85 % val.", "MFLOP / train ex. (proxy)",
+            "peak mem. above start, MiB, 2x1000 / 6x2000 @1024", "autograd-saved peak MiB, 2x1000 / 6x2000"]
+    rows = []
     for name, rec in runs.items():
         agg = rec["results"]["aggregate"]
         algo = rec["config"]["algo"]
@@ -133,17 +150,12 @@ def table(runs: dict, mem: dict | None) -> str:
         ttt = agg.get("time_to_target")
         ttt_s = "not reached" if not ttt else f"{ttt['mean']:.0f} ({ttt['n']}/{n_seeds} seeds)"
         flops = rec["results"]["runs"][0]["flops_per_example"]["train"] / 1e6
-        m = "-"
-        s = "-"
-        if mem and name not in NOT_MEASURED:
-            base = name if algo == "fg" else algo  # memory is measured per method, on its own two MLPs
-            parts = [mem["results"].get(a, {}).get(base) for a in ("mlp-2x1000", "mlp-6x2000")]
-            if all(parts):
-                m = " / ".join(f"{p['peak_rss_above_start'] / 2**20:.0f}" for p in parts)
-                s = " / ".join(f"{p['autograd_saved_peak_bytes'] / 2**20:.0f}" for p in parts)
-        lines.append(f"| {LABELS[name]} | {acc} | {anchor} | {target} | {_pm(agg, 'epochs_run', 1, '{:.1f}')} "
-                     f"| {_pm(agg, 'seconds_per_epoch', 1, '{:.1f}')} | {ttt_s} | {flops:.1f} | {m} | {s} |")
-    return "\n".join(lines)
+        m, s = "-", "-"
+        if name not in NOT_MEASURED:  # memory is measured per method, on its own two MLPs
+            m, s = _memory_cells(mem, name if algo == "fg" else algo, 0)
+        rows.append([LABELS[name], acc, anchor, target, _pm(agg, "epochs_run", 1, "{:.1f}"),
+                     _pm(agg, "seconds_per_epoch", 1, "{:.1f}"), ttt_s, f"{flops:.1f}", m, s])
+    return markdown_table(head, rows)
 
 
 def plots(runs: dict, mem: dict | None) -> list[str]:
@@ -203,7 +215,7 @@ def plots(runs: dict, mem: dict | None) -> list[str]:
 
     if mem:
         fig, axes = plt.subplots(1, 2, figsize=(9, 3.9), layout="constrained")
-        for ax, arch in zip(axes, ("mlp-2x1000", "mlp-6x2000")):
+        for ax, arch in zip(axes, MEMORY_ARCHS):
             res = mem["results"].get(arch, {})
             ns = [n for n in ORDER if n in res]
             ax.bar(range(len(ns)), [res[n]["peak_rss_above_start"] / 2**20 for n in ns], label="peak RSS above start")
@@ -232,13 +244,7 @@ ROUND2_LABELS = {"cnv-bp": "Backprop (conv)", "cnv-mf": "Mono-Forward (conv)",
 
 def load_round2(rs) -> tuple[dict, dict | None]:
     """The second round's records (every record of an experiment pooled) and its memory records (median)."""
-    runs = {}
-    for name in ROUND2:
-        recs = rs.glob(f"results/{name}.json") + rs.glob(f"results/{name}.*.json")
-        if recs:
-            runs[name] = _pooled(recs)
-    mem = rs.glob("results/memory-round2.json") + rs.glob("results/memory-round2.*.json")
-    return runs, _median_memory(mem)
+    return _load_round(rs, ROUND2, "memory-round2")
 
 
 def _median_range(vals: list[float]) -> str:
@@ -251,13 +257,15 @@ def _median_range(vals: list[float]) -> str:
 def round2_table(runs: dict, mem: dict | None) -> str:
     import statistics
 
-    head = ("| method | test acc. %, median [range] | seeds | twin | gap to twin, points (median) | epochs run "
-            "| s / epoch (median) | MFLOP / train ex. | autograd-saved peak MiB @1024, shallow / deep | "
-            "peak RSS above start MiB, shallow / deep |")
-    lines = [head, "|" + "---|" * 10]
+    from forwardonly.bench.report import table as markdown_table
+
+    head = ["method", "test acc. %, median [range]", "seeds", "twin", "gap to twin, points (median)", "epochs run",
+            "s / epoch (median)", "MFLOP / train ex.", "autograd-saved peak MiB @1024, shallow / deep",
+            "peak RSS above start MiB, shallow / deep"]
+    rows = []
     for name, twin in ROUND2.items():
         if name not in runs:
-            lines.append(f"| {ROUND2_LABELS[name]} | not run | 0 | {twin or '-'} | - | - | - | - | - | - |")
+            rows.append([ROUND2_LABELS[name], "not run", 0, twin or "-", *["-"] * 6])
             continue
         res = runs[name]["results"]
         accs = [r["test_acc"] for r in res["runs"]]
@@ -269,14 +277,10 @@ def round2_table(runs: dict, mem: dict | None) -> str:
         epochs = statistics.median([r["epochs_run"] for r in res["runs"]])
         sec = statistics.median([r["seconds_per_epoch"] for r in res["runs"]])
         flops = res["runs"][0]["flops_per_example"]["train"] / 1e6
-        saved = rss = "-"
-        parts = [mem["results"].get(a, {}).get(name) for a in ("mlp-2x1000", "mlp-6x2000")] if mem else [None]
-        if all(parts):
-            saved = " / ".join(f"{p['autograd_saved_peak_bytes'] / 2**20:.1f}" for p in parts)
-            rss = " / ".join(f"{p['peak_rss_above_start'] / 2**20:.0f}" for p in parts)
-        lines.append(f"| {ROUND2_LABELS[name]} | {_median_range(accs)} | {len(accs)} | {twin or '-'} | {gap} "
-                     f"| {epochs:g} | {sec:.1f} | {flops:.2f} | {saved} | {rss} |")
-    return "\n".join(lines)
+        rss, saved = _memory_cells(mem, name, 1)
+        rows.append([ROUND2_LABELS[name], _median_range(accs), len(accs), twin or "-", gap, f"{epochs:g}",
+                     f"{sec:.1f}", f"{flops:.2f}", saved, rss])
+    return markdown_table(head, rows)
 
 
 def round2_plots(runs: dict) -> list[str]:
@@ -333,7 +337,7 @@ def memory_table(mem: dict | None) -> str:
     lines = ["| method | 784-1000-1000 | 784-6x2000 |", "|---|---|---|"]
     for name, label in MEMORY_ROWS:
         cells = []
-        for arch in ("mlp-2x1000", "mlp-6x2000"):
+        for arch in MEMORY_ARCHS:
             m = mem["results"].get(arch, {}).get(name)
             saved = m and m["autograd_saved_peak_bytes"] / 2**20
             cells.append("-" if not m else f"{m['peak_rss_above_start'] / 2**20:.1f} ({saved:.1f})" if saved
