@@ -83,11 +83,7 @@ def blocks(rs) -> dict[str, str]:
     return {"es-results": results_table(rs), "es-targets": targets(rs)}
 
 
-def main(argv=None) -> int:
+if __name__ == "__main__":
     from forwardonly.bench.blocks import suite_main
 
-    return suite_main(HERE, blocks, argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(suite_main(HERE, blocks))

@@ -213,11 +213,7 @@ def blocks(rs) -> dict[str, str]:
             "before issue 18)\n\n" + tables(rs)}
 
 
-def main(argv=None) -> int:
+if __name__ == "__main__":
     from forwardonly.bench.blocks import suite_main
 
-    return suite_main(HERE, blocks, argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(suite_main(HERE, blocks))

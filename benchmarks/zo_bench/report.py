@@ -233,11 +233,7 @@ def write_plots(rs) -> None:
         save(draw(), PLOTS / name)
 
 
-def main(argv=None) -> int:
+if __name__ == "__main__":
     from forwardonly.bench.blocks import suite_main
 
-    return suite_main(HERE, blocks, argv, also_write=write_plots)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(suite_main(HERE, blocks, also_write=write_plots))
