@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SUITES = ("step_overhead", "zo_bench", "offload", "qzo", "distributed", "local_learning", "convergence", "zeroqat")
+SUITES = ("step_overhead", "zo_bench", "offload", "qzo", "distributed", "local_learning", "convergence", "zeroqat", "demo")
 NUMBER = re.compile(r"(?<![\w.\-])[+-]?\d[\d,]*(?:\.\d+)?\s?(?:%|x\b|MiB\b|GiB\b|MB\b|GB\b|min\b|s\b|points\b)")
 MiB = 2**20
 
@@ -76,7 +76,35 @@ def _suite_rss(rs, experiment):
 QZO_INT4 = "results/v6/memory_int4-q41-emb8_frozenemb_r*.json"  # the configuration that met the accuracy target
 QZO_BF16 = "results/v6/memory_bf16-compute_r*.json"
 CHUNKED = "results/v3/memory_int4_mlp128_micro4_r*.json"
+def _demo(rs, key, fmt):
+    """The median over the shipped demo recipe's records of ``key(results)``, formatted."""
+    runs = load_suite(ROOT / "benchmarks", "demo").shipped(rs)
+    return fmt.format(statistics.median(key(r["results"]) for r in runs)) if runs else "no record"
+
+
+def _final_norm(rs, key):
+    recs = rs.glob("results/final_norm.*.json")
+    return f"{100 * key(recs[-1]['results']):.2f} %" if recs else "no record"
+
+
 PROSE = [
+    Prose("With the shipped config (ZO-SGD on the 35k normalisation weights, lr 2e-4, 200 steps of 16 sentences), "
+          "the recorded runs raise held-out accuracy from 78.25 % to 85.50 % (+7.25 points) in 1236 s, of which "
+          "1073 s training (model cached), peak RSS 1138 MiB: the median of 1 recorded run.",
+          {"78.25 %": lambda s: _demo(s["demo"], lambda r: 100 * r["test_before"]["accuracy"], "{:.2f} %"),
+           "85.50 %": lambda s: _demo(s["demo"], lambda r: 100 * r["test_after"]["accuracy"], "{:.2f} %"),
+           "+7.25 points": lambda s: _demo(s["demo"], lambda r: 100 * (r["test_after"]["accuracy"]
+                                                                        - r["test_before"]["accuracy"]), "{:+.2f} points"),
+           "1236 s": lambda s: _demo(s["demo"], lambda r: r["total_time_s"], "{:.0f} s"),
+           "1073 s": lambda s: _demo(s["demo"], lambda r: r["train_time_s"], "{:.0f} s"),
+           "1138 MiB": lambda s: _demo(s["demo"], lambda r: r["peak_rss_bytes"] / MiB, "{:.0f} MiB"),
+           "1 recorded run": lambda s: f"{len(load_suite(ROOT / 'benchmarks', 'demo').shipped(s['demo']))} recorded run"}),
+    Prose("forward passes of SmolLM2-135M are compute-bound there, about 2.7 s per batch of 16 sentences",
+          {"2.7 s": lambda s: _demo(s["demo"], lambda r: r["train_time_s"] / r["forwards"], "{:.1f} s")}),
+    Prose("with its 576 weights, L-BFGS (backpropagation) reaches 81.75 % on test and the best ZO-SGD recipe chosen "
+          "on validation 80.25 %",
+          {"81.75 %": lambda s: _final_norm(s["demo"], lambda r: r["ceiling_lbfgs"]["test"]),
+           "80.25 %": lambda s: _final_norm(s["demo"], lambda r: r["chosen_on_validation"]["test_seed0"])}),
     Prose("int4 QZO's whole-process peak RSS during training steps falls from 529 to 508 MiB (benchmarks/qzo), and "
           "the quantized configuration that matches bf16 ZO's accuracy peaks at 0.70x bf16 ZO during the steps, 0.98x "
           "over the whole run, loading included",

@@ -68,6 +68,9 @@ class ModelConfig:
             by ``seed``) or ``linear_probe``, a logistic regression on the training examples' features
             fitted before training (:mod:`forwardonly.models.head_init`; without it zeroth-order
             fine-tuning of an encoder stalls on the majority class).
+        pooling: what a classifier's head reads: ``default`` (the model's own pooler) or ``mean`` (the mean
+            of the last hidden states over the real tokens, what sentence encoders such as all-MiniLM-L6
+            were trained for; BERT-family classifiers; :mod:`forwardonly.models.pooling`).
     """
 
     name: str = "smollm2-135m"
@@ -78,6 +81,7 @@ class ModelConfig:
     offload: OffloadConfig | None = None
     precision: Literal["pure", "mixed"] = "pure"
     head_init: Literal["random", "linear_probe"] = "random"
+    pooling: Literal["default", "mean"] = "default"
 
     def __post_init__(self):
         if self.chunk_feedforward < 0:
