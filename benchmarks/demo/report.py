@@ -91,11 +91,7 @@ def blocks(rs) -> dict[str, str]:
     return {"demo-runs": runs_table(rs), "demo-final-norm": final_norm_table(rs)}
 
 
-def main(argv=None) -> int:
+if __name__ == "__main__":
     from forwardonly.bench.blocks import suite_main
 
-    return suite_main(HERE, blocks, argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(suite_main(HERE, blocks))
