@@ -49,13 +49,28 @@ def load_invocations(rs) -> list[dict]:
 MIN_INVOCATIONS = 3
 
 
+SAME_CODE = HERE / "same_code.json"  # commits whose timed code is identical (tests/bench checks it with git)
+
+
+def code_of(commit: str) -> str:
+    """The commits of ``commit``'s group in ``same_code.json`` (short, comma-joined), else ``commit`` itself:
+    invocations made at different commits of the same timed code (``src/``, ``run.py``) share a row."""
+    import json
+
+    short = str(commit)[:10]
+    for group in json.loads(SAME_CODE.read_text())["groups"] if SAME_CODE.is_file() else []:
+        if any(short == c[:10] for c in group["commits"]):
+            return ", ".join(c[:10] for c in group["commits"])
+    return short
+
+
 def _groups(records: list[dict]) -> dict:
-    """``(tokens, shape, threads, commit) -> [(record, its per-thread results), ...]``."""
+    """``(tokens, shape, threads, code) -> [(record, its per-thread results), ...]`` (:func:`code_of`)."""
     groups: dict = {}
     for r in records:
         b, t = map(int, r["results"]["shape"].split("x"))
         for n, res in r["results"]["per_threads"].items():
-            key = (b * t, r["results"]["shape"], int(n), str(r["git"]["commit"])[:10])
+            key = (b * t, r["results"]["shape"], int(n), code_of(r["git"]["commit"]))
             groups.setdefault(key, []).append((r, res))
     return dict(sorted(groups.items(), key=lambda kv: (kv[0][0], -kv[0][2], kv[0][3])))
 
@@ -76,7 +91,7 @@ def _threads_label(r, n: int) -> str:
 
 
 def invocation_tables(records: list[dict]) -> str:
-    """Median over invocations, with the range, per shape, thread count and commit."""
+    """Median over invocations, with the range, per shape, thread count and code (:func:`code_of`)."""
     if not records:
         return "No invocations with several thread counts yet."
     variants = [k for k, _ in COLUMNS if any(k in r["results"]["peak_rss_ratio_step_over_forward"] for r in records)]
@@ -85,7 +100,7 @@ def invocation_tables(records: list[dict]) -> str:
     for key, title in (("ratio_step_over_2fwd", "wall-clock"), ("cpu_ratio_step_over_2fwd", "process CPU time")):
         lines += [(f"Step / (2 x forward), {title}: median over invocations [min-max] (invocations); each "
                    "invocation's figure is the median of its interleaved rounds:"), "",
-                  "| shape, threads | commit | forward (s) | " + " | ".join(labels[v] for v in variants)
+                  "| shape, threads | commits (same code) | forward (s) | " + " | ".join(labels[v] for v in variants)
                   + " | target |", "|---|---|---|" + "---|" * len(variants) + "---|"]
         for (_, shape, n, commit), members in _groups(records).items():
             target = members[0][0]["results"]["targets"]["ratio"]
@@ -95,11 +110,11 @@ def invocation_tables(records: list[dict]) -> str:
                          + " | ".join(cells) + f" | <= {target:.2f} |")
         lines.append("")
     lines += ["Peak RSS during a step / during a plain forward (first thread count of each invocation):", "",
-              "| shape | commit | " + " | ".join(labels[v] for v in variants) + " | target |",
+              "| shape | commits (same code) | " + " | ".join(labels[v] for v in variants) + " | target |",
               "|---|---|" + "---|" * len(variants) + "---|"]
     by_shape: dict = {}
     for r in records:
-        by_shape.setdefault((r["results"]["shape"], str(r["git"]["commit"])[:10]), []).append(r)
+        by_shape.setdefault((r["results"]["shape"], code_of(r["git"]["commit"])), []).append(r)
     for (shape, commit), rs in by_shape.items():
         target = rs[0]["results"]["targets"]["peak_rss_ratio"]
         cells = [_spread([r["results"]["peak_rss_ratio_step_over_forward"][v] for r in rs
