@@ -57,34 +57,37 @@ def shipped(rs) -> list[dict]:
 
 
 def runs_table(rs) -> str:
-    rows = ["| recipe | runs | test accuracy before -> after % | forwards | training s | total s | peak RSS MiB "
-            "| commits |", "|---|---|---|---|---|---|---|---|"]
-    for name, recs in demo_runs(rs).items():
-        res = [r["results"] for r in recs]
-        before = spread([100 * x["test_before"]["accuracy"] for x in res])
-        after = spread([100 * x["test_after"]["accuracy"] for x in res])
-        commits = ", ".join(sorted({r["git"]["commit"][:7] for r in recs}))
-        rows.append(f"| {name} | {len(recs)} | {before} -> {after} | {spread([x['forwards'] for x in res], '{:.0f}')} "
-                    f"| {spread([x['train_time_s'] for x in res], '{:.0f}')} "
-                    f"| {spread([x['total_time_s'] for x in res], '{:.0f}')} "
-                    f"| {spread([x['peak_rss_bytes'] / MiB for x in res], '{:.0f}')} | {commits} |")
-    return "\n".join(rows)
+    from forwardonly.bench.report import table
+
+    def cell(recs, key, fmt="{:.0f}"):
+        return spread([key(r["results"]) for r in recs], fmt)
+
+    return table(["recipe", "runs", "test accuracy before -> after %", "forwards", "training s", "total s",
+                  "peak RSS MiB", "commits"],
+                 [[name, len(recs),
+                   f"{cell(recs, lambda x: 100 * x['test_before']['accuracy'], '{:.2f}')} -> "
+                   f"{cell(recs, lambda x: 100 * x['test_after']['accuracy'], '{:.2f}')}",
+                   cell(recs, lambda x: x["forwards"]), cell(recs, lambda x: x["train_time_s"]),
+                   cell(recs, lambda x: x["total_time_s"]), cell(recs, lambda x: x["peak_rss_bytes"] / MiB),
+                   ", ".join(sorted({r["git"]["commit"][:7] for r in recs}))]
+                  for name, recs in demo_runs(rs).items()])
 
 
 def final_norm_table(rs) -> str:
-    rows = ["| record | zero-shot % (validation / test) | L-BFGS ceiling % (train / validation / test) | "
-            "best simulated ZO-SGD, chosen on validation | its validation % | its test % |",
-            "|---|---|---|---|---|---|"]
+    from forwardonly.bench.report import table
+
+    rows = []
     for rec in rs.glob("results/final_norm.*.json"):
         r = rec["results"]
         z, c, ch = r["zero_shot"], r["ceiling_lbfgs"], r["chosen_on_validation"]
         best = max(r["zo_grid"], key=lambda g: sorted(g["validation_final"])[1])
-        rows.append(f"| {Path(rec['_path']).name} | {100 * z['validation']:.2f} / {100 * z['test']:.2f} | "
-                    f"{100 * c['train']:.2f} / {100 * c['validation']:.2f} / {100 * c['test']:.2f} | "
-                    f"lr {ch['lr']:g}, q {ch['q']}, {ch['schedule']}, {2 * ch['q'] * ch['steps']} forwards | "
-                    f"{spread([100 * v for v in best['validation_final']])} (3 seeds) | "
-                    f"{100 * ch['test_seed0']:.2f} (seed 0) |")
-    return "\n".join(rows)
+        rows.append([Path(rec["_path"]).name, f"{100 * z['validation']:.2f} / {100 * z['test']:.2f}",
+                     " / ".join(f"{100 * c[s]:.2f}" for s in ("train", "validation", "test")),
+                     f"lr {ch['lr']:g}, q {ch['q']}, {ch['schedule']}, {2 * ch['q'] * ch['steps']} forwards",
+                     f"{spread([100 * v for v in best['validation_final']])} (3 seeds)",
+                     f"{100 * ch['test_seed0']:.2f} (seed 0)"])
+    return table(["record", "zero-shot % (validation / test)", "L-BFGS ceiling % (train / validation / test)",
+                  "best simulated ZO-SGD, chosen on validation", "its validation %", "its test %"], rows)
 
 
 def blocks(rs) -> dict[str, str]:
