@@ -126,6 +126,8 @@ def by_cell(recs: list[dict], kinds: tuple[str, ...]) -> dict[str, dict[str, lis
 
 
 def _lr(rec: dict) -> str:
+    if not rec["config"].get("steps"):
+        return "-"  # no training (the linear-probe floor): no learning rate took part
     lr = rec["config"]["optim"].get("lr")
     return f"{lr:g}" if isinstance(lr, (int, float)) else str(lr)
 
