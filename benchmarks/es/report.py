@@ -22,10 +22,7 @@ ORDER = ("zeroshot", "bitfit-zo-sgd", "bitfit-es", "label-bias-cma-es")
 
 def runs(rs) -> dict[str, list[dict]]:
     """{experiment: [ok records]}, in :data:`ORDER`."""
-    out: dict[str, list[dict]] = {}
-    for rec in rs.glob("results/runs/*.json"):
-        if rec.get("status") == "ok":
-            out.setdefault(rec["experiment"], []).append(rec)
+    out = rs.ok_by_experiment()
     return {k: out[k] for k in ORDER if k in out}
 
 
@@ -33,13 +30,9 @@ def accuracy(rec) -> float:
     return 100.0 * rec["results"]["test_after"]["accuracy"]
 
 
-def spread(values, digits=1) -> str:
-    f = f"{{:.{digits}f}}"
-    med, lo, hi = (f.format(v) for v in (statistics.median(values), min(values), max(values)))
-    return med if lo == hi else f"{med} [{lo}-{hi}]"
-
-
 def results_table(rs) -> str:
+    from forwardonly.bench.report import spread
+
     rows = ["| experiment | seeds | optimizer | scheme | forwards | test accuracy % | train time s | "
             "peak RSS MB |", "|---|---|---|---|---|---|---|---|"]
     for name, recs in runs(rs).items():
@@ -49,13 +42,15 @@ def results_table(rs) -> str:
         trained = cfg["steps"] > 0
         rows.append(f"| {name} | {seeds} | {cfg['optim']['name'] if trained else '-'} | "
                     f"{cfg['scheme']['name'] if trained else '-'} | "
-                    f"{spread([x['forwards'] for x in res], 0)} | {spread([accuracy(r) for r in recs])} | "
-                    f"{spread([x['train_time_s'] for x in res], 0)} | "
-                    f"{spread([x['peak_rss_bytes'] / 2**20 for x in res], 0)} |")
+                    f"{spread([x['forwards'] for x in res], digits=0)} | {spread([accuracy(r) for r in recs])} | "
+                    f"{spread([x['train_time_s'] for x in res], digits=0)} | "
+                    f"{spread([x['peak_rss_bytes'] / 2**20 for x in res], digits=0)} |")
     return "\n".join(rows)
 
 
 def targets(rs) -> str:
+    from forwardonly.bench.report import spread
+
     found = runs(rs)
     lines = []
     es, zo = found.get("bitfit-es"), found.get("bitfit-zo-sgd")
@@ -73,7 +68,7 @@ def targets(rs) -> str:
         closed = [(v - z) / (BEST_THRESHOLD - z) for v in c]
         lines.append(f"- CMA-ES on a per-label bias ({len(cma)} seeds): test accuracy {spread(c)} % from zero-shot "
                      f"{z:.2f} %; of the gap to the best-threshold {BEST_THRESHOLD:.0f} % it closes "
-                     f"{spread([100 * x for x in closed], 0)} %: target (at least half, 3 seeds) "
+                     f"{spread([100 * x for x in closed], digits=0)} %: target (at least half, 3 seeds) "
                      f"{('met' if statistics.median(closed) >= 0.5 else 'missed') if len(cma) >= 3 else 'not measured'}"
                      f"{'' if cma[0]['config']['task'].get('max_test') is None else ' (indicative only: the 85 % is on all 400 test sentences, these runs score the first ' + str(cma[0]['config']['task']['max_test']) + ')'}")
     return "\n".join(lines) or "(no records yet)"

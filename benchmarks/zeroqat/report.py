@@ -23,11 +23,7 @@ TARGET_POINTS, TARGET_RATIO = 2.0, 0.5  # issue 23: within 2 points of bf16 ZO a
 
 def runs(rs) -> dict[str, list[dict]]:
     """``ok`` records by experiment, in path order."""
-    out: dict[str, list[dict]] = {}
-    for rec in rs.glob("results/runs/*.json"):
-        if rec.get("status") == "ok":
-            out.setdefault(rec["experiment"], []).append(rec)
-    return out
+    return rs.ok_by_experiment()
 
 
 def _acc(rec) -> float:

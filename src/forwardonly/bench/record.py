@@ -217,6 +217,14 @@ class RecordSet:
         path = self.root / rel
         return self._read(path) if path.is_file() else None
 
+    def ok_by_experiment(self, pattern: str = "results/runs/*.json") -> dict[str, list[dict]]:
+        """``{experiment: [records]}`` of the ``ok`` records matching ``pattern``, in path order."""
+        out: dict[str, list[dict]] = {}
+        for rec in self.glob(pattern):
+            if rec.get("status") == "ok":
+                out.setdefault(rec["experiment"], []).append(rec)
+        return out
+
     def glob(self, pattern: str) -> list[dict]:
         """Records matching ``pattern`` (fnmatch on the path relative to ``root``; ``*`` crosses folders),
         in path order."""
