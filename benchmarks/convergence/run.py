@@ -23,9 +23,10 @@ config, the test curve (``test_every``), validation curve, training history, for
 peak RSS of the whole run, load averages while it ran, and the command. An experiment x seed that
 already has an ``ok`` record is skipped unless ``--again``.
 
-The machine is shared: while ``/tmp/QUIET`` exists (someone is timing something) no run starts and
-the runs in flight are stopped with SIGSTOP, then continued; the seconds paused are recorded
-(``paused_s``) and are part of the wall time, not of ``train_time_s`` unless a pause fell inside a step.
+On a shared machine ``--pause-while FILE`` makes the runner polite: while FILE exists (someone is
+timing something) no run starts and the runs in flight are stopped with SIGSTOP, then continued; the
+seconds paused are recorded (``paused_s``) and are part of the wall time, not of ``train_time_s``
+unless a pause fell inside a step. Without the flag nothing pauses.
 """
 
 from __future__ import annotations
@@ -46,7 +47,6 @@ ROOT = HERE.parent.parent
 EXPERIMENTS = HERE / "experiments"
 RESULTS = HERE / "results"
 SCRATCH = ROOT / "runs" / "convergence"
-QUIET = Path("/tmp/QUIET")
 SUITE = "convergence"
 
 
@@ -159,21 +159,24 @@ def _load_sampler(stop: threading.Event, samples: list) -> None:
         samples.append(os.getloadavg()[0])
 
 
-def _quiet_guard(p: subprocess.Popen, stop: threading.Event, paused: list) -> None:
-    """SIGSTOP the run while /tmp/QUIET exists, SIGCONT it after; adds the seconds paused to ``paused[0]``."""
-    while not stop.wait(5.0):
-        if QUIET.exists() and p.poll() is None:
+def _quiet_guard(p: subprocess.Popen, stop: threading.Event, paused: list, quiet: Path, poll: float = 5.0) -> None:
+    """SIGSTOP the run while ``quiet`` exists, SIGCONT it after; adds the seconds paused to ``paused[0]``."""
+    while not stop.wait(poll):
+        if quiet.exists() and p.poll() is None:
             t = time.time()
             os.kill(p.pid, signal.SIGSTOP)
-            while QUIET.exists() and not stop.is_set():
-                time.sleep(5.0)
+            while quiet.exists() and not stop.is_set():
+                time.sleep(poll)
             if p.poll() is None:
                 os.kill(p.pid, signal.SIGCONT)
             paused[0] += time.time() - t
 
 
-def launch(name: str, config: dict, seed: int, argv: list[str], overrides: list[str], results: Path) -> dict:
-    """One experiment x seed in a fresh process; writes and returns its record (``ok`` or ``failed``)."""
+def launch(name: str, config: dict, seed: int, argv: list[str], overrides: list[str], results: Path,
+           pause_while: Path | None = None) -> dict:
+    """One experiment x seed in a fresh process; writes and returns its record (``ok`` or ``failed``).
+
+    With ``pause_while`` the run is stopped (SIGSTOP) while that file exists."""
     import tempfile
 
     from forwardonly.bench.record import git_state, make_record, write_record
@@ -191,8 +194,9 @@ def launch(name: str, config: dict, seed: int, argv: list[str], overrides: list[
         with open(scratch.parent / f"{scratch.name}.log", "a") as log:
             p = subprocess.Popen([sys.executable, __file__, "--child", str(Path(tmp) / "spec.json")],
                                  stdout=log, stderr=subprocess.STDOUT, env=env)
-            threads = [threading.Thread(target=_load_sampler, args=(stop, samples), daemon=True),
-                       threading.Thread(target=_quiet_guard, args=(p, stop, paused), daemon=True)]
+            threads = [threading.Thread(target=_load_sampler, args=(stop, samples), daemon=True)]
+            if pause_while is not None:
+                threads.append(threading.Thread(target=_quiet_guard, args=(p, stop, paused, pause_while), daemon=True))
             for t in threads:
                 t.start()
             try:
@@ -239,6 +243,8 @@ def main(argv=None) -> int:
     ap.add_argument("--check", action="store_true", help="validate every experiment file and stop")
     ap.add_argument("--again", action="store_true", help="run even where an ok record exists (a new record)")
     ap.add_argument("--jobs", type=int, default=1, help="runs at once (default 1; at most 2 on a shared machine)")
+    ap.add_argument("--pause-while", metavar="FILE", type=Path,
+                    help="on a shared machine: start nothing and SIGSTOP the runs in flight while FILE exists")
     ap.add_argument("overrides", nargs="*", metavar="key=value", help="applied to every experiment")
     args = ap.parse_args(argv)
     if args.child:
@@ -275,14 +281,14 @@ def main(argv=None) -> int:
 
     def worker():
         while True:
-            while QUIET.exists():
+            while args.pause_while is not None and args.pause_while.exists():
                 time.sleep(30)
             with lock:
                 if not queue:
                     return
                 name, config, seed = queue.pop(0)
             t0 = time.time()
-            rec = launch(name, config, seed, cmd, args.overrides, results)
+            rec = launch(name, config, seed, cmd, args.overrides, results, args.pause_while)
             res = rec.get("results", {})
             after = (res.get("test_after") or {}).get("accuracy")
             val = ((res.get("evals") or [{}])[-1]).get("accuracy")

@@ -74,6 +74,37 @@ def test_a_run_writes_a_new_record_with_its_curve_and_is_not_repeated(runner, ti
     assert runner.main([*args, "--again"]) == 0 and len(list(out.glob("S/c/mezo.seed3.*.json"))) == 2
 
 
+def _state(pid):
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process states from /proc")
+def test_pause_while_stops_a_run_only_while_its_file_exists(runner, tmp_path):
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    flag = tmp_path / "QUIET"
+    p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    stop, paused = threading.Event(), [0.0]
+    guard = threading.Thread(target=runner._quiet_guard, args=(p, stop, paused, flag, 0.05), daemon=True)
+    try:
+        guard.start()
+        time.sleep(0.3)
+        assert _state(p.pid) != "T" and paused[0] == 0  # no file: the run goes on
+        flag.touch()
+        time.sleep(0.5)
+        assert _state(p.pid) == "T"  # stopped while the file exists
+        flag.unlink()
+        time.sleep(0.5)
+        assert _state(p.pid) != "T" and paused[0] >= 0.3  # continued, the pause counted
+    finally:
+        stop.set()
+        p.kill()
+        p.wait()
+
+
 def _rec(exp, seed, points, *, before=0.6, steps=1000, lr=1e-3, secs_per_fwd=0.1, validate=False):
     """A synthetic final-run record whose test curve passes through ``points`` [(forwards, accuracy)]."""
     res = {"test_before": {"accuracy": before}, "forwards": points[-1][0] if points else 0,
