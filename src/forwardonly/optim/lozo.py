@@ -8,7 +8,8 @@ from typing import Literal
 import torch
 
 from .base import _check
-from .perturb.directions import BLOCK, accumulate
+from .perturb.directions import BLOCK
+from .perturb.sums import accumulate
 from .perturb.lowrank import LowRankDirections
 from .zosgd import ZOSGD, ZOSGDConfig
 

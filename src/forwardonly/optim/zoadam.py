@@ -9,7 +9,7 @@ from typing import Literal
 import torch
 
 from .base import ZOConfig, ZOOptimizer, _check
-from .perturb.directions import accumulate
+from .perturb.sums import accumulate
 
 
 @dataclass

@@ -10,7 +10,7 @@ import torch
 
 from .base import Capabilities, Deferral, ZOConfig, ZOOptimizer, _check
 from .perturb import CHUNK
-from .perturb.directions import accumulate
+from .perturb.sums import accumulate
 
 _LOW = (torch.bfloat16, torch.float16)
 

@@ -11,7 +11,8 @@
 """
 
 from .batched import Unpairable, current_slices, pair_batch, pair_losses, slicing
-from .directions import BLOCK, HOLD_BYTES, Directions
+from .arena import HOLD_BYTES
+from .directions import BLOCK, Directions
 from .hooks import Perturbation
 from .masks import MagnitudeMask, Mask, RandomMask
 from .seeds import CHUNK, KINDS, chunk_seed, direction

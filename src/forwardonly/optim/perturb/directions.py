@@ -22,45 +22,15 @@ from collections.abc import Sequence
 import torch
 
 from . import native as _native
+from .arena import Arena
 from .seeds import CHUNK, KINDS, chunk_seed, direction, fill_chunk, packed_sign_table, random_words
 
 _F32 = torch.float32
 _CPU = torch.device("cpu")
-HOLD_BYTES = 64 << 20
-"""Most bytes of random words :meth:`Directions.hold` keeps (a step of a 512M-parameter model)."""
 BLOCK = 1 << 20
 """Elements per block of the fused paths: a 4 MB fp32 block stays in L3 between being built and being
 used, and few, large ops keep Python and thread-sync overhead low (an implementation detail, not part
 of a direction)."""
-
-
-class _Arena:
-    """A bump allocator of int64 words on one device: segments are allocated once and reused."""
-
-    SEGMENT = 1 << 21  # words per segment (16 MB)
-
-    def __init__(self, device):
-        self.device = device
-        self.segments: list[torch.Tensor] = []
-        self.reset()
-
-    def reset(self) -> None:
-        self.seg, self.off, self.used = 0, 0, 0
-
-    def fits(self, words: int) -> bool:
-        return (self.used + words) * 8 <= HOLD_BYTES
-
-    def take(self, words: int) -> torch.Tensor:
-        while True:
-            if self.seg == len(self.segments):
-                self.segments.append(torch.empty(max(words, self.SEGMENT), dtype=torch.int64, device=self.device))
-            buf = self.segments[self.seg]
-            if self.off + words <= buf.numel():
-                out = buf[self.off : self.off + words]
-                self.off += words
-                self.used += words
-                return out
-            self.seg, self.off = self.seg + 1, 0
 
 
 class Directions:
@@ -97,7 +67,7 @@ class Directions:
         self._lru: dict[tuple, torch.Tensor] = {}  # the last few chunks asked for
         self._recent: dict[tuple, torch.Tensor] = {}  # words in the current arena, while a hold lasts
         self._previous: dict[tuple, torch.Tensor] = {}  # the last step's words, kept for its deferred update
-        self._arenas: dict[tuple, _Arena] = {}
+        self._arenas: dict[tuple, Arena] = {}
 
     # ------------------------------------------------------------ plain paths
     def scratch(self, dtype, device, n: int = CHUNK) -> torch.Tensor:
@@ -178,10 +148,10 @@ class Directions:
         self._lru[key] = vals
         return vals
 
-    def _arena(self, device) -> _Arena:
+    def _arena(self, device) -> Arena:
         key = ("current", str(device))
         if key not in self._arenas:
-            self._arenas[key] = _Arena(device)
+            self._arenas[key] = Arena(device)
         return self._arenas[key]
 
     def release(self) -> None:
@@ -199,7 +169,7 @@ class Directions:
         pass and the update read the same directions), so each chunk is drawn once per step. Values
         are unchanged.
 
-        The words (1/8 byte per perturbed entry, at most :data:`HOLD_BYTES`; chunks past that are drawn
+        The words (1/8 byte per perturbed entry, at most :data:`~forwardonly.optim.perturb.arena.HOLD_BYTES`; chunks past that are drawn
         again as without a hold) go into a bump-allocated arena kept and reused from step to step, so
         that thousands of small, short-lived tensors do not fragment the heap between the forward's
         activations. Gaussian chunks are never held (4 bytes per entry). Setting ``carry = True``
@@ -471,31 +441,3 @@ def _as_factor(m: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """A mask's multipliers in ``z``'s dtype (0/1 masks stay boolean): every path multiplies in the
     direction's dtype, so they round alike."""
     return m if m.dtype in (torch.bool, z.dtype) else m.to(z.dtype)
-
-
-def accumulate(directions: Directions, p: torch.Tensor, step: int, terms: Sequence[tuple[int, float]],
-               param_index: int, dtype=None):
-    """Yield ``(start, stop, g)`` with ``g = sum_k coef_k z_k`` over chunks of ``p.view(-1)``.
-
-    ``g`` is a reused scratch buffer of at most :data:`CHUNK` elements: consume it before asking for
-    the next chunk. With a single term no extra buffer is used.
-    """
-    dtype = dtype or p.dtype
-    n = p.numel()
-    if len(terms) == 1:
-        (probe, coef), = terms
-        for start, stop, z in directions.chunks(p, step, probe, param_index, dtype):
-            yield start, stop, z.mul_(coef)
-        return
-    acc = torch.empty(min(CHUNK, n), dtype=dtype, device=p.device)
-    for c, start in enumerate(range(0, n, CHUNK)):
-        stop = min(start + CHUNK, n)
-        g = acc[: stop - start]
-        z = directions.scratch(dtype, p.device, n)[: stop - start]
-        for j, (probe, coef) in enumerate(terms):
-            directions.fill(z, step, probe, param_index, c, p.detach().view(-1)[start:stop])
-            if j == 0:
-                torch.mul(z, coef, out=g)
-            else:
-                g.add_(z, alpha=coef)
-        yield start, stop, g
