@@ -10,8 +10,8 @@
 * :mod:`.hooks`: :class:`Perturbation`, the one hook pair that applies a plan per module.
 """
 
-from .batched import Unpairable, current_slices, pair_batch, pair_losses, slicing
 from .arena import HOLD_BYTES
+from .batched import Unpairable, current_slices, pair_batch, pair_losses, slicing
 from .directions import BLOCK, Directions
 from .hooks import Perturbation
 from .masks import MagnitudeMask, Mask, RandomMask
