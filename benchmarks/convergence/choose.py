@@ -38,7 +38,7 @@ def sweep_records(cell: str, results: Path = RESULTS) -> dict[str, dict[str, lis
         run = Path(rec["experiment"]).name
         m = SWEEP_NAME.match(run)
         if m:
-            rec["_path"] = str(path.relative_to(HERE))
+            rec["_path"] = str(path.relative_to(results.parent))  # results/<cell>/sweep/<file> by default
             out.setdefault(m["method"], {}).setdefault(run, []).append(rec)
     return out
 
@@ -75,6 +75,9 @@ def write_final(cell: str, method: str, choice: dict, experiments: Path = EXPERI
         return None
     src = experiments / cell / "sweep" / choice["run"] / "overrides.yaml"
     body = [line for line in src.read_text().splitlines() if not line.startswith("#")]
+    spacing = [line.split(":", 1)[1].split("#")[0].strip() for line in body if line.startswith("eval_every:")]
+    if spacing:  # the final's test curve at the sweep's validation spacing (a final run does not validate)
+        body.append(f"test_every: {spacing[-1]}")
     table = "; ".join(f"lr {lr:g}: {100 * acc:.1f} %" + (f" ({n} seeds)" if n > 1 else "")
                       for _, lr, acc, n in sorted(choice["table"], key=lambda t: t[1]))
     head = [f"# PYTHONPATH=src python benchmarks/convergence/run.py --only '{cell}/{method}' --seeds 0,1,2",
