@@ -25,8 +25,9 @@ already has an ``ok`` record is skipped unless ``--again``.
 
 On a shared machine ``--pause-while FILE`` makes the runner polite: while FILE exists (someone is
 timing something) no run starts and the runs in flight are stopped with SIGSTOP, then continued; the
-seconds paused are recorded (``paused_s``) and are part of the wall time, not of ``train_time_s``
-unless a pause fell inside a step. Without the flag nothing pauses.
+seconds paused are recorded (``paused_s``) and are part of the wall time, never of ``train_time_s``
+(the child's training loop reads a clock that leaves them out, ``train_time_excludes_pauses``).
+Without the flag nothing pauses.
 """
 
 from __future__ import annotations
@@ -130,14 +131,42 @@ def record_path(name: str, seed: int, results: Path = RESULTS) -> Path:
 
 
 # ----------------------------------------------------------------------------- one run (child process)
+class PausedClock:
+    """``time`` for the training loop, minus the seconds the run spent stopped by ``--pause-while``.
+
+    The parent writes the run's total paused seconds to ``paused_file`` before it sends SIGCONT; the
+    handler reads it. A step that a pause fell inside is then timed without the pause, exactly (a
+    pause during an evaluation shifts the clock while no step is being timed). Every other attribute
+    is the ``time`` module's."""
+
+    def __init__(self, paused_file: Path):
+        self.paused_file, self.offset = paused_file, 0.0
+
+    def on_continue(self, *_):
+        try:
+            self.offset = float(self.paused_file.read_text())
+        except (OSError, ValueError):
+            pass  # no pause recorded: the clock stays as it was
+
+    def perf_counter(self) -> float:
+        return time.perf_counter() - self.offset
+
+    def __getattr__(self, name):
+        return getattr(time, name)
+
+
 def child(spec_path: str) -> int:
     import torch
 
+    import forwardonly.lm.train as train_loop
     from forwardonly.bench.measure import PeakMemory
     from forwardonly.config import load_config
     from forwardonly.lm.config import TrainConfig
     from forwardonly.lm.train import run
 
+    clock = PausedClock(Path(spec_path).with_name("paused_s"))
+    signal.signal(signal.SIGCONT, clock.on_continue)
+    train_loop.time = clock  # train_time_s leaves out the seconds the run was stopped
     spec = json.loads(Path(spec_path).read_text())
     cfg = load_config(TrainConfig, None, None, base=spec["config"])
     resume = (Path(cfg.out_dir) / "checkpoint" / "trainer.json").is_file()
@@ -159,17 +188,23 @@ def _load_sampler(stop: threading.Event, samples: list) -> None:
         samples.append(os.getloadavg()[0])
 
 
-def _quiet_guard(p: subprocess.Popen, stop: threading.Event, paused: list, quiet: Path, poll: float = 5.0) -> None:
-    """SIGSTOP the run while ``quiet`` exists, SIGCONT it after; adds the seconds paused to ``paused[0]``."""
+def _quiet_guard(p: subprocess.Popen, stop: threading.Event, paused: list, quiet: Path, poll: float = 5.0,
+                 paused_file: Path | None = None) -> None:
+    """SIGSTOP the run while ``quiet`` exists, SIGCONT it after; adds the seconds paused to ``paused[0]``
+    and writes the total to ``paused_file`` before continuing the run (see :class:`PausedClock`)."""
     while not stop.wait(poll):
         if quiet.exists() and p.poll() is None:
             t = time.time()
             os.kill(p.pid, signal.SIGSTOP)
             while quiet.exists() and not stop.is_set():
                 time.sleep(poll)
-            if p.poll() is None:
-                os.kill(p.pid, signal.SIGCONT)
             paused[0] += time.time() - t
+            if p.poll() is None:
+                if paused_file is not None:  # read by the child's PausedClock when it continues
+                    tmp = paused_file.with_suffix(".tmp")
+                    tmp.write_text(repr(paused[0]))
+                    os.replace(tmp, paused_file)
+                os.kill(p.pid, signal.SIGCONT)
 
 
 def launch(name: str, config: dict, seed: int, argv: list[str], overrides: list[str], results: Path,
@@ -196,7 +231,8 @@ def launch(name: str, config: dict, seed: int, argv: list[str], overrides: list[
                                  stdout=log, stderr=subprocess.STDOUT, env=env)
             threads = [threading.Thread(target=_load_sampler, args=(stop, samples), daemon=True)]
             if pause_while is not None:
-                threads.append(threading.Thread(target=_quiet_guard, args=(p, stop, paused, pause_while), daemon=True))
+                threads.append(threading.Thread(target=_quiet_guard, args=(p, stop, paused, pause_while, 5.0,
+                                                                   Path(tmp) / "paused_s"), daemon=True))
             for t in threads:
                 t.start()
             try:
@@ -214,7 +250,7 @@ def launch(name: str, config: dict, seed: int, argv: list[str], overrides: list[
                          "env": {k: env[k] for k in ("OMP_NUM_THREADS", "PYTHONPATH") if k in env}},
              "load_avg": {"start": samples[0], "median": sorted(samples)[len(samples) // 2], "max": max(samples),
                           "samples_per_minute": samples},
-             "paused_s": round(paused[0], 1), "wall_time_s": round(time.time() - t0, 1)}
+             "paused_s": round(paused[0], 1), "train_time_excludes_pauses": True, "wall_time_s": round(time.time() - t0, 1)}
     if res is None:
         log_path = scratch.parent / f"{scratch.name}.log"
         tail = "\n".join(log_path.read_text().strip().splitlines()[-20:]) if log_path.is_file() else ""

@@ -69,9 +69,17 @@ def test_a_run_writes_a_new_record_with_its_curve_and_is_not_repeated(runner, ti
     assert [p["forwards"] for p in rec["results"]["test_curve"]] == [4, 8]
     assert rec["results"]["forwards"] == 8 and rec["results"]["peak_rss_bytes"] > 0
     assert rec["load_avg"]["median"] >= 0 and rec["paused_s"] == 0 and "--seeds" in rec["command"]["argv"]
+    assert rec["train_time_excludes_pauses"] is True
     assert not (tmp_path / "scratch" / "S" / "c" / "mezo.seed3" / "checkpoint").exists()
     assert runner.main(args) == 0 and len(list(out.glob("S/c/mezo.seed3.*.json"))) == 1  # done: skipped
     assert runner.main([*args, "--again"]) == 0 and len(list(out.glob("S/c/mezo.seed3.*.json"))) == 2
+
+
+def test_ms_per_forward_leaves_out_what_an_older_record_spent_stopped():
+    rec = {"results": {"train_time_s": 1300.0, "forwards": 1000}, "paused_s": 300.0}
+    assert conv.train_time(rec) == 1000.0  # the older runner's pause fell inside a step
+    assert conv.train_time({**rec, "train_time_excludes_pauses": True}) == 1300.0  # the clock already left it out
+    assert conv.train_time({"results": {"train_time_s": 5.0}}) == 5.0
 
 
 def _state(pid):
@@ -85,10 +93,10 @@ def test_pause_while_stops_a_run_only_while_its_file_exists(runner, tmp_path):
     import threading
     import time
 
-    flag = tmp_path / "QUIET"
+    flag, total = tmp_path / "QUIET", tmp_path / "paused_s"
     p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     stop, paused = threading.Event(), [0.0]
-    guard = threading.Thread(target=runner._quiet_guard, args=(p, stop, paused, flag, 0.05), daemon=True)
+    guard = threading.Thread(target=runner._quiet_guard, args=(p, stop, paused, flag, 0.05, total), daemon=True)
     try:
         guard.start()
         time.sleep(0.3)
@@ -99,10 +107,51 @@ def test_pause_while_stops_a_run_only_while_its_file_exists(runner, tmp_path):
         flag.unlink()
         time.sleep(0.5)
         assert _state(p.pid) != "T" and paused[0] >= 0.3  # continued, the pause counted
+        assert float(total.read_text()) == pytest.approx(paused[0])  # what the child's clock leaves out
     finally:
         stop.set()
         p.kill()
         p.wait()
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process states from /proc")
+def test_a_pause_inside_a_timed_step_is_left_out_of_its_time(runner, tmp_path):
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    script = f"""
+import importlib.util, signal, sys, time
+from pathlib import Path
+spec = importlib.util.spec_from_file_location("r", {str(BENCH / "run.py")!r})
+r = importlib.util.module_from_spec(spec); spec.loader.exec_module(r)
+clock = r.PausedClock(Path({str(tmp_path / "paused_s")!r}))
+signal.signal(signal.SIGCONT, clock.on_continue)
+print("ready", flush=True)
+t0, w0, n = clock.perf_counter(), time.perf_counter(), 0
+while time.process_time() < 1.0:   # one second of work, however long it is stopped
+    n += 1
+print(clock.perf_counter() - t0, time.perf_counter() - w0, flush=True)
+"""
+    flag = tmp_path / "QUIET"
+    p = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    stop, paused = threading.Event(), [0.0]
+    guard = threading.Thread(target=runner._quiet_guard, args=(p, stop, paused, flag, 0.05, tmp_path / "paused_s"),
+                             daemon=True)
+    try:
+        assert p.stdout.readline().strip() == "ready"
+        guard.start()
+        flag.touch()
+        time.sleep(1.5)
+        flag.unlink()
+        timed, wall = map(float, p.stdout.readline().split())
+    finally:
+        stop.set()
+        p.kill()
+        p.wait()
+    assert paused[0] >= 1.0 and wall >= timed + 1.0  # it was stopped inside the timed work
+    assert timed == pytest.approx(wall - paused[0], abs=0.15)  # and the clock left exactly the pause out
 
 
 def _rec(exp, seed, points, *, before=0.6, steps=1000, lr=1e-3, secs_per_fwd=0.1, validate=False):

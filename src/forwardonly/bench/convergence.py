@@ -125,6 +125,14 @@ def by_cell(recs: list[dict], kinds: tuple[str, ...]) -> dict[str, dict[str, lis
     return dict(sorted(out.items()))
 
 
+def train_time(rec: dict) -> float:
+    """The run's training seconds without the seconds it was stopped (``paused_s``). Newer records say
+    ``train_time_excludes_pauses`` (the runner's clock left them out); in older ones a pause fell inside
+    a step and is subtracted here."""
+    t = rec["results"]["train_time_s"]
+    return t if rec.get("train_time_excludes_pauses") else t - (rec.get("paused_s") or 0.0)
+
+
 def _lr(rec: dict) -> str:
     if not rec["config"].get("steps"):
         return "-"  # no training (the linear-probe floor): no learning rate took part
@@ -149,8 +157,7 @@ def headline_rows(methods: dict[str, list[dict]]) -> list[list]:
         if target is not None and reach is None and recs[0]["config"].get("steps"):
             ratio = "not reached"
         fwd = [r["results"].get("forwards") for r in recs]
-        per_fwd = [r["results"]["train_time_s"] / r["results"]["forwards"] for r in recs
-                   if r["results"].get("forwards")]
+        per_fwd = [train_time(r) / r["results"]["forwards"] for r in recs if r["results"].get("forwards")]
         gain = flat_gain(med)
         vs = (f"{100 * (statistics.median(finals) - statistics.median(ceiling)):+.1f}"
               if ceiling and m != CEILING and finals else "-")
@@ -178,7 +185,7 @@ def sweep_rows(methods: dict[str, list[dict]]) -> list[list]:
         losses = [[h["loss"] for h in r["results"].get("history") or [] if math.isfinite(h.get("loss", math.nan))]
                   for r in recs]
         first, last = [x[0] for x in losses if x], [x[-1] for x in losses if x]
-        per_fwd = [r["results"]["train_time_s"] / r["results"]["forwards"] for r in recs if r["results"].get("forwards")]
+        per_fwd = [train_time(r) / r["results"]["forwards"] for r in recs if r["results"].get("forwards")]
         rows.append([m, recs[0]["config"]["optim"]["name"], _lr(recs[0]), recs[0]["results"].get("forwards"),
                      len(recs), _spread(start), _spread(finals),
                      f"{_spread(first, 1, 3)} -> {_spread(last, 1, 3)}" if first else "-",
