@@ -183,6 +183,8 @@ def test_headline_reads_forwards_to_mezo_final_off_median_curves():
     assert rows["fast"][7] == "-2.0" and rows["lp"][7] == "-32.0" and rows["lp"][3] == "55.0 [55.0, 55.0]"
     assert rows["mezo"][3] == "80.2 [80.0, 80.4]" and rows["mezo"][9] == "+0.2"  # last 20 %: 800 -> 1000
     assert list(rows)[:2] == ["lp", "mezo"]
+    # paired with the probe of the same seed: mezo's seeds end at 80.0, 80.2, 80.4 against 55.0 each
+    assert rows["mezo"][11] == "+25.2 [+25.0, +25.4]" and rows["lp"][11] == "-"
     text = conv.render(recs + [_rec("E/k16/sweep/mezo-lr1e-4", 0, [(500, 0.7), (1000, 0.75)], validate=True)])
     assert "### E/k16" in text and "| mezo-lr1e-4 | x | 0.001 | 1000 | 1 | 60.0 | 75.0 |" in text
 

@@ -12,7 +12,8 @@ Every figure is a median over the seeds of an experiment, with the spread (min-m
 method's curve is the median over seeds at each evaluation point (its seeds share the points).
 *Forward passes to reach a target* is the first point of that median curve at or above the target.
 The headline target of a cell is the reference method's (``mezo``: ZO-SGD) median final test accuracy;
-each method's forwards to reach it are divided by the reference's own. *Flattened* compares the median
+each method's forwards to reach it are divided by the reference's own. Seeds draw their own few-shot
+training sets, so a method's final is also read against the floor (``lp``) of the same seed, paired. *Flattened* compares the median
 curve's last point with its value at 80 % of the forwards spent: a gain under 1 point means flat.
 
 Example::
@@ -146,6 +147,7 @@ def headline_rows(methods: dict[str, list[dict]]) -> list[list]:
     target = statistics.median(_acc(r["results"].get("test_after")) for r in ref) if ref else None
     ref_fwd = forwards_to_reach(median_curve(ref), target) if ref else None
     ceiling = [_acc(r["results"].get("test_after")) for r in methods.get(CEILING, [])]
+    floor = {r.get("seed"): _acc(r["results"].get("test_after")) for r in methods.get(FLOOR, [])}
     rows = []
     order = sorted(methods, key=lambda m: (m not in (FLOOR, REFERENCE), m == CEILING, m))
     for m in order:
@@ -162,16 +164,28 @@ def headline_rows(methods: dict[str, list[dict]]) -> list[list]:
         vs = (f"{100 * (statistics.median(finals) - statistics.median(ceiling)):+.1f}"
               if ceiling and m != CEILING and finals else "-")
         rss = [r["results"].get("peak_rss_bytes") or 0 for r in recs]
+        paired = [100 * (_acc(r["results"].get("test_after")) - floor[r.get("seed")]) for r in recs
+                  if m != FLOOR and floor.get(r.get("seed")) is not None]
         rows.append([m, _lr(recs[0]), len(recs), _spread(finals), f"{statistics.median(f for f in fwd if f):.0f}"
                      if any(fwd) else "0", f"{reach:.0f}" if reach is not None else "-", ratio, vs,
                      f"{1000 * statistics.median(per_fwd):.0f}" if per_fwd else "-",
-                     f"{100 * gain:+.1f}" if gain is not None else "-", f"{max(rss) / 2**20:.0f}"])
+                     f"{100 * gain:+.1f}" if gain is not None else "-", f"{max(rss) / 2**20:.0f}",
+                     _spread_points(paired)])
     return rows
 
 
 HEADLINE_HEAD = ["method", "lr", "seeds", "final test % median [min, max]", "forwards spent",
                  "forwards to MeZO's final", "ratio to MeZO", "vs FO-Adam (points)", "ms / forward (train)",
-                 "last 20 % gain (points)", "peak RSS MiB"]
+                 "last 20 % gain (points)", "peak RSS MiB", "over the same seed's probe (points)"]
+
+
+def _spread_points(xs: list[float]) -> str:
+    """Signed points, median [min, max] (one value alone); ``-`` for none."""
+    if not xs:
+        return "-"
+    if len(xs) == 1:
+        return f"{xs[0]:+.1f}"
+    return f"{statistics.median(xs):+.1f} [{min(xs):+.1f}, {max(xs):+.1f}]"
 
 
 def sweep_rows(methods: dict[str, list[dict]]) -> list[list]:
