@@ -185,7 +185,11 @@ def test_headline_reads_forwards_to_mezo_final_off_median_curves():
     assert list(rows)[:2] == ["lp", "mezo"]
     # paired with the probe of the same seed: mezo's seeds end at 80.0, 80.2, 80.4 against 55.0 each
     assert rows["mezo"][11] == "+25.2 [+25.0, +25.4]" and rows["lp"][11] == "-"
+    head, seeds = conv.seed_rows(conv.by_cell(recs, ("final", "probe"))["E/k16"])
+    assert head == ["seed", "lp", "mezo", "fast", "slow", "fo-adam"]
+    assert seeds[2] == [2, "55.00", "80.40", "85.00", "60.00", "87.00"]
     text = conv.render(recs + [_rec("E/k16/sweep/mezo-lr1e-4", 0, [(500, 0.7), (1000, 0.75)], validate=True)])
+    assert "| 2 | 55.00 | 80.40 | 85.00 | 60.00 | 87.00 |" in text
     assert "### E/k16" in text and "| mezo-lr1e-4 | x | 0.001 | 1000 | 1 | 60.0 | 75.0 |" in text
 
 

@@ -211,6 +211,15 @@ SWEEP_HEAD = ["run", "optimizer", "lr", "forwards", "seeds", "validation % at st
               "training loss, first -> last logged row", "ms / forward (train)", "diverged"]
 
 
+def seed_rows(methods: dict[str, list[dict]]) -> tuple[list[str], list[list]]:
+    """Final test accuracy % of each method (columns, in the headline's order) for each seed (rows)."""
+    order = sorted(methods, key=lambda m: (m not in (FLOOR, REFERENCE), m == CEILING, m))
+    acc = {(m, r.get("seed")): _acc(r["results"].get("test_after")) for m in order for r in methods[m]}
+    seeds = sorted({s for _, s in acc}, key=lambda s: (s is None, s))
+    rows = [[s, *(f"{100 * acc[m, s]:.2f}" if acc.get((m, s)) is not None else "-" for m in order)] for s in seeds]
+    return ["seed", *order], rows
+
+
 def render(recs: list[dict]) -> str:
     """The convergence section: per cell, the headline table, then its sweeps and pilots."""
     parts = []
@@ -222,6 +231,9 @@ def render(recs: list[dict]) -> str:
             out.append("Test accuracy (median over seeds [min, max]); forwards to reach MeZO's median final test "
                        "accuracy, read off each method's median curve.\n\n" + _table(HEADLINE_HEAD,
                                                                                      headline_rows(finals[cell])))
+            head, rows = seed_rows(finals[cell])
+            out.append("Final test accuracy % per seed (each seed draws its own training sentences):\n\n"
+                       + _table(head, rows))
         for kind in ("sweep", "pilot"):
             if cell in tuning[kind]:
                 out.append(f"{kind.capitalize()} (validation only):\n\n" + _table(SWEEP_HEAD,
