@@ -1,3 +1,4 @@
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -8,6 +9,20 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(scope="session")
+def benchmark_script():
+    """``benchmark_script("convergence/run.py")``: a script of ``benchmarks/`` loaded as a fresh module."""
+    def load(rel: str):
+        name = "bench_" + rel.removesuffix(".py").replace("/", "_")
+        spec = importlib.util.spec_from_file_location(name, BENCHMARKS / rel)
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod  # dataclasses look their module up
+        spec.loader.exec_module(mod)
+        return mod
+    return load
 
 
 def _saved_tiny(tmp_path_factory, kind: str):

@@ -1,10 +1,8 @@
 """benchmarks/claims.py: the committed READMEs trace to committed records, and the check fails, naming the
 number, when a README number, a generated table or a cited record's pinning goes wrong."""
 
-import importlib.util
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,12 +11,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def claims():
-    spec = importlib.util.spec_from_file_location("claims_check", REPO / "benchmarks" / "claims.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # its dataclasses look their module up
-    spec.loader.exec_module(mod)
-    return mod
+def claims(benchmark_script):
+    return benchmark_script("claims.py")
 
 
 def test_the_committed_readmes_trace_to_records(claims):

@@ -13,11 +13,8 @@ BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "convergence"
 
 
 @pytest.fixture(scope="module")
-def runner():
-    spec = importlib.util.spec_from_file_location("convergence_run", BENCH / "run.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def runner(benchmark_script):
+    return benchmark_script("convergence/run.py")
 
 
 def write(root: Path, files: dict) -> Path:

@@ -1,6 +1,5 @@
 """benchmarks/convergence/choose.py: the learning rate is chosen on validation, and the final experiment says so."""
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -11,11 +10,8 @@ BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "convergence"
 
 
 @pytest.fixture(scope="module")
-def choose():
-    spec = importlib.util.spec_from_file_location("convergence_choose", BENCH / "choose.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def choose(benchmark_script):
+    return benchmark_script("convergence/choose.py")
 
 
 def _sweep(results: Path, run: str, seed: int, val: float, *, lr: float, loss: float = 0.5, test=None):

@@ -1,7 +1,6 @@
 """benchmarks/local_learning/run.py --keep: recorded seeds are skipped only under the same config; records are
 never overwritten (a new file per invocation)."""
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -15,11 +14,8 @@ EXP = BENCH / "experiments" / "ff-hard.yaml"
 
 
 @pytest.fixture(scope="module")
-def runner():
-    spec = importlib.util.spec_from_file_location("local_learning_run", BENCH / "run.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def runner(benchmark_script):
+    return benchmark_script("local_learning/run.py")
 
 
 def _record(path: Path, config: dict, seeds, acc=0.88):

@@ -1,7 +1,6 @@
 """benchmarks/local_learning/report.py's screens block: medians over every screen record, unrun screens shown as
 such, and a record that read the test split refused."""
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -13,11 +12,8 @@ BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "local_learning"
 
 
 @pytest.fixture(scope="module")
-def report():
-    spec = importlib.util.spec_from_file_location("local_learning_report", BENCH / "report.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def report(benchmark_script):
+    return benchmark_script("local_learning/report.py")
 
 
 def _screen(goodness: float, best: float) -> dict:

@@ -1,6 +1,5 @@
 """benchmarks/zo_bench/run.py: every file validated before anything runs; a crashed run is recorded, not fatal."""
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -12,11 +11,8 @@ BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "zo_bench"
 
 
 @pytest.fixture(scope="module")
-def runner():
-    spec = importlib.util.spec_from_file_location("zo_bench_run", BENCH / "run.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def runner(benchmark_script):
+    return benchmark_script("zo_bench/run.py")
 
 
 @pytest.fixture(scope="module")
