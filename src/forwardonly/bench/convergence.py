@@ -105,12 +105,19 @@ def flat_gain(points, frac: float = 0.2) -> float | None:
     return points[-1][2] - before[-1][2] if before else None
 
 
-def _spread(vals: list[float], scale: float = 100.0, digits: int = 1) -> str:
+def _spread(vals: list[float], scale: float = 100.0, digits: int = 1, sign: str = "") -> str:
+    """Median [min, max] of ``vals`` times ``scale`` (the median alone for one value); ``sign="+"`` signs them."""
     vals = [v * scale for v in vals if v is not None]
     if not vals:
         return "-"
+    f = f"{sign}.{digits}f"
     med = statistics.median(vals)
-    return f"{med:.{digits}f}" if len(vals) == 1 else f"{med:.{digits}f} [{min(vals):.{digits}f}, {max(vals):.{digits}f}]"
+    return f"{med:{f}}" if len(vals) == 1 else f"{med:{f}} [{min(vals):{f}}, {max(vals):{f}}]"
+
+
+def _method_order(methods) -> list[str]:
+    """The floor and the reference first, the ceiling last, the rest by name."""
+    return sorted(methods, key=lambda m: (m not in (FLOOR, REFERENCE), m == CEILING, m))
 
 
 def _table(head: list[str], rows: list[list]) -> str:
@@ -149,7 +156,7 @@ def headline_rows(methods: dict[str, list[dict]]) -> list[list]:
     ceiling = [_acc(r["results"].get("test_after")) for r in methods.get(CEILING, [])]
     floor = {r.get("seed"): _acc(r["results"].get("test_after")) for r in methods.get(FLOOR, [])}
     rows = []
-    order = sorted(methods, key=lambda m: (m not in (FLOOR, REFERENCE), m == CEILING, m))
+    order = _method_order(methods)
     for m in order:
         recs = methods[m]
         finals = [_acc(r["results"].get("test_after")) for r in recs]
@@ -164,28 +171,19 @@ def headline_rows(methods: dict[str, list[dict]]) -> list[list]:
         vs = (f"{100 * (statistics.median(finals) - statistics.median(ceiling)):+.1f}"
               if ceiling and m != CEILING and finals else "-")
         rss = [r["results"].get("peak_rss_bytes") or 0 for r in recs]
-        paired = [100 * (_acc(r["results"].get("test_after")) - floor[r.get("seed")]) for r in recs
+        paired = [_acc(r["results"].get("test_after")) - floor[r.get("seed")] for r in recs
                   if m != FLOOR and floor.get(r.get("seed")) is not None]
         rows.append([m, _lr(recs[0]), len(recs), _spread(finals), f"{statistics.median(f for f in fwd if f):.0f}"
                      if any(fwd) else "0", f"{reach:.0f}" if reach is not None else "-", ratio, vs,
                      f"{1000 * statistics.median(per_fwd):.0f}" if per_fwd else "-",
                      f"{100 * gain:+.1f}" if gain is not None else "-", f"{max(rss) / 2**20:.0f}",
-                     _spread_points(paired)])
+                     _spread(paired, sign="+")])
     return rows
 
 
 HEADLINE_HEAD = ["method", "lr", "seeds", "final test % median [min, max]", "forwards spent",
                  "forwards to MeZO's final", "ratio to MeZO", "vs FO-Adam (points)", "ms / forward (train)",
                  "last 20 % gain (points)", "peak RSS MiB", "over the same seed's probe (points)"]
-
-
-def _spread_points(xs: list[float]) -> str:
-    """Signed points, median [min, max] (one value alone); ``-`` for none."""
-    if not xs:
-        return "-"
-    if len(xs) == 1:
-        return f"{xs[0]:+.1f}"
-    return f"{statistics.median(xs):+.1f} [{min(xs):+.1f}, {max(xs):+.1f}]"
 
 
 def sweep_rows(methods: dict[str, list[dict]]) -> list[list]:
@@ -213,7 +211,7 @@ SWEEP_HEAD = ["run", "optimizer", "lr", "forwards", "seeds", "validation % at st
 
 def seed_rows(methods: dict[str, list[dict]]) -> tuple[list[str], list[list]]:
     """Final test accuracy % of each method (columns, in the headline's order) for each seed (rows)."""
-    order = sorted(methods, key=lambda m: (m not in (FLOOR, REFERENCE), m == CEILING, m))
+    order = _method_order(methods)
     acc = {(m, r.get("seed")): _acc(r["results"].get("test_after")) for m in order for r in methods[m]}
     seeds = sorted({s for _, s in acc}, key=lambda s: (s is None, s))
     rows = [[s, *(f"{100 * acc[m, s]:.2f}" if acc.get((m, s)) is not None else "-" for m in order)] for s in seeds]
