@@ -132,12 +132,12 @@ def record_path(name: str, seed: int, results: Path = RESULTS) -> Path:
 
 # ----------------------------------------------------------------------------- one run (child process)
 class PausedClock:
-    """``time`` for the training loop, minus the seconds the run spent stopped by ``--pause-while``.
+    """The training loop's clock (``run(clock=...)``): ``perf_counter`` minus the seconds the run spent
+    stopped by ``--pause-while``.
 
     The parent writes the run's total paused seconds to ``paused_file`` before it sends SIGCONT; the
     handler reads it. A step that a pause fell inside is then timed without the pause, exactly (a
-    pause during an evaluation shifts the clock while no step is being timed). Every other attribute
-    is the ``time`` module's."""
+    pause during an evaluation shifts the clock while no step is being timed)."""
 
     def __init__(self, paused_file: Path):
         self.paused_file, self.offset = paused_file, 0.0
@@ -148,17 +148,13 @@ class PausedClock:
         except (OSError, ValueError):
             pass  # no pause recorded: the clock stays as it was
 
-    def perf_counter(self) -> float:
+    def __call__(self) -> float:
         return time.perf_counter() - self.offset
-
-    def __getattr__(self, name):
-        return getattr(time, name)
 
 
 def child(spec_path: str) -> int:
     import torch
 
-    import forwardonly.lm.train as train_loop
     from forwardonly.bench.measure import PeakMemory
     from forwardonly.config import load_config
     from forwardonly.lm.config import TrainConfig
@@ -166,13 +162,12 @@ def child(spec_path: str) -> int:
 
     clock = PausedClock(Path(spec_path).with_name("paused_s"))
     signal.signal(signal.SIGCONT, clock.on_continue)
-    train_loop.time = clock  # train_time_s leaves out the seconds the run was stopped
     spec = json.loads(Path(spec_path).read_text())
     cfg = load_config(TrainConfig, None, None, base=spec["config"])
     resume = (Path(cfg.out_dir) / "checkpoint" / "trainer.json").is_file()
     t0 = time.perf_counter()
     with PeakMemory(interval=0.05) as mem:
-        summary = run(cfg, resume=resume, progress=False)
+        summary = run(cfg, resume=resume, progress=False, clock=clock)  # train_time_s leaves the pauses out
     keep = ("test_before", "test_after", "test_curve", "evals", "history", "forwards", "backwards", "step",
             "train_time_s", "peak_rss_bytes", "skipped_steps", "trainable_parameters", "train_examples", "head_init",
             "auto_lr")  # lr: auto's calibrations, extra forwards and rejected steps

@@ -35,6 +35,15 @@ def test_fo_baseline_lowers_the_loss(cfg_of):
     assert s["backwards"] == 30
 
 
+@pytest.mark.parametrize("optim", ["zo-sgd", "fo-adam"])
+def test_train_time_is_read_from_the_given_clock(cfg_of, optim):
+    ticks = iter(range(0, 1000, 5))  # each call 5 s later: a step, read twice, is timed at exactly 5 s
+    cfg = cfg_of("steps=3", f"optim.name={optim}", "optim.lr=1e-3", "test=false", "validate=false",
+                 "task.max_train=8", "batch_size=8")
+    s = run(cfg, progress=False, clock=lambda: float(next(ticks)))
+    assert s["train_time_s"] == 15.0
+
+
 def test_frozen_weights_unchanged_under_lora(cfg_of, tiny_dir):
     cfg = cfg_of("steps=4", "optim.lr=1e-2", "scheme.name=lora", "scheme.r=2", "test=false",
                "validate=false")

@@ -66,20 +66,23 @@ logger = logging.getLogger("forwardonly")
 
 
 # ----------------------------------------------------------------------------- the loop
-def run(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, log=None) -> dict:
-    """Fine-tune as ``cfg`` says; returns a summary (metrics before/after, time, memory, forwards)."""
+def run(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, log=None, clock=None) -> dict:
+    """Fine-tune as ``cfg`` says; returns a summary (metrics before/after, time, memory, forwards).
+
+    ``clock`` (default :func:`time.perf_counter`) times the training steps for ``train_time_s``: a caller
+    that stops the process for a while can pass one that leaves the stopped seconds out."""
     if cfg.federated is not None:
         raise UserError("federated: this config is a federated run; start it with forwardonly federated")
-    return _Run(cfg, resume, progress, log or logger.info).run()
+    return _Run(cfg, resume, progress, log or logger.info, clock or time.perf_counter).run()
 
 
 class _Run:
     """One ``forwardonly train`` run: everything is built in ``__init__``; :meth:`run` is the loop."""
 
-    def __init__(self, cfg: TrainConfig, resume: bool, progress: bool, log):
+    def __init__(self, cfg: TrainConfig, resume: bool, progress: bool, log, clock):
         from ..distributed import init_from_env
 
-        self.cfg, self.resume, self.progress = cfg, resume, progress
+        self.cfg, self.resume, self.progress, self.clock = cfg, resume, progress, clock
         self.out = out = Path(cfg.out_dir) if cfg.out_dir else None
         self.ckpt_dir = ckpt_dir = out / "checkpoint" if out else None
         if resume and ckpt_dir is None:
@@ -225,7 +228,7 @@ class _Run:
             lr = lr_at(cfg, t, cfg.steps)
             for g in opt.param_groups:  # a hybrid's first-order blocks follow the schedule from their own fo_lr
                 g["lr"] = lr if "fo_lr" not in g else lr_at(cfg, t, cfg.steps, base=g["fo_lr"])
-        t0 = time.perf_counter()
+        t0 = self.clock()
         if self.zo:
             loss = _zo_step(opt, self.model, self.objective, batches, self.seedlog, t)
             state["forwards"] = int(opt.zo_state["forwards"])
@@ -234,7 +237,7 @@ class _Run:
             loss = _fo_step(opt, self.model, self.objective, batches)
             state["forwards"] += len(batches)
             state["backwards"] += len(batches)
-        state["train_time_s"] += time.perf_counter() - t0
+        state["train_time_s"] += self.clock() - t0
         state["step"] = t + 1
         return loss, opt.param_groups[0]["lr"] if auto is not None else lr
 
