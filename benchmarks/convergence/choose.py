@@ -9,8 +9,10 @@ A cell's sweep is ``experiments/<cell>/sweep/<method>-lr<value>/`` (validation o
 method the sweep run with the highest median final validation accuracy over its seeds wins (ties: the
 lower median final training loss, then the smaller learning rate); a run whose training loss became
 non-finite never wins. ``--write`` copies the winner's ``overrides.yaml`` to ``<cell>/<method>/``
-under a header that states the choice and the records it was read from; a method whose final
-experiment already has records is left alone (its runs were made with the file as it is).
+under a header that states the choice and the records it was read from (and, when the winner is the
+smallest or largest learning rate tried, says so: the grid may not hold the best); a method whose final
+experiment already has records is left alone (its runs were made with the file as it is), and so is a
+method whose sweep still has a run without a record (the choice would not be final).
 """
 
 from __future__ import annotations
@@ -56,14 +58,33 @@ def score(recs: list[dict]) -> tuple[float, float, float]:
     return statistics.median(finals), -statistics.median(losses), -float(recs[0]["config"]["optim"]["lr"])
 
 
-def choose(cell: str, results: Path = RESULTS) -> dict[str, dict]:
-    out = {}
+def sweep_experiments(cell: str, experiments: Path = EXPERIMENTS) -> dict[str, dict[str, float]]:
+    """``{method: {run name: lr}}`` of the sweep folders ``cell`` defines (run or not)."""
+    out: dict[str, dict[str, float]] = {}
+    for path in sorted((experiments / cell / "sweep").glob("*/overrides.yaml")):
+        m = SWEEP_NAME.match(path.parent.name)
+        if m:
+            out.setdefault(m["method"], {})[path.parent.name] = float(m["lr"])
+    return out
+
+
+def choose(cell: str, results: Path = RESULTS, experiments: Path = EXPERIMENTS) -> dict[str, dict]:
+    """Per method: the winning run, its score, the ranked table, the records read, the sweep runs that
+    have no record yet (``missing``: the choice is not final) and whether the winner sits at the edge of
+    the grid (``edge``: "smallest" or "largest" learning rate tried, else None)."""
+    out, defined = {}, sweep_experiments(cell, experiments)
     for method, runs in sweep_records(cell, results).items():
         ranked = sorted(runs, key=lambda run: score(runs[run]), reverse=True)
+        lrs = {run: float(runs[run][0]["config"]["optim"]["lr"]) for run in runs} | defined.get(method, {})
+        best = lrs[ranked[0]]
+        edge = None
+        if len(set(lrs.values())) > 1:
+            edge = "smallest" if best == min(lrs.values()) else "largest" if best == max(lrs.values()) else None
         out[method] = {"run": ranked[0], "score": score(runs[ranked[0]]),
                        "table": [(run, runs[run][0]["config"]["optim"]["lr"], score(runs[run])[0], len(runs[run]))
                                  for run in ranked],
-                       "records": sorted(r["_path"] for run in runs.values() for r in run)}
+                       "records": sorted(r["_path"] for run in runs.values() for r in run),
+                       "missing": sorted(run for run in defined.get(method, {}) if run not in runs), "edge": edge}
     return out
 
 
@@ -72,6 +93,10 @@ def write_final(cell: str, method: str, choice: dict, experiments: Path = EXPERI
     dest = experiments / cell / method / "overrides.yaml"
     if list((results / cell).glob(f"{method}.seed*.json")):
         print(f"{dest}: left as it is, its runs have records", file=sys.stderr)
+        return None
+    if choice.get("missing"):
+        print(f"{dest}: not written, the sweep is incomplete (no record yet: {', '.join(choice['missing'])})",
+              file=sys.stderr)
         return None
     src = experiments / cell / "sweep" / choice["run"] / "overrides.yaml"
     body = [line for line in src.read_text().splitlines() if not line.startswith("#")]
@@ -84,6 +109,8 @@ def write_final(cell: str, method: str, choice: dict, experiments: Path = EXPERI
             f"# Written by choose.py: the learning rate of sweep/{choice['run']}, the best median final",
             f"# validation accuracy of the sweep ({table}).",
             "# Sweep records: " + ", ".join(Path(p).name for p in choice["records"])]
+    if choice.get("edge"):
+        head.append(f"# The winner is the {choice['edge']} learning rate the sweep tried: the grid may not hold the best.")
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_text("\n".join(head + body) + "\n")
     return dest
@@ -99,9 +126,15 @@ def main(argv=None) -> int:
     if not chosen:
         print(f"choose.py: no sweep records for {args.cell} under {args.results}", file=sys.stderr)
         return 2
+    for method, runs in sorted(sweep_experiments(args.cell).items()):
+        if method not in chosen:
+            print(f"{method}: no sweep record yet ({', '.join(runs)})")
     for method, c in sorted(chosen.items()):
         rows = ", ".join(f"{lr:g} -> {100 * acc:.1f} %" for _, lr, acc, _ in c["table"])
-        print(f"{method}: {c['run']} ({rows})")
+        notes = [f"incomplete, no record yet: {', '.join(c['missing'])}"] if c["missing"] else []
+        if c["edge"]:
+            notes.append(f"the {c['edge']} lr tried")
+        print(f"{method}: {c['run']} ({rows})" + (f" [{'; '.join(notes)}]" if notes else ""))
         if args.write:
             path = write_final(args.cell, method, c, results=Path(args.results))
             if path:

@@ -76,3 +76,29 @@ def test_write_copies_the_winner_with_its_reasons_and_leaves_a_final_with_record
 def test_no_sweep_records_is_an_error(choose, tmp_path, capsys):
     assert choose.main(["C", "--results", str(tmp_path)]) == 2
     assert "no sweep records for C" in capsys.readouterr().err
+
+
+def test_an_incomplete_sweep_is_shown_but_not_written(choose, tmp_path, capsys):
+    exps, res = tmp_path / "experiments", tmp_path / "results"
+    for run, lr in (("mezo-lr1e-3", 1e-3), ("mezo-lr1e-4", 1e-4), ("mezo-lr1e-5", 1e-5)):
+        _experiment(exps, run, lr)
+    _sweep(res, "mezo-lr1e-3", 0, 0.70, lr=1e-3)
+    _sweep(res, "mezo-lr1e-4", 0, 0.75, lr=1e-4)
+    c = choose.choose("C", res, exps)["mezo"]
+    assert c["run"] == "mezo-lr1e-4" and c["missing"] == ["mezo-lr1e-5"] and c["edge"] is None
+    assert choose.write_final("C", "mezo", c, exps, res) is None
+    assert not (exps / "C" / "mezo").exists()
+    assert "sweep is incomplete (no record yet: mezo-lr1e-5)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("best", "edge"), [("mezo-lr1e-3", "largest"), ("mezo-lr1e-5", "smallest"),
+                                            ("mezo-lr1e-4", None)])
+def test_a_winner_at_the_edge_of_the_grid_is_flagged_in_the_final(choose, tmp_path, best, edge):
+    exps, res = tmp_path / "experiments", tmp_path / "results"
+    for run, lr in (("mezo-lr1e-3", 1e-3), ("mezo-lr1e-4", 1e-4), ("mezo-lr1e-5", 1e-5)):
+        _experiment(exps, run, lr)
+        _sweep(res, run, 0, 0.80 if run == best else 0.70, lr=lr)
+    c = choose.choose("C", res, exps)["mezo"]
+    assert c["run"] == best and c["edge"] == edge and c["missing"] == []
+    text = choose.write_final("C", "mezo", c, exps, res).read_text()
+    assert (f"the {edge} learning rate the sweep tried" in text) == (edge is not None)
