@@ -122,6 +122,9 @@ def main(argv=None) -> int:
     ap.add_argument("--write", action="store_true", help="write each method's final overrides.yaml")
     ap.add_argument("--results", default=str(RESULTS))
     args = ap.parse_args(argv)
+    if not (EXPERIMENTS / args.cell).is_dir():
+        print(f"choose.py: {args.cell}: no such cell under {EXPERIMENTS}", file=sys.stderr)
+        return 2
     chosen = choose(args.cell, Path(args.results))
     if not chosen:
         print(f"choose.py: no sweep records for {args.cell} under {args.results}", file=sys.stderr)

@@ -74,8 +74,13 @@ def test_write_copies_the_winner_with_its_reasons_and_leaves_a_final_with_record
 
 
 def test_no_sweep_records_is_an_error(choose, tmp_path, capsys):
-    assert choose.main(["C", "--results", str(tmp_path)]) == 2
-    assert "no sweep records for C" in capsys.readouterr().err
+    assert choose.main(["E/k16", "--results", str(tmp_path)]) == 2
+    assert "no sweep records for E/k16" in capsys.readouterr().err
+
+
+def test_an_unknown_cell_is_named(choose, tmp_path, capsys):
+    assert choose.main(["E/k17", "--results", str(tmp_path)]) == 2
+    assert "E/k17: no such cell" in capsys.readouterr().err
 
 
 def test_an_incomplete_sweep_is_shown_but_not_written(choose, tmp_path, capsys):
