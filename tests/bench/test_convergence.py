@@ -223,9 +223,18 @@ def test_suite_report_block_cites_the_records_and_its_figure_reads(tmp_path):
     # the non-finite loss is left out of the loss column and counts the run as diverged
     assert "| fzoo-lr1e-6 | x | 0.001 | 100 | 1 | 60.0 | 70.0 | 0.700 -> 0.650 | 500 | 1 |" in text
     assert "![curves_E_k16](report/curves_E_k16.png)" in text and len(rs.used) == 3
+
     pytest.importorskip("matplotlib")
     from forwardonly.bench.plots import layout_problems
 
     ((name, draw),) = conv.plot_plans(list(rs.glob("results/*")))
     fig = draw()
     assert name == "curves_E_k16.png" and layout_problems(fig) == []
+
+
+@pytest.mark.parametrize(("losses", "diverged"), [([0.15, 0.2, 0.1], False), ([0.15, 1.4, 0.1], False),
+                                                  ([0.15, 1.6, 0.1], True), ([0.15, 149.0], True),
+                                                  ([0.7, float("inf")], True), ([], False)])
+def test_a_run_whose_loss_rose_tenfold_or_went_non_finite_counts_as_diverged(losses, diverged):
+    rec = {"results": {"history": [{"loss": x} for x in losses]}}
+    assert conv.diverged_run(rec) is diverged

@@ -29,6 +29,8 @@ import statistics
 from pathlib import PurePosixPath
 
 REFERENCE, CEILING, FLOOR = "mezo", "fo-adam", "lp"
+DIVERGED = 10.0
+"""A run whose logged training loss rises past this multiple of its first logged row has diverged."""
 SUITE = "convergence/"
 
 
@@ -186,14 +188,21 @@ HEADLINE_HEAD = ["method", "lr", "seeds", "final test % median [min, max]", "for
                  "last 20 % gain (points)", "peak RSS MiB", "over the same seed's probe (points)"]
 
 
+def diverged_run(rec: dict) -> bool:
+    """A logged training loss that is not finite, or more than ``DIVERGED`` times the first logged one."""
+    losses = [h.get("loss", 0.0) for h in rec["results"].get("history") or []]
+    if any(not math.isfinite(x) for x in losses):
+        return True
+    return bool(losses) and max(losses) > DIVERGED * losses[0]
+
+
 def sweep_rows(methods: dict[str, list[dict]]) -> list[list]:
     rows = []
     for m in sorted(methods):
         recs = methods[m]
         finals = [curve(r, "validation")[-1][2] for r in recs if curve(r, "validation")]
         start = [curve(r, "validation")[0][2] for r in recs if curve(r, "validation")]
-        diverged = sum(1 for r in recs if any(h.get("loss", 0) != h.get("loss", 0) or h.get("loss", 0) > 1e3
-                                              for h in r["results"].get("history") or []))
+        diverged = sum(1 for r in recs if diverged_run(r))
         losses = [[h["loss"] for h in r["results"].get("history") or [] if math.isfinite(h.get("loss", math.nan))]
                   for r in recs]
         first, last = [x[0] for x in losses if x], [x[-1] for x in losses if x]
