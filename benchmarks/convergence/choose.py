@@ -7,8 +7,8 @@ Usage (from the repository root)::
 
 A cell's sweep is ``experiments/<cell>/sweep/<method>-lr<value>/`` (validation only, no test). For each
 method the sweep run with the highest median final validation accuracy over its seeds wins (ties: the
-lower median final training loss, then the smaller learning rate); a run whose training loss became
-non-finite never wins. ``--write`` copies the winner's ``overrides.yaml`` to ``<cell>/<method>/``
+lower median final training loss, then the smaller learning rate); a run that diverged (the report's
+``diverged_run``: a non-finite training loss, or one risen past 10x its first logged row) never wins. ``--write`` copies the winner's ``overrides.yaml`` to ``<cell>/<method>/``
 under a header that states the choice and the records it was read from (and, when the winner is the
 smallest or largest learning rate tried, says so: the grid may not hold the best); a method whose final
 experiment already has records is left alone (its runs were made with the file as it is), and so is a
@@ -24,6 +24,8 @@ import re
 import statistics
 import sys
 from pathlib import Path
+
+from forwardonly.bench.convergence import diverged_run
 
 HERE = Path(__file__).resolve().parent
 EXPERIMENTS, RESULTS = HERE / "experiments", HERE / "results"
@@ -51,7 +53,7 @@ def score(recs: list[dict]) -> tuple[float, float, float]:
     for r in recs:
         evals = r["results"].get("evals") or []
         hist = r["results"].get("history") or []
-        if not evals or any(not math.isfinite(h.get("loss", 0.0)) for h in hist):
+        if not evals or diverged_run(r):  # the report's rule: a non-finite loss, or one risen past 10x its first
             return (-1.0, -math.inf, 0.0)
         finals.append(evals[-1]["accuracy"])
         losses.append(hist[-1]["loss"] if hist else math.inf)
@@ -133,7 +135,7 @@ def main(argv=None) -> int:
         if method not in chosen:
             print(f"{method}: no sweep record yet ({', '.join(runs)})")
     for method, c in sorted(chosen.items()):
-        rows = ", ".join(f"{lr:g} -> {100 * acc:.1f} %" for _, lr, acc, _ in c["table"])
+        rows = ", ".join(f"{lr:g} -> " + (f"{100 * acc:.1f} %" if acc >= 0 else "diverged") for _, lr, acc, _ in c["table"])
         notes = [f"incomplete, no record yet: {', '.join(c['missing'])}"] if c["missing"] else []
         if c["edge"]:
             notes.append(f"the {c['edge']} lr tried")
