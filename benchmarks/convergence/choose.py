@@ -7,8 +7,9 @@ Usage (from the repository root)::
 
 A cell's sweep is ``experiments/<cell>/sweep/<method>-lr<value>/`` (validation only, no test). For each
 method the sweep run with the highest median final validation accuracy over its seeds wins (ties: the
-lower median final training loss, then the smaller learning rate); a run that diverged (the report's
-``diverged_run``: a non-finite training loss, or one risen past 10x its first logged row) never wins. ``--write`` copies the winner's ``overrides.yaml`` to ``<cell>/<method>/``
+lower median final training loss, then the smaller learning rate); a run that diverged (the
+report's ``diverged_run``: a non-finite training loss, or one risen past 10x its first logged row)
+never wins. ``--write`` copies the winner's ``overrides.yaml`` to ``<cell>/<method>/``
 under a header that states the choice and the records it was read from (and, when the winner is the
 smallest or largest learning rate tried, says so: the grid may not hold the best); a method whose final
 experiment already has records is left alone (its runs were made with the file as it is), and so is a
@@ -112,7 +113,8 @@ def write_final(cell: str, method: str, choice: dict, experiments: Path = EXPERI
             f"# validation accuracy of the sweep ({table}).",
             "# Sweep records: " + ", ".join(Path(p).name for p in choice["records"])]
     if choice.get("edge"):
-        head.append(f"# The winner is the {choice['edge']} learning rate the sweep tried: the grid may not hold the best.")
+        head.append(f"# The winner is the {choice['edge']} learning rate the sweep tried: "
+                    "the grid may not hold the best.")
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_text("\n".join(head + body) + "\n")
     return dest
@@ -135,7 +137,8 @@ def main(argv=None) -> int:
         if method not in chosen:
             print(f"{method}: no sweep record yet ({', '.join(runs)})")
     for method, c in sorted(chosen.items()):
-        rows = ", ".join(f"{lr:g} -> " + (f"{100 * acc:.1f} %" if acc >= 0 else "diverged") for _, lr, acc, _ in c["table"])
+        rows = ", ".join(f"{lr:g} -> " + (f"{100 * acc:.1f} %" if acc >= 0 else "diverged")
+                         for _, lr, acc, _ in c["table"])
         notes = [f"incomplete, no record yet: {', '.join(c['missing'])}"] if c["missing"] else []
         if c["edge"]:
             notes.append(f"the {c['edge']} lr tried")
