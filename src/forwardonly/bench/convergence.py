@@ -252,9 +252,42 @@ def render(recs: list[dict]) -> str:
 def plot_plans(recs: list[dict]) -> list[tuple[str, object]]:
     """Per cell, ``(file name, draw)`` of one figure: test accuracy against forward passes (left) and training
     seconds (right), the median over seeds as a line and the min-max spread as a band; the linear probe (or
-    zero-shot) as a dashed line. ``draw()`` makes the figure (:func:`forwardonly.bench.plots.plans`)."""
-    return [("curves_" + cell.replace("/", "_") + ".png", (lambda c=cell, m=methods: _curves_figure(c, m)))
-            for cell, methods in by_cell(recs, ("final", "probe")).items()]
+    zero-shot) as a dashed line; then per cell with a sweep, its validation curves (:func:`_sweep_figure`).
+    ``draw()`` makes the figure (:func:`forwardonly.bench.plots.plans`)."""
+    finals = [("curves_" + cell.replace("/", "_") + ".png", (lambda c=cell, m=methods: _curves_figure(c, m)))
+              for cell, methods in by_cell(recs, ("final", "probe")).items()]
+    sweeps = [("sweep_" + cell.replace("/", "_") + ".png", (lambda c=cell, r=runs: _sweep_figure(c, r)))
+              for cell, runs in by_cell(recs, ("sweep",)).items()]
+    return finals + sweeps
+
+
+def _sweep_figure(cell: str, runs: dict[str, list[dict]]):
+    """One panel per optimizer of a cell's sweep: validation accuracy against forward passes, one line per
+    learning rate (median over seeds), a diverged run dashed and marked as such."""
+    from .figure import grid, plt_module
+
+    by_optim: dict[str, list[tuple[str, list[dict]]]] = {}
+    for name, recs in sorted(runs.items()):
+        by_optim.setdefault(recs[0]["config"]["optim"]["name"], []).append((name, recs))
+    fig, axes = grid(len(by_optim), 4.2, 3.4, ncols=3)
+    colours = plt_module().rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, (optim, items) in zip(axes, sorted(by_optim.items())):
+        items.sort(key=lambda it: float(it[1][0]["config"]["optim"]["lr"]))
+        for j, (name, recs) in enumerate(items):
+            med = median_curve(recs, "validation")
+            if not med:
+                continue
+            bad = any(diverged_run(r) for r in recs)
+            ax.plot([p[0] for p in med], [100 * p[2] for p in med], color=colours[j % len(colours)],
+                    ls="--" if bad else "-", marker=".", lw=1.4,
+                    label=f"lr {_lr(recs[0])}" + (" (diverged)" if bad else ""))
+        ax.set_title(optim)
+        ax.set_xlabel("forward passes (training)")
+        ax.set_ylabel("validation accuracy %")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncols=2, frameon=False)
+    fig.suptitle(f"{cell}: learning-rate sweep (validation only, median over seeds)")
+    return fig
 
 
 def _curves_figure(cell: str, methods: dict[str, list[dict]]):
