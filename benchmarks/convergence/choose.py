@@ -61,6 +61,11 @@ def score(recs: list[dict]) -> tuple[float, float, float]:
     return statistics.median(finals), -statistics.median(losses), -float(recs[0]["config"]["optim"]["lr"])
 
 
+def _pct(acc: float) -> str:
+    """A score's accuracy as a percentage, or "diverged" (:func:`score` ranks a diverged run at -1)."""
+    return f"{100 * acc:.1f} %" if acc >= 0 else "diverged"
+
+
 def sweep_experiments(cell: str, experiments: Path = EXPERIMENTS) -> dict[str, dict[str, float]]:
     """``{method: {run name: lr}}`` of the sweep folders ``cell`` defines (run or not)."""
     out: dict[str, dict[str, float]] = {}
@@ -106,7 +111,7 @@ def write_final(cell: str, method: str, choice: dict, experiments: Path = EXPERI
     spacing = [line.split(":", 1)[1].split("#")[0].strip() for line in body if line.startswith("eval_every:")]
     if spacing:  # the final's test curve at the sweep's validation spacing (a final run does not validate)
         body.append(f"test_every: {spacing[-1]}")
-    table = "; ".join(f"lr {lr:g}: {100 * acc:.1f} %" + (f" ({n} seeds)" if n > 1 else "")
+    table = "; ".join(f"lr {lr:g}: {_pct(acc)}" + (f" ({n} seeds)" if n > 1 else "")
                       for _, lr, acc, n in sorted(choice["table"], key=lambda t: t[1]))
     head = [f"# PYTHONPATH=src python benchmarks/convergence/run.py --only '{cell}/{method}' --seeds 0,1,2",
             f"# Written by choose.py: the learning rate of sweep/{choice['run']}, the best median final",
@@ -137,7 +142,7 @@ def main(argv=None) -> int:
         if method not in chosen:
             print(f"{method}: no sweep record yet ({', '.join(runs)})")
     for method, c in sorted(chosen.items()):
-        rows = ", ".join(f"{lr:g} -> " + (f"{100 * acc:.1f} %" if acc >= 0 else "diverged")
+        rows = ", ".join(f"{lr:g} -> {_pct(acc)}"
                          for _, lr, acc, _ in c["table"])
         notes = [f"incomplete, no record yet: {', '.join(c['missing'])}"] if c["missing"] else []
         if c["edge"]:

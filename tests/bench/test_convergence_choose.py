@@ -107,3 +107,15 @@ def test_a_winner_at_the_edge_of_the_grid_is_flagged_in_the_final(choose, tmp_pa
     assert c["run"] == best and c["edge"] == edge and c["missing"] == []
     text = choose.write_final("C", "mezo", c, exps, res).read_text()
     assert (f"the {edge} learning rate the sweep tried" in text) == (edge is not None)
+
+
+def test_the_final_names_a_diverged_rate_as_diverged(choose, tmp_path):
+    exps, res = tmp_path / "experiments", tmp_path / "results"
+    for run, lr in (("mezo-lr1e-3", 1e-3), ("mezo-lr1e-4", 1e-4), ("mezo-lr1e-5", 1e-5)):
+        _experiment(exps, run, lr)
+    _sweep(res, "mezo-lr1e-3", 0, 0.45, lr=1e-3, loss=149.0)  # loss risen past 10x its first row
+    _sweep(res, "mezo-lr1e-4", 0, 0.755, lr=1e-4)
+    _sweep(res, "mezo-lr1e-5", 0, 0.735, lr=1e-5)
+    c = choose.choose("C", res, exps)["mezo"]
+    text = choose.write_final("C", "mezo", c, exps, res).read_text()
+    assert "(lr 1e-05: 73.5 %; lr 0.0001: 75.5 %; lr 0.001: diverged)" in text and "-100" not in text
