@@ -295,6 +295,10 @@ def main(argv=None) -> int:
         return 2
     try:
         seeds = [int(s) for s in args.seeds.split(",")]
+    except ValueError:
+        print(f"run.py: --seeds {args.seeds!r}: not a comma-separated list of integers (e.g. 0,1,2)", file=sys.stderr)
+        return 2
+    try:
         configs = validate(names, args.overrides, root)
     except (UserError, ValueError) as e:
         print(f"run.py: error: {e}", file=sys.stderr)

@@ -51,6 +51,13 @@ def test_a_bad_key_stops_everything_naming_its_file(runner, tiny_dir, tmp_path, 
     assert "S/b/overrides.yaml:2" in capsys.readouterr().err and not out.exists()
 
 
+def test_seeds_that_are_not_integers_are_named(runner, tiny_dir, tmp_path, capsys):
+    exps = write(tmp_path / "experiments", {"S/a/overrides.yaml": f"model: {{name: '{tiny_dir}'}}\nsteps: 1\n"})
+    out = tmp_path / "results"
+    assert runner.main(["--experiments", str(exps), "--results", str(out), "--seeds", "0,x"]) == 2
+    assert "--seeds '0,x': not a comma-separated list of integers" in capsys.readouterr().err and not out.exists()
+
+
 def test_a_run_writes_a_new_record_with_its_curve_and_is_not_repeated(runner, tiny_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(runner, "SCRATCH", tmp_path / "scratch")
     exps = write(tmp_path / "experiments", {
