@@ -142,8 +142,7 @@ def main(argv=None) -> int:
         if method not in chosen:
             print(f"{method}: no sweep record yet ({', '.join(runs)})")
     for method, c in sorted(chosen.items()):
-        rows = ", ".join(f"{lr:g} -> {_pct(acc)}"
-                         for _, lr, acc, _ in c["table"])
+        rows = ", ".join(f"{lr:g} -> {_pct(acc)}" for _, lr, acc, _ in c["table"])
         notes = [f"incomplete, no record yet: {', '.join(c['missing'])}"] if c["missing"] else []
         if c["edge"]:
             notes.append(f"the {c['edge']} lr tried")

@@ -266,14 +266,14 @@ def _sweep_figure(cell: str, runs: dict[str, list[dict]]):
     learning rate (median over seeds), a diverged run dashed and marked as such."""
     from .figure import grid, plt_module
 
-    by_optim: dict[str, list[tuple[str, list[dict]]]] = {}
-    for name, recs in sorted(runs.items()):
-        by_optim.setdefault(recs[0]["config"]["optim"]["name"], []).append((name, recs))
+    by_optim: dict[str, list[list[dict]]] = {}
+    for recs in runs.values():
+        by_optim.setdefault(recs[0]["config"]["optim"]["name"], []).append(recs)
     fig, axes = grid(len(by_optim), 4.2, 3.4, ncols=3)
     colours = plt_module().rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, (optim, items) in zip(axes, sorted(by_optim.items())):
-        items.sort(key=lambda it: float(it[1][0]["config"]["optim"]["lr"]))
-        for j, (name, recs) in enumerate(items):
+        items.sort(key=lambda recs: float(recs[0]["config"]["optim"]["lr"]))
+        for j, recs in enumerate(items):
             med = median_curve(recs, "validation")
             if not med:
                 continue
