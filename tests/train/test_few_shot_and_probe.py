@@ -98,3 +98,53 @@ def test_bad_values_are_named(override, msg):
 def test_linear_probe_needs_a_classifier(cfg_of):
     with pytest.raises(UserError, match="head_init=linear_probe needs a sequence classifier"):
         run(cfg_of("model.head_init=linear_probe", "steps=0", "validate=false"), progress=False)
+
+
+def llama_cfg(tiny_dir, *extra):
+    return load_config(TrainConfig, None, [f"model.name={tiny_dir}", "model.kind=classifier", "scheme.name=full",
+                                           "model.head_init=linear_probe", "task.shots_per_class=8",
+                                           "task.max_test=16", "validate=false", "batch_size=4", "eval_batch_size=8",
+                                           "threads=1", *extra])
+
+
+def test_a_decoder_head_gains_a_bias_and_standardised_features_fold_into_it(tiny_dir, tmp_path, capsys):
+    from forwardonly.models.head_init import head_features
+
+    raw = run(llama_cfg(tiny_dir, "steps=0"), progress=False)
+    std = run(llama_cfg(tiny_dir, "steps=0", "model.head_standardize=true", "model.head_l2=10"), progress=False)
+    name, layer = head_layer(std["model"])
+    assert name == "score" and layer.bias is not None  # LlamaForSequenceClassification's score has no bias
+    assert raw["head_init"]["layer"] == "score" and head_layer(raw["model"])[1].bias is not None
+    assert not torch.equal(layer.weight, head_layer(raw["model"])[1].weight)  # l2 and scaling change the fit
+    # the head is the standardised fit with the mean and deviation folded into its weight and bias
+    from forwardonly.lm.setup import training_examples
+    from forwardonly.tasks import make_objective, task_for_run
+
+    cfg = llama_cfg(tiny_dir, "steps=0")
+    task = task_for_run(cfg.task, [cfg.task.train_split])
+    obj = make_objective(task, std["tokenizer"], cfg.task.objective, cfg.task.max_length, model=std["model"])
+    x, y = head_features(std["model"], obj, training_examples(cfg, task), batch_size=8)
+    x = x.double()
+    mu, sd = x.mean(0), x.std(0).clamp_min(1e-6)
+    w, b = fit_logistic((x - mu) / sd, y, 2, l2=10)
+    assert torch.allclose(layer.weight.double(), w / sd, rtol=1e-4, atol=1e-5)
+    assert torch.allclose(layer.bias.double(), b - (w / sd) @ mu, rtol=1e-4, atol=1e-4)
+    # a trained run replays bitwise and is evaluated with the same head, bias included
+    trained = run(llama_cfg(tiny_dir, "steps=3", "optim.lr=1e-3", "model.head_standardize=true",
+                            f"out_dir={tmp_path}"), progress=False)
+    assert trained["test_before"] == run(llama_cfg(tiny_dir, "steps=0", "model.head_standardize=true"),
+                                         progress=False)["test_after"]
+    replayed, _ = replay_seedlog(tmp_path / "seedlog.json")
+    theirs = dict(replayed.named_parameters())
+    assert "score.bias" in theirs
+    assert all(torch.equal(p, theirs[n]) for n, p in trained["model"].named_parameters())
+    from forwardonly.cli.main import main
+
+    capsys.readouterr()
+    assert main(["eval", "--no-progress", "--run", str(tmp_path)]) == 0
+    assert json.loads(capsys.readouterr().out)["accuracy"] == trained["test_after"]["accuracy"]
+
+
+def test_a_probe_l2_that_is_not_positive_is_named():
+    with pytest.raises(UserError, match=r"model.head_l2=0.0 must be > 0"):
+        load_config(TrainConfig, None, ["model.head_l2=0"])

@@ -68,6 +68,9 @@ class ModelConfig:
             by ``seed``) or ``linear_probe``, a logistic regression on the training examples' features
             fitted before training (:mod:`forwardonly.models.head_init`; without it zeroth-order
             fine-tuning of an encoder stalls on the majority class).
+        head_l2: the linear probe's L2 weight (scikit-learn's ``1 / C``; default 1).
+        head_standardize: fit the probe on standardised features (mean 0, deviation 1 over the training
+            examples), folded into the head's weight and bias, so ``head_l2`` weighs every feature alike.
         pooling: what a classifier's head reads: ``default`` (the model's own pooler) or ``mean`` (the mean
             of the last hidden states over the real tokens, what sentence encoders such as all-MiniLM-L6
             were trained for; BERT-family classifiers; :mod:`forwardonly.models.pooling`).
@@ -81,9 +84,13 @@ class ModelConfig:
     offload: OffloadConfig | None = None
     precision: Literal["pure", "mixed"] = "pure"
     head_init: Literal["random", "linear_probe"] = "random"
+    head_l2: float = 1.0
+    head_standardize: bool = False
     pooling: Literal["default", "mean"] = "default"
 
     def __post_init__(self):
+        if not self.head_l2 > 0:
+            raise ValueError(f"model.head_l2={self.head_l2} must be > 0 (the linear probe's L2 weight)")
         if self.chunk_feedforward < 0:
             raise ValueError(f"model.chunk_feedforward={self.chunk_feedforward} must be >= 0 (0 = off)")
 

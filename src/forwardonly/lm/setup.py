@@ -156,7 +156,8 @@ def _fit_head(cfg: TrainConfig, model, tok, task, log, info: dict | None) -> Non
         raise UserError(f"task '{task.name}' split {cfg.task.train_split!r} is empty: "
                         "model.head_init=linear_probe has nothing to fit")
     objective = make_objective(task, tok, cfg.task.objective, cfg.task.max_length, model=model)
-    fit = linear_probe_head(model, objective, train, batch_size=cfg.eval_batch_size, device=cfg.device)
+    fit = linear_probe_head(model, objective, train, batch_size=cfg.eval_batch_size, device=cfg.device,
+                            l2=cfg.model.head_l2, standardize=cfg.model.head_standardize)
     log(f"head {fit['layer']}: linear probe on {fit['examples']} training examples "
         f"(training accuracy {fit['train_accuracy']:.4f})")
     if info is not None:

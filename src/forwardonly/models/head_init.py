@@ -12,8 +12,10 @@ computed once, with forward passes, and a logistic regression fitted on them bec
 in a linear layer (BERT's ``classifier``, RoBERTa's ``classifier.out_proj``, a decoder's
 ``score``): the features are that layer's inputs, captured by a forward hook in eval mode, and the
 fit is an L2-regularised multinomial logistic regression (scikit-learn's ``C=1`` convention:
-``sum of cross-entropies + 0.5 * |W|^2``) solved by L-BFGS on the features alone, so no gradient
-flows through the encoder. The fit is deterministic for given features.
+``sum of cross-entropies + 0.5 * l2 * |W|^2``, ``l2 = 1`` unless ``model.head_l2`` says otherwise,
+optionally on standardised features: ``model.head_standardize``) solved by L-BFGS on the features alone, so
+no gradient flows through the encoder. The fit is deterministic for given features. A head without a bias
+(a decoder's ``score``) is given one.
 
 Example::
 
@@ -62,6 +64,8 @@ def head_features(model, objective, examples: list[dict], batch_size: int = 32,
             batch = objective.batch(examples[i:i + batch_size], device)
             objective.scores(model, batch)
             targets.append(batch.target.cpu())
+            if feats[-1].dim() == 3:  # a decoder's head scores every token; the logits are read at one of them
+                feats[-1] = feats[-1][torch.arange(feats[-1].shape[0]), _read_position(model, batch.input_ids)]
     finally:
         hook.remove()
         model.train(was_training)
@@ -71,6 +75,17 @@ def head_features(model, objective, examples: list[dict], batch_size: int = 32,
         raise UserError(f"model.head_init=linear_probe: the head saw {x.shape[0]} feature rows for {y.shape[0]} "
                         f"examples (a head that pools inside its linear layers is not supported)")
     return x, y
+
+
+def _read_position(model, input_ids: torch.Tensor) -> torch.Tensor:
+    """Per row, the token whose head output a decoder classifier returns: the rightmost one that is not
+    padding (``*ForSequenceClassification``'s rule, for left and right padding alike)."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    pad = config.pad_token_id
+    ids = input_ids.cpu()
+    if pad is None:
+        return torch.full((ids.shape[0],), ids.shape[1] - 1)
+    return (torch.arange(ids.shape[1]) * (ids != pad).int()).argmax(-1)
 
 
 def fit_logistic(x: torch.Tensor, y: torch.Tensor, classes: int, l2: float = 1.0,
@@ -94,30 +109,50 @@ def fit_logistic(x: torch.Tensor, y: torch.Tensor, classes: int, l2: float = 1.0
     return w.detach(), b.detach()
 
 
+def add_bias(layer: torch.nn.Linear) -> None:
+    """Give a bias-free linear layer a zero bias (a decoder classifier's ``score`` has none, and a fitted
+    head needs one for the class balance and for folding standardised features in)."""
+    if layer.bias is None:
+        layer.bias = torch.nn.Parameter(torch.zeros(layer.out_features, dtype=layer.weight.dtype,
+                                                    device=layer.weight.device))
+
+
 def linear_probe_head(model, objective, examples: list[dict], *, batch_size: int = 32, device="cpu",
-                      l2: float = 1.0) -> dict:
+                      l2: float = 1.0, standardize: bool = False) -> dict:
     """Fit the head of ``model`` on ``examples`` (see the module docstring) and write it in place.
+
+    ``l2``: the weight of the L2 penalty (scikit-learn's ``1 / C``). ``standardize``: fit on features
+    shifted and scaled by the training rows' mean and standard deviation, then fold both into the head's
+    weight and bias, so that ``l2`` penalises every feature alike whatever its scale (a decoder's last
+    hidden state has a few very large coordinates). A head without a bias gets one (:func:`add_bias`).
 
     Returns ``{"layer", "examples", "train_accuracy", "weight", "bias"}`` (the values written, as lists,
     so a seed log can restore exactly this head)."""
     if not examples:
         raise UserError("model.head_init=linear_probe needs training examples; the training split is empty")
+    if not l2 > 0:
+        raise UserError(f"model.head_l2={l2}: the probe's L2 weight must be > 0")
     name, layer = head_layer(model)
     x, y = head_features(model, objective, examples, batch_size, device)
     classes = layer.out_features
     if int(y.max()) >= classes:
         raise UserError(f"model.head_init=linear_probe: target {int(y.max())} but the head has {classes} outputs")
-    w, b = fit_logistic(x, y, classes, l2)
+    x = x.double()
+    if standardize:
+        mu, sd = x.mean(0), x.std(0).clamp_min(1e-6)
+        w, b = fit_logistic((x - mu) / sd, y, classes, l2)
+        w = w / sd
+        b = b - w @ mu
+    else:
+        w, b = fit_logistic(x, y, classes, l2)
+    add_bias(layer)
     with torch.no_grad():
         layer.weight.copy_(w.to(layer.weight.dtype))
-        if layer.bias is not None:
-            layer.bias.copy_(b.to(layer.bias.dtype))
-        else:  # a bias-free head: fold nothing in, the fitted bias is dropped
-            b = torch.zeros_like(b)
-    acc = float(((x.double() @ w.T + b).argmax(-1) == y).double().mean())
+        layer.bias.copy_(b.to(layer.bias.dtype))
+    acc = float(((x @ w.T + b).argmax(-1) == y).double().mean())
     return {"layer": name, "examples": len(examples), "train_accuracy": acc,
             "weight": layer.weight.detach().float().cpu().tolist(),
-            "bias": None if layer.bias is None else layer.bias.detach().float().cpu().tolist()}
+            "bias": layer.bias.detach().float().cpu().tolist()}
 
 
 def restore_head(model, saved: dict) -> None:
@@ -128,7 +163,9 @@ def restore_head(model, saved: dict) -> None:
     weight = torch.tensor(saved["weight"], dtype=layer.weight.dtype)
     if weight.shape != layer.weight.shape:
         raise UserError(f"the seed log's head has shape {tuple(weight.shape)}, the model's {tuple(layer.weight.shape)}")
+    if saved.get("bias") is not None:
+        add_bias(layer)
     with torch.no_grad():
         layer.weight.copy_(weight)
-        if layer.bias is not None and saved.get("bias") is not None:
+        if saved.get("bias") is not None:
             layer.bias.copy_(torch.tensor(saved["bias"], dtype=layer.bias.dtype))
