@@ -11,7 +11,6 @@ can reach.
 
 from __future__ import annotations
 
-import json
 import statistics
 import sys
 from pathlib import Path
@@ -65,8 +64,8 @@ def runs_table(rs) -> str:
     return table(["recipe", "runs", "test accuracy before -> after %", "forwards", "training s", "total s",
                   "peak RSS MiB", "commits"],
                  [[name, len(recs),
-                   f"{cell(recs, lambda x: 100 * x['test_before']['accuracy'], '{:.2f}')} -> "
-                   f"{cell(recs, lambda x: 100 * x['test_after']['accuracy'], '{:.2f}')}",
+                   (f"{cell(recs, lambda x: 100 * x['test_before']['accuracy'], '{:.2f}')} -> "
+                   f"{cell(recs, lambda x: 100 * x['test_after']['accuracy'], '{:.2f}')}"),
                    cell(recs, lambda x: x["forwards"]), cell(recs, lambda x: x["train_time_s"]),
                    cell(recs, lambda x: x["total_time_s"]), cell(recs, lambda x: x["peak_rss_bytes"] / MiB),
                    ", ".join(sorted({r["git"]["commit"][:7] for r in recs}))]
@@ -90,11 +89,66 @@ def final_norm_table(rs) -> str:
                   "best simulated ZO-SGD, chosen on validation", "its validation %", "its test %"], rows)
 
 
+def probe_layers(rec) -> dict[str, list[tuple[int, float, float]]]:
+    """``{feature: [(layer, best validation accuracy over the L2 weights, that l2)]}`` of a ``probe_layers``
+    record, training on every training sentence (``k == "all"``)."""
+    out: dict[str, dict[int, tuple[float, float]]] = {}
+    for r in rec["results"]["rows"]:
+        if r["k"] != "all":
+            continue
+        best = out.setdefault(r["feature"], {}).get(r["layer"])
+        if best is None or r["validation"] > best[0]:
+            out[r["feature"]][r["layer"]] = (r["validation"], r["l2"])
+    return {f: [(layer, *v) for layer, v in sorted(d.items())] for f, d in out.items()}
+
+
+def probe_layers_table(rs) -> str:
+    from forwardonly.bench.report import table
+
+    rows = []
+    for rec in rs.glob("results/probe_layers.*.json"):
+        res = rec["results"]
+        for feature, curve in probe_layers(rec).items():
+            last = curve[-1]
+            top = max(curve, key=lambda c: c[1])
+            rows.append([Path(rec["_path"]).name, {"last": "last token", "mean": "mean over tokens"}[feature],
+                         f"{100 * last[1]:.1f} (l2 {last[2]:g})", f"{top[0]}: {100 * top[1]:.1f} (l2 {top[2]:g})",
+                         res["train_n"], res["validation_n"], rec["git"]["commit"][:7]])
+    return table(["record", "feature", "last layer's head: validation % (best L2)", "best layer: validation %",
+                  "training sentences", "validation sentences", "commit"], rows)
+
+
+def write_figures(rs) -> None:
+    """``report/probe_layers.png``: validation accuracy of the linear head against the layer it reads."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    recs = list(rs.glob("results/probe_layers.*.json"))
+    if not recs:
+        return
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    for feature, curve in probe_layers(recs[-1]).items():
+        ax.plot([c[0] for c in curve], [100 * c[1] for c in curve], marker=".",
+                label={"last": "last token", "mean": "mean over tokens"}[feature])
+    ax.set_xlabel("layer the head reads (0 = embeddings, last = after the final norm)")
+    ax.set_ylabel("validation accuracy %")
+    ax.set_title("SmolLM2-135M, linear head on 1,200 sentences (best L2 per layer)", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    (HERE / "report").mkdir(exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(HERE / "report" / "probe_layers.png", dpi=110)
+    plt.close(fig)
+
+
 def blocks(rs) -> dict[str, str]:
-    return {"demo-runs": runs_table(rs), "demo-final-norm": final_norm_table(rs)}
+    return {"demo-runs": runs_table(rs), "demo-final-norm": final_norm_table(rs),
+            "demo-probe-layers": probe_layers_table(rs)}
 
 
 if __name__ == "__main__":
     from forwardonly.bench.blocks import suite_main
 
-    sys.exit(suite_main(HERE, blocks))
+    sys.exit(suite_main(HERE, blocks, also_write=write_figures))
