@@ -66,3 +66,15 @@ def test_demo_writes_a_record_that_pins_its_run(ov, tmp_path, capsys):
     assert f"before  {100 * res['test_before']['accuracy']:6.2f} %" in out
     assert res["total_time_s"] >= res["run_time_s"] > 0 and rec["command"]["argv"] and rec["git"]["commit"]
     assert second["name"] == "demo" and second["results"]["step"] == 2
+
+
+def test_demo_with_a_probe_head_says_what_the_before_accuracy_is(ov, tmp_path, capsys):
+    args = ["demo", "--no-progress", "--record", str(tmp_path),
+            *ov("steps=1", "model.kind=classifier", "model.head_init=linear_probe", "model.head_standardize=true")]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    rec = json.loads(next(tmp_path.glob("demo.*.json")).read_text())
+    head = rec["results"]["head_init"]
+    assert head["layer"] == "score" and head["examples"] == rec["results"]["train_examples"] == 64
+    assert "head score: linear probe on 64 training examples" in out
+    assert "(the fitted head, before any step)" in out

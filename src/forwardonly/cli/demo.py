@@ -65,7 +65,12 @@ class Demo:
         print(f"\nforwardonly demo: {cfg.model.name} on {cfg.task.name} ({cfg.task.test_split}, {after['n']} "
               f"held-out examples), {cfg.optim.name} on scheme {cfg.scheme.name}, {s['trainable_parameters']:,} "
               f"trainable parameters")
-        print(f"  {metric} before  {100 * before[metric]:6.2f} %")
+        if s.get("head_init"):
+            h = s["head_init"]
+            print(f"  head {h['layer']}: linear probe on {h['examples']} training examples, forward passes only "
+                  f"(training accuracy {100 * h['train_accuracy']:.2f} %)")
+        print(f"  {metric} before  {100 * before[metric]:6.2f} %" + ("   (the fitted head, before any step)"
+                                                                     if s.get("head_init") else ""))
         print(f"  {metric} after   {100 * after[metric]:6.2f} %   ({gain:+.2f} points)")
         print(f"  steps {s['step']}, forward passes {s['forwards']}, training {s['train_time_s']:.0f} s, "
               f"total {wall:.0f} s")
@@ -85,7 +90,7 @@ def write_demo_records(cfg, summary: dict, record_dir: str | None, *, run_s: flo
     from ..config import to_dict
 
     keep = ("test_before", "test_after", "step", "forwards", "train_time_s", "peak_rss_bytes",
-            "trainable_parameters", "history", "train_examples")
+            "trainable_parameters", "history", "train_examples", "head_init")
     results = {**{k: summary[k] for k in keep if k in summary}, "run_time_s": run_s, "total_time_s": total_s,
                "eval_and_load_time_s": run_s - summary["train_time_s"],
                "load_avg": {"start": list(load_start), "end": list(os.getloadavg())}}
