@@ -54,13 +54,15 @@ def main(argv=None) -> int:
     ap.add_argument("--l2", default="0.1,1,10,100", help="L2 weights tried (default 0.1,1,10,100)")
     ap.add_argument("--batch-size", type=int, default=16)
     args = ap.parse_args(argv)
-    try:
-        shots = [s if s == "all" else int(s) for s in args.shots.split(",")]
-        seeds = [int(s) for s in args.seeds.split(",")]
-        l2s = [float(s) for s in args.l2.split(",")]
-    except ValueError as e:
-        print(f"probe_layers.py: --shots/--seeds/--l2: {e}", file=sys.stderr)
-        return 2
+    parsed = {}
+    for flag, value, kind in (("--shots", args.shots, lambda s: s if s == "all" else int(s)),
+                              ("--seeds", args.seeds, int), ("--l2", args.l2, float)):
+        try:
+            parsed[flag] = [kind(s) for s in value.split(",")]
+        except ValueError:
+            print(f"probe_layers.py: {flag} {value!r}: not a comma-separated list of numbers", file=sys.stderr)
+            return 2
+    shots, seeds, l2s = parsed["--shots"], parsed["--seeds"], parsed["--l2"]
 
     import torch
 
