@@ -148,3 +148,17 @@ def test_a_decoder_head_gains_a_bias_and_standardised_features_fold_into_it(tiny
 def test_a_probe_l2_that_is_not_positive_is_named():
     with pytest.raises(UserError, match=r"model.head_l2=0.0 must be > 0"):
         load_config(TrainConfig, None, ["model.head_l2=0"])
+
+
+def test_the_probe_reads_a_decoder_at_its_last_real_token_on_either_padding_side():
+    from types import SimpleNamespace
+
+    from forwardonly.models.head_init import _read_position
+
+    model = SimpleNamespace(config=SimpleNamespace(pad_token_id=0))
+    left = torch.tensor([[0, 0, 5, 6], [7, 8, 9, 4]])
+    right = torch.tensor([[5, 6, 0, 0], [7, 8, 9, 4]])
+    assert _read_position(model, left).tolist() == [3, 3]
+    assert _read_position(model, right).tolist() == [1, 3]
+    no_pad = SimpleNamespace(config=SimpleNamespace(pad_token_id=None))
+    assert _read_position(no_pad, right).tolist() == [3, 3]
