@@ -126,3 +126,27 @@ def test_smollm2_from_cache():
     assert type(model).__name__ == "LlamaForCausalLM" and model.dtype == torch.float32
     assert sum(p.numel() for p in model.parameters()) == 134_515_008
     assert len(tok(" positive", add_special_tokens=False)["input_ids"]) == 1
+
+
+@pytest.mark.parametrize("kind", ["causal", "classifier"])
+def test_a_directory_exported_from_gguf_loads_and_saves(tmp_path, kind):
+    """A model directory written from a GGUF file by an older export keeps the GGUF ``quantization_config`` in
+    its config.json (the zoo's SmolLM2-135M cache does); its weights are plain, and the model must save."""
+    import shutil
+
+    model, tok = tiny_model("llama", seed=0)
+    src = tmp_path / "from-gguf"
+    model.save_pretrained(src)
+    tok.save_pretrained(src)
+    cfg = json.loads((src / "config.json").read_text())
+    cfg["quantization_config"] = {"dequantize": False, "gguf_file": "m.Q4_1.gguf", "quant_method": "gguf"}
+    (src / "config.json").write_text(json.dumps(cfg))
+    loaded, _ = load_model(str(src), kind=kind, num_labels=3)
+    assert getattr(loaded, "hf_quantizer", None) is None
+    if kind == "classifier":
+        assert loaded.score.out_features == 3
+    else:
+        assert all(torch.equal(a, b) for a, b in zip(loaded.parameters(), model.parameters()))
+    loaded.save_pretrained(tmp_path / "saved")  # refused while the GGUF reader was named
+    assert "quantization_config" not in json.loads((tmp_path / "saved" / "config.json").read_text())
+    shutil.rmtree(src)

@@ -40,6 +40,8 @@ def export_gguf(gguf: str | Path, out_dir: str | Path) -> None:
         hf_logging.set_verbosity(verbosity)
     config = loaded.config
     config.dtype = torch.float32
+    if hasattr(config, "quantization_config"):  # the weights written are plain fp32: no GGUF reader needed
+        del config.quantization_config
     fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     missing, unexpected = fresh.load_state_dict(loaded.state_dict(), strict=False)
     # Tied output embeddings show up as "missing" on some architectures; anything else is a bug.

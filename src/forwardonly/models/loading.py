@@ -105,16 +105,25 @@ def load_model(spec: str, *, dtype=None, device="cpu", kind: str = "auto", num_l
                         f"network: forwardonly models fetch NAME ({', '.join(zoo.ZOO)})") from None
     if kind == "auto":
         kind = recorded if recorded != "auto" else _infer_kind(config)
+    given = {}
+    if _gguf_leftover(config):
+        # a directory written from a GGUF file holds plain weights, but its config (from an older export) still
+        # names the GGUF reader, which makes transformers refuse to save the model: drop it
+        del config.quantization_config
+        if kind != "causal":
+            config.num_labels = num_labels
+        given = {"config": config}
     verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()  # "newly initialized head" warnings are expected for classifiers
     hf_logging.disable_progress_bar()  # a 1 s load needs no "Loading weights" bar
     extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
     try:
         if kind == "causal":
-            model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, local_files_only=local, **extra)
+            model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, local_files_only=local, **given, **extra)
         else:
+            labels = {} if given else {"num_labels": num_labels}
             model = AutoModelForSequenceClassification.from_pretrained(
-                where, dtype=dtype, num_labels=num_labels, local_files_only=local, **extra)
+                where, dtype=dtype, local_files_only=local, **labels, **given, **extra)
         tok = AutoTokenizer.from_pretrained(where, local_files_only=local)
     except (OSError, ValueError, RuntimeError) as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
@@ -125,6 +134,13 @@ def load_model(spec: str, *, dtype=None, device="cpu", kind: str = "auto", num_l
             hf_logging.enable_progress_bar()
     prepare_tokenizer(tok, model)
     return model.to(device).eval(), tok
+
+
+def _gguf_leftover(config) -> bool:
+    """Whether ``config`` still carries the ``quantization_config`` of the GGUF file its weights came from."""
+    qc = getattr(config, "quantization_config", None)
+    method = qc.get("quant_method") if isinstance(qc, dict) else getattr(qc, "quant_method", None)
+    return str(method) == "gguf" or str(getattr(method, "value", "")) == "gguf"
 
 
 MODEL_JSON = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
