@@ -268,3 +268,17 @@ def test_a_sweep_gets_a_figure_of_its_validation_curves_one_panel_per_optimizer(
     assert [ln.get_label() for ln in lines] == ["lr 0.0001", "lr 0.001 (diverged)"]
     assert [ln.get_linestyle() for ln in lines] == ["-", "--"]
     assert list(lines[1].get_ydata()) == pytest.approx([60.0, 60.0, 45.0])
+
+
+def test_a_validation_only_run_outside_sweep_is_a_pilot_whatever_its_folder():
+    final = _rec("D/cell/demo/mezo", 0, [(100, 0.8)])
+    val_only = _rec("D/cell/demo/mezo", 0, [(100, 0.8)], validate=True)
+    val_only["config"].update(validate=True, test=False)
+    head_only = _rec("D/cell/demo/lp", 0, [], steps=0, validate=True)
+    head_only["config"].update(validate=True, test=False)
+    kinds = [conv.kind_of_run(r) for r in (final, val_only, head_only, _rec("D/cell/lp", 0, [], steps=0),
+                                             _rec("D/cell/sweep/m", 0, [(1, 0.5)], validate=True))]
+    assert kinds == ["final", "pilot", "pilot", "probe", "sweep"]
+    text = conv.render([val_only, head_only])
+    assert "Pilot (validation only)" in text and "| lp | x | - | 0 | 1 | 60.0 | 60.0 |" in text
+    assert "| mezo | x | 0.001 | 100 | 1 | 60.0 | 80.0 |" in text

@@ -49,13 +49,15 @@ def cell_of(rec: dict) -> str:
 
 
 def kind_of_run(rec: dict) -> str:
-    """``final`` (test curve), ``probe`` (steps 0: the linear probe or zero-shot), or ``sweep``/``pilot``."""
+    """``final`` (test curve), ``probe`` (steps 0: the linear probe or zero-shot), or ``sweep``/``pilot``
+    (validation only: a run under ``sweep/`` or ``pilot/``, or any run that scored validation and not test)."""
     parts = PurePosixPath(rec.get("experiment", "?")).parts
-    if "pilot" in parts:
-        return "pilot"
     if "sweep" in parts:
         return "sweep"
-    return "probe" if rec["config"].get("steps") == 0 else "final"
+    cfg = rec["config"]
+    if "pilot" in parts or (cfg.get("validate") and not cfg.get("test", True)):
+        return "pilot"
+    return "probe" if cfg.get("steps") == 0 else "final"
 
 
 def _acc(metrics: dict | None) -> float | None:
