@@ -105,25 +105,23 @@ def load_model(spec: str, *, dtype=None, device="cpu", kind: str = "auto", num_l
                         f"network: forwardonly models fetch NAME ({', '.join(zoo.ZOO)})") from None
     if kind == "auto":
         kind = recorded if recorded != "auto" else _infer_kind(config)
-    given = {}
     if _gguf_leftover(config):
         # a directory written from a GGUF file holds plain weights, but its config (from an older export) still
         # names the GGUF reader, which makes transformers refuse to save the model: drop it
         del config.quantization_config
-        if kind != "causal":
-            config.num_labels = num_labels
-        given = {"config": config}
+    if kind != "causal":
+        config.num_labels = num_labels
     verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()  # "newly initialized head" warnings are expected for classifiers
     hf_logging.disable_progress_bar()  # a 1 s load needs no "Loading weights" bar
     extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
     try:
         if kind == "causal":
-            model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, local_files_only=local, **given, **extra)
+            model = AutoModelForCausalLM.from_pretrained(where, config=config, dtype=dtype, local_files_only=local,
+                                                         **extra)
         else:
-            labels = {} if given else {"num_labels": num_labels}
             model = AutoModelForSequenceClassification.from_pretrained(
-                where, dtype=dtype, local_files_only=local, **labels, **given, **extra)
+                where, config=config, dtype=dtype, local_files_only=local, **extra)
         tok = AutoTokenizer.from_pretrained(where, local_files_only=local)
     except (OSError, ValueError, RuntimeError) as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
