@@ -74,6 +74,9 @@ class ModelConfig:
         pooling: what a classifier's head reads: ``default`` (the model's own pooler) or ``mean`` (the mean
             of the last hidden states over the real tokens, what sentence encoders such as all-MiniLM-L6
             were trained for; BERT-family classifiers; :mod:`forwardonly.models.pooling`).
+        layers: keep only the model's first N blocks, so the head reads block N's output (through the final
+            norm where the model has one) and every forward skips the blocks above it; 0 (default) keeps
+            all (:mod:`forwardonly.models.truncate`). Not with ``quant`` or ``offload``.
     """
 
     name: str = "smollm2-135m"
@@ -87,10 +90,16 @@ class ModelConfig:
     head_l2: float = 1.0
     head_standardize: bool = False
     pooling: Literal["default", "mean"] = "default"
+    layers: int = 0
 
     def __post_init__(self):
         if not self.head_l2 > 0:
             raise ValueError(f"model.head_l2={self.head_l2} must be > 0 (the linear probe's L2 weight)")
+        if self.layers < 0:
+            raise ValueError(f"model.layers={self.layers} must be >= 0 (the first blocks kept; 0 = all)")
+        if self.layers and (self.quant is not None or self.offload is not None):
+            raise ValueError(f"model.layers={self.layers} works on a plain model only, not with model."
+                             f"{'quant' if self.quant is not None else 'offload'} (use model.layers=0)")
         if self.chunk_feedforward < 0:
             raise ValueError(f"model.chunk_feedforward={self.chunk_feedforward} must be >= 0 (0 = off)")
 

@@ -86,10 +86,11 @@ class Holder:
             return self._skeleton(num_labels, attn_implementation)
         from ..models import load_model
         from ..models.pooling import apply_pooling
+        from ..models.truncate import keep_first_layers
 
         model, tok = load_model(cfg.name, dtype=dtype, device=self.device, kind=cfg.kind, num_labels=num_labels,
                                 attn_implementation=attn_implementation)
-        return apply_pooling(model, cfg.pooling), tok
+        return apply_pooling(keep_first_layers(model, cfg.layers), cfg.pooling), tok
 
     def _skeleton(self, num_labels: int, attn_implementation: str | None):
         """A weightless causal LM over the weights file of ``model.name``, and its tokenizer."""
