@@ -7,8 +7,10 @@ classifier would instead read it with a new linear head, fitted before any zerot
 regression on the training sentences' features (``model.head_init: linear_probe``, forward passes only). This
 measures what such a head can reach, and at which depth: the demo's prompts of every training and
 validation sentence go through the model once; per layer (0 = the embeddings, 30 = the last, after the
-final norm) two features are kept, the last token's hidden state (what a causal classifier's head reads)
-and the mask-weighted mean over the tokens. Per feature, layer, training size (``--shots`` sentences per class
+final norm) three features are kept, the last token's hidden state (what a causal classifier's head reads),
+the mask-weighted mean over the tokens, and ``normed``: the last token's state through the model's final
+norm, what the head of a classifier cut to its first L blocks reads (``model.layers: L``,
+:mod:`forwardonly.models.truncate`; on the last layer the same as ``last``). Per feature, layer, training size (``--shots`` sentences per class
 drawn with :func:`forwardonly.tasks.per_class`, and ``all`` = the 1,200 training sentences) and L2 weight,
 a logistic regression (:func:`forwardonly.models.head_init.fit_logistic`, on features standardised with the
 training rows' mean and deviation) is fitted and scored on the 200 validation sentences. The test split is
@@ -28,10 +30,11 @@ RESULTS = HERE / "results"
 
 
 def layer_features(model, tok, examples: list[dict], max_length: int, batch_size: int):
-    """``(last, mean)``, each ``(layers + 1, n, hidden)`` float32, and the seconds each batch's forward took."""
+    """``(last, mean, normed)``, each ``(layers + 1, n, hidden)`` float32, and the seconds each batch's forward
+    took (``normed``: ``last`` through the final norm, which the model's last layer has had already)."""
     import torch
 
-    last, mean, seconds = [], [], []
+    last, mean, normed, seconds = [], [], [], []
     for i in range(0, len(examples), batch_size):
         enc = tok([ex["prompt"] for ex in examples[i:i + batch_size]], padding=True, truncation=True,
                   max_length=max_length, return_tensors="pt")
@@ -44,14 +47,17 @@ def layer_features(model, tok, examples: list[dict], max_length: int, batch_size
         pos = m.shape[1] - 1 - m.flip(1).argmax(1)                # the last real token, either padding side
         last.append(h[:, torch.arange(h.shape[1]), pos])
         mean.append((h * m[None, :, :, None]).sum(2) / m.sum(1)[None, :, None])
-    return torch.cat(last, 1), torch.cat(mean, 1), seconds
+        with torch.no_grad():
+            normed.append(torch.cat([model.model.norm(last[-1][:-1]), last[-1][-1:]]).float())
+    return torch.cat(last, 1), torch.cat(mean, 1), torch.cat(normed, 1), seconds
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shots", default="all", help="sentences per class, or all (default all: the 1,200 training sentences)")
     ap.add_argument("--seeds", default="0,1,2", help="draws per k (default 0,1,2; one for all)")
-    ap.add_argument("--l2", default="0.1,1,10,100", help="L2 weights tried (default 0.1,1,10,100)")
+    ap.add_argument("--l2", default="0.1,1,10,100,300,1000",
+                    help="L2 weights tried (default 0.1,1,10,100,300,1000)")
     ap.add_argument("--batch-size", type=int, default=16)
     args = ap.parse_args(argv)
     parsed = {}
@@ -79,8 +85,8 @@ def main(argv=None) -> int:
     model.eval()
     train, val = task.splits[cfg.task.train_split], task.splits[cfg.task.eval_split]
     t0 = time.perf_counter()
-    tr_last, tr_mean, secs = layer_features(model, tok, train, cfg.task.max_length, args.batch_size)
-    va_last, va_mean, _ = layer_features(model, tok, val, cfg.task.max_length, args.batch_size)
+    tr_last, tr_mean, tr_normed, secs = layer_features(model, tok, train, cfg.task.max_length, args.batch_size)
+    va_last, va_mean, va_normed, _ = layer_features(model, tok, val, cfg.task.max_length, args.batch_size)
     feature_s = time.perf_counter() - t0
     y_tr = torch.tensor([int(ex["target"]) for ex in train])
     y_va = torch.tensor([int(ex["target"]) for ex in val])
@@ -92,7 +98,8 @@ def main(argv=None) -> int:
                     else torch.tensor([index[id(ex)] for ex in per_class(train, k, seed)]))
             draws.append((k, seed, rows))
     results = []
-    for feat, xtr_all, xva_all in (("last", tr_last, va_last), ("mean", tr_mean, va_mean)):
+    for feat, xtr_all, xva_all in (("last", tr_last, va_last), ("mean", tr_mean, va_mean),
+                                   ("normed", tr_normed, va_normed)):
         for layer in range(xtr_all.shape[0]):
             for k, seed, rows in draws:
                 xtr = xtr_all[layer][rows].double()
@@ -106,7 +113,7 @@ def main(argv=None) -> int:
             best = max((r for r in results if r["feature"] == feat and r["layer"] == layer and r["k"] == "all"),
                        key=lambda r: r["validation"], default=None)
             if best:
-                print(f"{feat:4s} layer {layer:2d}: all-train best validation {best['validation']:.3f} "
+                print(f"{feat:6s} layer {layer:2d}: all-train best validation {best['validation']:.3f} "
                       f"(l2 {best['l2']:g})", flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
     rec = make_record("demo-probe-layers", to_dict(cfg),

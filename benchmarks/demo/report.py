@@ -89,6 +89,11 @@ def final_norm_table(rs) -> str:
                   "best simulated ZO-SGD, chosen on validation", "its validation %", "its test %"], rows)
 
 
+FEATURES = {"last": "last token", "mean": "mean over tokens",
+            "normed": "last token through the final norm (model.layers)"}
+"""What each feature of a ``probe_layers`` record is, as its tables and figure name it."""
+
+
 def probe_layers(rec) -> dict[str, list[tuple[int, float, float]]]:
     """``{feature: [(layer, best validation accuracy over the L2 weights, that l2)]}`` of a ``probe_layers``
     record, training on every training sentence (``k == "all"``)."""
@@ -111,7 +116,7 @@ def probe_layers_table(rs) -> str:
         for feature, curve in probe_layers(rec).items():
             last = curve[-1]
             top = max(curve, key=lambda c: c[1])
-            rows.append([Path(rec["_path"]).name, {"last": "last token", "mean": "mean over tokens"}[feature],
+            rows.append([Path(rec["_path"]).name, FEATURES[feature],
                          f"{100 * last[1]:.1f} (l2 {last[2]:g})", f"{top[0]}: {100 * top[1]:.1f} (l2 {top[2]:g})",
                          res["train_n"], res["validation_n"], rec["git"]["commit"][:7]])
     return table(["record", "feature", "last layer's head: validation % (best L2)", "best layer: validation %",
@@ -131,7 +136,7 @@ def write_figures(rs) -> None:
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
     for feature, curve in probe_layers(recs[-1]).items():
         ax.plot([c[0] for c in curve], [100 * c[1] for c in curve], marker=".",
-                label={"last": "last token", "mean": "mean over tokens"}[feature])
+                label=FEATURES[feature])
     ax.set_xlabel("layer the head reads (0 = embeddings, last = after the final norm)")
     ax.set_ylabel("validation accuracy %")
     ax.set_title("SmolLM2-135M, linear head on 1,200 sentences (best L2 per layer)", fontsize=9)
