@@ -39,11 +39,11 @@ def test_missing_zoo_model_suggests_fetch(tmp_path, monkeypatch, capsys):
 
 def test_demo_runs_end_to_end_on_a_tiny_model(ov, tiny_dir, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert main(["demo", "--no-progress", *ov("steps=2")]) == 0
+    assert main(["demo", "--no-progress", *ov("model.layers=1", "steps=2")]) == 0
     out = capsys.readouterr().out
     assert "accuracy before" in out and "accuracy after" in out and "peak memory" in out
     # a given out_dir holds the record beside the run's seed log
-    assert main(["demo", "--no-progress", *ov("steps=1", f"out_dir={tmp_path / 'mine'}")]) == 0
+    assert main(["demo", "--no-progress", *ov("model.layers=1", "steps=1", f"out_dir={tmp_path / 'mine'}")]) == 0
     rec = json.loads((tmp_path / "mine" / "record.json").read_text())
     assert (tmp_path / "mine" / "seedlog.json").is_file() and rec["results"]["forwards"] == 2
     assert rec["results"]["step"] == 1 and rec["config"]["out_dir"] == str(tmp_path / "mine")
@@ -53,7 +53,7 @@ def test_demo_runs_end_to_end_on_a_tiny_model(ov, tiny_dir, capsys, tmp_path, mo
 def test_demo_writes_a_record_that_pins_its_run(ov, tmp_path, capsys):
     """``forwardonly demo --record DIR``: the README's demo figures come from this record; a second run adds a
     second file, never replaces the first."""
-    args = ["demo", "--no-progress", "--record", str(tmp_path), *ov("steps=2", "batch_size=4")]
+    args = ["demo", "--no-progress", "--record", str(tmp_path), *ov("model.layers=1", "steps=2", "batch_size=4")]
     assert main(args) == 0 and main(args) == 0
     out = capsys.readouterr().out
     # two files, whatever their names' order (two runs within a second get a suffixed name)
@@ -70,7 +70,8 @@ def test_demo_writes_a_record_that_pins_its_run(ov, tmp_path, capsys):
 
 def test_demo_with_a_probe_head_says_what_the_before_accuracy_is(ov, tmp_path, capsys):
     args = ["demo", "--no-progress", "--record", str(tmp_path),
-            *ov("steps=1", "model.kind=classifier", "model.head_init=linear_probe", "model.head_standardize=true")]
+            *ov("model.layers=1", "steps=1", "model.kind=classifier", "model.head_init=linear_probe",
+                "model.head_standardize=true")]
     assert main(args) == 0
     out = capsys.readouterr().out
     rec = json.loads(next(tmp_path.glob("demo.*.json")).read_text())
@@ -78,3 +79,27 @@ def test_demo_with_a_probe_head_says_what_the_before_accuracy_is(ov, tmp_path, c
     assert head["layer"] == "score" and head["examples"] == rec["results"]["train_examples"] == 64
     assert "head score: linear probe on 64 training examples" in out
     assert "(the fitted head, before any step)" in out
+
+
+def test_the_shipped_demo_takes_no_step_and_scores_its_fitted_head_once(ov, tmp_path, capsys, monkeypatch):
+    """The shipped demo (steps: 0): the fitted head is what it learned; the test split is scored once, and the
+    record's before and after are that one score."""
+    import forwardonly.lm.train as train_mod
+
+    calls = []
+    real = train_mod._Run.score
+
+    def counting(self, split, limit):
+        calls.append(split)
+        return real(self, split, limit)
+
+    monkeypatch.setattr(train_mod._Run, "score", counting)
+    assert main(["demo", "--no-progress", "--record", str(tmp_path), *ov("model.layers=1")]) == 0
+    out = capsys.readouterr().out
+    rec = json.loads(next(tmp_path.glob("demo.*.json")).read_text())
+    res = rec["results"]
+    assert rec["config"]["steps"] == 0 and rec["config"]["model"]["layers"] == 1
+    assert res["step"] == 0 and res["forwards"] == 0 and res["test_after"] == res["test_before"]
+    assert calls == ["test"]  # scored once: no step changed the weights between before and after
+    assert f"accuracy         {100 * res['test_after']['accuracy']:6.2f} %   (the fitted head; no zeroth-order step" in out
+    assert "accuracy before" not in out

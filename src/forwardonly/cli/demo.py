@@ -1,12 +1,15 @@
 """``forwardonly demo``: watch a pretrained language model learn a task with forward passes only.
 
-Fetches SmolLM2-135M into the model cache if needed, scores it on the held-out
-test split of the shipped sentiment task, fine-tunes it with zeroth-order SGD
-(the packaged ``configs/demo.yaml``), scores it again, and prints both
-accuracies, the time and the peak memory. Overrides work as for ``train``::
+Fetches SmolLM2-135M into the model cache if needed and runs the packaged ``configs/demo.yaml``:
+the model, cut to its first 28 blocks, becomes a sentiment classifier whose linear head is fitted on
+the training sentences' features (forward passes only, no backpropagation through the model), and is
+scored on the held-out test split; it prints the accuracy, the time and the peak memory. With
+``steps=N`` zeroth-order SGD then fine-tunes the normalisation weights for N steps and the test split
+is scored before and after (on validation those steps have not gained over the fitted head:
+``benchmarks/convergence/experiments/D/sentiment-probe/demo``). Overrides work as for ``train``::
 
     forwardonly demo
-    forwardonly demo steps=40                 # a shorter run
+    forwardonly demo steps=40                 # 40 ZO-SGD steps after the head is fitted
     forwardonly demo out_dir=runs/demo        # keep the checkpoint, the seed log and the result record
     forwardonly demo --record benchmarks/demo/results   # also write a result record (the README's figures)
 
@@ -69,9 +72,13 @@ class Demo:
             h = s["head_init"]
             print(f"  head {h['layer']}: linear probe on {h['examples']} training examples, forward passes only "
                   f"(training accuracy {100 * h['train_accuracy']:.2f} %)")
-        print(f"  {metric} before  {100 * before[metric]:6.2f} %" + ("   (the fitted head, before any step)"
-                                                                     if s.get("head_init") else ""))
-        print(f"  {metric} after   {100 * after[metric]:6.2f} %   ({gain:+.2f} points)")
+        if s["step"] == 0:  # steps=0: what the run learned is the fitted head (or nothing)
+            print(f"  {metric}         {100 * after[metric]:6.2f} %   (" + ("the fitted head; " if s.get("head_init")
+                                                                        else "") + "no zeroth-order step: steps=0)")
+        else:
+            print(f"  {metric} before  {100 * before[metric]:6.2f} %" + ("   (the fitted head, before any step)"
+                                                                         if s.get("head_init") else ""))
+            print(f"  {metric} after   {100 * after[metric]:6.2f} %   ({gain:+.2f} points)")
         print(f"  steps {s['step']}, forward passes {s['forwards']}, training {s['train_time_s']:.0f} s, "
               f"total {wall:.0f} s")
         print(f"  peak memory (RSS) {rss / 2**20:.0f} MiB" if rss else "  peak memory: unavailable here")

@@ -195,7 +195,10 @@ class _Run:
     def test(self, when: str) -> None:
         cfg, state = self.cfg, self.state
         key = f"test_{when}"
-        self.summary[key] = self.score(cfg.task.test_split, cfg.task.max_test)
+        if when == "after" and state["step"] == 0 and self.summary.get("test_before") is not None:
+            self.summary[key] = dict(self.summary["test_before"])  # no step taken: the weights scored before
+        else:
+            self.summary[key] = self.score(cfg.task.test_split, cfg.task.max_test)
         if when == "before":
             state["test_before"] = self.summary[key]  # a resumed run reports it too
         elif cfg.test_every:
@@ -297,7 +300,7 @@ class _Run:
                 if cfg.validate:
                     self.validate()
             self.loop()
-            if cfg.validate:
+            if cfg.validate and not (self.state["step"] == 0 and self.state["evals"]):  # else: scored at step 0
                 self.validate()
             if cfg.test:
                 self.test("after")
