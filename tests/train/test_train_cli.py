@@ -81,9 +81,9 @@ def test_demo_with_a_probe_head_says_what_the_before_accuracy_is(ov, tmp_path, c
     assert "(the fitted head, before any step)" in out
 
 
-def test_the_shipped_demo_takes_no_step_and_scores_its_fitted_head_once(ov, tmp_path, capsys, monkeypatch):
-    """The shipped demo (steps: 0): the fitted head is what it learned; the test split is scored once, and the
-    record's before and after are that one score."""
+def test_a_demo_with_no_step_scores_its_fitted_head_once(ov, tmp_path, capsys, monkeypatch):
+    """``forwardonly demo steps=0`` with a fitted head: the head is what it learned; the test split is scored
+    once, and the record's before and after are that one score."""
     import forwardonly.lm.train as train_mod
 
     calls = []
@@ -94,7 +94,8 @@ def test_the_shipped_demo_takes_no_step_and_scores_its_fitted_head_once(ov, tmp_
         return real(self, split, limit)
 
     monkeypatch.setattr(train_mod._Run, "score", counting)
-    assert main(["demo", "--no-progress", "--record", str(tmp_path), *ov("model.layers=1")]) == 0
+    assert main(["demo", "--no-progress", "--record", str(tmp_path),
+                 *ov("model.layers=1", "steps=0", "model.kind=classifier", "model.head_init=linear_probe")]) == 0
     out = capsys.readouterr().out
     rec = json.loads(next(tmp_path.glob("demo.*.json")).read_text())
     res = rec["results"]
