@@ -152,3 +152,86 @@ def test_what_auto_cannot_do_is_refused(make, match):
     model, _, _ = problem()
     with pytest.raises(ValueError, match=match):
         make(list(model.parameters()))
+
+
+# ------------------------------------------------------------- auto_holdout: the held-out line search
+def noisy_at_its_optimum(seed: int):
+    """A least-squares fit already at its solution, trained on batches of 4 of 512 noisy rows: every batch
+    gradient is noise, so any step the batch itself recommends raises the loss on the whole data."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(512, 16, generator=g)
+    y = x @ torch.randn(16, 1, generator=g) + torch.randn(512, 1, generator=g)
+    model = torch.nn.Linear(16, 1)
+    with torch.no_grad():
+        sol = torch.linalg.lstsq(torch.cat([x, torch.ones(512, 1)], 1), y).solution
+        model.weight.copy_(sol[:16].T)
+        model.bias.copy_(sol[16])
+    rows = torch.Generator().manual_seed(seed)
+    batches = [torch.randint(0, 512, (4,), generator=rows) for _ in range(600)]
+    return model, x, y, batches
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_held_out_line_search_keeps_a_fitted_model_where_it_is(seed):
+    model, x, y, batches = noisy_at_its_optimum(seed)
+    start = float(closure_for(model, x, y)())
+    opt = build_optimizer("fzoo", model.parameters(), lr="auto", seed=seed, auto_holdout=True)
+    for idx in batches:
+        opt.step(closure_for(model, x[idx], y[idx]))
+    opt.flush()
+    # the same-batch line search drifts to 1.3-2.2x the start on these seeds (one batch's best step is noise)
+    assert float(closure_for(model, x, y)()) < 1.25 * start
+    auto = opt.zo_state["auto"]
+    assert auto["ho"]["n"] >= 3 and auto["extra_forwards"] <= 0.05 * opt.zo_state["forwards"], auto
+
+
+def test_a_held_calibration_is_measured_on_the_next_steps_batch():
+    model, x, y = problem()
+    opt = ZOSGD(model.parameters(), lr="auto", seed=1, auto_holdout=True)
+    seen = []
+
+    def closure_of(step):
+        def closure():
+            seen.append(step)
+            return torch.nn.functional.mse_loss(model(x), y)
+        return closure
+
+    opt.step(closure_of(0))  # the bracket, on step 0's batch; its step then waits for step 1's batch
+    auto = opt.zo_state["auto"]
+    assert auto["held"] is not None and auto["held"]["step"] == 0 and "ho" not in auto
+    scale = auto["scale"]
+    seen.clear()
+    opt.step(closure_of(1))
+    assert auto["held"] is None and auto["ho"]["n"] == 1 and auto["scale"] != scale
+    assert seen == [1] * len(seen) and len(seen) == 2 + 3  # the step's two forwards, then L(w), L(w - eta d), L(w - 2 eta d)
+
+
+@pytest.mark.parametrize("name", ["zo-sgd", "fzoo"])
+def test_resume_with_a_held_calibration_is_bitwise_identical(name, tmp_path):
+    kw = {"lr": "auto", "seed": 5, "auto_holdout": True}
+    model, x, y = problem()
+    opt = build_optimizer(name, model.parameters(), **kw)
+    for _ in range(30):
+        opt.step(closure_for(model, x, y))
+    opt.flush()
+    straight = weights(model)
+
+    model, x, y = problem()
+    opt = build_optimizer(name, model.parameters(), **kw)
+    opt.step(closure_for(model, x, y))
+    assert opt.zo_state["auto"]["held"] is not None  # stop where a calibration waits for the next batch
+    torch.save({"model": model.state_dict(), "optim": opt.state_dict()}, tmp_path / "ck.pt")
+    ck = torch.load(tmp_path / "ck.pt", weights_only=True)
+    model, x, y = problem()
+    model.load_state_dict(ck["model"])
+    opt = build_optimizer(name, model.parameters(), **kw)
+    opt.load_state_dict(ck["optim"])
+    for _ in range(29):
+        opt.step(closure_for(model, x, y))
+    opt.flush()
+    assert all(torch.equal(a, b) for a, b in zip(straight, weights(model)))
+
+
+def test_auto_holdout_without_lr_auto_is_refused():
+    with pytest.raises(ValueError, match=r"Invalid auto_holdout=True: it is an option of lr='auto' \(lr is 0.001\)"):
+        ZOSGD(torch.nn.Linear(2, 1).parameters(), lr=1e-3, auto_holdout=True)

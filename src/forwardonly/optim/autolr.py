@@ -26,6 +26,18 @@ plug-in. Its rule, per step ``t``:
   weights are bitwise those before it, step ``t + 1``'s estimate (measured at the rejected point) is
   discarded, and ``beta`` halves. Otherwise the update is written (the same arithmetic as the copy: the
   weights are bitwise those the candidate had) and the step goes on.
+* **Held-out line search** (``auto_holdout=True``): the line search above runs on the batch whose
+  probes made the update, so it finds the step that is best *for that batch*, which the update was
+  built to descend: where the batch's gradient is mostly noise (many training examples, a small batch,
+  a well-fitted start) that step is too long, and the run drifts upwards slowly, each step within the
+  guard's bounds. With the option, every calibration after the first keeps the update's coefficients
+  and measures ``L(w)``, ``L(w - eta d)``, ``L(w - 2 eta d)`` at the *next* step, on its batch (before
+  the guard settles the update; the weights are still ``w`` then). There, a parabola's slope and
+  curvature along ``d`` are each averaged over the calibrations (weight 1/4, in units of the current
+  scale), and the scale moves to the averages' minimum (at most 4x either way per calibration; halved
+  while the averaged slope shows no descent): the step that lowers the *expected* loss along the updates,
+  small where they are mostly noise, where one held-out slope alone would be a coin toss. Cost: 3 forwards
+  at the next step, and (two-sided) the 1 that measures ``L(w)`` for eps; ``calib_every`` counts 4.
 * **eps** (two-sided estimates): at a calibration, the loss at ``w`` next to the probes' mean gives the
   probes' mean curvature ``kappa = 2 (mean(L+, L-) - L(w)) / eps^2``; ``eps`` halves when the second-order
   term ``eps^2 |kappa| / 2`` exceeds a tenth of the first-order one ``eps |g|``, and doubles when
@@ -58,6 +70,7 @@ FIRST_ETA, JUMP, TRIES = 1e-6, 30.0, 8
 BOUND_SIGMAS, MIN_SPREAD, WARM, RATE, WINDOW = 4.0, 0.02, 5, 0.1, 20
 CALIB_SHARE = 0.025
 EPS_RANGE = (1e-5, 1e-1)
+HELD_RATE, HELD_JUMP = 0.25, 4.0
 
 
 class Tentative:
@@ -115,6 +128,7 @@ class AutoStep:
     Args:
         opt: the optimizer.
         calib_every: steps between calibrations (default: 2.5 % of the forwards, from the first step's count).
+        holdout: the held-out line search (the module docstring; ``auto_holdout`` of the optimizer).
 
     Example::
 
@@ -125,12 +139,13 @@ class AutoStep:
         opt.zo_state["auto"]["scale"], opt.param_groups[0]["lr"]
     """
 
-    def __init__(self, opt, calib_every: int | None = None):
+    def __init__(self, opt, calib_every: int | None = None, holdout: bool = False):
         self.opt = opt
         self.factor = 1.0
+        self.holdout = holdout
         opt.zo_state["auto"] = {"scale": None, "beta": BETA_MAX, "mean": 0.0, "var": 0.0, "n": 0, "recent": [],
                                 "calib_every": calib_every, "last_calib": None, "rejected": 0,
-                                "extra_forwards": 0, "calibrations": 0, "pending": None}
+                                "extra_forwards": 0, "calibrations": 0, "pending": None, "held": None}
         self.bind()
         self.recorder: Tentative | None = None  # where _apply records during a step
 
@@ -158,6 +173,8 @@ class AutoStep:
         scalars = {k: list(v) for k, v in opt._probe_scalars.items()}
         finite = (math.isfinite(loss) and all(math.isfinite(g) for g in grads)
                   and all(math.isfinite(v) for vs in scalars.values() for v in vs))
+        if st.get("held") is not None:  # the last step's update, on this step's batch: before it is settled
+            self._calibrate_held_out(closure, t)
         if self.tentative:
             if not finite or self.too_high(loss):
                 settled.append({"step": self.tentative.data["step"], "skip": True})
@@ -173,7 +190,10 @@ class AutoStep:
         if opt.clip is not None:
             grads = [max(-opt.clip, min(opt.clip, g)) for g in grads]
         if self.calibration_due(t):
-            self.calibrate(closure, t, grads, loss)
+            if self.holdout and st["scale"] is not None:
+                self._hold(closure, t, grads, loss)
+            else:
+                self.calibrate(closure, t, grads, loss)
         for g in opt.param_groups:
             g["lr"] = st["beta"] * st["scale"] * self.factor / opt._persistence()
         self.tentative.open(t, opt._scalars)
@@ -236,22 +256,25 @@ class AutoStep:
         if st["scale"] is None:
             return True
         every = st["calib_every"]
-        if every is None:  # 2.5 % of the forwards: a calibration costs about 3
+        if every is None:  # 2.5 % of the forwards: a calibration costs about 3 (held out: 4)
             per_step = max(1, (self.opt.zo_state["forwards"] - st["extra_forwards"]) // (t + 1))
-            every = st["calib_every"] = max(10, math.ceil(3 / (CALIB_SHARE * per_step)))
+            cost = 4 if self.holdout else 3
+            every = st["calib_every"] = max(10, math.ceil(cost / (CALIB_SHARE * per_step)))
         return t - st["last_calib"] >= every
 
-    def _loss_at(self, closure, t: int, coeffs: list[float], eta: float) -> float:
-        """The loss at the point the update ``coeffs`` with step size ``eta`` leads to (on a copy)."""
+    def _loss_at(self, closure, t: int, coeffs: list[float], eta: float, of: int | None = None) -> float:
+        """The loss on step ``t``'s batch at the point the update ``coeffs`` of step ``of`` (default ``t``)
+        with step size ``eta`` leads to (on a copy)."""
         opt = self.opt
+        of = t if of is None else of
         trial = Tentative(opt)
-        trial.open(t, opt._scalars)
+        trial.open(of, opt._scalars)
         saved = [g["lr"] for g in opt.param_groups]
         for g in opt.param_groups:
             g["lr"] = eta
         self.recorder = trial
         try:
-            opt._apply(t, coeffs)
+            opt._apply(of, coeffs)
         finally:
             self.recorder = None
             for g, lr in zip(opt.param_groups, saved):
@@ -277,17 +300,73 @@ class AutoStep:
             self._adapt_eps(loss, l0, grads)
         if st["scale"] is None:
             st["scale"] = self._bracket(closure, t, coeffs, l0)
-        else:  # one fit around the current scale; without a minimum, a nudge (the bracket is known)
-            eta = st["scale"]
-            kind, star = _parabola(self._loss_at(closure, t, coeffs, eta) - l0,
-                                   self._loss_at(closure, t, coeffs, 2 * eta) - l0, eta, l0)
-            if kind == "fit":
-                st["scale"] = math.exp(0.5 * math.log(eta) + 0.5 * math.log(star))
-            elif kind in ("further", "small"):
-                st["scale"] = eta * 2
-            else:
-                st["scale"] = eta / 2
+            if self.holdout:  # the bracket's step is this batch's best: the next step checks it on its own
+                st["held"] = {"step": t, "coeffs": [float(c) for c in coeffs], "scalars": copy.deepcopy(opt._scalars)}
+        else:  # one fit around the current scale
+            self._refit(closure, t, coeffs, l0)
         st["last_calib"], st["calibrations"] = t, st["calibrations"] + 1
+
+    def _refit(self, closure, t: int, coeffs: list[float], l0: float, of: int | None = None) -> None:
+        """One parabola around the current scale along the update ``coeffs`` of step ``of``, on step ``t``'s
+        batch; without a minimum, a nudge (the bracket is known)."""
+        st = self.st
+        eta = st["scale"]
+        kind, star = _parabola(self._loss_at(closure, t, coeffs, eta, of) - l0,
+                               self._loss_at(closure, t, coeffs, 2 * eta, of) - l0, eta, l0)
+        if kind == "fit":
+            st["scale"] = math.exp(0.5 * math.log(eta) + 0.5 * math.log(star))
+        elif kind in ("further", "small"):
+            st["scale"] = eta * 2
+        else:
+            st["scale"] = eta / 2
+
+    def _hold(self, closure, t: int, grads: list[float], loss: float) -> None:
+        """A held-out calibration's first half: eps as :meth:`calibrate` adapts it, and the update's
+        coefficients (and scalars) kept for the next step to measure on its batch."""
+        opt, st = self.opt, self.st
+        coeffs = opt._coefficients(t, grads)
+        if not opt._loss_is_exact():
+            self._adapt_eps(loss, self._measure(closure, t), grads)
+        st["held"] = {"step": t, "coeffs": [float(c) for c in coeffs], "scalars": copy.deepcopy(opt._scalars)}
+        st["last_calib"], st["calibrations"] = t, st["calibrations"] + 1
+
+    def _calibrate_held_out(self, closure, t: int) -> None:
+        """The second half: the parabola along the held update, on step ``t``'s batch, from the weights as
+        written (the held update is still tentative, or was never written)."""
+        opt, st = self.opt, self.st
+        held, st["held"] = st["held"], None
+        saved = opt._scalars
+        opt._scalars = copy.deepcopy(held["scalars"])
+        try:
+            l0 = self._measure(closure, t)
+            eta = st["scale"]
+            d1 = self._loss_at(closure, t, held["coeffs"], eta, held["step"]) - l0
+            d2 = self._loss_at(closure, t, held["coeffs"], 2 * eta, held["step"]) - l0
+        finally:
+            opt._scalars = saved
+        if not (math.isfinite(d1) and math.isfinite(d2)):
+            st["scale"] = eta / 2
+            return
+        if max(abs(d1), abs(d2)) < 1e-6 * abs(l0) + 1e-12:  # too small a step to see: larger
+            st["scale"] = eta * 2
+            return
+        # L(s) ~ L(0) + b s + a s^2 along the held update, on held-out data; the step that minimises the
+        # *expected* loss is E[-b] / E[2a]: both are averaged over the calibrations (weight 1/4), since one
+        # held-out slope is mostly noise where the update is (its sign is a coin toss there)
+        a, b = (d2 - 2 * d1) / (2 * eta * eta), (4 * d1 - d2) / (2 * eta)
+        ho = st.setdefault("ho", {"n": 0, "slope": 0.0, "curv": 0.0})
+        ho["n"] += 1
+        w = max(1.0 / ho["n"], HELD_RATE)
+        ho["slope"] += w * (-b * eta - ho["slope"])  # in units of the current scale, so old fits stay comparable
+        ho["curv"] += w * (2 * a * eta * eta - ho["curv"])
+        if ho["slope"] > 0 and ho["curv"] > 0:
+            jump = JUMP if ho["n"] == 1 else HELD_JUMP  # the first fit corrects the bracket's same-batch step
+            st["scale"] = eta * min(jump, max(1.0 / jump, ho["slope"] / ho["curv"]))
+        else:
+            st["scale"] = eta / 2  # no expected descent along the updates measured: shorter steps
+        if st["scale"] != eta:  # keep the averages in units of the new scale
+            r = st["scale"] / eta
+            ho["slope"], ho["curv"] = ho["slope"] * r, ho["curv"] * r * r
 
     def _bracket(self, closure, t: int, coeffs: list[float], l0: float) -> float:
         """The first scale: fits from ``FIRST_ETA`` by factors of ``JUMP``, then bisecting (geometrically)

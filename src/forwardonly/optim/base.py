@@ -85,6 +85,8 @@ class ZOOptimizer(torch.optim.Optimizer):
             apply), ``"torch"`` (fused paths, torch kernels only) or ``"plain"`` (every module gets a whole
             perturbed copy). The values are the same in all three; ``FORWARDONLY_NATIVE=0`` in the
             environment also keeps ``"auto"`` off the native kernel.
+        auto_holdout: with ``lr="auto"``, each calibration after the first measures its line search on the
+            next step's batch (:mod:`forwardonly.optim.autolr`); an error without ``lr="auto"``.
 
     Hyperparameters live in the parameter groups and round-trip through ``state_dict``; the step-level
     ones (``q``, ``two_sided``, ``accum_steps``, ``clip``, ``paired``) must be equal in every group.
@@ -102,9 +104,12 @@ class ZOOptimizer(torch.optim.Optimizer):
 
     def __init__(self, params, defaults: dict, *, eps: float = 1e-3, q: int = 1, two_sided: bool = True,
                  direction: str = "rademacher", seed: int = 0, accum_steps: int = 1,
-                 clip: float | None = None, paired: bool = False, impl: str = "auto", mask=None):
+                 clip: float | None = None, paired: bool = False, impl: str = "auto", mask=None,
+                 auto_holdout: bool = False):
         lr = defaults.get("lr")
         auto = isinstance(lr, str) and lr == "auto"
+        _check(not auto_holdout or auto, f"Invalid auto_holdout={auto_holdout!r}: it is an option of lr='auto' "
+                                         f"(lr is {lr!r})")
         if auto:
             _check(self.capabilities.auto_lr, f"Invalid lr='auto': {type(self).__name__} does not take it")
             defaults = {**defaults, "lr": 0.0}  # the plug-in sets it every step
@@ -142,7 +147,7 @@ class ZOOptimizer(torch.optim.Optimizer):
         self.parallel = None  # forwardonly.distributed.distribute sets it
         self.deferral: Deferral | None = None
         self.source = None  # a tentative update evaluations see (lr="auto"), for the duration of one
-        self.auto = AutoStep(self) if auto else None
+        self.auto = AutoStep(self, holdout=bool(auto_holdout)) if auto else None
         self._unowned: set[int] | None = None
         self._in_step = False
         self._scalars: dict = {}  # scalars of the current step's update beyond its projected gradients

@@ -46,6 +46,8 @@ class ZOConfig:
         paired: evaluate a step's points in one forward over the batch stacked once per point.
         impl: ``auto`` (native kernel and fused layers where they apply), ``torch`` (fused layers, no
             native kernel) or ``plain`` (whole perturbed copies); the values are the same.
+        auto_holdout: with ``lr: auto``, measure each calibration's line search on the next step's batch,
+            which the update's estimate never saw, instead of on its own (:mod:`forwardonly.optim.autolr`).
     """
 
     eps: float = 1e-3
@@ -55,3 +57,4 @@ class ZOConfig:
     clip: float | None = None
     paired: bool = False
     impl: Literal["auto", "torch", "plain"] = "auto"
+    auto_holdout: bool = False
