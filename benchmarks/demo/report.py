@@ -34,7 +34,12 @@ def recipe(rec) -> str:
     shown = {k: optim[k] for k in ("lr", "eps", "q") if k in optim}
     scheme = cfg["scheme"]["name"] + (" norm" if cfg["scheme"].get("norm") else "")
     opts = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items())
-    return f"{optim['name']} ({opts}) on {scheme}, {cfg['steps']} steps x {cfg['batch_size']}"
+    model = cfg.get("model", {})
+    head = ""
+    if model.get("head_init") == "linear_probe":  # a classifier whose head is fitted before any step
+        where = f"block {model['layers']}" if model.get("layers") else "the last block"
+        head = f"linear-probe head on {where} (l2 {model.get('head_l2', 1.0):g}), then "
+    return f"{head}{optim['name']} ({opts}) on {scheme}, {cfg['steps']} steps x {cfg['batch_size']}"
 
 
 def demo_runs(rs) -> dict[str, list[dict]]:
