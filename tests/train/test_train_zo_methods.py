@@ -52,7 +52,9 @@ def test_forwardonly_train_runs_and_the_seed_log_replays_bitwise(ov, tmp_path, c
 
 @pytest.mark.parametrize("name, options, _", METHODS)
 def test_each_method_lowers_the_training_loss(cfg_of, name, options, _):
-    lr = {"fzoo": "1e-4", "sparse-mezo": "2e-2", "lozo": "5e-3"}.get(name, "1e-2")
+    # FZOO at 1e-4 overshoots here on some hosts (0.668 -> 0.480 -> 0.891 -> 0.995 by rows of 10 steps, the
+    # native kernel on or off alike): 3e-5 is well inside its stable range (0.656 -> 0.181)
+    lr = {"fzoo": "3e-5", "sparse-mezo": "2e-2", "lozo": "5e-3"}.get(name, "1e-2")
     cfg = cfg_of("steps=40", f"optim.name={name}", f"optim.lr={lr}", *options, *QUIET, "task.max_train=8",
                  "batch_size=8", "log_every=10")
     s = run(cfg, progress=False)
