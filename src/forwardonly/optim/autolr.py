@@ -30,12 +30,12 @@ plug-in. Its rule, per step ``t``:
   probes made the update, so it finds the step that is best *for that batch*, which the update was
   built to descend: where the batch's gradient is mostly noise (many training examples, a small batch,
   a well-fitted start) that step is too long, and the run drifts upwards slowly, each step within the
-  guard's bounds. With the option, every calibration after the first keeps the update's coefficients
-  and measures ``L(w)``, ``L(w - eta d)``, ``L(w - 2 eta d)`` at the *next* step, on its batch (before
-  the guard settles the update; the weights are still ``w`` then). There, a parabola's slope and
-  curvature along ``d`` are each averaged over the calibrations (weight 1/4, in units of the current
-  scale), and the scale moves to the averages' minimum (at most 4x either way per calibration; halved
-  while the averaged slope shows no descent): the step that lowers the *expected* loss along the updates,
+  guard's bounds. With the option, every calibration keeps the update's coefficients (the first one
+  after its same-batch bracket, to check it) and measures ``L(w)``, ``L(w - eta d)``, ``L(w - 2 eta d)``
+  at the *next* step, on its batch (before the guard settles the update; the weights are still ``w``
+  then). There, a parabola's slope and curvature along ``d`` are each averaged over the calibrations
+  (weight 1/4, in units of the current scale), and the scale moves to the averages' minimum (at most 4x
+  either way per calibration, 30x at the first; halved while the averaged slope shows no descent): the step that lowers the *expected* loss along the updates,
   small where they are mostly noise, where one held-out slope alone would be a coin toss. Cost: 3 forwards
   at the next step, and (two-sided) the 1 that measures ``L(w)`` for eps; ``calib_every`` counts 4.
 * **eps** (two-sided estimates): at a calibration, the loss at ``w`` next to the probes' mean gives the
@@ -301,33 +301,31 @@ class AutoStep:
         if st["scale"] is None:
             st["scale"] = self._bracket(closure, t, coeffs, l0)
             if self.holdout:  # the bracket's step is this batch's best: the next step checks it on its own
-                st["held"] = {"step": t, "coeffs": [float(c) for c in coeffs], "scalars": copy.deepcopy(opt._scalars)}
-        else:  # one fit around the current scale
-            self._refit(closure, t, coeffs, l0)
+                self._keep(t, coeffs)
+        else:  # one fit around the current scale; without a minimum, a nudge (the bracket is known)
+            eta = st["scale"]
+            kind, star = _parabola(self._loss_at(closure, t, coeffs, eta) - l0,
+                                   self._loss_at(closure, t, coeffs, 2 * eta) - l0, eta, l0)
+            if kind == "fit":
+                st["scale"] = math.exp(0.5 * math.log(eta) + 0.5 * math.log(star))
+            elif kind in ("further", "small"):
+                st["scale"] = eta * 2
+            else:
+                st["scale"] = eta / 2
         st["last_calib"], st["calibrations"] = t, st["calibrations"] + 1
 
-    def _refit(self, closure, t: int, coeffs: list[float], l0: float, of: int | None = None) -> None:
-        """One parabola around the current scale along the update ``coeffs`` of step ``of``, on step ``t``'s
-        batch; without a minimum, a nudge (the bracket is known)."""
-        st = self.st
-        eta = st["scale"]
-        kind, star = _parabola(self._loss_at(closure, t, coeffs, eta, of) - l0,
-                               self._loss_at(closure, t, coeffs, 2 * eta, of) - l0, eta, l0)
-        if kind == "fit":
-            st["scale"] = math.exp(0.5 * math.log(eta) + 0.5 * math.log(star))
-        elif kind in ("further", "small"):
-            st["scale"] = eta * 2
-        else:
-            st["scale"] = eta / 2
+    def _keep(self, t: int, coeffs: list[float]) -> None:
+        """Keep step ``t``'s update (its coefficients and scalars) for the next step to measure on its batch."""
+        self.st["held"] = {"step": t, "coeffs": [float(c) for c in coeffs],
+                           "scalars": copy.deepcopy(self.opt._scalars)}
 
     def _hold(self, closure, t: int, grads: list[float], loss: float) -> None:
-        """A held-out calibration's first half: eps as :meth:`calibrate` adapts it, and the update's
-        coefficients (and scalars) kept for the next step to measure on its batch."""
+        """A held-out calibration's first half: eps as :meth:`calibrate` adapts it, and the update kept."""
         opt, st = self.opt, self.st
         coeffs = opt._coefficients(t, grads)
         if not opt._loss_is_exact():
             self._adapt_eps(loss, self._measure(closure, t), grads)
-        st["held"] = {"step": t, "coeffs": [float(c) for c in coeffs], "scalars": copy.deepcopy(opt._scalars)}
+        self._keep(t, coeffs)
         st["last_calib"], st["calibrations"] = t, st["calibrations"] + 1
 
     def _calibrate_held_out(self, closure, t: int) -> None:

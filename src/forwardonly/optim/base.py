@@ -85,8 +85,9 @@ class ZOOptimizer(torch.optim.Optimizer):
             apply), ``"torch"`` (fused paths, torch kernels only) or ``"plain"`` (every module gets a whole
             perturbed copy). The values are the same in all three; ``FORWARDONLY_NATIVE=0`` in the
             environment also keeps ``"auto"`` off the native kernel.
-        auto_holdout: with ``lr="auto"``, each calibration after the first measures its line search on the
-            next step's batch (:mod:`forwardonly.optim.autolr`); an error without ``lr="auto"``.
+        auto_holdout: with ``lr="auto"``, each calibration's line search (and a check of the first one's
+            bracket) is measured on the next step's batch (:mod:`forwardonly.optim.autolr`); an error
+            without ``lr="auto"``.
 
     Hyperparameters live in the parameter groups and round-trip through ``state_dict``; the step-level
     ones (``q``, ``two_sided``, ``accum_steps``, ``clip``, ``paired``) must be equal in every group.
