@@ -48,7 +48,35 @@ def test_auto_learns_without_a_learning_rate(name):
     assert end < (0.6 if name != "sparse-mezo" else 0.8) * start, (start, end)
     auto = opt.zo_state["auto"]
     assert auto["scale"] > 0
-    assert opt.param_groups[0]["lr"] == pytest.approx(auto["beta"] * auto["scale"] / opt._persistence())
+    assert opt.param_groups[0]["lr"] == pytest.approx(
+        auto["beta"] * auto["trust"] * auto["scale"] / opt._persistence())
+
+
+def test_a_falling_loss_never_cuts_the_trust_and_a_slow_rise_does():
+    opt = ZOSGD(torch.nn.Linear(2, 1).parameters(), lr="auto")
+    auto, noise = opt.zo_state["auto"], torch.Generator().manual_seed(0)
+    wiggle = lambda: 0.05 * float(torch.randn((), generator=noise))
+    for i in range(300):  # a training loss falling from 1.0 to 0.4 under batch noise
+        opt.auto.observe(1.0 - 0.002 * i + wiggle())
+    assert auto["cuts"] == 0 and auto["trust"] == 1.0
+    for i in range(300):  # then each step a little higher (0.02 over the guard's 20 steps), 0.3 in all
+        opt.auto.observe(0.4 + 0.001 * i + wiggle())
+    # each cut needs a rise of 3 deviations of the smoothed loss (about 0.035 here) past its reference
+    assert 5 <= auto["cuts"] <= 10 and auto["trust"] == 0.5 ** auto["cuts"], auto["cuts"]
+
+
+def test_the_trust_scales_the_step_and_survives_a_checkpoint():
+    model, x, y = problem()
+    opt = ZOSGD(model.parameters(), lr="auto", seed=1)
+    opt.step(closure_for(model, x, y))
+    opt.zo_state["auto"]["trust"] = 0.25
+    opt.step(closure_for(model, x, y))
+    auto = opt.zo_state["auto"]
+    assert opt.param_groups[0]["lr"] == pytest.approx(auto["beta"] * 0.25 * auto["scale"])
+    state = opt.state_dict()
+    other = ZOSGD(problem()[0].parameters(), lr="auto", seed=1)
+    other.load_state_dict(state)
+    assert other.zo_state["auto"]["trust"] == 0.25
 
 
 def test_calibrations_cost_at_most_five_percent_of_the_forwards():

@@ -10,7 +10,7 @@ plug-in. Its rule, per step ``t``:
   whatever it is for ZO-Adam, FZOO, HiZOO, LOZO...). The first calibration brackets ``eta`` by factors of
   30 until the parabola has a minimum (at most 8 tries). ``scale`` is the geometric mean of the last fits
   (a moving average of ``log eta*``, weight 1/2).
-* **Step size**: ``lr = beta * scale * factor / persistence``; ``beta`` starts at 1/2 (half the
+* **Step size**: ``lr = beta * trust * scale * factor / persistence``; ``beta`` starts at 1/2 (half the
   batch-optimal step: 3/4 of the predicted decrease, and room for a curvature twice the measured one),
   grows by 1/32 per accepted step back to 1/2, and halves at each rejected one (not below 1/64).
   ``factor`` is a schedule's multiplier (the training loop's warm-up and decay; 1 otherwise);
@@ -26,6 +26,14 @@ plug-in. Its rule, per step ``t``:
   weights are bitwise those before it, step ``t + 1``'s estimate (measured at the rejected point) is
   discarded, and ``beta`` halves. Otherwise the update is written (the same arithmetic as the copy: the
   weights are bitwise those the candidate had) and the step goes on.
+* **Trend** (``trust``): a drift slower than the guard's window (each step within its bounds, the
+  smoothed loss creeping up over hundreds of steps) is what a step too long for the data does when most of
+  a batch's gradient is noise: the line search, fitted on batches, keeps proposing it. So the smoothed
+  loss is also compared with its lowest value since the last cut (from the tenth accepted step on): once
+  it is ``3`` of its own deviations (``3 s sqrt(1/19)``) above it, ``trust`` halves (from 1, not below
+  1/1024; it never grows back) and the reference restarts from the current smoothed loss. No forward is
+  spent and no step undone: the rise is bounded by the smoothed loss's noise per halving, and a run whose
+  training loss falls never sees it. ``state["zo"]["auto"]["cuts"]`` counts the halvings.
 * **Held-out line search** (``auto_holdout=True``): the line search above runs on the batch whose
   probes made the update, so it finds the step that is best *for that batch*, which the update was
   built to descend: where the batch's gradient is mostly noise (many training examples, a small batch,
@@ -68,6 +76,7 @@ import torch
 BETA_MAX, BETA_MIN, BETA_GROWTH = 0.5, 1.0 / 64, 1.0 + 1.0 / 32
 FIRST_ETA, JUMP, TRIES = 1e-6, 30.0, 8
 BOUND_SIGMAS, MIN_SPREAD, WARM, RATE, WINDOW = 4.0, 0.02, 5, 0.1, 20
+TREND_SIGMAS, TRUST_MIN = 3.0, 1.0 / 1024
 CALIB_SHARE = 0.025
 EPS_RANGE = (1e-5, 1e-1)
 HELD_RATE, HELD_JUMP = 0.25, 4.0
@@ -145,7 +154,8 @@ class AutoStep:
         self.holdout = holdout
         opt.zo_state["auto"] = {"scale": None, "beta": BETA_MAX, "mean": 0.0, "var": 0.0, "n": 0, "recent": [],
                                 "calib_every": calib_every, "last_calib": None, "rejected": 0,
-                                "extra_forwards": 0, "calibrations": 0, "pending": None, "held": None}
+                                "extra_forwards": 0, "calibrations": 0, "pending": None, "held": None,
+                                "trust": 1.0, "cuts": 0, "base": None}
         self.bind()
         self.recorder: Tentative | None = None  # where _apply records during a step
 
@@ -156,6 +166,8 @@ class AutoStep:
     def bind(self) -> None:
         """(Re)attach to the state dict (after ``load_state_dict``)."""
         st = self.st
+        for key, value in (("trust", 1.0), ("cuts", 0), ("base", None)):  # a state saved before the trend
+            st.setdefault(key, value)
         if st.get("pending") is None:
             st["pending"] = Tentative(self.opt).data
         self.tentative = Tentative(self.opt, st["pending"])
@@ -195,7 +207,7 @@ class AutoStep:
             else:
                 self.calibrate(closure, t, grads, loss)
         for g in opt.param_groups:
-            g["lr"] = st["beta"] * st["scale"] * self.factor / opt._persistence()
+            g["lr"] = st["beta"] * st["trust"] * st["scale"] * self.factor / opt._persistence()
         self.tentative.open(t, opt._scalars)
         self.recorder = self.tentative
         try:
@@ -232,6 +244,21 @@ class AutoStep:
         st["mean"] += r * d
         st["var"] = (1.0 - r) * (st["var"] + r * d * d)
         st["recent"] = [*st.get("recent", []), st["mean"]][-WINDOW:]
+        self._trend()
+
+    def _trend(self) -> None:
+        """Halve ``trust`` when the smoothed loss has risen ``TREND_SIGMAS`` of its deviations above its
+        lowest value since the last cut (the module docstring's *Trend*)."""
+        st = self.st
+        if st["n"] < 1.0 / RATE:
+            return
+        if st["base"] is None or st["mean"] < st["base"]:
+            st["base"] = st["mean"]
+            return
+        spread = max(math.sqrt(st["var"]), MIN_SPREAD * abs(st["mean"]))
+        if st["mean"] > st["base"] + TREND_SIGMAS * spread * math.sqrt(RATE / (2.0 - RATE)):
+            st["trust"] = max(TRUST_MIN, st["trust"] / 2)
+            st["base"], st["cuts"] = st["mean"], st["cuts"] + 1
 
     def too_high(self, loss: float) -> bool:
         """Whether ``loss`` (at the tentative update's point) is past the bound: a jump above the smoothed
