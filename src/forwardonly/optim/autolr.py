@@ -26,14 +26,13 @@ plug-in. Its rule, per step ``t``:
   weights are bitwise those before it, step ``t + 1``'s estimate (measured at the rejected point) is
   discarded, and ``beta`` halves. Otherwise the update is written (the same arithmetic as the copy: the
   weights are bitwise those the candidate had) and the step goes on.
-* **Trend** (``trust``): a drift slower than the guard's window (each step within its bounds, the
-  smoothed loss creeping up over hundreds of steps) is what a step too long for the data does when most of
-  a batch's gradient is noise: the line search, fitted on batches, keeps proposing it. So the smoothed
-  loss is also compared with its lowest value since the last cut (from the tenth accepted step on): once
-  it is ``3`` of its own deviations (``3 s sqrt(1/19)``) above it, ``trust`` halves (from 1, not below
-  1/1024; it never grows back) and the reference restarts from the current smoothed loss. No forward is
-  spent and no step undone: the rise is bounded by the smoothed loss's noise per halving, and a run whose
-  training loss falls never sees it. ``state["zo"]["auto"]["cuts"]`` counts the halvings.
+* **Trend** (``trust``): a drift slower than the guard's window (the smoothed loss creeping up over
+  hundreds of steps, each step within bounds) is what a step too long for the data does where most of a
+  batch's gradient is noise. From the tenth accepted step on, a slow loss (moving mean of weight 1/100,
+  moving deviation ``s``) is kept; once the smoothed loss is ``4 s sqrt(1/19)`` above the slow loss's low
+  since the last cut, ``trust`` halves (not below 1/1024; it never grows back) and both restart from the
+  smoothed loss. A plateau sees a cut about once in 5,000 steps; a rise of ``s / 10`` per 100 steps is
+  caught within a few hundred; a falling loss never. No forward spent, no step undone (``cuts`` counts them).
 * **Held-out line search** (``auto_holdout=True``): the line search above runs on the batch whose
   probes made the update, so it finds the step that is best *for that batch*, which the update was
   built to descend: where the batch's gradient is mostly noise (many training examples, a small batch,
@@ -76,7 +75,7 @@ import torch
 BETA_MAX, BETA_MIN, BETA_GROWTH = 0.5, 1.0 / 64, 1.0 + 1.0 / 32
 FIRST_ETA, JUMP, TRIES = 1e-6, 30.0, 8
 BOUND_SIGMAS, MIN_SPREAD, WARM, RATE, WINDOW = 4.0, 0.02, 5, 0.1, 20
-TREND_SIGMAS, TRUST_MIN = 3.0, 1.0 / 1024
+TREND_SIGMAS, TRUST_MIN, SLOW_RATE = BOUND_SIGMAS, 1.0 / 1024, 0.01
 CALIB_SHARE = 0.025
 EPS_RANGE = (1e-5, 1e-1)
 HELD_RATE, HELD_JUMP = 0.25, 4.0
@@ -155,7 +154,8 @@ class AutoStep:
         opt.zo_state["auto"] = {"scale": None, "beta": BETA_MAX, "mean": 0.0, "var": 0.0, "n": 0, "recent": [],
                                 "calib_every": calib_every, "last_calib": None, "rejected": 0,
                                 "extra_forwards": 0, "calibrations": 0, "pending": None, "held": None,
-                                "trust": 1.0, "cuts": 0, "base": None}
+                                "trust": 1.0, "cuts": 0, "slow": None, "slow_var": 0.0,
+                                "low": None}
         self.bind()
         self.recorder: Tentative | None = None  # where _apply records during a step
 
@@ -166,7 +166,7 @@ class AutoStep:
     def bind(self) -> None:
         """(Re)attach to the state dict (after ``load_state_dict``)."""
         st = self.st
-        for key, value in (("trust", 1.0), ("cuts", 0), ("base", None)):  # a state saved before the trend
+        for key, value in (("trust", 1.0), ("cuts", 0), ("slow", None), ("slow_var", 0.0), ("low", None)):  # a state saved before the trend
             st.setdefault(key, value)
         if st.get("pending") is None:
             st["pending"] = Tentative(self.opt).data
@@ -244,21 +244,26 @@ class AutoStep:
         st["mean"] += r * d
         st["var"] = (1.0 - r) * (st["var"] + r * d * d)
         st["recent"] = [*st.get("recent", []), st["mean"]][-WINDOW:]
-        self._trend()
+        self._trend(loss)
 
-    def _trend(self) -> None:
-        """Halve ``trust`` when the smoothed loss has risen ``TREND_SIGMAS`` of its deviations above its
-        lowest value since the last cut (the module docstring's *Trend*)."""
+    def _trend(self, loss: float) -> None:
+        """Halve ``trust`` when the smoothed loss has risen ``TREND_SIGMAS`` of its deviations above the
+        lowest slow loss since the last cut (the module docstring's *Trend*)."""
         st = self.st
         if st["n"] < 1.0 / RATE:
             return
-        if st["base"] is None or st["mean"] < st["base"]:
-            st["base"] = st["mean"]
+        if st["slow"] is None:
+            st["slow"], st["slow_var"], st["low"] = st["mean"], st["var"], st["mean"]
             return
-        spread = max(math.sqrt(st["var"]), MIN_SPREAD * abs(st["mean"]))
-        if st["mean"] > st["base"] + TREND_SIGMAS * spread * math.sqrt(RATE / (2.0 - RATE)):
+        d = loss - st["slow"]
+        st["slow"] += SLOW_RATE * d
+        st["slow_var"] = (1.0 - SLOW_RATE) * (st["slow_var"] + SLOW_RATE * d * d)
+        st["low"] = min(st["low"], st["slow"])
+        spread = max(math.sqrt(st["slow_var"]), MIN_SPREAD * abs(st["mean"]))
+        if st["mean"] - st["low"] > TREND_SIGMAS * spread * math.sqrt(RATE / (2.0 - RATE)):
             st["trust"] = max(TRUST_MIN, st["trust"] / 2)
-            st["base"], st["cuts"] = st["mean"], st["cuts"] + 1
+            st["slow"] = st["low"] = st["mean"]
+            st["cuts"] += 1
 
     def too_high(self, loss: float) -> bool:
         """Whether ``loss`` (at the tentative update's point) is past the bound: a jump above the smoothed
