@@ -9,7 +9,8 @@ plug-in. Its rule, per step ``t``:
   whose minimum ``eta*`` is the batch-optimal step along ``d`` (``1/kappa`` along each probe for ZO-SGD,
   whatever it is for ZO-Adam, FZOO, HiZOO, LOZO...). The first calibration brackets ``eta`` by factors of
   30 until the parabola has a minimum (at most 8 tries). ``scale`` is the geometric mean of the last fits
-  (a moving average of ``log eta*``, weight 1/2).
+  (a moving average of ``log eta*``, weight 1/2); after the bracket it grows only while the training loss
+  falls (the slow loss of *Trend* a deviation below its value at the last calibration).
 * **Step size**: ``lr = beta * trust * scale * factor / persistence``; ``beta`` starts at 1/2 (half the
   batch-optimal step: 3/4 of the predicted decrease, and room for a curvature twice the measured one),
   grows by 1/32 per accepted step back to 1/2, and halves at each rejected one (not below 1/64).
@@ -339,12 +340,23 @@ class AutoStep:
             kind, star = _parabola(self._loss_at(closure, t, coeffs, eta) - l0,
                                    self._loss_at(closure, t, coeffs, 2 * eta) - l0, eta, l0)
             if kind == "fit":
-                st["scale"] = math.exp(0.5 * math.log(eta) + 0.5 * math.log(star))
+                st["scale"] = self._limit(eta, math.exp(0.5 * math.log(eta) + 0.5 * math.log(star)))
             elif kind in ("further", "small"):
-                st["scale"] = eta * 2
+                st["scale"] = self._limit(eta, eta * 2)
             else:
-                st["scale"] = eta / 2
+                st["scale"] = self._limit(eta, eta / 2)
         st["last_calib"], st["calibrations"] = t, st["calibrations"] + 1
+
+    def _limit(self, eta: float, new: float) -> float:
+        """The scale a calibration leaves: ``new``, but not above ``eta`` unless the slow loss has fallen by a
+        deviation of its own since the last calibration (a longer step is earned by progress)."""
+        st = self.st
+        slow, last = st["slow"], st.get("slow_at_calib")
+        st["slow_at_calib"] = slow
+        if new <= eta or slow is None or last is None:
+            return new
+        sd = max(math.sqrt(st["slow_var"]), MIN_SPREAD * abs(st["mean"])) * math.sqrt(SLOW_RATE / (2 - SLOW_RATE))
+        return new if slow < last - sd else eta
 
     def _keep(self, t: int, coeffs: list[float]) -> None:
         """Keep step ``t``'s update (its coefficients and scalars) for the next step to measure on its batch."""
@@ -378,7 +390,7 @@ class AutoStep:
             st["scale"] = eta / 2
             return
         if max(abs(d1), abs(d2)) < 1e-6 * abs(l0) + 1e-12:  # too small a step to see: larger
-            st["scale"] = eta * 2
+            st["scale"] = self._limit(eta, eta * 2)
             return
         # L(s) ~ L(0) + b s + a s^2 along the held update, on held-out data; the step that minimises the
         # *expected* loss is E[-b] / E[2a]: both are averaged over the calibrations (weight 1/4), since one
@@ -391,9 +403,9 @@ class AutoStep:
         ho["curv"] += w * (2 * a * eta * eta - ho["curv"])
         if ho["slope"] > 0 and ho["curv"] > 0:
             jump = JUMP if ho["n"] == 1 else HELD_JUMP  # the first fit corrects the bracket's same-batch step
-            st["scale"] = eta * min(jump, max(1.0 / jump, ho["slope"] / ho["curv"]))
+            st["scale"] = self._limit(eta, eta * min(jump, max(1.0 / jump, ho["slope"] / ho["curv"])))
         else:
-            st["scale"] = eta / 2  # no expected descent along the updates measured: shorter steps
+            st["scale"] = self._limit(eta, eta / 2)  # no expected descent along the updates measured: shorter
         if st["scale"] != eta:  # keep the averages in units of the new scale
             r = st["scale"] / eta
             ho["slope"], ho["curv"] = ho["slope"] * r, ho["curv"] * r * r
