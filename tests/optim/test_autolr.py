@@ -68,6 +68,22 @@ def test_a_falling_loss_never_cuts_the_trust_and_a_slow_rise_does():
         assert 2 <= slow["cuts"] <= 8 and slow["trust"] == 0.5 ** slow["cuts"], slow["cuts"]
 
 
+def test_a_calibration_lengthens_the_step_only_while_the_loss_falls():
+    opt = ZOSGD(torch.nn.Linear(2, 1).parameters(), lr="auto")
+    limit = opt.auto._limit
+    assert limit(1.0, 4.0) == 4.0  # before the slow loss exists (the first ten steps): as fitted
+    noise = torch.Generator().manual_seed(0)
+    for _ in range(200):  # a plateau at 0.3
+        opt.auto.observe(0.3 + 0.1 * float(torch.randn((), generator=noise)))
+    assert limit(1.0, 4.0) == 4.0  # the first calibration that sees the slow loss has nothing to compare
+    for _ in range(60):
+        opt.auto.observe(0.3 + 0.1 * float(torch.randn((), generator=noise)))
+    assert limit(1.0, 4.0) == 1.0 and limit(1.0, 0.5) == 0.5  # no progress: shorter, never longer
+    for _ in range(60):  # 0.1 lower: the slow loss falls by about 0.045, its deviation is about 0.007
+        opt.auto.observe(0.2 + 0.1 * float(torch.randn((), generator=noise)))
+    assert limit(1.0, 4.0) == 4.0
+
+
 def test_the_trust_scales_the_step_and_survives_a_checkpoint():
     model, x, y = problem()
     opt = ZOSGD(model.parameters(), lr="auto", seed=1)
