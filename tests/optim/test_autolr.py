@@ -62,10 +62,10 @@ def test_a_falling_loss_never_cuts_the_trust_and_a_slow_rise_does():
 
     for seed in range(3):
         assert run(lambda i: 1.0 - 0.0003 * i, 2000, seed)["cuts"] == 0  # learning: 1.0 -> 0.4
-        assert run(lambda i: 0.3, 2000, seed)["cuts"] <= 1  # a plateau: about one cut in 5,000 steps
+        assert run(lambda i: 0.3, 2000, seed)["cuts"] <= 5  # a plateau: about a cut in 800 steps
         # a rise of 0.01 per 100 steps, a tenth of the deviation (0.02 over the guard's 20-step window)
         slow = run(lambda i: 0.3 + 0.0001 * i, 2000, seed)
-        assert 2 <= slow["cuts"] <= 8 and slow["trust"] == 0.5 ** slow["cuts"], slow["cuts"]
+        assert 4 <= slow["cuts"] <= 10 and slow["trust"] == 0.5 ** slow["cuts"], slow["cuts"]
 
 
 def test_a_calibration_lengthens_the_step_only_while_the_loss_falls():
@@ -121,6 +121,7 @@ def test_a_rejected_step_leaves_the_weights_bitwise_as_before_it():
     assert all(torch.equal(a, b) for a, b in zip(before, weights(model)))
     assert not opt.auto.tentative
     assert opt.zo_state["auto"]["rejected"] == 1 and opt.zo_state["auto"]["beta"] == beta / 2
+    assert opt.zo_state["auto"]["trust"] == 0.8  # and a fifth off the trust, for good
     assert opt.zo_state["settled"] == [{"step": 7, "skip": True}, {"step": 8, "skip": True}]
     opt.step(good)  # from the weights before step 7, with half the step
     assert opt.auto.tentative and opt.zo_state["step"] == 10

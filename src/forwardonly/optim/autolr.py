@@ -10,7 +10,7 @@ plug-in. Its rule, per step ``t``:
   whatever it is for ZO-Adam, FZOO, HiZOO, LOZO...). The first calibration brackets ``eta`` by factors of
   30 until the parabola has a minimum (at most 8 tries). ``scale`` is the geometric mean of the last fits
   (a moving average of ``log eta*``, weight 1/2); after the bracket it grows only while the training loss
-  falls (the slow loss of *Trend* a deviation below its value at the last calibration).
+  falls (the slow loss of *Trend* a deviation ``s sqrt(1/199)`` below its value at the last calibration).
 * **Step size**: ``lr = beta * trust * scale * factor / persistence``; ``beta`` starts at 1/2 (half the
   batch-optimal step: 3/4 of the predicted decrease, and room for a curvature twice the measured one),
   grows by 1/32 per accepted step back to 1/2, and halves at each rejected one (not below 1/64).
@@ -30,10 +30,13 @@ plug-in. Its rule, per step ``t``:
 * **Trend** (``trust``): a drift slower than the guard's window (the smoothed loss creeping up over
   hundreds of steps, each step within bounds) is what a step too long for the data does where most of a
   batch's gradient is noise. From the tenth accepted step on, a slow loss (moving mean of weight 1/100,
-  moving deviation ``s``) is kept; once the smoothed loss is ``4 s sqrt(1/19)`` above the slow loss's low
+  moving deviation ``s``) is kept; from the thirtieth, once the smoothed loss is ``3 s sqrt(1/19)`` above the slow loss's low
   since the last cut, ``trust`` halves (not below 1/1024; it never grows back) and both restart from the
-  smoothed loss. A plateau sees a cut about once in 5,000 steps; a rise of ``s / 10`` per 100 steps is
-  caught within a few hundred; a falling loss never. No forward spent, no step undone (``cuts`` counts them).
+  smoothed loss. A falling loss never sees it; a rise of ``s / 1000`` a step is caught within about 120
+  steps, ``s / 100`` within about 30; a plateau sees a cut about once in 800 steps. A rejected step also
+  takes a fifth off ``trust`` (``beta``'s halving lasts ~100 steps; a scale that keeps tripping the guard
+  is too long). No forward spent (``cuts`` counts the halvings). The calibrations lengthen the step only
+  while the slow loss falls (*Scale*).
 * **Held-out line search** (``auto_holdout=True``): the line search above runs on the batch whose
   probes made the update, so it finds the step that is best *for that batch*, which the update was
   built to descend: where the batch's gradient is mostly noise (many training examples, a small batch,
@@ -78,7 +81,7 @@ from .tentative import Tentative
 BETA_MAX, BETA_MIN, BETA_GROWTH = 0.5, 1.0 / 64, 1.0 + 1.0 / 32
 FIRST_ETA, JUMP, TRIES = 1e-6, 30.0, 8
 BOUND_SIGMAS, MIN_SPREAD, WARM, RATE, WINDOW = 4.0, 0.02, 5, 0.1, 20
-TREND_SIGMAS, TRUST_MIN, SLOW_RATE = BOUND_SIGMAS, 1.0 / 1024, 0.01
+TREND_SIGMAS, TRUST_MIN, SLOW_RATE, REJECT_TRUST = 3.0, 1.0 / 1024, 0.01, 0.8
 CALIB_SHARE = 0.025
 EPS_RANGE = (1e-5, 1e-1)
 HELD_RATE, HELD_JUMP = 0.25, 4.0
@@ -146,6 +149,7 @@ class AutoStep:
                 settled.append({"step": self.tentative.data["step"], "skip": True})
                 self.tentative.drop()
                 st["beta"], st["rejected"] = max(BETA_MIN, st["beta"] / 2), st["rejected"] + 1
+                st["trust"] = max(TRUST_MIN, st["trust"] * REJECT_TRUST)
                 return self._skip(t, loss)  # measured at the rejected point
             settled.append(self.tentative.commit())
             st["beta"] = min(BETA_MAX, st["beta"] * BETA_GROWTH)
@@ -201,17 +205,20 @@ class AutoStep:
         self._trend(loss)
 
     def _trend(self, loss: float) -> None:
-        """Halve ``trust`` when the smoothed loss has risen ``TREND_SIGMAS`` of its deviations above the
-        lowest slow loss since the last cut (the module docstring's *Trend*)."""
+        """Halve ``trust`` when the smoothed loss has risen ``TREND_SIGMAS`` of its deviations above the slow
+        loss's lowest value since the last cut (the module docstring's *Trend*)."""
         st = self.st
         if st["n"] < 1.0 / RATE:
             return
         if st["slow"] is None:
             st["slow"], st["slow_var"], st["low"] = st["mean"], st["var"], st["mean"]
             return
-        d = loss - st["slow"]
-        st["slow"] += SLOW_RATE * d
-        st["slow_var"] = (1.0 - SLOW_RATE) * (st["slow_var"] + SLOW_RATE * d * d)
+        d, r = loss - st["slow"], max(1.0 / st["n"], SLOW_RATE)  # a plain mean over the first 100 steps
+        st["slow"] += r * d
+        st["slow_var"] = (1.0 - r) * (st["slow_var"] + r * d * d)
+        if st["n"] < 3.0 / RATE:  # the low of a mean over a few losses would be biased down
+            st["low"] = st["slow"]
+            return
         st["low"] = min(st["low"], st["slow"])
         spread = max(math.sqrt(st["slow_var"]), MIN_SPREAD * abs(st["mean"]))
         if st["mean"] - st["low"] > TREND_SIGMAS * spread * math.sqrt(RATE / (2.0 - RATE)):
