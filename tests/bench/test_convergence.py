@@ -254,9 +254,11 @@ def test_a_sweep_gets_a_figure_of_its_validation_curves_one_panel_per_optimizer(
     recs = [_rec("E/k16/sweep/mezo-lr1e-4", 0, [(500, 0.70), (1000, 0.74)], validate=True, lr=1e-4),
             _rec("E/k16/sweep/mezo-lr1e-3", 0, [(500, 0.60), (1000, 0.45)], validate=True, lr=1e-3),
             _rec("E/k16/sweep/fo-adam-lr1e-4", 0, [(50, 0.75)], validate=True, lr=1e-4),
-            _rec("E/k16/mezo", 0, [(100, 0.7), (200, 0.8)])]
+            _rec("E/k16/mezo", 0, [(100, 0.7), (200, 0.8)]),
+            _rec("E/k16/sweep/mezo-lrauto-b", 0, [(500, 0.71)], validate=True, lr="auto"),
+            _rec("E/k16/sweep/mezo-lrauto-a", 0, [(500, 0.72)], validate=True, lr="auto")]
     recs[1]["results"]["history"] = [{"loss": 0.15}, {"loss": 149.0}]
-    for r, optim in zip(recs, ("zo-sgd", "zo-sgd", "fo-adam", "zo-sgd")):
+    for r, optim in zip(recs, ("zo-sgd", "zo-sgd", "fo-adam", "zo-sgd", "zo-sgd", "zo-sgd")):
         r["config"]["optim"]["name"] = optim
     plans = dict(conv.plot_plans(recs))
     assert sorted(plans) == ["curves_E_k16.png", "sweep_E_k16.png"]
@@ -264,9 +266,10 @@ def test_a_sweep_gets_a_figure_of_its_validation_curves_one_panel_per_optimizer(
     assert layout_problems(fig) == []
     panels = {ax.get_title(): ax for ax in fig.axes}
     assert sorted(panels) == ["fo-adam", "zo-sgd"]
-    lines = panels["zo-sgd"].get_lines()  # ordered by learning rate, the diverged one dashed
-    assert [ln.get_label() for ln in lines] == ["lr 0.0001", "lr 0.001 (diverged)"]
-    assert [ln.get_linestyle() for ln in lines] == ["-", "--"]
+    lines = panels["zo-sgd"].get_lines()  # ordered by learning rate, the diverged one dashed, lr: auto by name
+    assert [ln.get_label() for ln in lines] == ["lr 0.0001", "lr 0.001 (diverged)", "lr auto (mezo-lrauto-a)",
+                                                "lr auto (mezo-lrauto-b)"]
+    assert [ln.get_linestyle() for ln in lines] == ["-", "--", "-", "-"]
     assert list(lines[1].get_ydata()) == pytest.approx([60.0, 60.0, 45.0])
 
 

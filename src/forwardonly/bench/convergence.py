@@ -268,21 +268,27 @@ def _sweep_figure(cell: str, runs: dict[str, list[dict]]):
     learning rate (median over seeds), a diverged run dashed and marked as such."""
     from .figure import grid, plt_module
 
-    by_optim: dict[str, list[list[dict]]] = {}
-    for recs in runs.values():
-        by_optim.setdefault(recs[0]["config"]["optim"]["name"], []).append(recs)
+    by_optim: dict[str, list[tuple[str, list[dict]]]] = {}
+    for name, recs in runs.items():
+        by_optim.setdefault(recs[0]["config"]["optim"]["name"], []).append((name, recs))
     fig, axes = grid(len(by_optim), 4.2, 3.4, ncols=3)
     colours = plt_module().rcParams["axes.prop_cycle"].by_key()["color"]
+
+    def order(item):  # numeric rates rising, then the lr: auto runs by name
+        lr = item[1][0]["config"]["optim"]["lr"]
+        return (1, 0.0, item[0]) if lr == "auto" else (0, float(lr), item[0])
+
     for ax, (optim, items) in zip(axes, sorted(by_optim.items())):
-        items.sort(key=lambda recs: float(recs[0]["config"]["optim"]["lr"]))
-        for j, recs in enumerate(items):
+        items.sort(key=order)
+        for j, (name, recs) in enumerate(items):
             med = median_curve(recs, "validation")
             if not med:
                 continue
             bad = any(diverged_run(r) for r in recs)
             ax.plot([p[0] for p in med], [100 * p[2] for p in med], color=colours[j % len(colours)],
                     ls="--" if bad else "-", marker=".", lw=1.4,
-                    label=f"lr {_lr(recs[0])}" + (" (diverged)" if bad else ""))
+                    label=(f"lr {_lr(recs[0])}" if recs[0]["config"]["optim"]["lr"] != "auto"
+                           else f"lr auto ({name.rsplit('/', 1)[-1]})") + (" (diverged)" if bad else ""))
         ax.set_title(optim)
         ax.set_xlabel("forward passes (training)")
         ax.set_ylabel("validation accuracy %")
