@@ -120,6 +120,11 @@ def train_config_truncated(made, case):
     return ["train", "--config", str(case / "c.yaml"), f"out_dir={case / 'out'}"], "c.yaml:2"
 
 
+def train_config_invalid_value(made, case):
+    (case / "c.yaml").write_text("steps: 3\noptim:\n  name: zo-sgd\n  lr: -1\n")
+    return ["train", "--config", str(case / "c.yaml"), f"out_dir={case / 'out'}"], "c.yaml:4"
+
+
 def train_config_not_utf8(made, case):
     (case / "c.yaml").write_bytes(b"steps: 3\n# caf\xe9\n")
     return ["train", "--config", str(case / "c.yaml"), f"out_dir={case / 'out'}"], "c.yaml:2"
@@ -223,7 +228,8 @@ def report_result_truncated(made, case):
 
 CASES = [weights_truncated, model_config_not_utf8, tokenizer_truncated, gguf_garbage, jsonl_truncated,
          jsonl_not_utf8, csv_not_utf8, csv_truncated, parquet_truncated, task_yaml_not_utf8,
-         task_data_file_truncated, train_config_truncated, train_config_not_utf8, local_config_not_utf8,
+         task_data_file_truncated, train_config_truncated, train_config_invalid_value, train_config_not_utf8,
+         local_config_not_utf8,
          checkpoint_weights_truncated, checkpoint_optimizer_truncated, checkpoint_trainer_json_truncated,
          checkpoint_seedlog_not_utf8, metrics_log_corrupt, run_config_truncated, run_weights_truncated,
          seedlog_truncated, seedlog_not_utf8, seedlog_wrong_shape, local_checkpoint_state_truncated,

@@ -169,7 +169,8 @@ def _build(cls, data: dict, lines: dict[str, int], source: str, prefix: str = ""
         msg = str(e)
         if prefix and msg.split("=", 1)[0] in types_:  # "bits=3 is not supported" -> "model.quant.bits=3 ..."
             msg = prefix + msg
-        raise UserError(f"{source}: {msg}") from None
+        line = lines.get(msg.split("=", 1)[0]) if "=" in msg else None  # "optim.lr=-1.0 must be ...": its line
+        raise UserError(f"{source}:{line}: {msg}" if line else f"{source}: {msg}") from None
 
 
 def _set_dotted(tree: dict, key: str, value) -> None:
