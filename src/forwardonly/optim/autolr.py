@@ -32,8 +32,8 @@ plug-in. Its rule, per step ``t``:
   batch's gradient is noise. From the tenth accepted step on, a slow loss (moving mean of weight 1/100,
   moving deviation ``s``) is kept; from the thirtieth, once the smoothed loss is ``3 s sqrt(1/19)`` above the slow loss's low
   since the last cut, ``trust`` halves (not below 1/1024; it never grows back) and both restart from the
-  smoothed loss. A falling loss never sees it; a rise of ``s / 1000`` a step is caught within about 120
-  steps, ``s / 100`` within about 30; a plateau sees a cut about once in 800 steps. A rejected step also
+  smoothed loss. A falling loss never sees it; a rise of ``s / 1000`` a step is caught within about 150
+  steps, ``s / 100`` within about 100; a plateau sees a cut about once in 800 steps. A rejected step also
   takes a fifth off ``trust`` (``beta``'s halving lasts ~100 steps; a scale that keeps tripping the guard
   is too long). No forward spent (``cuts`` counts the halvings). The calibrations lengthen the step only
   while the slow loss falls (*Scale*).
