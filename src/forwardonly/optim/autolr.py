@@ -123,8 +123,8 @@ class AutoStep:
     def bind(self) -> None:
         """(Re)attach to the state dict (after ``load_state_dict``)."""
         st = self.st
-        for key, value in (("trust", 1.0), ("cuts", 0), ("slow", None), ("slow_var", 0.0), ("low", None)):  # a state saved before the trend
-            st.setdefault(key, value)
+        for key, value in (("trust", 1.0), ("cuts", 0), ("slow", None), ("slow_var", 0.0), ("low", None)):
+            st.setdefault(key, value)  # a state saved before the trend rules
         if st.get("pending") is None:
             st["pending"] = Tentative(self.opt).data
         self.tentative = Tentative(self.opt, st["pending"])
@@ -220,8 +220,7 @@ class AutoStep:
             st["low"] = st["slow"]
             return
         st["low"] = min(st["low"], st["slow"])
-        spread = max(math.sqrt(st["slow_var"]), MIN_SPREAD * abs(st["mean"]))
-        if st["mean"] - st["low"] > TREND_SIGMAS * spread * math.sqrt(RATE / (2.0 - RATE)):
+        if st["mean"] - st["low"] > TREND_SIGMAS * self._spread() * math.sqrt(RATE / (2.0 - RATE)):
             st["trust"] = max(TRUST_MIN, st["trust"] / 2)
             st["slow"] = st["low"] = st["mean"]
             st["cuts"] += 1
@@ -300,23 +299,26 @@ class AutoStep:
             kind, star = _parabola(self._loss_at(closure, t, coeffs, eta) - l0,
                                    self._loss_at(closure, t, coeffs, 2 * eta) - l0, eta, l0)
             if kind == "fit":
-                st["scale"] = self._limit(eta, math.exp(0.5 * math.log(eta) + 0.5 * math.log(star)))
-            elif kind in ("further", "small"):
-                st["scale"] = self._limit(eta, eta * 2)
+                new = math.exp(0.5 * math.log(eta) + 0.5 * math.log(star))
             else:
-                st["scale"] = self._limit(eta, eta / 2)
+                new = eta * 2 if kind in ("further", "small") else eta / 2
+            st["scale"] = self._limit(eta, new)
         st["last_calib"], st["calibrations"] = t, st["calibrations"] + 1
 
     def _limit(self, eta: float, new: float) -> float:
         """The scale a calibration leaves: ``new``, but not above ``eta`` unless the slow loss has fallen by a
-        deviation of its own since the last calibration (a longer step is earned by progress)."""
+        deviation of its own since the last calibration (a longer step is earned by progress). Records the slow
+        loss for the next calibration to compare with."""
         st = self.st
         slow, last = st["slow"], st.get("slow_at_calib")
         st["slow_at_calib"] = slow
         if new <= eta or slow is None or last is None:
             return new
-        sd = max(math.sqrt(st["slow_var"]), MIN_SPREAD * abs(st["mean"])) * math.sqrt(SLOW_RATE / (2 - SLOW_RATE))
-        return new if slow < last - sd else eta
+        return new if slow < last - self._spread() * math.sqrt(SLOW_RATE / (2 - SLOW_RATE)) else eta
+
+    def _spread(self) -> float:
+        """The losses' deviation around the slow loss (at least 2 % of the smoothed loss)."""
+        return max(math.sqrt(self.st["slow_var"]), MIN_SPREAD * abs(self.st["mean"]))
 
     def _keep(self, t: int, coeffs: list[float]) -> None:
         """Keep step ``t``'s update (its coefficients and scalars) for the next step to measure on its batch."""
