@@ -117,7 +117,14 @@ def test_a_rejected_step_leaves_the_weights_bitwise_as_before_it():
     before = weights(model)  # step 7's update is tentative: not in the weights yet
     assert opt.auto.tentative and opt.zo_state["auto"]["rejected"] == 0
     beta = opt.zo_state["auto"]["beta"]
-    opt.step(lambda: good() * 1e6)  # step 8 finds its point far above the bound: step 7 is undone
+    calls = []
+
+    def ruined():  # the step's own forwards (at step 7's update) far above the bound; without it, as before
+        calls.append(1)
+        return good() * (1e6 if len(calls) <= 2 else 1.0)
+
+    opt.step(ruined)  # step 8 finds its point far above the bound, and the weights without it fine: undone
+    assert len(calls) == 3 and opt.zo_state["auto"]["cleared"] == 0
     assert all(torch.equal(a, b) for a, b in zip(before, weights(model)))
     assert not opt.auto.tentative
     assert opt.zo_state["auto"]["rejected"] == 1 and opt.zo_state["auto"]["beta"] == beta / 2
@@ -125,6 +132,22 @@ def test_a_rejected_step_leaves_the_weights_bitwise_as_before_it():
     assert opt.zo_state["settled"] == [{"step": 7, "skip": True}, {"step": 8, "skip": True}]
     opt.step(good)  # from the weights before step 7, with half the step
     assert opt.auto.tentative and opt.zo_state["step"] == 10
+
+
+def test_a_high_batch_that_is_high_without_the_update_too_does_not_undo_it():
+    model, x, y = problem()
+    opt = ZOSGD(model.parameters(), lr="auto", seed=2)
+    good = closure_for(model, x, y)
+    for _ in range(8):
+        opt.step(good)
+    auto = opt.zo_state["auto"]
+    beta, trust, forwards = auto["beta"], auto["trust"], opt.zo_state["forwards"]
+    seen = [opt.auto.tentative.value(i, p) for i, p in enumerate(model.parameters())]
+    opt.step(lambda: good() + 1e3)  # a batch far above the bound at both points: the batch, not the update
+    assert auto["rejected"] == 0 and auto["cleared"] == 1 and auto["trust"] == trust and auto["beta"] > beta
+    assert all(torch.equal(a, b) for a, b in zip(seen, weights(model)))  # step 7's update was written
+    assert opt.zo_state["forwards"] == forwards + 3  # the step's two, and the one without the update
+    assert opt.zo_state["settled"][0]["step"] == 7 and not opt.zo_state["settled"][0].get("skip")
 
 
 def test_an_accepted_step_writes_bitwise_the_values_its_forwards_saw():

@@ -331,7 +331,7 @@ class _Run:
             if getattr(self.opt, "auto", None) is not None:
                 auto = self.opt.zo_state["auto"]
                 summary["auto_lr"] = {k: auto[k] for k in ("scale", "beta", "trust", "cuts", "rejected",
-                                                           "calibrations", "extra_forwards", "calib_every")}
+                                                           "cleared", "calibrations", "extra_forwards", "calib_every")}
         if self.comm is not None:
             summary["world_size"] = self.comm.world_size
             summary["bytes_sent_per_rank"] = self.comm.bytes_sent

@@ -11,9 +11,11 @@ plug-in. Its rule, per step ``t``:
   30 until the parabola has a minimum (at most 8 tries). ``scale`` is the geometric mean of the last fits
   (a moving average of ``log eta*``, weight 1/2); after the bracket it grows only while the training loss
   falls (the slow loss of *Trend* a deviation ``s sqrt(1/199)`` below its value at the last calibration).
-* **Step size**: ``lr = beta * trust * scale * factor / persistence``; ``beta`` starts at 1/2 (half the
-  batch-optimal step: 3/4 of the predicted decrease, and room for a curvature twice the measured one),
-  grows by 1/32 per accepted step back to 1/2, and halves at each rejected one (not below 1/64).
+* **Step size**: ``lr = beta * trust * scale * factor / persistence``; ``beta`` is at most 1/2 (half the
+  batch-optimal step: 3/4 of the predicted decrease, and room for a curvature twice the measured one). It
+  starts at 1/32 and grows by 1/32 per accepted step (1/2 after about 90 steps: the bracket's step, fitted
+  on one batch, is taken in full only once the trend has watched the loss at shorter ones), and halves at
+  each rejected step (not below 1/64).
   ``factor`` is a schedule's multiplier (the training loop's warm-up and decay; 1 otherwise);
   ``persistence`` is how far an update keeps going through momentum (``1 / (1 - momentum)``, ZO-Adam's
   ``1 / (1 - beta1)``; 1 without), since the line search sees one step of it.
@@ -23,7 +25,11 @@ plug-in. Its rule, per step ``t``:
   a moving mean of the accepted steps' losses (weight 1/10) with a moving deviation ``s`` (at least 2 % of
   the mean). If step ``t + 1``'s loss is non-finite, or ``4 s`` above the smoothed loss, or would raise the
   smoothed loss ``4`` of its own deviations (``4 s sqrt(1/19)``) above its lowest value of the last 20
-  steps (a slow divergence, which the moving mean alone would follow), the update is dropped, so the
+  steps (a slow divergence, which the moving mean alone would follow), the step is a suspect: one more
+  forward measures the loss at the weights without the update, on the same batch. If that loss passes the
+  bound and the update raises it by less than a deviation ``s``, the batch was high, not the step, and
+  the update goes on (``cleared`` counts these; where single batches are noisy, most suspects are).
+  Otherwise (or with a non-finite loss) the update is dropped, so the
   weights are bitwise those before it, step ``t + 1``'s estimate (measured at the rejected point) is
   discarded, and ``beta`` halves. Otherwise the update is written (the same arithmetic as the copy: the
   weights are bitwise those the candidate had) and the step goes on.
@@ -58,8 +64,8 @@ Cost, in forward passes: a calibration is 2 forwards (3 with a two-sided estimat
 ``L(w)``), the first one up to 2 per try; ``calib_every`` defaults to the interval that keeps calibrations
 at 2.5 % of the step's forwards (``3 / (0.025 f)`` steps for ``f`` forwards a step: 60 for MeZO, 10 at
 least). A rejected step wastes its forwards (the guard itself measures nothing extra). The forwards
-spent on calibrations are counted in ``state["zo"]["auto"]["extra_forwards"]``, rejections in
-``["rejected"]``. Each forward of a step after an update also builds the updated values of each module
+spent on calibrations and suspects are counted in ``state["zo"]["auto"]["extra_forwards"]``, rejections
+in ``["rejected"]``. Each forward of a step after an update also builds the updated values of each module
 on a copy (time and one module's memory, no forward).
 
 The weights lag one (tentative) update behind: :meth:`~forwardonly.optim.base.ZOOptimizer.flush` writes
@@ -78,7 +84,7 @@ import torch
 
 from .tentative import Tentative
 
-BETA_MAX, BETA_MIN, BETA_GROWTH = 0.5, 1.0 / 64, 1.0 + 1.0 / 32
+BETA_MAX, BETA_MIN, BETA_START, BETA_GROWTH = 0.5, 1.0 / 64, 1.0 / 32, 1.0 + 1.0 / 32
 FIRST_ETA, JUMP, TRIES = 1e-6, 30.0, 8
 BOUND_SIGMAS, MIN_SPREAD, WARM, RATE, WINDOW = 4.0, 0.02, 5, 0.1, 20
 TREND_SIGMAS, TRUST_MIN, SLOW_RATE, REJECT_TRUST = 3.0, 1.0 / 1024, 0.01, 0.8
@@ -108,11 +114,11 @@ class AutoStep:
         self.opt = opt
         self.factor = 1.0
         self.holdout = holdout
-        opt.zo_state["auto"] = {"scale": None, "beta": BETA_MAX, "mean": 0.0, "var": 0.0, "n": 0, "recent": [],
+        opt.zo_state["auto"] = {"scale": None, "beta": BETA_START, "mean": 0.0, "var": 0.0, "n": 0, "recent": [],
                                 "calib_every": calib_every, "last_calib": None, "rejected": 0,
                                 "extra_forwards": 0, "calibrations": 0, "pending": None, "held": None,
                                 "trust": 1.0, "cuts": 0, "slow": None, "slow_var": 0.0,
-                                "low": None}
+                                "low": None, "cleared": 0}
         self.bind()
         self.recorder: Tentative | None = None  # where _apply records during a step
 
@@ -123,7 +129,8 @@ class AutoStep:
     def bind(self) -> None:
         """(Re)attach to the state dict (after ``load_state_dict``)."""
         st = self.st
-        for key, value in (("trust", 1.0), ("cuts", 0), ("slow", None), ("slow_var", 0.0), ("low", None)):
+        for key, value in (("trust", 1.0), ("cuts", 0), ("slow", None), ("slow_var", 0.0), ("low", None),
+                           ("cleared", 0)):
             st.setdefault(key, value)  # a state saved before the trend rules
         if st.get("pending") is None:
             st["pending"] = Tentative(self.opt).data
@@ -145,7 +152,7 @@ class AutoStep:
         if st.get("held") is not None:  # the last step's update, on this step's batch: before it is settled
             self._calibrate_held_out(closure, t)
         if self.tentative:
-            if not finite or self.too_high(loss):
+            if not finite or (self.too_high(loss) and self._at_fault(closure, t, loss)):
                 settled.append({"step": self.tentative.data["step"], "skip": True})
                 self.tentative.drop()
                 st["beta"], st["rejected"] = max(BETA_MIN, st["beta"] / 2), st["rejected"] + 1
@@ -225,6 +232,21 @@ class AutoStep:
             st["slow"] = st["low"] = st["mean"]
             st["cuts"] += 1
 
+    def _at_fault(self, closure, t: int, loss: float) -> bool:
+        """Whether the tentative update, not step ``t``'s batch, put ``loss`` past the bound: the loss at the
+        weights as written (without the update), on the same batch, is below the bound, or the update raised
+        it by a deviation of the losses or more. One forward (the module docstring's *Guard*)."""
+        without = self._measure(closure, t)
+        if math.isfinite(without) and self.too_high(without) and loss - without < self._bound_spread():
+            self.st["cleared"] += 1
+            return False
+        return True
+
+    def _bound_spread(self) -> float:
+        st = self.st
+        mean = st["mean"]
+        return max(math.sqrt(st["var"]) if st["n"] >= WARM else abs(mean), MIN_SPREAD * abs(mean))
+
     def too_high(self, loss: float) -> bool:
         """Whether ``loss`` (at the tentative update's point) is past the bound: a jump above the smoothed
         loss by ``4`` deviations, or a smoothed loss that would rise ``4`` of its own deviations above its
@@ -232,8 +254,7 @@ class AutoStep:
         st = self.st
         if st["n"] == 0:
             return False
-        mean = st["mean"]
-        spread = max(math.sqrt(st["var"]) if st["n"] >= WARM else abs(mean), MIN_SPREAD * abs(mean))
+        mean, spread = st["mean"], self._bound_spread()
         if loss > mean + BOUND_SIGMAS * spread:
             return True
         if st["n"] < WARM:
