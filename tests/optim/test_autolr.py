@@ -309,3 +309,76 @@ def test_resume_with_a_held_calibration_is_bitwise_identical(name, tmp_path):
 def test_auto_holdout_without_lr_auto_is_refused():
     with pytest.raises(ValueError, match=r"Invalid auto_holdout=True: it is an option of lr='auto' \(lr is 0.001\)"):
         ZOSGD(torch.nn.Linear(2, 1).parameters(), lr=1e-3, auto_holdout=True)
+
+
+def rows_closure(model, x, y):
+    """A closure whose loss carries its examples' losses (``loss.rows``), as forwardonly's objectives' do."""
+    from forwardonly.tasks.objectives import with_rows
+
+    def closure():
+        rows = ((model(x) - y) ** 2).mean(1)
+        return with_rows(rows.mean(), rows)
+    return closure
+
+
+@pytest.mark.parametrize("name", ["zo-sgd", "fzoo", "hizoo"])
+def test_the_examples_projected_gradients_average_to_the_step_s(name):
+    model, x, y = problem()
+    opt = build_optimizer(name, model.parameters(), lr="auto", seed=1, **KW[name])
+    for _ in range(3):
+        opt.step(rows_closure(model, x, y))
+    rows, grads = opt._row_grads, opt.zo_state["last_grads"]
+    assert rows is not None and len(rows) == len(grads) and rows[0].shape == (64,)
+    for r, g in zip(rows, grads):
+        assert float(r.mean()) == pytest.approx(g, rel=1e-3, abs=1e-5)
+
+
+def test_signal_is_small_where_the_batches_gradient_is_noise_and_one_on_the_whole_set():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2000, 8, generator=g)
+    y = torch.randn(2000, 1, generator=g)  # targets independent of x: at w = 0 the set's gradient is ~0
+    model = torch.nn.Linear(8, 1)
+    torch.nn.init.zeros_(model.weight)
+    torch.nn.init.zeros_(model.bias)
+    opt = ZOSGD(model.parameters(), lr="auto", seed=1)
+    opt.auto.examples = len(x)
+    for t in range(400):
+        idx = torch.randperm(len(x), generator=g)[:16]
+        opt.step(rows_closure(model, x[idx], y[idx]))
+    auto = opt.zo_state["auto"]
+    assert auto["noise"]["n"] == 400  # every step's estimate counts, a rejected one's too
+    f = 1 - auto["noise"]["var"] / auto["noise"]["g2"]
+    assert abs(f) < 0.2, f  # the true signal here is ~0 (0.01 of the batch's g^2)
+    assert 0.1 < auto["signal"] < 0.35  # f plus two standard errors (2 sqrt(2/400) = 0.14)
+    assert opt.param_groups[0]["lr"] == pytest.approx(
+        auto["beta"] * auto["trust"] * auto["signal"] * auto["scale"])
+
+    model, x, y = problem()  # the whole set in every batch: no sampling noise at all
+    opt = ZOSGD(model.parameters(), lr="auto", seed=1)
+    opt.auto.examples = len(x)
+    for _ in range(20):
+        opt.step(rows_closure(model, x, y))
+    assert opt.zo_state["auto"]["signal"] == 1.0 and opt.zo_state["auto"]["noise"]["var"] == 0.0
+
+
+def test_signal_is_one_without_examples_losses_and_with_the_held_out_line_search():
+    model, x, y = problem()
+    opt = ZOSGD(model.parameters(), lr="auto", seed=1, auto_holdout=True)
+    for _ in range(20):
+        opt.step(rows_closure(model, x[:16], y[:16]))
+    assert opt.zo_state["auto"]["noise"]["n"] > 0 and opt.zo_state["auto"]["signal"] == 1.0
+    opt = ZOSGD(model.parameters(), lr="auto", seed=1)
+    for _ in range(20):
+        opt.step(closure_for(model, x[:16], y[:16]))
+    assert opt.zo_state["auto"]["noise"]["n"] == 0 and opt.zo_state["auto"]["signal"] == 1.0
+
+
+def test_the_objectives_loss_carries_its_examples_losses():
+    from forwardonly.tasks.objectives import Objective
+
+    obj = Objective.__new__(Objective)
+    obj.objective = "ce"
+    s, target = torch.randn(16, 2), torch.randint(0, 2, (16,))
+    loss = obj._from_scores(s, target)
+    assert loss.rows.shape == (16,) and float(loss.rows.mean()) == pytest.approx(float(loss), rel=1e-6)
+    assert torch.equal(loss, torch.nn.functional.cross_entropy(s, target))  # the scalar as before

@@ -227,6 +227,7 @@ class _Run:
         auto = getattr(opt, "auto", None)
         if auto is not None:  # lr: auto sets the step size itself; the schedule scales it
             auto.factor = lr_at(cfg, t, cfg.steps, base=1.0)
+            auto.examples = len(self.train_set)
         else:
             lr = lr_at(cfg, t, cfg.steps)
             for g in opt.param_groups:  # a hybrid's first-order blocks follow the schedule from their own fo_lr
@@ -330,8 +331,8 @@ class _Run:
             summary["skipped_steps"] = int(self.opt.zo_state["skipped"])
             if getattr(self.opt, "auto", None) is not None:
                 auto = self.opt.zo_state["auto"]
-                summary["auto_lr"] = {k: auto[k] for k in ("scale", "beta", "trust", "cuts", "rejected",
-                                                           "cleared", "calibrations", "extra_forwards", "calib_every")}
+                summary["auto_lr"] = {k: auto[k] for k in ("scale", "beta", "trust", "signal", "cuts",
+                                                           "rejected", "cleared", "calibrations", "extra_forwards", "calib_every")}
         if self.comm is not None:
             summary["world_size"] = self.comm.world_size
             summary["bytes_sent_per_rank"] = self.comm.bytes_sent

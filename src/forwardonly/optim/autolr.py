@@ -11,7 +11,7 @@ plug-in. Its rule, per step ``t``:
   30 until the parabola has a minimum (at most 8 tries). ``scale`` is the geometric mean of the last fits
   (a moving average of ``log eta*``, weight 1/2); after the bracket it grows only while the training loss
   falls (the slow loss of *Trend* a deviation ``s sqrt(1/199)`` below its value at the last calibration).
-* **Step size**: ``lr = beta * trust * scale * factor / persistence``; ``beta`` is at most 1/2 (half the
+* **Step size**: ``lr = beta * trust * signal * scale * factor / persistence``; ``beta`` is at most 1/2 (half the
   batch-optimal step: 3/4 of the predicted decrease, and room for a curvature twice the measured one). It
   starts at 1/32 and grows by 1/32 per accepted step (1/2 after about 90 steps: the bracket's step, fitted
   on one batch, is taken in full only once the trend has watched the loss at shorter ones), and halves at
@@ -43,6 +43,16 @@ plug-in. Its rule, per step ``t``:
   takes a fifth off ``trust`` (``beta``'s halving lasts ~100 steps; a scale that keeps tripping the guard
   is too long). No forward spent (``cuts`` counts the halvings). The calibrations lengthen the step only
   while the slow loss falls (*Scale*).
+* **Signal** (``signal``): the line search finds the best step *for the batch* whose probes made the
+  update; for the training set the best step along it is that times the batch's signal fraction ``f``,
+  the share of ``E[g^2]`` (``g`` the batch's projected gradient) that is not sampling noise. Where a
+  closure's loss carries its examples' losses (``loss.rows``, as forwardonly's objectives' do), each
+  probe's per-example projected gradients ``g_i`` are at hand for free: the noise of their mean is
+  ``var_i(g_i) / B`` (times ``1 - B / n`` when the training loop says the batch came from ``n`` examples),
+  so ``f = 1 - E[var_i(g_i) / B] / E[g^2]`` (moving means, weight 1/200). ``signal`` is ``f`` plus two
+  standard errors (``2 sqrt(2 / m)`` for ``m`` squared gradients averaged), within [1/64, 1]: about
+  ``f + 0.14`` for MeZO after 400 steps, 1 without per-example losses (a bare closure, a paired or
+  distributed evaluation) and with ``auto_holdout``, whose line search measures it itself.
 * **Held-out line search** (``auto_holdout=True``): the line search above runs on the batch whose
   probes made the update, so it finds the step that is best *for that batch*, which the update was
   built to descend: where the batch's gradient is mostly noise (many training examples, a small batch,
@@ -88,7 +98,7 @@ BETA_MAX, BETA_MIN, BETA_START, BETA_GROWTH = 0.5, 1.0 / 64, 1.0 / 32, 1.0 + 1.0
 FIRST_ETA, JUMP, TRIES = 1e-6, 30.0, 8
 BOUND_SIGMAS, MIN_SPREAD, WARM, RATE, WINDOW = 4.0, 0.02, 5, 0.1, 20
 TREND_SIGMAS, TRUST_MIN, SLOW_RATE, REJECT_TRUST = 3.0, 1.0 / 1024, 0.01, 0.8
-CALIB_SHARE = 0.025
+CALIB_SHARE, NOISE_RATE, SIGNAL_MIN = 0.025, 1.0 / 200, 1.0 / 64
 EPS_RANGE = (1e-5, 1e-1)
 HELD_RATE, HELD_JUMP = 0.25, 4.0
 
@@ -118,9 +128,11 @@ class AutoStep:
                                 "calib_every": calib_every, "last_calib": None, "rejected": 0,
                                 "extra_forwards": 0, "calibrations": 0, "pending": None, "held": None,
                                 "trust": 1.0, "cuts": 0, "slow": None, "slow_var": 0.0,
-                                "low": None, "cleared": 0}
+                                "low": None, "cleared": 0,
+                                "noise": {"n": 0, "g2": 0.0, "var": 0.0, "k": 1}, "signal": 1.0}
         self.bind()
         self.recorder: Tentative | None = None  # where _apply records during a step
+        self.examples: int | None = None  # the training set's size, where the caller knows it (the noise's fpc)
 
     @property
     def st(self) -> dict:
@@ -130,7 +142,7 @@ class AutoStep:
         """(Re)attach to the state dict (after ``load_state_dict``)."""
         st = self.st
         for key, value in (("trust", 1.0), ("cuts", 0), ("slow", None), ("slow_var", 0.0), ("low", None),
-                           ("cleared", 0)):
+                           ("cleared", 0), ("noise", {"n": 0, "g2": 0.0, "var": 0.0, "k": 1}), ("signal", 1.0)):
             st.setdefault(key, value)  # a state saved before the trend rules
         if st.get("pending") is None:
             st["pending"] = Tentative(self.opt).data
@@ -149,6 +161,8 @@ class AutoStep:
         scalars = {k: list(v) for k, v in opt._probe_scalars.items()}
         finite = (math.isfinite(loss) and all(math.isfinite(g) for g in grads)
                   and all(math.isfinite(v) for vs in scalars.values() for v in vs))
+        if finite:
+            self._observe_noise()
         if st.get("held") is not None:  # the last step's update, on this step's batch: before it is settled
             self._calibrate_held_out(closure, t)
         if self.tentative:
@@ -171,8 +185,9 @@ class AutoStep:
                 self._hold(closure, t, grads, loss)
             else:
                 self.calibrate(closure, t, grads, loss)
+        st["signal"] = 1.0 if self.holdout else self.signal()  # the held-out line search measures it itself
         for g in opt.param_groups:
-            g["lr"] = st["beta"] * st["trust"] * st["scale"] * self.factor / opt._persistence()
+            g["lr"] = st["beta"] * st["trust"] * st["signal"] * st["scale"] * self.factor / opt._persistence()
         self.tentative.open(t, opt._scalars)
         self.recorder = self.tentative
         try:
@@ -198,6 +213,40 @@ class AutoStep:
         """Write the tentative update now (unverified); its log entry goes to ``state["zo"]["settled"]``."""
         if self.tentative:
             self.opt.zo_state["settled"] = [self.tentative.commit()]
+
+    # ----------------------------------------------------------------- noise
+    def _observe_noise(self) -> None:
+        """Fold this step's per-example projected gradients (``opt._row_grads``: one tensor over the batch's
+        examples per probe) into the moving means of ``g^2`` (the batch's projected gradient squared) and of
+        its noise ``var_i(g_i) / B`` (times ``1 - B / n`` for a batch drawn from ``n`` examples without
+        replacement, where :attr:`examples` is known)."""
+        rows = getattr(self.opt, "_row_grads", None)
+        if not rows or rows[0].numel() < 2:
+            return
+        b = rows[0].numel()
+        fpc = max(0.0, 1.0 - b / self.examples) if self.examples else 1.0
+        g2 = sum(float(r.mean()) ** 2 for r in rows) / len(rows)
+        var = sum(float(r.var()) for r in rows) / len(rows) / b * fpc
+        if not (math.isfinite(g2) and math.isfinite(var)):
+            return
+        ns = self.st["noise"]
+        ns["n"] += 1
+        r = max(1.0 / ns["n"], NOISE_RATE)
+        ns["g2"] += r * (g2 - ns["g2"])
+        ns["var"] += r * (var - ns["var"])
+        ns["k"] = len(rows)
+
+    def signal(self) -> float:
+        """The share of the batch's projected gradient that is the training set's (its signal fraction ``f =
+        1 - E[noise] / E[g^2]``), plus two of its standard errors (``sqrt(2 / m)`` for ``m`` effective squared
+        gradients: a chi-square's spread), within [1/64, 1]; 1 without per-example losses. The population's
+        best step along an update is ``f`` times the batch's (the module docstring's *Signal*)."""
+        ns = self.st["noise"]
+        if ns["n"] == 0 or not ns["g2"] > 0.0:
+            return 1.0
+        m = min(ns["n"], (2.0 - NOISE_RATE) / NOISE_RATE) * ns["k"]
+        f = 1.0 - ns["var"] / ns["g2"]
+        return min(1.0, max(SIGNAL_MIN, f + 2.0 * math.sqrt(2.0 / m)))
 
     # ----------------------------------------------------------------- guard
     def observe(self, loss: float) -> None:

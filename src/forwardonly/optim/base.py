@@ -226,6 +226,9 @@ class ZOOptimizer(torch.optim.Optimizer):
     def _call(self, closure: Callable) -> float:
         outs = call_closure(closure, self.accum_steps)
         self.zo_state["forwards"] += len(outs)
+        rows = [getattr(o, "rows", None) for o in outs]
+        self._last_rows = (torch.cat([r.reshape(-1).float() for r in rows])
+                           if self.parallel is None and all(isinstance(r, torch.Tensor) for r in rows) else None)
         total = sum(as_loss(v) for v in outs)
         if self.parallel is not None:
             return self.parallel.reduce_sum(total, len(outs))
@@ -256,7 +259,7 @@ class ZOOptimizer(torch.optim.Optimizer):
         An estimator that measures more per probe than ``g_k`` (HiZOO's curvature) puts it in
         ``self._probe_scalars`` (``{name: [one value per probe]}``); it is combined over ranks like the
         ``g_k`` and left in ``self._probe_scalars``."""
-        self._probe_scalars = {}
+        self._probe_scalars, self._rows, self._row_grads = {}, [], None
         if self.parallel is None:
             return self._estimate(closure, step, self.probes())
         with self.parallel.estimating():
@@ -272,10 +275,27 @@ class ZOOptimizer(torch.optim.Optimizer):
                 lp, lm = self.losses(closure, step, [[(k, eps)], [(k, -eps)]], scales)
                 grads.append((lp - lm) / (2 * eps))
                 total += (lp + lm) / 2
+            rows = self._rows_of(2 * len(probes))
+            self._row_grads = None if rows is None else [(rows[2 * j] - rows[2 * j + 1]) / (2 * eps)
+                                                          for j in range(len(probes))]
             return total / len(probes), grads
         l0 = self.evaluate(closure, step, [])
         grads = [(self.evaluate(closure, step, [(k, eps)], scales) - l0) / eps for k in probes]
+        self._one_sided_rows(len(probes), eps)
         return l0, grads
+
+    def _rows_of(self, n: int) -> list[torch.Tensor] | None:
+        """The examples' losses (``loss.rows`` of the closure's output) at the last ``n`` points this estimate
+        evaluated one forward each, or None (a closure without them, a paired or distributed evaluation)."""
+        rows = self._rows[-n:] if len(self._rows) >= n else []
+        if not rows or any(r is None for r in rows) or len({r.numel() for r in rows}) != 1:
+            return None
+        return rows
+
+    def _one_sided_rows(self, k: int, eps: float) -> None:
+        """``_row_grads`` of an estimate that measured ``L(w)`` and then ``k`` points ``w + eps z_j``."""
+        rows = self._rows_of(k + 1)
+        self._row_grads = None if rows is None else [(r - rows[0]) / eps for r in rows[1:]]
 
     @torch.no_grad()
     def step(self, closure: Callable | None = None):

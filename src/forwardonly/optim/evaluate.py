@@ -97,7 +97,13 @@ class Evaluator:
     def losses(self, opt, closure: Callable, step: int, points: Sequence, scales=None) -> list[float]:
         if opt.paired and len(points) > 1:
             return self.batched(opt, closure, step, points, scales)
-        return [self.point(opt, closure, step, terms, scales) for terms in points]
+        out, rows = [], getattr(opt, "_rows", None)
+        for terms in points:
+            opt._last_rows = None
+            out.append(self.point(opt, closure, step, terms, scales))
+            if rows is not None:  # the examples' losses at each point, for lr: auto's noise estimate
+                rows.append(opt._last_rows)
+        return out
 
     def point(self, opt, closure: Callable, step: int, terms, scales=None) -> float:
         """The loss at ``w + sum_k coef_k z_k(step)`` (times per-parameter ``scales``); ``w`` is untouched

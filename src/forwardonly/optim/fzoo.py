@@ -79,6 +79,7 @@ class FZOO(ZOSGD):
         eps = self.eps
         losses = self.losses(closure, step, [[], *([(k, eps)] for k in probes)], self._eps_scales())
         l0 = losses[0]
+        self._one_sided_rows(len(probes), eps)
         return l0, [(lk - l0) / eps for lk in losses[1:]]
 
     def _coefficients(self, step: int, grads: list[float]) -> list[float]:

@@ -157,6 +157,9 @@ class HiZOO(ZOOptimizer):
             grads.append((lp - lm) / (2 * eps))
             curv.append((lp + lm - 2 * l0) / (2 * eps * eps))
         self._probe_scalars = {"curvature": curv}
+        rows = self._rows_of(len(points))
+        self._row_grads = None if rows is None else [(rows[1 + 2 * j] - rows[2 + 2 * j]) / (2 * eps)
+                                                      for j in range(len(probes))]
         return l0, grads
 
     # --------------------------------------------------------------- update

@@ -160,7 +160,7 @@ class Objective:
 
     def _from_scores(self, s: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if self.objective == "ce":
-            return F.cross_entropy(s, target)
+            return with_rows(F.cross_entropy(s, target), F.cross_entropy(s, target, reduction="none"))
         pred = s.argmax(-1)
         if self.objective == "accuracy":
             return 1.0 - (pred == target).float().mean()
@@ -279,7 +279,7 @@ class QA(Options):
     def loss(self, model, batch):
         if self.objective == "ce":
             _, mean = self.token_logprobs(model, batch)
-            return -mean.mean()
+            return with_rows(-mean.mean(), -mean)
         preds = self.generate(model, batch)
         score = metrics.exact_match if self.objective == "accuracy" else metrics.token_f1
         return torch.tensor(1.0 - sum(score(p, a) for p, a in zip(preds, batch.answers)) / len(preds))
@@ -292,6 +292,13 @@ class QA(Options):
         k = _slices()
         _, mean = self.token_logprobs(model, batch.stacked(k))
         return -mean.view(k, -1).mean(1)
+
+
+def with_rows(loss: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``loss`` carrying its examples' losses as ``loss.rows`` (``lr: auto`` reads them to tell the batch's
+    gradient noise from its signal; everything else sees the scalar)."""
+    loss.rows = rows.detach()
+    return loss
 
 
 class _NewlineStop:
