@@ -108,12 +108,18 @@ def test_calibrations_cost_at_most_five_percent_of_the_forwards():
     assert auto["extra_forwards"] <= 0.05 * opt.zo_state["forwards"], auto
 
 
-def test_a_rejected_step_leaves_the_weights_bitwise_as_before_it():
+def eight_steps():
+    """A ZO-SGD ``lr: auto`` run after 8 steps (step 7's update tentative), with its closure."""
     model, x, y = problem()
     opt = ZOSGD(model.parameters(), lr="auto", seed=2)
     good = closure_for(model, x, y)
     for _ in range(8):
         opt.step(good)
+    return model, opt, good
+
+
+def test_a_rejected_step_leaves_the_weights_bitwise_as_before_it():
+    model, opt, good = eight_steps()
     before = weights(model)  # step 7's update is tentative: not in the weights yet
     assert opt.auto.tentative and opt.zo_state["auto"]["rejected"] == 0
     beta = opt.zo_state["auto"]["beta"]
@@ -135,11 +141,7 @@ def test_a_rejected_step_leaves_the_weights_bitwise_as_before_it():
 
 
 def test_a_high_batch_that_is_high_without_the_update_too_does_not_undo_it():
-    model, x, y = problem()
-    opt = ZOSGD(model.parameters(), lr="auto", seed=2)
-    good = closure_for(model, x, y)
-    for _ in range(8):
-        opt.step(good)
+    model, opt, good = eight_steps()
     auto = opt.zo_state["auto"]
     beta, trust, forwards = auto["beta"], auto["trust"], opt.zo_state["forwards"]
     seen = [opt.auto.tentative.value(i, p) for i, p in enumerate(model.parameters())]
