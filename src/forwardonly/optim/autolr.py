@@ -12,10 +12,9 @@ plug-in. Its rule, per step ``t``:
   (a moving average of ``log eta*``, weight 1/2); after the bracket it grows only while the training loss
   falls (the slow loss of *Trend* a deviation ``s sqrt(1/199)`` below its value at the last calibration).
 * **Step size**: ``lr = beta * trust * signal * scale * factor / persistence``; ``beta`` is at most 1/2 (half the
-  batch-optimal step: 3/4 of the predicted decrease, and room for a curvature twice the measured one). It
-  starts at 1/32 and grows by 1/32 per accepted step (1/2 after about 90 steps: the bracket's step, fitted
-  on one batch, is taken in full only once the trend has watched the loss at shorter ones), and halves at
-  each rejected step (not below 1/64).
+  batch-optimal step: 3/4 of the predicted decrease, and room for a curvature twice the measured one),
+  starts at 1/32, grows by 1/32 per accepted step (1/2 after ~90 steps: the trend watches shorter steps
+  first), and halves at each rejected step (not below 1/64).
   ``factor`` is a schedule's multiplier (the training loop's warm-up and decay; 1 otherwise);
   ``persistence`` is how far an update keeps going through momentum (``1 / (1 - momentum)``, ZO-Adam's
   ``1 / (1 - beta1)``; 1 without), since the line search sees one step of it.
@@ -25,10 +24,9 @@ plug-in. Its rule, per step ``t``:
   a moving mean of the accepted steps' losses (weight 1/10) with a moving deviation ``s`` (at least 2 % of
   the mean). If step ``t + 1``'s loss is non-finite, or ``4 s`` above the smoothed loss, or would raise the
   smoothed loss ``4`` of its own deviations (``4 s sqrt(1/19)``) above its lowest value of the last 20
-  steps (a slow divergence, which the moving mean alone would follow), the step is a suspect: one more
-  forward measures the loss at the weights without the update, on the same batch. If that loss passes the
-  bound and the update raises it by less than a deviation ``s``, the batch was high, not the step, and
-  the update goes on (``cleared`` counts these; where single batches are noisy, most suspects are).
+  steps (a slow divergence, which the moving mean alone would follow), one more forward measures the loss
+  without the update on the same batch: if that passes the bound too and the update adds less than ``s``,
+  the batch was high, not the step, and the update goes on (``cleared`` counts these).
   Otherwise (or with a non-finite loss) the update is dropped, so the
   weights are bitwise those before it, step ``t + 1``'s estimate (measured at the rejected point) is
   discarded, and ``beta`` halves. Otherwise the update is written (the same arithmetic as the copy: the
@@ -43,16 +41,13 @@ plug-in. Its rule, per step ``t``:
   takes a fifth off ``trust`` (``beta``'s halving lasts ~100 steps; a scale that keeps tripping the guard
   is too long). No forward spent (``cuts`` counts the halvings). The calibrations lengthen the step only
   while the slow loss falls (*Scale*).
-* **Signal** (``signal``): the line search finds the best step *for the batch* whose probes made the
-  update; for the training set the best step along it is that times the batch's signal fraction ``f``,
-  the share of ``E[g^2]`` (``g`` the batch's projected gradient) that is not sampling noise. Where a
-  closure's loss carries its examples' losses (``loss.rows``, as forwardonly's objectives' do), each
-  probe's per-example projected gradients ``g_i`` are at hand for free: the noise of their mean is
-  ``var_i(g_i) / B`` (times ``1 - B / n`` when the training loop says the batch came from ``n`` examples),
-  so ``f = 1 - E[var_i(g_i) / B] / E[g^2]`` (moving means, weight 1/200). ``signal`` is ``f`` plus two
-  standard errors (``2 sqrt(2 / m)`` for ``m`` squared gradients averaged), within [1/64, 1]: about
-  ``f + 0.14`` for MeZO after 400 steps, 1 without per-example losses (a bare closure, a paired or
-  distributed evaluation) and with ``auto_holdout``, whose line search measures it itself.
+* **Signal** (``signal``, :mod:`~forwardonly.optim.signal`): the line search finds the best step *for the
+  batch*; the training set's best step along the update is that times the batch's signal fraction ``f = 1 -
+  E[var_i(g_i) / B] / E[g^2]`` (``g_i`` the examples' projected gradients, from the examples' losses a
+  closure's loss carries as ``loss.rows``; times ``1 - B / n`` for ``n`` examples, :attr:`AutoStep.examples`).
+  ``signal`` is ``f`` plus two standard errors, within [1/64, 1] (about ``f + 0.14`` for MeZO after 400
+  steps); 1 without per-example losses (a bare closure, a paired or distributed evaluation) and with
+  ``auto_holdout``, whose line search measures it itself.
 * **Held-out line search** (``auto_holdout=True``): the line search above runs on the batch whose
   probes made the update, so it finds the step that is best *for that batch*, which the update was
   built to descend: where the batch's gradient is mostly noise (many training examples, a small batch,
@@ -92,13 +87,14 @@ import math
 
 import torch
 
+from . import signal
 from .tentative import Tentative
 
 BETA_MAX, BETA_MIN, BETA_START, BETA_GROWTH = 0.5, 1.0 / 64, 1.0 / 32, 1.0 + 1.0 / 32
 FIRST_ETA, JUMP, TRIES = 1e-6, 30.0, 8
 BOUND_SIGMAS, MIN_SPREAD, WARM, RATE, WINDOW = 4.0, 0.02, 5, 0.1, 20
 TREND_SIGMAS, TRUST_MIN, SLOW_RATE, REJECT_TRUST = 3.0, 1.0 / 1024, 0.01, 0.8
-CALIB_SHARE, NOISE_RATE, SIGNAL_MIN = 0.025, 1.0 / 200, 1.0 / 64
+CALIB_SHARE = 0.025
 EPS_RANGE = (1e-5, 1e-1)
 HELD_RATE, HELD_JUMP = 0.25, 4.0
 
@@ -126,10 +122,7 @@ class AutoStep:
         self.holdout = holdout
         opt.zo_state["auto"] = {"scale": None, "beta": BETA_START, "mean": 0.0, "var": 0.0, "n": 0, "recent": [],
                                 "calib_every": calib_every, "last_calib": None, "rejected": 0,
-                                "extra_forwards": 0, "calibrations": 0, "pending": None, "held": None,
-                                "trust": 1.0, "cuts": 0, "slow": None, "slow_var": 0.0,
-                                "low": None, "cleared": 0,
-                                "noise": {"n": 0, "g2": 0.0, "var": 0.0, "k": 1}, "signal": 1.0}
+                                "extra_forwards": 0, "calibrations": 0, "pending": None, "held": None}
         self.bind()
         self.recorder: Tentative | None = None  # where _apply records during a step
         self.examples: int | None = None  # the training set's size, where the caller knows it (the noise's fpc)
@@ -142,8 +135,8 @@ class AutoStep:
         """(Re)attach to the state dict (after ``load_state_dict``)."""
         st = self.st
         for key, value in (("trust", 1.0), ("cuts", 0), ("slow", None), ("slow_var", 0.0), ("low", None),
-                           ("cleared", 0), ("noise", {"n": 0, "g2": 0.0, "var": 0.0, "k": 1}), ("signal", 1.0)):
-            st.setdefault(key, value)  # a state saved before the trend rules
+                           ("cleared", 0), ("noise", signal.new_state()), ("signal", 1.0)):
+            st.setdefault(key, value)  # a new run's, or a state saved before the trend rules
         if st.get("pending") is None:
             st["pending"] = Tentative(self.opt).data
         self.tentative = Tentative(self.opt, st["pending"])
@@ -161,8 +154,8 @@ class AutoStep:
         scalars = {k: list(v) for k, v in opt._probe_scalars.items()}
         finite = (math.isfinite(loss) and all(math.isfinite(g) for g in grads)
                   and all(math.isfinite(v) for vs in scalars.values() for v in vs))
-        if finite:
-            self._observe_noise()
+        if finite:  # the examples' projected gradients, where the closure gave their losses
+            signal.observe(st["noise"], getattr(opt, "_row_grads", None), self.examples)
         if st.get("held") is not None:  # the last step's update, on this step's batch: before it is settled
             self._calibrate_held_out(closure, t)
         if self.tentative:
@@ -185,7 +178,7 @@ class AutoStep:
                 self._hold(closure, t, grads, loss)
             else:
                 self.calibrate(closure, t, grads, loss)
-        st["signal"] = 1.0 if self.holdout else self.signal()  # the held-out line search measures it itself
+        st["signal"] = 1.0 if self.holdout else signal.fraction(st["noise"])  # held out: measured by the search
         for g in opt.param_groups:
             g["lr"] = st["beta"] * st["trust"] * st["signal"] * st["scale"] * self.factor / opt._persistence()
         self.tentative.open(t, opt._scalars)
@@ -213,40 +206,6 @@ class AutoStep:
         """Write the tentative update now (unverified); its log entry goes to ``state["zo"]["settled"]``."""
         if self.tentative:
             self.opt.zo_state["settled"] = [self.tentative.commit()]
-
-    # ----------------------------------------------------------------- noise
-    def _observe_noise(self) -> None:
-        """Fold this step's per-example projected gradients (``opt._row_grads``: one tensor over the batch's
-        examples per probe) into the moving means of ``g^2`` (the batch's projected gradient squared) and of
-        its noise ``var_i(g_i) / B`` (times ``1 - B / n`` for a batch drawn from ``n`` examples without
-        replacement, where :attr:`examples` is known)."""
-        rows = getattr(self.opt, "_row_grads", None)
-        if not rows or rows[0].numel() < 2:
-            return
-        b = rows[0].numel()
-        fpc = max(0.0, 1.0 - b / self.examples) if self.examples else 1.0
-        g2 = sum(float(r.mean()) ** 2 for r in rows) / len(rows)
-        var = sum(float(r.var()) for r in rows) / len(rows) / b * fpc
-        if not (math.isfinite(g2) and math.isfinite(var)):
-            return
-        ns = self.st["noise"]
-        ns["n"] += 1
-        r = max(1.0 / ns["n"], NOISE_RATE)
-        ns["g2"] += r * (g2 - ns["g2"])
-        ns["var"] += r * (var - ns["var"])
-        ns["k"] = len(rows)
-
-    def signal(self) -> float:
-        """The share of the batch's projected gradient that is the training set's (its signal fraction ``f =
-        1 - E[noise] / E[g^2]``), plus two of its standard errors (``sqrt(2 / m)`` for ``m`` effective squared
-        gradients: a chi-square's spread), within [1/64, 1]; 1 without per-example losses. The population's
-        best step along an update is ``f`` times the batch's (the module docstring's *Signal*)."""
-        ns = self.st["noise"]
-        if ns["n"] == 0 or not ns["g2"] > 0.0:
-            return 1.0
-        m = min(ns["n"], (2.0 - NOISE_RATE) / NOISE_RATE) * ns["k"]
-        f = 1.0 - ns["var"] / ns["g2"]
-        return min(1.0, max(SIGNAL_MIN, f + 2.0 * math.sqrt(2.0 / m)))
 
     # ----------------------------------------------------------------- guard
     def observe(self, loss: float) -> None:
@@ -282,18 +241,14 @@ class AutoStep:
             st["cuts"] += 1
 
     def _at_fault(self, closure, t: int, loss: float) -> bool:
-        """Whether the tentative update, not step ``t``'s batch, put ``loss`` past the bound: the loss at the
-        weights as written (without the update), on the same batch, is below the bound, or the update raised
-        it by a deviation of the losses or more. One forward (the module docstring's *Guard*)."""
-        without = self._measure(closure, t)
-        if math.isfinite(without) and self.too_high(without) and loss - without < self._bound_spread():
-            self.st["cleared"] += 1
-            return False
-        return True
+        """Whether the update, not step ``t``'s batch, put ``loss`` past the bound (*Guard*; one forward)."""
+        without = self._measure(closure, t)  # the weights as written, on the same batch
+        cleared = math.isfinite(without) and self.too_high(without) and loss - without < self._bound_spread()
+        self.st["cleared"] += int(cleared)
+        return not cleared
 
     def _bound_spread(self) -> float:
-        st = self.st
-        mean = st["mean"]
+        st, mean = self.st, self.st["mean"]
         return max(math.sqrt(st["var"]) if st["n"] >= WARM else abs(mean), MIN_SPREAD * abs(mean))
 
     def too_high(self, loss: float) -> bool:

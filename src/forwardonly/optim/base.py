@@ -28,6 +28,7 @@ from collections.abc import Callable
 
 import torch
 
+from . import signal
 from .autolr import AutoStep
 from .deferral import Deferral
 from .evaluate import Evaluator, as_loss, call_closure, check_closure, slice_losses
@@ -226,9 +227,7 @@ class ZOOptimizer(torch.optim.Optimizer):
     def _call(self, closure: Callable) -> float:
         outs = call_closure(closure, self.accum_steps)
         self.zo_state["forwards"] += len(outs)
-        rows = [getattr(o, "rows", None) for o in outs]
-        self._last_rows = (torch.cat([r.reshape(-1).float() for r in rows])
-                           if self.parallel is None and all(isinstance(r, torch.Tensor) for r in rows) else None)
+        self._last_rows = signal.closure_rows(outs) if self.parallel is None else None
         total = sum(as_loss(v) for v in outs)
         if self.parallel is not None:
             return self.parallel.reduce_sum(total, len(outs))
@@ -275,27 +274,12 @@ class ZOOptimizer(torch.optim.Optimizer):
                 lp, lm = self.losses(closure, step, [[(k, eps)], [(k, -eps)]], scales)
                 grads.append((lp - lm) / (2 * eps))
                 total += (lp + lm) / 2
-            rows = self._rows_of(2 * len(probes))
-            self._row_grads = None if rows is None else [(rows[2 * j] - rows[2 * j + 1]) / (2 * eps)
-                                                          for j in range(len(probes))]
+            self._row_grads = signal.pair_grads(getattr(self, "_rows", None), len(probes), eps)
             return total / len(probes), grads
         l0 = self.evaluate(closure, step, [])
         grads = [(self.evaluate(closure, step, [(k, eps)], scales) - l0) / eps for k in probes]
-        self._one_sided_rows(len(probes), eps)
+        self._row_grads = signal.one_sided_grads(getattr(self, "_rows", None), len(probes), eps)
         return l0, grads
-
-    def _rows_of(self, n: int) -> list[torch.Tensor] | None:
-        """The examples' losses (``loss.rows`` of the closure's output) at the last ``n`` points this estimate
-        evaluated one forward each, or None (a closure without them, a paired or distributed evaluation)."""
-        rows = self._rows[-n:] if len(self._rows) >= n else []
-        if not rows or any(r is None for r in rows) or len({r.numel() for r in rows}) != 1:
-            return None
-        return rows
-
-    def _one_sided_rows(self, k: int, eps: float) -> None:
-        """``_row_grads`` of an estimate that measured ``L(w)`` and then ``k`` points ``w + eps z_j``."""
-        rows = self._rows_of(k + 1)
-        self._row_grads = None if rows is None else [(r - rows[0]) / eps for r in rows[1:]]
 
     @torch.no_grad()
     def step(self, closure: Callable | None = None):

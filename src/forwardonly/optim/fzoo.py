@@ -6,6 +6,7 @@ import statistics
 from dataclasses import dataclass
 from typing import Literal
 
+from . import signal
 from .base import _check
 from .zosgd import ZOSGD, ZOSGDConfig
 
@@ -79,7 +80,7 @@ class FZOO(ZOSGD):
         eps = self.eps
         losses = self.losses(closure, step, [[], *([(k, eps)] for k in probes)], self._eps_scales())
         l0 = losses[0]
-        self._one_sided_rows(len(probes), eps)
+        self._row_grads = signal.one_sided_grads(getattr(self, "_rows", None), len(probes), eps)
         return l0, [(lk - l0) / eps for lk in losses[1:]]
 
     def _coefficients(self, step: int, grads: list[float]) -> list[float]:

@@ -8,6 +8,7 @@ from typing import Literal
 
 import torch
 
+from . import signal
 from .base import ZOConfig, ZOOptimizer, _check
 from .perturb.masks import Mask
 from .perturb.seeds import CHUNK, chunk_seed, fill_chunk
@@ -157,9 +158,7 @@ class HiZOO(ZOOptimizer):
             grads.append((lp - lm) / (2 * eps))
             curv.append((lp + lm - 2 * l0) / (2 * eps * eps))
         self._probe_scalars = {"curvature": curv}
-        rows = self._rows_of(len(points))
-        self._row_grads = None if rows is None else [(rows[1 + 2 * j] - rows[2 + 2 * j]) / (2 * eps)
-                                                      for j in range(len(probes))]
+        self._row_grads = signal.pair_grads(getattr(self, "_rows", None), len(probes), eps)  # L(w) first, then pairs
         return l0, grads
 
     # --------------------------------------------------------------- update
