@@ -154,6 +154,7 @@ class ZOOptimizer(torch.optim.Optimizer):
         self._in_step = False
         self._scalars: dict = {}  # scalars of the current step's update beyond its projected gradients
         self._probe_scalars: dict[str, list[float]] = {}  # per-probe scalars of an estimate (combined over ranks)
+        self._rows = self._row_grads = None  # the examples' losses per point, where lr: auto reads a signal fraction
 
     _pairs_two_sided_only = True  # the base estimate pairs the two sides of a probe
 
@@ -227,7 +228,7 @@ class ZOOptimizer(torch.optim.Optimizer):
     def _call(self, closure: Callable) -> float:
         outs = call_closure(closure, self.accum_steps)
         self.zo_state["forwards"] += len(outs)
-        self._last_rows = signal.closure_rows(outs) if self.parallel is None else None
+        self._last_rows = signal.closure_rows(outs) if self._rows is not None and self.parallel is None else None
         total = sum(as_loss(v) for v in outs)
         if self.parallel is not None:
             return self.parallel.reduce_sum(total, len(outs))
@@ -258,7 +259,8 @@ class ZOOptimizer(torch.optim.Optimizer):
         An estimator that measures more per probe than ``g_k`` (HiZOO's curvature) puts it in
         ``self._probe_scalars`` (``{name: [one value per probe]}``); it is combined over ranks like the
         ``g_k`` and left in ``self._probe_scalars``."""
-        self._probe_scalars, self._rows, self._row_grads = {}, [], None
+        self._probe_scalars, self._row_grads = {}, None
+        self._rows = [] if self.auto is not None else None  # the examples' losses: only lr: auto reads them
         if self.parallel is None:
             return self._estimate(closure, step, self.probes())
         with self.parallel.estimating():
@@ -274,11 +276,11 @@ class ZOOptimizer(torch.optim.Optimizer):
                 lp, lm = self.losses(closure, step, [[(k, eps)], [(k, -eps)]], scales)
                 grads.append((lp - lm) / (2 * eps))
                 total += (lp + lm) / 2
-            self._row_grads = signal.pair_grads(getattr(self, "_rows", None), len(probes), eps)
+            self._row_grads = signal.pair_grads(self._rows, len(probes), eps)
             return total / len(probes), grads
         l0 = self.evaluate(closure, step, [])
         grads = [(self.evaluate(closure, step, [(k, eps)], scales) - l0) / eps for k in probes]
-        self._row_grads = signal.one_sided_grads(getattr(self, "_rows", None), len(probes), eps)
+        self._row_grads = signal.one_sided_grads(self._rows, len(probes), eps)
         return l0, grads
 
     @torch.no_grad()

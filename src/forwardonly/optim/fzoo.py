@@ -80,7 +80,7 @@ class FZOO(ZOSGD):
         eps = self.eps
         losses = self.losses(closure, step, [[], *([(k, eps)] for k in probes)], self._eps_scales())
         l0 = losses[0]
-        self._row_grads = signal.one_sided_grads(getattr(self, "_rows", None), len(probes), eps)
+        self._row_grads = signal.one_sided_grads(self._rows, len(probes), eps)
         return l0, [(lk - l0) / eps for lk in losses[1:]]
 
     def _coefficients(self, step: int, grads: list[float]) -> list[float]:

@@ -158,7 +158,7 @@ class HiZOO(ZOOptimizer):
             grads.append((lp - lm) / (2 * eps))
             curv.append((lp + lm - 2 * l0) / (2 * eps * eps))
         self._probe_scalars = {"curvature": curv}
-        self._row_grads = signal.pair_grads(getattr(self, "_rows", None), len(probes), eps)  # L(w) first, then pairs
+        self._row_grads = signal.pair_grads(self._rows, len(probes), eps)  # L(w) first, then pairs
         return l0, grads
 
     # --------------------------------------------------------------- update
