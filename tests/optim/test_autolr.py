@@ -68,20 +68,24 @@ def test_a_falling_loss_never_cuts_the_trust_and_a_slow_rise_does():
         assert 4 <= slow["cuts"] <= 10 and slow["trust"] == 0.5 ** slow["cuts"], slow["cuts"]
 
 
-def test_a_calibration_lengthens_the_step_only_while_the_loss_falls():
+def test_a_calibration_lengthens_the_step_freely_while_the_loss_falls_and_twofold_while_it_is_flat():
     opt = ZOSGD(torch.nn.Linear(2, 1).parameters(), lr="auto")
     limit = opt.auto._limit
     assert limit(1.0, 4.0) == 4.0  # before the slow loss exists (the first ten steps): as fitted
-    noise = torch.Generator().manual_seed(0)
+    noise = [0.1, -0.1] * 200  # a batch-to-batch deviation of 0.1 around each level, alternating
     for _ in range(200):  # a plateau at 0.3
-        opt.auto.observe(0.3 + 0.1 * float(torch.randn((), generator=noise)))
+        opt.auto.observe(0.3 + noise.pop())
     assert limit(1.0, 4.0) == 4.0  # the first calibration that sees the slow loss has nothing to compare
     for _ in range(60):
-        opt.auto.observe(0.3 + 0.1 * float(torch.randn((), generator=noise)))
-    assert limit(1.0, 4.0) == 1.0 and limit(1.0, 0.5) == 0.5  # no progress: shorter, never longer
+        opt.auto.observe(0.3 + noise.pop())
+    # flat: at most twice as long (a step too short to move the loss still grows), and shorter as fitted
+    assert limit(1.0, 4.0) == 2.0 and limit(1.0, 1.5) == 1.5 and limit(1.0, 0.5) == 0.5
     for _ in range(60):  # 0.1 lower: the slow loss falls by about 0.045, its deviation is about 0.007
-        opt.auto.observe(0.2 + 0.1 * float(torch.randn((), generator=noise)))
+        opt.auto.observe(0.2 + noise.pop())
     assert limit(1.0, 4.0) == 4.0
+    for _ in range(60):  # 0.1 higher again: the slow loss rises by about 0.045: never longer
+        opt.auto.observe(0.3 + noise.pop())
+    assert limit(1.0, 4.0) == 1.0 and limit(1.0, 0.5) == 0.5
 
 
 def test_the_trust_scales_the_step_and_survives_a_checkpoint():

@@ -9,8 +9,9 @@ plug-in. Its rule, per step ``t``:
   whose minimum ``eta*`` is the batch-optimal step along ``d`` (``1/kappa`` along each probe for ZO-SGD,
   whatever it is for ZO-Adam, FZOO, HiZOO, LOZO...). The first calibration brackets ``eta`` by factors of
   30 until the parabola has a minimum (at most 8 tries). ``scale`` is the geometric mean of the last fits
-  (a moving average of ``log eta*``, weight 1/2); after the bracket it grows only while the training loss
-  falls (the slow loss of *Trend* a deviation ``s sqrt(1/199)`` below its value at the last calibration).
+  (a moving average of ``log eta*``, weight 1/2); after the bracket it grows freely while the training loss
+  falls (the slow loss of *Trend* a deviation ``s sqrt(1/199)`` below its value at the last calibration),
+  by at most 2x a calibration while that loss is flat (within the band), and not while it rises.
 * **Step size**: ``lr = beta * trust * signal * scale * factor / persistence``; ``beta`` is at most 1/2 (half the
   batch-optimal step: 3/4 of the predicted decrease, and room for a curvature twice the measured one),
   starts at 1/32, grows by 1/32 per accepted step (1/2 after ~90 steps: the trend watches shorter steps
@@ -38,9 +39,7 @@ plug-in. Its rule, per step ``t``:
   since the last cut, ``trust`` halves (not below 1/1024; it never grows back) and both restart from the
   smoothed loss. A falling loss never sees it; a rise of ``s / 1000`` a step is caught within about 150
   steps, ``s / 100`` within about 100; a plateau sees a cut about once in 800 steps. A rejected step also
-  takes a fifth off ``trust`` (``beta``'s halving lasts ~100 steps; a scale that keeps tripping the guard
-  is too long). No forward spent (``cuts`` counts the halvings). The calibrations lengthen the step only
-  while the slow loss falls (*Scale*).
+  takes a fifth off ``trust`` (``beta``'s halving lasts ~100 steps; a scale that keeps tripping the guard is too long). No forward spent (``cuts`` counts the halvings).
 * **Signal** (``signal``, :mod:`~forwardonly.optim.signal`): the line search finds the best step *for the
   batch*; the training set's best step along the update is that times the batch's signal fraction ``f = 1 -
   E[var_i(g_i) / B] / E[g^2]`` (``g_i`` the examples' projected gradients, from the examples' losses a
@@ -96,7 +95,7 @@ BOUND_SIGMAS, MIN_SPREAD, WARM, RATE, WINDOW = 4.0, 0.02, 5, 0.1, 20
 TREND_SIGMAS, TRUST_MIN, SLOW_RATE, REJECT_TRUST = 3.0, 1.0 / 1024, 0.01, 0.8
 CALIB_SHARE = 0.025
 EPS_RANGE = (1e-5, 1e-1)
-HELD_RATE, HELD_JUMP = 0.25, 4.0
+HELD_RATE, HELD_JUMP, FLAT_GROWTH = 0.25, 4.0, 2.0
 
 
 class AutoStep:
@@ -331,15 +330,17 @@ class AutoStep:
         st["last_calib"], st["calibrations"] = t, st["calibrations"] + 1
 
     def _limit(self, eta: float, new: float) -> float:
-        """The scale a calibration leaves: ``new``, but not above ``eta`` unless the slow loss has fallen by a
-        deviation of its own since the last calibration (a longer step is earned by progress). Records the slow
-        loss for the next calibration to compare with."""
+        """The scale a calibration leaves: ``new`` where the slow loss has fallen by a deviation of its own
+        since the last calibration (a longer step is earned by progress); at most ``2 eta`` where it has
+        neither fallen nor risen (a step too short to move the loss must still be able to grow); not above
+        ``eta`` where it has risen. Records the slow loss for the next calibration to compare with."""
         st = self.st
         slow, last = st["slow"], st.get("slow_at_calib")
         st["slow_at_calib"] = slow
         if new <= eta or slow is None or last is None:
             return new
-        return new if slow < last - self._spread() * math.sqrt(SLOW_RATE / (2 - SLOW_RATE)) else eta
+        band = self._spread() * math.sqrt(SLOW_RATE / (2 - SLOW_RATE))
+        return new if slow < last - band else min(new, FLAT_GROWTH * eta) if slow <= last + band else eta
 
     def _spread(self) -> float:
         """The losses' deviation around the slow loss (at least 2 % of the smoothed loss)."""
