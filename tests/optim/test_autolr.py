@@ -286,6 +286,18 @@ def test_a_held_calibration_is_measured_on_the_next_steps_batch():
     assert seen == [1] * len(seen) and len(seen) == 2 + 3  # the step's two forwards, then L(w), L(w - eta d), L(w - 2 eta d)
 
 
+def test_a_held_calibration_with_a_non_finite_loss_halves_the_scale():
+    model, x, y = problem()
+    opt = ZOSGD(model.parameters(), lr="auto", seed=1, auto_holdout=True)
+    opt.step(closure_for(model, x, y))
+    auto = opt.zo_state["auto"]
+    auto["held"]["coeffs"] = [float("inf")] * len(auto["held"]["coeffs"])  # the held step leads off to inf
+    scale = auto["scale"]
+    opt.step(closure_for(model, x, y))
+    assert auto["scale"] == scale / 2 and auto["held"] is None and "ho" not in auto
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
 @pytest.mark.parametrize("name", ["zo-sgd", "fzoo"])
 def test_resume_with_a_held_calibration_is_bitwise_identical(name, tmp_path):
     kw = {"lr": "auto", "seed": 5, "auto_holdout": True}

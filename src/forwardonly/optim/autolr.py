@@ -375,7 +375,7 @@ class AutoStep:
         finally:
             opt._scalars = saved
         if not (math.isfinite(d1) and math.isfinite(d2)):
-            st["scale"] = eta / 2
+            st["scale"] = self._limit(eta, eta / 2)  # shorter; the slow loss is recorded as at any calibration
             return
         if max(abs(d1), abs(d2)) < 1e-6 * abs(l0) + 1e-12:  # too small a step to see: larger
             st["scale"] = self._limit(eta, eta * 2)
