@@ -32,7 +32,7 @@ def closure_rows(outs: list) -> torch.Tensor | None:
 def last(rows: list | None, n: int) -> list[torch.Tensor] | None:
     """The last ``n`` points' examples' losses, or None (a closure without them, a paired or distributed
     evaluation, or an estimate called outside a step)."""
-    rows = (rows or [])[-n:] if rows is not None and len(rows) >= n else []
+    rows = rows[-n:] if rows is not None and len(rows) >= n else []
     if not rows or any(r is None for r in rows) or len({r.numel() for r in rows}) != 1:
         return None
     return rows
