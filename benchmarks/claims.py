@@ -284,16 +284,18 @@ def check_prose(sets: dict, allow: dict, found: Findings) -> None:
 
 
 def check_dirty(sets: dict, allow: dict, found: Findings, list_all: bool) -> None:
+    from forwardonly.bench.record import pins_code
+
     known = {p: entry["reason"] for entry in allow["dirty_records"] for p in entry["records"]}
     cited = sorted({Path(p).resolve().relative_to(found.root.resolve()).as_posix()
                     for rs in sets.values() for p in rs.used})
     found.cited = set(cited)
     legacy = []
     for rel in cited:
-        git = json.loads((found.root / rel).read_text()).get("git") or {}
-        pinned = git.get("commit") and (git.get("dirty") is False or "diff" in git)
-        if pinned:
+        record = json.loads((found.root / rel).read_text())
+        if pins_code(record):
             continue
+        git = record.get("git") or {}
         if rel in known:
             legacy.append(rel)
             if list_all:

@@ -8,7 +8,9 @@ Reads ``results/*.json`` only; never trains or measures anything. Writes
 ``results/*.png`` and README.md's generated blocks ``results``, ``memory`` and ``round2``.
 Every record of an experiment counts: ``run.py`` writes a new file per invocation
 (``results/<experiment>.<UTC time>.json``), and the runs of every record of an
-experiment with the same config are pooled (a seed run twice counts twice). The
+experiment with the same config are pooled (a seed run twice counts twice), except that
+records which pin their code (a commit, and the diff of a dirty tree) supersede the legacy
+ones that stored no diff: where an experiment has both, only the pinned ones count. The
 second round (conv nets, tpSGD, CaFo as published, NoProp) is reported as the
 median over the pooled seeds with their range, each method beside its backprop twin.
 """
@@ -98,8 +100,8 @@ def load(rs=None) -> tuple[dict, dict | None]:
 def _load_round(rs, names, memory: str) -> tuple[dict, dict | None]:
     """The records of experiments ``names`` (every record of one pooled) and the memory records
     ``results/<memory>[.*].json`` (median)."""
-    def records(stem: str) -> list[dict]:
-        return rs.glob(f"results/{stem}.json") + rs.glob(f"results/{stem}.*.json")
+    def records(stem: str) -> list[dict]:  # a clean re-run supersedes the legacy records that stored no diff
+        return rs.glob(f"results/{stem}.json", f"results/{stem}.*.json", prefer_pinned=True)
 
     runs = {name: _pooled(recs) for name in names if (recs := records(name))}
     return runs, _median_memory(records(memory))

@@ -4,6 +4,7 @@ generated README blocks are replaced and checked by name."""
 import hashlib
 import json
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -111,6 +112,24 @@ def test_record_set_notes_the_records_a_table_used(tmp_path):
     (tmp_path / "results" / "bad.json").write_text("{")
     with pytest.raises(UserError, match="bad.json: not a readable record"):
         rs.get("results/bad.json")
+
+
+def test_a_record_that_pins_its_code_supersedes_the_legacy_ones_where_asked(tmp_path):
+    (tmp_path / "results").mkdir()
+    legacy = {"git": {"commit": "a" * 40, "dirty": True}}  # dirty, no diff: does not pin its code
+    files = {"results/x.json": legacy, "results/x.2026.json": {"git": {"commit": "b" * 40, "dirty": False}},
+             "results/x.2027.json": {"git": {"commit": "c" * 40, "dirty": True, "diff": "+y"}},
+             "results/y.json": legacy, "results/z.json": {"git": {"commit": None, "dirty": None}}}
+    for name, rec in files.items():
+        (tmp_path / name).write_text(json.dumps({**rec, "name": name}))
+    assert [record.pins_code(json.loads((tmp_path / n).read_text())) for n in files] == [False, True, True, False, False]
+    rs = record.RecordSet(tmp_path)
+    both = ("results/x.json", "results/x.*.json")
+    assert [r["name"] for r in rs.glob(*both)] == ["results/x.json", "results/x.2026.json", "results/x.2027.json"]
+    rs = record.RecordSet(tmp_path)
+    assert [r["name"] for r in rs.glob(*both, prefer_pinned=True)] == ["results/x.2026.json", "results/x.2027.json"]
+    assert [r["name"] for r in rs.glob("results/y*.json", prefer_pinned=True)] == ["results/y.json"]  # nothing better
+    assert sorted(Path(p).name for p in rs.used) == ["x.2026.json", "x.2027.json", "y.json"]  # x.json not cited
 
 
 def test_generated_blocks_are_replaced_and_checked_by_name(tmp_path):

@@ -195,14 +195,15 @@ class RecordSet:
 
     ``get(rel)`` returns one record, ``glob(pattern)`` every record whose path (relative to ``root``)
     matches; each record carries its file as ``_path``.
-    ``used`` is the set of paths handed out, so a claims check knows which records a table cites."""
+    ``used`` is the set of paths handed out, so a claims check knows which records a table cites
+    (a record that ``glob(..., prefer_pinned=True)`` passes over is not handed out)."""
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
         self.used: set[str] = set()
         self._cache: dict[Path, dict] = {}
 
-    def _read(self, path: Path) -> dict:
+    def _load(self, path: Path) -> dict:
         if path not in self._cache:
             try:
                 rec = json.loads(path.read_text())
@@ -210,8 +211,11 @@ class RecordSet:
                 raise UserError(f"{path}: not a readable record: {e}") from None
             rec["_path"] = str(path)
             self._cache[path] = rec
-        self.used.add(str(path))
         return self._cache[path]
+
+    def _read(self, path: Path) -> dict:
+        self.used.add(str(path))
+        return self._load(path)
 
     def get(self, rel: str) -> dict | None:
         path = self.root / rel
@@ -225,9 +229,21 @@ class RecordSet:
                 out.setdefault(rec["experiment"], []).append(rec)
         return out
 
-    def glob(self, pattern: str) -> list[dict]:
-        """Records matching ``pattern`` (fnmatch on the path relative to ``root``; ``*`` crosses folders),
-        in path order."""
-        paths = sorted(p for p in self.root.rglob("*.json")
-                       if fnmatch.fnmatch(p.relative_to(self.root).as_posix(), pattern))
+    def glob(self, *patterns: str, prefer_pinned: bool = False) -> list[dict]:
+        """Records matching ``patterns`` (fnmatch on the path relative to ``root``; ``*`` crosses folders):
+        those of the first pattern in path order, then the second's not yet listed, and so on. With
+        ``prefer_pinned``, where any of them pins its code (:func:`pins_code`) only those: a re-run from a
+        clean commit supersedes the legacy records that stored no diff, which stay in the folder (never
+        deleted) but are no longer cited."""
+        every = sorted(p.relative_to(self.root).as_posix() for p in self.root.rglob("*.json"))
+        found = {rel: None for pat in patterns for rel in every if fnmatch.fnmatch(rel, pat)}
+        paths = [self.root / rel for rel in found]
+        if prefer_pinned and any(pins_code(self._load(p)) for p in paths):
+            paths = [p for p in paths if pins_code(self._load(p))]
         return [self._read(p) for p in paths]
+
+
+def pins_code(record: dict) -> bool:
+    """Whether ``record`` pins the code that made it: a commit, and a clean tree or the stored diff."""
+    git = record.get("git") or {}
+    return bool(git.get("commit")) and (git.get("dirty") is False or "diff" in git)
