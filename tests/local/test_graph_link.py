@@ -67,7 +67,7 @@ def test_training_non_edges_avoid_training_edges_and_held_out_pairs(easy):
     neg = sample_non_edges(n, 1238, taken, torch.Generator().manual_seed(1))
     assert neg.shape == (2, 1238) and (neg[0] < neg[1]).all() and len(_keys(neg, n)) == 1238
     assert not _keys(neg, n) & set(taken.tolist())
-    with pytest.raises(ValueError, match="k=7 non-edges"):
+    with pytest.raises(UserError, match="k=7 non-edges"):
         sample_non_edges(4, 7, torch.zeros(0, dtype=torch.long), torch.Generator())  # 4 nodes: 6 pairs
     with pytest.raises(UserError, match="3 undirected edges cannot be split"):
         split_edges(torch.tensor([[0, 1, 2], [1, 2, 3]]), 4, seed=0)

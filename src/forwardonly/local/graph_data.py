@@ -101,7 +101,8 @@ def sample_non_edges(n: int, k: int, taken: torch.Tensor, gen: torch.Generator) 
     """``k`` distinct unordered pairs ``(u < v)``, uniform over those whose key is not in ``taken``."""
     free = n * (n - 1) // 2 - len(taken)
     if k > free:
-        raise ValueError(f"k={k} non-edges asked for, only {free} pairs are free in a {n}-node graph")
+        raise UserError(f"k={k} non-edges asked for, only {free} pairs are free in a {n}-node graph "
+                        "(a graph this dense cannot give as many non-edges as edges: lower val_edges/test_edges)")
     keys = torch.zeros(0, dtype=torch.long)
     while len(keys) < k:
         m = 2 * (k - len(keys)) + 16  # rejection sampling: a sparse graph rejects few
