@@ -7,6 +7,7 @@ Examples::
     forwardonly local train --config local/mf-digits --print-config
     forwardonly local eval runs/mf
     forwardonly local graph --algo sf --data cora --data-dir DIR layer=sage
+    forwardonly local graph task=link algo=ff data=cora data_dir=DIR
 """
 
 from __future__ import annotations
@@ -111,7 +112,8 @@ class Eval:
 
 
 class GraphTrain:
-    """Node classification on a citation graph: ForwardGNN (``ff``, ``sf``) or the backprop twin (``bp``)."""
+    """Node classification or link prediction (``task=link``) on a citation graph: ForwardGNN (``ff``, ``sf``)
+    or the backprop twin (``bp``)."""
 
     help = "train a GCN/GraphSAGE forward-only (ForwardGNN) or by backprop on a citation graph"
 
@@ -120,7 +122,8 @@ class GraphTrain:
         p.add_argument("--config", help="YAML config (a GraphConfig); keys may be overridden after it")
         _add_source_flags(p, "ff, sf or bp", "cora, citeseer, pubmed or csbm",
                           "directory with <name>.content and <name>.cites")
-        p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. layer=sage top_down=true")
+        p.add_argument("overrides", nargs="*", metavar="key=value",
+                       help="config overrides, e.g. layer=sage top_down=true, or task=link val_edges=0.05")
 
     @staticmethod
     def run(args) -> int:

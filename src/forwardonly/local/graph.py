@@ -1,9 +1,9 @@
 """Forward-only training of graph neural networks (ForwardGNN) against their backprop twins.
 
-Park, Kim, Kim & Ko 2024, "Forward Learning of Graph Neural Networks" (ForwardGNN).
-Node classification, full batch, on GCN (``D^-1/2 (A+I) D^-1/2 X W``) or GraphSAGE
-(mean aggregator: ``X W_self + mean_neighbours(X) W_neigh``) layers; the graph layers
-are plain sparse matrix products, so no graph library is needed.
+Park, Wang, Simoulin, Yang, Yang, Rossi, Trivedi & Ahmed, "Forward Learning of Graph Neural
+Networks" (ForwardGNN, ICLR 2024). Node classification here, full batch, on GCN
+(``D^-1/2 (A+I) D^-1/2 X W``) or GraphSAGE (mean aggregator: ``X W_self + mean_neighbours(X) W_neigh``)
+layers; the graph layers are plain sparse matrix products, so no graph library is needed.
 
 * ``bp``: the layers plus an output graph layer, cross-entropy on the training nodes,
   end to end -- the twin every forward-only variant is measured against.
@@ -22,7 +22,8 @@ are plain sparse matrix products, so no graph library is needed.
   (the first supplies the second's top-down signals).
 
 Memory: every forward-only layer's graph is built, used and freed before the next
-layer runs. Link prediction is not implemented.
+layer runs. ``task="link"`` trains the same layers for link prediction (:mod:`.graph_link`);
+the config, the layer and the epoch loop the two tasks share are in :mod:`.graph_base`.
 
 Example::
 
@@ -32,71 +33,15 @@ Example::
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
 from itertools import pairwise
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .graph_base import GraphConfig, GraphLayer, fit, local_step, make_optimizer
 from .graph_data import Graph, gcn_adjacency, load_graph, mean_adjacency
-
-
-@dataclass
-class GraphConfig:
-    """One node-classification run (``forwardonly local graph``); defaults are Kipf & Welling's GCN recipe."""
-
-    algo: Literal["bp", "ff", "sf"] = "sf"
-    layer: Literal["gcn", "sage"] = "gcn"
-    data: Literal["cora", "citeseer", "pubmed", "csbm"] = "cora"
-    data_dir: str | None = None
-    split: Literal["random", "planetoid"] = "random"  # random: ForwardGNN's 64/16/20 % of the nodes
-    hidden: list[int] = field(default_factory=lambda: [64])
-    epochs: int = 200
-    lr: float = 0.01
-    weight_decay: float = 5e-4
-    dropout: float = 0.5
-    patience: int = 50
-    seed: int = 0
-    label_scale: float = 1.0  # ff: value of the appended one-hot label
-    alpha: float = 4.0  # ff: SymBa's scale of the goodness difference
-    top_down: bool = False  # sf: feed the layer above's previous class probabilities back as input
-
-    def __post_init__(self):
-        if not self.hidden or any(h <= 0 for h in self.hidden):
-            raise ValueError(f"hidden={self.hidden} must be a non-empty list of positive widths")
-        if self.lr <= 0 or self.epochs <= 0 or self.patience < 0:
-            raise ValueError(f"lr={self.lr}, epochs={self.epochs} must be positive, patience={self.patience} >= 0")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout={self.dropout} must be in [0, 1)")
-
-
-class GraphLayer(nn.Module):
-    """A GCN or GraphSAGE (mean) layer on a fixed sparse adjacency."""
-
-    def __init__(self, kind: str, n_in: int, n_out: int):
-        super().__init__()
-        self.kind = kind
-        self.lin = nn.Linear(n_in, n_out)
-        self.neigh = nn.Linear(n_in, n_out, bias=False) if kind == "sage" else None
-
-    def forward(self, x: torch.Tensor, adj: dict) -> torch.Tensor:
-        if self.kind == "gcn":
-            return torch.sparse.mm(adj["gcn"], self.lin(x))
-        return self.lin(x) + self.neigh(torch.sparse.mm(adj["mean"], x))
-
-
-def _optimizer(params, cfg: GraphConfig) -> torch.optim.Optimizer:
-    return torch.optim.Adam(list(params), lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-
-def _step(opt: torch.optim.Optimizer, loss: torch.Tensor) -> float:
-    loss.backward()
-    opt.step()
-    opt.zero_grad(set_to_none=True)
-    return float(loss.detach())
+from .graph_link import train_link
 
 
 class GraphModel(nn.Module):
@@ -119,7 +64,7 @@ class GraphBackprop(GraphModel):
         super().__init__(n_in, n_classes, cfg)
         d = [n_in, *cfg.hidden, n_classes]
         self.layers = nn.ModuleList(GraphLayer(cfg.layer, a, b) for a, b in pairwise(d))
-        self.optimizers = [_optimizer(self.parameters(), cfg)]
+        self.optimizers = [make_optimizer(self.parameters(), cfg)]
 
     def scores(self, g: Graph, adj: dict) -> torch.Tensor:
         h = g.x
@@ -128,7 +73,7 @@ class GraphBackprop(GraphModel):
         return self.layers[-1](self._drop(h), adj)
 
     def train_step(self, g, adj):
-        return _step(self.optimizers[0], F.cross_entropy(self.scores(g, adj)[g.train_mask], g.y[g.train_mask]))
+        return local_step(self.optimizers[0], F.cross_entropy(self.scores(g, adj)[g.train_mask], g.y[g.train_mask]))
 
 
 class GraphSingleForward(GraphModel):
@@ -140,7 +85,7 @@ class GraphSingleForward(GraphModel):
         d = [n_in, *cfg.hidden]
         self.layers = nn.ModuleList(GraphLayer(cfg.layer, a + extra, b) for a, b in pairwise(d))
         self.classes = nn.ParameterList(nn.Parameter(torch.randn(n_classes, w) / w ** 0.5) for w in cfg.hidden)
-        self.optimizers = [_optimizer([*lay.parameters(), c], cfg) for lay, c in zip(self.layers, self.classes)]
+        self.optimizers = [make_optimizer([*lay.parameters(), c], cfg) for lay, c in zip(self.layers, self.classes)]
         self.signals: list[torch.Tensor] | None = None  # per layer: the layer above's last class probabilities
 
     def _pass(self, g: Graph, adj: dict, signals, y=None) -> tuple[list[torch.Tensor], list[float]]:
@@ -151,7 +96,7 @@ class GraphSingleForward(GraphModel):
                 out = torch.relu(layer(self._drop(inp), adj))  # inp is detached: this graph spans one layer
                 logits = out @ cls.T
                 if y is not None:
-                    losses.append(_step(self.optimizers[k], F.cross_entropy(logits[g.train_mask], y)))
+                    losses.append(local_step(self.optimizers[k], F.cross_entropy(logits[g.train_mask], y)))
             probs.append(F.softmax(logits.detach(), 1))
             h = out.detach()
         return probs, losses
@@ -186,7 +131,7 @@ class GraphForwardForward(GraphModel):
         super().__init__(n_in, n_classes, cfg)
         d = [n_in + n_classes, *cfg.hidden]
         self.layers = nn.ModuleList(GraphLayer(cfg.layer, a, b) for a, b in pairwise(d))
-        self.optimizers = [_optimizer(lay.parameters(), cfg) for lay in self.layers]
+        self.optimizers = [make_optimizer(lay.parameters(), cfg) for lay in self.layers]
 
     def _input(self, g: Graph, labels: torch.Tensor) -> torch.Tensor:
         """Features with a label slot: ``labels`` one-hot where >= 0, zeros where -1."""
@@ -213,7 +158,7 @@ class GraphForwardForward(GraphModel):
             zp, zn = (pos, neg) if k == 0 else (self._rms(pos), self._rms(neg))
             a_pos, a_neg = torch.relu(layer(self._drop(zp), adj)), torch.relu(layer(self._drop(zn), adj))
             g_pos, g_neg = a_pos[m].square().mean(1), a_neg[m].square().mean(1)
-            losses.append(_step(self.optimizers[k], F.softplus(self.cfg.alpha * (g_neg - g_pos)).mean()))
+            losses.append(local_step(self.optimizers[k], F.softplus(self.cfg.alpha * (g_neg - g_pos)).mean()))
             pos, neg = a_pos.detach(), a_neg.detach()
         return sum(losses) / len(losses)
 
@@ -238,35 +183,21 @@ GRAPH_METHODS = {"bp": GraphBackprop, "sf": GraphSingleForward, "ff": GraphForwa
 
 
 def train_graph(cfg: GraphConfig, graph: Graph | None = None, log=None) -> dict:
-    """Full-batch training with early stopping on validation accuracy; test scored once, at the best epoch."""
+    """Full-batch training with early stopping on validation; test scored once, at the best epoch.
+
+    ``cfg.task="node"``: accuracy (``test_acc``, ``best_val_acc``); ``"link"``: see
+    :func:`.graph_link.train_link` (``test_auc``, ``best_val_auc``).
+    """
     g = graph if graph is not None else load_graph(cfg.data, cfg.data_dir, cfg.seed, cfg.split)
+    if cfg.task == "link":
+        return train_link(cfg, g, log)
     adj = {"gcn": gcn_adjacency(g.edge_index, g.n_nodes), "mean": mean_adjacency(g.edge_index, g.n_nodes)}
     torch.manual_seed(cfg.seed)
     model = GRAPH_METHODS[cfg.algo](g.x.shape[1], g.n_classes, cfg)
-    best, best_val, best_epoch, bad, seconds, history = None, -1.0, 0, 0, 0.0, []
-    for epoch in range(1, cfg.epochs + 1):
-        model.train()
-        t0 = time.perf_counter()
-        loss = model.train_step(g, adj)
-        seconds += time.perf_counter() - t0
-        model.eval()
-        val = _acc(model.scores(g, adj), g, g.val_mask)
-        history.append({"epoch": epoch, "train_loss": loss, "val_acc": val})
-        if log:
-            log(f"epoch={epoch} train_loss={loss:.4f} val_acc={val:.4f}")
-        if val > best_val:
-            best_val, best_epoch, bad = val, epoch, 0
-            best = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        else:
-            bad += 1
-            if cfg.patience and bad >= cfg.patience:
-                break
-    model.load_state_dict(best)
-    model.eval()
+    run = fit(model, lambda: model.train_step(g, adj), lambda: _acc(model.scores(g, adj), g, g.val_mask),
+              cfg, "val_acc", log)
     return {"algo": cfg.algo, "layer": cfg.layer, "data": cfg.data,
-            "test_acc": _acc(model.scores(g, adj), g, g.test_mask), "best_val_acc": best_val,
-            "best_epoch": best_epoch, "epochs_run": len(history), "train_seconds": seconds,
-            "history": history, "model": model}
+            "test_acc": _acc(model.scores(g, adj), g, g.test_mask), **run, "model": model}
 
 
 def _acc(scores: torch.Tensor, g: Graph, mask: torch.Tensor) -> float:

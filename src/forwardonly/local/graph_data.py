@@ -1,4 +1,5 @@
-"""Citation graphs for node classification: the LINQS text release, read without unpickling.
+"""Citation graphs for node classification and link prediction: the LINQS text release, read without
+unpickling.
 
 Cora, CiteSeer and PubMed are not shipped by any package registry this project can reach
 (PyPI, Debian, npm), so they are read from ``data_dir`` holding the LINQS text release:
@@ -11,6 +12,12 @@ Splits, seeded: ``random`` (ForwardGNN's: 64 % / 16 % / 20 % of the nodes for tr
 validation and test) or ``planetoid`` (20 training nodes per class, 500 validation and
 1,000 test nodes from the rest). ``csbm`` is a generated contextual stochastic block model,
 for plumbing tests only.
+
+Link prediction splits the edges instead (:func:`split_edges`, seeded): a share of the undirected
+edges is held out for validation and for test, each with as many non-edges of the whole graph
+(drawn once), and message passing uses the training edges only. Training non-edges are drawn
+afresh every epoch (:func:`sample_non_edges`) from the pairs that are neither training edges nor
+held out: a held-out pair, edge or not, never appears in training.
 
 Example::
 
@@ -62,6 +69,68 @@ def mean_adjacency(edge_index: torch.Tensor, n: int) -> torch.Tensor:
     ei = edge_index.unique(dim=1)
     deg = torch.zeros(n).index_add_(0, ei[0], torch.ones(ei.shape[1])).clamp_min(1)
     return torch.sparse_coo_tensor(ei, 1.0 / deg[ei[0]], (n, n), check_invariants=False).coalesce()
+
+
+@dataclass
+class EdgeSplit:
+    """Undirected node pairs, one column ``(u, v)`` with ``u < v`` each, split for link prediction."""
+
+    n_nodes: int
+    train: torch.Tensor
+    val: torch.Tensor
+    val_neg: torch.Tensor
+    test: torch.Tensor
+    test_neg: torch.Tensor
+
+    def message_edges(self) -> torch.Tensor:
+        """The training edges in both directions: the only graph the layers pass messages over."""
+        return torch.cat([self.train, self.train.flip(0)], 1)
+
+    def taken(self) -> torch.Tensor:
+        """Keys (``u * n + v``, sorted) of the pairs that are no training non-edge: edges, held-out pairs."""
+        pairs = torch.cat([self.train, self.val, self.val_neg, self.test, self.test_neg], 1)
+        return pair_keys(pairs, self.n_nodes).unique()
+
+
+def pair_keys(pairs: torch.Tensor, n: int) -> torch.Tensor:
+    """One integer per unordered pair: ``min * n + max``."""
+    return torch.minimum(pairs[0], pairs[1]) * n + torch.maximum(pairs[0], pairs[1])
+
+
+def sample_non_edges(n: int, k: int, taken: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """``k`` distinct unordered pairs ``(u < v)``, uniform over those whose key is not in ``taken``."""
+    free = n * (n - 1) // 2 - len(taken)
+    if k > free:
+        raise UserError(f"k={k} non-edges asked for, only {free} pairs are free in a {n}-node graph "
+                        "(a graph this dense cannot give as many non-edges as edges: lower val_edges/test_edges)")
+    keys = torch.zeros(0, dtype=torch.long)
+    while len(keys) < k:
+        m = 2 * (k - len(keys)) + 16  # rejection sampling: a sparse graph rejects few
+        u, v = torch.randint(n, (m,), generator=gen), torch.randint(n, (m,), generator=gen)
+        cand = torch.minimum(u, v) * n + torch.maximum(u, v)
+        cand = cand[(u != v) & ~torch.isin(cand, taken) & ~torch.isin(cand, keys)]
+        uniq, inv = cand.unique(return_inverse=True)
+        first = torch.full((len(uniq),), len(cand)).scatter_reduce_(0, inv, torch.arange(len(cand)), "amin")
+        keys = torch.cat([keys, cand[first.sort().values]])  # first draws kept, in the order drawn
+    keys = keys[:k]
+    return torch.stack([keys // n, keys % n])
+
+
+def split_edges(edge_index: torch.Tensor, n: int, seed: int, val: float = 0.05,
+                test: float = 0.10) -> EdgeSplit:
+    """Seeded split of the undirected edges into train / val / test, held-out non-edges drawn once."""
+    lo, hi = torch.minimum(edge_index[0], edge_index[1]), torch.maximum(edge_index[0], edge_index[1])
+    edges = torch.stack([lo, hi])[:, lo != hi].unique(dim=1)
+    m = edges.shape[1]
+    n_val, n_test = round(val * m), round(test * m)
+    if n_val < 1 or n_test < 1 or n_val + n_test >= m:
+        raise UserError(f"{m} undirected edges cannot be split {val:g} / {test:g} into non-empty "
+                        f"train, val and test sets")
+    gen = torch.Generator().manual_seed(seed)
+    edges = edges[:, torch.randperm(m, generator=gen)]
+    neg = sample_non_edges(n, n_val + n_test, pair_keys(edges, n).unique(), gen)
+    return EdgeSplit(n, edges[:, n_val + n_test:], edges[:, :n_val], neg[:, :n_val],
+                     edges[:, n_val:n_val + n_test], neg[:, n_val:])
 
 
 def planetoid_split(y: torch.Tensor, n_classes: int, seed: int, per_class: int = 20,
