@@ -14,11 +14,12 @@ from __future__ import annotations
 
 from .base import LocalModel
 from .cafo import CaFo
-from .config import ALGOS, LocalConfig
+from .config import ALGOS, NOPROP_VARIANTS, LocalConfig
 from .feedback import DFA, DRTP
 from .ff import ForwardForward
 from .fgrad import ForwardGradient
 from .noprop import NoProp
+from .noprop_ct import NoPropCT, NoPropFM
 from .supervised import Backprop, MonoForward
 from .tpsgd import TargetProjection
 
@@ -33,8 +34,10 @@ METHODS: dict[str, type[LocalModel]] = {
     "tpsgd": TargetProjection,
     "noprop": NoProp,
 }
+# noprop.variant -> its class (``algo=noprop`` is the row of METHODS; the variant picks the class)
+NOPROP: dict[str, type[LocalModel]] = {"dt": NoProp, "ct": NoPropCT, "fm": NoPropFM}
 CONV = {"ff", "mf", "bp", "cafo", "tpsgd", "noprop"}  # the methods that take conv blocks (cfg.conv)
-assert set(METHODS) == set(ALGOS)
+assert set(METHODS) == set(ALGOS) and set(NOPROP) == set(NOPROP_VARIANTS)
 
 
 def build_model(cfg: LocalConfig, n_in: int, n_classes: int, shape: tuple[int, int, int] | None = None) -> LocalModel:
@@ -49,7 +52,8 @@ def build_model(cfg: LocalConfig, n_in: int, n_classes: int, shape: tuple[int, i
     if not cfg.hidden and cfg.algo in ("ff", "dfa", "drtp", "fg"):
         raise ValueError(f"algo={cfg.algo} needs at least one hidden layer (hidden=[])")
     torch.manual_seed(cfg.seed)
-    return METHODS[cfg.algo](n_in, n_classes, cfg, shape)
+    cls = NOPROP[cfg.noprop.variant] if cfg.algo == "noprop" else METHODS[cfg.algo]
+    return cls(n_in, n_classes, cfg, shape)
 
 
-__all__ = ["CONV", "METHODS", "LocalConfig", "LocalModel", "build_model"]
+__all__ = ["CONV", "METHODS", "NOPROP", "LocalConfig", "LocalModel", "build_model"]

@@ -135,25 +135,40 @@ class TPConfig:
         _check("tp", self, scale="positive")
 
 
+NOPROP_VARIANTS = ("dt", "ct", "fm")
+
+
 @dataclass
 class NoPropConfig:
-    """NoProp, discrete time (Li, Teh & Pascanu 2025, "NoProp: Training Neural Networks without
-    Back-propagation or Forward-propagation").
+    """NoProp (Li, Teh & Pascanu 2025, "NoProp: Training Neural Networks without Back-propagation or
+    Forward-propagation").
 
-    blocks: T, the number of denoising blocks. Block t sees the image and a noisy label
+    variant: ``dt`` (discrete time), ``ct`` (continuous time) or ``fm`` (flow matching).
+    blocks: T. With ``dt``, the number of denoising blocks: block t sees the image and a noisy label
     embedding ``z_{t-1} ~ N(sqrt(a_{t-1}) u_y, (1 - a_{t-1}) I)`` drawn directly from the label
     (never from block t - 1) and learns to predict ``u_y``; ``a_t`` follows a cosine schedule
-    from ``a_0 ~ 0`` (pure noise) to ``a_T ~ 1``. embedding: ``onehot`` (fixed ``u_y``) or
-    ``learned`` (class embeddings of width ``embed_dim``, trained with the output classifier).
-    Inference runs the chain ``z_0 -> z_T`` with each block's prediction through the Gaussian
-    posterior's mean, then the classifier on ``z_T``.
+    from ``a_0 ~ 0`` (pure noise) to ``a_T ~ 1``. Inference runs the chain ``z_0 -> z_T`` with each
+    block's prediction through the Gaussian posterior's mean, then the classifier on ``z_T``.
+    With ``ct`` and ``fm`` there is one network, conditioned on a time ``t`` in [0, 1] drawn per
+    example in training, and ``blocks`` is the number of steps inference takes from ``t = 0`` to
+    ``t = 1`` (``ct``: DT's posterior-mean chain on that grid; ``fm``: Euler steps along the learned
+    velocity); see ``noprop_ct.py``. weighting (``ct`` only): ``snr``, the paper's weight ``SNR'(t)`` of
+    the denoising loss at time ``t`` (here with a fixed schedule; the paper learns it), or ``uniform``,
+    every ``t`` alike (what DT's blocks, one optimizer each, amount to). embedding: ``onehot`` (fixed ``u_y``) or ``learned`` (class
+    embeddings of width ``embed_dim``, trained with the output classifier).
     """
 
+    variant: Literal["dt", "ct", "fm"] = "dt"
     blocks: int = 10
     embedding: Literal["onehot", "learned"] = "onehot"
     embed_dim: int = 0  # learned embeddings: their width (0: the number of classes)
+    weighting: Literal["snr", "uniform"] = "snr"
 
     def __post_init__(self):
+        if self.variant not in NOPROP_VARIANTS:
+            raise ValueError(f"noprop.variant must be one of {', '.join(NOPROP_VARIANTS)}, got {self.variant}")
+        if self.weighting not in ("snr", "uniform"):
+            raise ValueError(f"noprop.weighting must be snr or uniform, got {self.weighting}")
         _check("noprop", self, blocks=">= 1", embed_dim=">= 0")
 
 

@@ -25,6 +25,9 @@ A block: the image through ``conv`` blocks (if any) and the first dense layer, t
 embedding through a dense layer of the same width, their sum through the remaining ``hidden``
 layers, then a linear layer to class logits.
 
+NoProp-CT and NoProp-FM (``noprop.variant=ct|fm``), one time-conditioned network instead of T
+blocks, are in ``noprop_ct.py`` and share this module's block, embeddings and classifier.
+
 Example::
 
     model = NoProp(64, 10, LocalConfig(algo="noprop", hidden=[128, 128], noprop=NoPropConfig(blocks=4)))
@@ -49,10 +52,42 @@ def cosine_levels(T: int, eps: float = 1e-3) -> torch.Tensor:
     return (torch.cos(math.pi / 2 * (1 - t)) ** 2).clamp(eps, 1 - eps)
 
 
-class _Block(nn.Module):
-    """One denoising block: (image, noisy label embedding) -> class logits."""
+def posterior_coefficients(a_prev: float, a: float) -> tuple[float, float]:
+    """``(c_u, c_z)`` of the mean of ``q(z_a | z_prev, u)`` between signal levels ``a_prev < a``: ``c_u u + c_z z_prev``."""
+    beta = 1 - a_prev / a  # the noise added going from level a down to level a_prev
+    return math.sqrt(a) * beta / (1 - a_prev), math.sqrt(1 - beta) * (1 - a) / (1 - a_prev)
 
-    def __init__(self, cfg, shape, n_in, n_classes, embed_dim):
+
+def label_embedding(n_classes: int, c) -> nn.Parameter:
+    """The class embeddings ``U`` of a :class:`NoPropConfig` ``c``: one-hot (fixed) or random (learned)."""
+    if c.embedding != "learned":
+        return nn.Parameter(torch.eye(n_classes), requires_grad=False)
+    d = c.embed_dim or n_classes
+    return nn.Parameter(torch.randn(n_classes, d) / d ** 0.5)
+
+
+def nearest_classifier(embed: torch.Tensor) -> nn.Linear:
+    """``p(y | z)``'s linear layer, started as ``z @ U^T`` (the nearest class embedding): a clean prediction
+    is then already read right."""
+    classifier = nn.Linear(embed.shape[1], embed.shape[0])
+    with torch.no_grad():
+        classifier.weight.copy_(embed)
+        classifier.bias.zero_()
+    return classifier
+
+
+def block_flops(cfg, shape, n_in: int, embed_dim: int, n_out: int, time_dim: int = 0) -> int:
+    """2 x multiply-adds of one forward pass of a :class:`_Block`."""
+    width_in = numel(conv_shapes(shape, cfg.conv)[-1]) if cfg.conv else n_in
+    hidden = cfg.hidden or [width_in]
+    return (sum(conv_flops(shape, cfg.conv)) if cfg.conv else 0) + 2 * (width_in + embed_dim + time_dim) * hidden[0] \
+        + sum(2 * a * b for a, b in pairwise(hidden)) + 2 * hidden[-1] * n_out
+
+
+class _Block(nn.Module):
+    """One denoising block: (image, noisy label embedding[, time features]) -> ``n_out`` outputs (DT: class logits)."""
+
+    def __init__(self, cfg, shape, n_in, n_out, embed_dim, time_dim=0):
         super().__init__()
         self.act = {"relu": torch.relu, "tanh": torch.tanh}[cfg.activation]
         chans = [shape[0], *cfg.conv] if cfg.conv else []
@@ -62,16 +97,18 @@ class _Block(nn.Module):
         self.x_in = nn.Linear(width_in, hidden[0])
         self.z_in = nn.Linear(embed_dim, hidden[0])
         self.mlp = nn.ModuleList(nn.Linear(a, b) for a, b in pairwise(hidden))
-        self.out = nn.Linear(hidden[-1], n_classes)
+        self.out = nn.Linear(hidden[-1], n_out)
+        self.t_in = nn.Linear(time_dim, hidden[0], bias=False) if time_dim else None  # after the rest: DT's init stays
         self.shape = shape if cfg.conv else None
 
-    def forward(self, x, z):
+    def forward(self, x, z, t_features=None):
         if self.convs:
             x = x.view(len(x), *self.shape)
             for conv in self.convs:
                 x = self.act(conv(x))
             x = x.flatten(1)
-        h = self.act(self.x_in(x) + self.z_in(z))
+        h = self.x_in(x) + self.z_in(z)
+        h = self.act(h if self.t_in is None else h + self.t_in(t_features))
         for layer in self.mlp:
             h = self.act(layer(h))
         return self.out(h)
@@ -87,15 +124,11 @@ class NoProp(LocalModel):
         c = cfg.noprop
         self.T = c.blocks
         self.learned = c.embedding == "learned"
-        d = (c.embed_dim or n_classes) if self.learned else n_classes
-        self.embed = nn.Parameter(torch.eye(n_classes, d) if not self.learned else torch.randn(n_classes, d) / d ** 0.5,
-                                  requires_grad=self.learned)
+        self.embed = label_embedding(n_classes, c)
+        d = self.embed.shape[1]
         self.register_buffer("levels", cosine_levels(self.T).float())
         self.blocks = nn.ModuleList(_Block(cfg, shape, n_in, n_classes, d) for _ in range(self.T))
-        self.classifier = nn.Linear(d, n_classes)
-        with torch.no_grad():  # start as the nearest class embedding: a block's clean prediction is already read right
-            self.classifier.weight.copy_(self.embed)
-            self.classifier.bias.zero_()
+        self.classifier = nearest_classifier(self.embed)
         self.optimizers = [make_optimizer(b.parameters(), cfg) for b in self.blocks]
         head = [*self.classifier.parameters(), *([self.embed] if self.learned else [])]
         self.optimizers.append(make_optimizer(head, cfg))
@@ -126,9 +159,7 @@ class NoProp(LocalModel):
 
     def posterior_coefficients(self, t: int) -> tuple[float, float]:
         """``(c_u, c_z)`` of the mean of ``q(z_t | z_{t-1}, u)``: ``c_u u + c_z z_{t-1}``."""
-        a_prev, a = float(self.levels[t - 1]), float(self.levels[t])
-        beta = 1 - a_prev / a  # the noise added going from level t down to level t - 1
-        return math.sqrt(a) * beta / (1 - a_prev), math.sqrt(1 - beta) * (1 - a) / (1 - a_prev)
+        return posterior_coefficients(float(self.levels[t - 1]), float(self.levels[t]))
 
     @torch.no_grad()
     def denoise(self, x: torch.Tensor) -> torch.Tensor:
@@ -145,12 +176,8 @@ class NoProp(LocalModel):
         return self.classifier(self.denoise(x))
 
     def flops_per_example(self):
-        c = self.cfg
-        width_in = numel(self.conv_out[-1]) if self.conv_out else self.n_in
-        hidden = c.hidden or [width_in]
         d = self.embed.shape[1]
-        block = (sum(conv_flops(self.shape, c.conv)) if c.conv else 0) + 2 * (width_in + d) * hidden[0] \
-            + sum(2 * a * b for a, b in pairwise(hidden)) + 2 * hidden[-1] * self.n_classes
+        block = block_flops(self.cfg, self.shape, self.n_in, d, self.n_classes)
         embed = 2 * self.n_classes * d
         # each block: forward + weight gradients (its input gradient stops at x and z); the classifier
         return {"train": self.T * (3 * block + 2 * embed) + 3 * 2 * d * self.n_classes,
