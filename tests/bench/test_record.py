@@ -58,7 +58,11 @@ def test_a_dirty_tree_stores_its_diff_and_untracked_files_but_not_result_data(re
 
 def test_only_result_data_changed_is_not_dirty(repo):
     (repo / "benchmarks" / "suite" / "results" / "r.json").write_text("{}")
+    (repo / "benchmarks" / "suite" / "screens" / "results").mkdir(parents=True)
+    (repo / "benchmarks" / "suite" / "screens" / "results" / "s.json").write_text("{}")  # a screen's record
     assert record.git_state(repo)["dirty"] is False
+    (repo / "benchmarks" / "suite" / "screens" / "s.yaml").write_text("a: 1\n")  # a screen file is code
+    assert record.git_state(repo)["dirty"] is True
 
 
 def test_outside_a_repository_nothing_is_claimed(tmp_path):

@@ -40,7 +40,7 @@ from .measure import machine_info
 
 _PACKAGES = ("forwardonly", "torch", "transformers", "peft", "numpy", "accelerate", "datasets")
 # pathspecs of result data, which a run may write while it runs: not part of the code a record pins
-DATA_PATHS = ("benchmarks/*/results/**", "benchmarks/*/report/**")
+DATA_PATHS = ("benchmarks/*/results/**", "benchmarks/*/report/**", "benchmarks/*/screens/results/**")
 # environment variables that change what a run does or how fast: recorded with the command
 ENV_KEYS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "CUDA_VISIBLE_DEVICES",
             "PYTHONPATH", "TOKENIZERS_PARALLELISM", "HF_HUB_OFFLINE")
