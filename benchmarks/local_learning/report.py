@@ -237,12 +237,15 @@ def plots(runs: dict, mem: dict | None) -> list[str]:
 # second round: experiment -> its backprop twin (same data, protocol and architecture where the method has one)
 ROUND2 = {"cnv-bp": None, "cnv-mf": "cnv-bp", "cnv-ff": "cnv-bp", "cnv-cafo-dfa": "cnv-bp", "cnv-cafo-rand": "cnv-bp",
           "cnv-ff-ls1": "cnv-bp", "cnv-noprop": "cnv-bp", "cnv-noprop-ct": "cnv-bp", "cnv-noprop-fm": "cnv-bp",
+          "cnv-noprop-ct-tuned": "cnv-bp", "cnv-noprop-fm-tuned": "cnv-bp",
           "cnv-bp-tanh": None, "cnv-tpsgd": "cnv-bp-tanh"}
 ROUND2_LABELS = {"cnv-bp": "Backprop (conv)", "cnv-mf": "Mono-Forward (conv)",
                  "cnv-ff": "Forward-Forward, label scale 10 (conv)", "cnv-ff-ls1": "Forward-Forward, label scale 1 (conv)",
                  "cnv-cafo-dfa": "CaFo, DFA blocks, CE predictors (conv)",
                  "cnv-cafo-rand": "CaFo, random blocks, CE predictors (conv)", "cnv-noprop": "NoProp-DT, 10 blocks (conv)",
                  "cnv-noprop-ct": "NoProp-CT, 10 steps (conv)", "cnv-noprop-fm": "NoProp-FM, 10 steps (conv)",
+                 "cnv-noprop-ct-tuned": "NoProp-CT, uniform weighting, lr 5e-3 (conv)",
+                 "cnv-noprop-fm-tuned": "NoProp-FM, 2 steps, lr 3e-3 (conv)",
                  "cnv-bp-tanh": "Backprop, tanh (conv)", "cnv-tpsgd": "tpSGD, mse, tanh (conv)"}
 
 
